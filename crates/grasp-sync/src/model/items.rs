@@ -1,0 +1,65 @@
+//! `SyncItems`: the unit that targets, pending batches and confirmed state are made of:
+//! repos (each at a sync level) and root event ids. Keeping the level on every item is
+//! what makes a StateOnly → Full upgrade visible to `compute_actions`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use nostr::EventId;
+
+use super::{RepoRef, SyncLevel};
+
+/// Repos with their level, and root events, for one relay.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SyncItems {
+    /// Repo refs and the level at which they are (to be) synced.
+    pub repos: BTreeMap<RepoRef, SyncLevel>,
+    /// Root event ids (patches, PRs, issues) of Full repos.
+    pub root_events: BTreeSet<EventId>,
+}
+
+impl SyncItems {
+    /// True when there is nothing in it.
+    pub fn is_empty(&self) -> bool {
+        self.repos.is_empty() && self.root_events.is_empty()
+    }
+
+    /// Number of repos plus root events.
+    pub fn len(&self) -> usize {
+        self.repos.len() + self.root_events.len()
+    }
+
+    /// Whether `repo` at `level` is covered: a Full entry covers a StateOnly need
+    /// (Full filters include the state filter), not the other way round.
+    pub fn covers_repo(&self, repo: &RepoRef, level: SyncLevel) -> bool {
+        self.repos.get(repo).is_some_and(|have| *have >= level)
+    }
+
+    /// Adds everything in `other`, keeping the higher level of a repo present in both.
+    pub fn merge(&mut self, other: &SyncItems) {
+        for (repo, level) in &other.repos {
+            let entry = self.repos.entry(repo.clone()).or_insert(*level);
+            *entry = (*entry).max(*level);
+        }
+        self.root_events.extend(other.root_events.iter().copied());
+    }
+
+    /// Removes everything in `other` (repos regardless of level).
+    pub fn subtract(&mut self, other: &SyncItems) {
+        for repo in other.repos.keys() {
+            self.repos.remove(repo);
+        }
+        for id in &other.root_events {
+            self.root_events.remove(id);
+        }
+    }
+
+    /// Repos at `Full`, in order.
+    pub fn full_repos(&self) -> impl Iterator<Item = &RepoRef> {
+        self.repos.iter().filter(|(_, l)| **l == SyncLevel::Full).map(|(r, _)| r)
+    }
+
+    /// Repos at `StateOnly`, in order.
+    pub fn state_only_repos(&self) -> impl Iterator<Item = &RepoRef> {
+        self.repos.iter().filter(|(_, l)| **l == SyncLevel::StateOnly).map(|(r, _)| r)
+    }
+}

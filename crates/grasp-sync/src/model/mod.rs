@@ -1,0 +1,19 @@
+//! The data model: plain data, no locks, no IO. Newtypes make bad states
+//! unrepresentable (a `RepoRef` is always a valid coordinate, a `RelayUrl` always a
+//! normalised websocket URL), and the three indexes of the design live here.
+
+mod items;
+mod pending;
+mod relay_index;
+mod relay_url;
+mod repo_index;
+mod repo_ref;
+mod time;
+
+pub use items::SyncItems;
+pub use pending::{BatchId, PaginationState, PendingBatch, PendingItems, PendingSyncIndex, SyncMethod};
+pub use relay_index::{ConnectionStatus, RelayState, RelaySyncIndex};
+pub use relay_url::{RelayUrl, RelayUrlError};
+pub use repo_index::{RepoChange, RepoSyncIndex, RepoSyncNeeds, SyncLevel};
+pub use repo_ref::{RepoRef, RepoRefError, REPO_ANNOUNCEMENT_KIND};
+pub use time::WallTime;

@@ -1,0 +1,107 @@
+//! `PendingSyncIndex`: what is in flight, per relay. A batch is a set of items whose
+//! historic sync runs over one or more subscriptions; when the last subscription
+//! finishes the batch's items move to confirmed (or the batch is marked failed).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use nostr::{EventId, SubscriptionId, Timestamp};
+
+use super::{RelayUrl, SyncItems, WallTime};
+
+/// Identifies a batch within one engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub struct BatchId(pub u64);
+
+/// Items of a pending batch: the same shape as targets and confirmed state.
+pub type PendingItems = SyncItems;
+
+/// How a batch's historic part is fetched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum SyncMethod {
+    /// NIP-77 reconciliation, then REQ by ids for what we lack.
+    Negentropy,
+    /// Plain REQ until EOSE, paginated with `until`.
+    ReqEose,
+}
+
+/// Where the `until` pagination of one historic subscription stands.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PaginationState {
+    /// Ids seen so far on this subscription (dedupe across pages).
+    pub seen: BTreeSet<EventId>,
+    /// Ids and timestamps of the page being received.
+    pub page: Vec<(EventId, Timestamp)>,
+    /// `until` of the page being received, if any.
+    pub until: Option<Timestamp>,
+    /// `limit` asked on the page being received.
+    pub limit: usize,
+    /// Pages requested so far.
+    pub pages: u32,
+}
+
+/// One batch in flight.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingBatch {
+    /// Batch id.
+    pub id: BatchId,
+    /// What this batch syncs; empty for a layer 1 (connection level) batch.
+    pub items: PendingItems,
+    /// Subscriptions (or negentropy sessions) not finished yet.
+    pub outstanding: BTreeSet<SubscriptionId>,
+    /// How its historic part runs.
+    pub method: SyncMethod,
+    /// Pagination per outstanding REQ+EOSE subscription.
+    pub pagination: BTreeMap<SubscriptionId, PaginationState>,
+    /// Set when any part failed; the batch still finishes, into
+    /// `ConnectedHistoricSyncFailures`.
+    pub failed: bool,
+    /// When it started, for the batch timeout.
+    pub started_at: WallTime,
+}
+
+/// Relay → batches in flight.
+#[derive(Debug, Clone, Default)]
+pub struct PendingSyncIndex {
+    relays: BTreeMap<RelayUrl, Vec<PendingBatch>>,
+}
+
+impl PendingSyncIndex {
+    /// An empty index.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Batches of one relay.
+    pub fn batches(&self, relay: &RelayUrl) -> &[PendingBatch] {
+        self.relays.get(relay).map_or(&[], Vec::as_slice)
+    }
+
+    /// Batches of one relay, mutable (created empty).
+    pub fn batches_mut(&mut self, relay: &RelayUrl) -> &mut Vec<PendingBatch> {
+        self.relays.entry(relay.clone()).or_default()
+    }
+
+    /// Everything pending for one relay, merged.
+    pub fn items(&self, relay: &RelayUrl) -> SyncItems {
+        let mut all = SyncItems::default();
+        for b in self.batches(relay) {
+            all.merge(&b.items);
+        }
+        all
+    }
+
+    /// Drops every batch of a relay (fresh start, reconnect, consolidation).
+    pub fn clear(&mut self, relay: &RelayUrl) -> Vec<PendingBatch> {
+        self.relays.remove(relay).unwrap_or_default()
+    }
+
+    /// Relays with at least one batch.
+    pub fn relays(&self) -> impl Iterator<Item = &RelayUrl> {
+        self.relays.iter().filter(|(_, b)| !b.is_empty()).map(|(r, _)| r)
+    }
+
+    /// Whether any batch is in flight for `relay`.
+    pub fn has_pending(&self, relay: &RelayUrl) -> bool {
+        !self.batches(relay).is_empty()
+    }
+}

@@ -1,0 +1,135 @@
+//! `RepoSyncIndex`: what we want to sync. Repo ref → the relays its announcement lists,
+//! its root events and its sync level. It is the only source of truth for targets; the
+//! other two indexes only record what is in flight and what is confirmed.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use nostr::EventId;
+
+use super::{RelayUrl, RepoRef};
+
+/// How much of a repo we sync.
+///
+/// Ordered `StateOnly < Full` so that "the higher of two levels" is `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize)]
+pub enum SyncLevel {
+    /// Only state events (30618 by `#d`): the announcement waits in purgatory for git
+    /// data, so threads about it would be refused anyway.
+    StateOnly,
+    /// State, layer 2 (events tagging the repo) and layer 3 (events tagging its roots).
+    #[default]
+    Full,
+}
+
+/// What one repo needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RepoSyncNeeds {
+    /// Relays listed in the announcement's `relays` tag (normalised, ours excluded).
+    pub relays: BTreeSet<RelayUrl>,
+    /// Root events (1617/1618/1621) tagging this repo.
+    pub root_events: BTreeSet<EventId>,
+    /// Which filters to build.
+    pub sync_level: SyncLevel,
+}
+
+/// A repo's needs before and after one change: what the incremental target derivation
+/// consumes. `None` means "not in the index".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoChange {
+    /// The repo that changed.
+    pub repo: RepoRef,
+    /// Its needs before the change.
+    pub before: Option<RepoSyncNeeds>,
+    /// Its needs after the change.
+    pub after: Option<RepoSyncNeeds>,
+}
+
+impl RepoChange {
+    /// True when the change changed nothing.
+    pub fn is_noop(&self) -> bool {
+        self.before == self.after
+    }
+}
+
+/// Repo ref → needs. Plain data: the engine owns it, nobody locks it.
+#[derive(Debug, Clone, Default)]
+pub struct RepoSyncIndex {
+    repos: BTreeMap<RepoRef, RepoSyncNeeds>,
+}
+
+impl RepoSyncIndex {
+    /// An empty index.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Needs of one repo.
+    pub fn get(&self, repo: &RepoRef) -> Option<&RepoSyncNeeds> {
+        self.repos.get(repo)
+    }
+
+    /// All repos in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&RepoRef, &RepoSyncNeeds)> {
+        self.repos.iter()
+    }
+
+    /// Number of repos.
+    pub fn len(&self) -> usize {
+        self.repos.len()
+    }
+
+    /// True when no repo is wanted.
+    pub fn is_empty(&self) -> bool {
+        self.repos.is_empty()
+    }
+
+    /// An accepted announcement (or an update of it): its relay list replaces the old
+    /// one, so relays it no longer lists stop being targeted; the level becomes Full.
+    pub fn accept_announcement(&mut self, repo: &RepoRef, relays: BTreeSet<RelayUrl>) -> RepoChange {
+        self.change(repo, |needs| {
+            let needs = needs.get_or_insert_with(RepoSyncNeeds::default);
+            needs.relays = relays;
+            needs.sync_level = SyncLevel::Full;
+        })
+    }
+
+    /// A purgatory announcement: inserted at StateOnly if absent; its relays refreshed
+    /// while it is still StateOnly. Never touches a Full entry: the purgatory timer must
+    /// not downgrade an accepted repo.
+    pub fn note_purgatory_announcement(&mut self, repo: &RepoRef, relays: BTreeSet<RelayUrl>) -> RepoChange {
+        self.change(repo, |needs| match needs {
+            Some(n) if n.sync_level == SyncLevel::Full => {}
+            Some(n) => n.relays = relays,
+            None => {
+                *needs = Some(RepoSyncNeeds { relays, root_events: BTreeSet::new(), sync_level: SyncLevel::StateOnly })
+            }
+        })
+    }
+
+    /// A root event tagging `repo`. Ignored (no-op change) when the repo is unknown: a
+    /// root event for a repo we do not hold gives us no relays to sync it from. The
+    /// caller caps root events per repo before calling.
+    pub fn add_root_event(&mut self, repo: &RepoRef, id: EventId) -> RepoChange {
+        self.change(repo, |needs| {
+            if let Some(n) = needs {
+                n.root_events.insert(id);
+            }
+        })
+    }
+
+    /// Forgets a repo (its announcement was deleted, expired from purgatory, or the host
+    /// no longer holds it).
+    pub fn remove(&mut self, repo: &RepoRef) -> RepoChange {
+        self.change(repo, |needs| *needs = None)
+    }
+
+    fn change(&mut self, repo: &RepoRef, f: impl FnOnce(&mut Option<RepoSyncNeeds>)) -> RepoChange {
+        let before = self.repos.remove(repo);
+        let mut after = before.clone();
+        f(&mut after);
+        if let Some(needs) = &after {
+            self.repos.insert(repo.clone(), needs.clone());
+        }
+        RepoChange { repo: repo.clone(), before, after }
+    }
+}
