@@ -9,6 +9,8 @@
 //! See `docs/architecture.md` for where things live and why.
 #![deny(missing_docs)]
 
+pub mod engine;
 pub mod model;
 
 pub use model::*;
+pub use engine::{Command, IngestOutcome, Input, NegentropyFailure, SubscriptionMode};
