@@ -9,8 +9,12 @@
 //! See `docs/architecture.md` for where things live and why.
 #![deny(missing_docs)]
 
+pub mod diff;
 pub mod engine;
 pub mod model;
+pub mod targets;
 
-pub use model::*;
+pub use diff::{compute_actions, compute_actions_for_relay, Actions, AddFilters, RemoveItems};
 pub use engine::{Command, IngestOutcome, Input, NegentropyFailure, SubscriptionMode};
+pub use model::*;
+pub use targets::{derive_relay_targets, RelayTarget, RelayTargets};

@@ -55,11 +55,17 @@ impl SyncItems {
 
     /// Repos at `Full`, in order.
     pub fn full_repos(&self) -> impl Iterator<Item = &RepoRef> {
-        self.repos.iter().filter(|(_, l)| **l == SyncLevel::Full).map(|(r, _)| r)
+        self.repos
+            .iter()
+            .filter(|(_, l)| **l == SyncLevel::Full)
+            .map(|(r, _)| r)
     }
 
     /// Repos at `StateOnly`, in order.
     pub fn state_only_repos(&self) -> impl Iterator<Item = &RepoRef> {
-        self.repos.iter().filter(|(_, l)| **l == SyncLevel::StateOnly).map(|(r, _)| r)
+        self.repos
+            .iter()
+            .filter(|(_, l)| **l == SyncLevel::StateOnly)
+            .map(|(r, _)| r)
     }
 }

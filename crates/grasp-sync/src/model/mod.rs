@@ -11,7 +11,9 @@ mod repo_ref;
 mod time;
 
 pub use items::SyncItems;
-pub use pending::{BatchId, PaginationState, PendingBatch, PendingItems, PendingSyncIndex, SyncMethod};
+pub use pending::{
+    BatchId, PaginationState, PendingBatch, PendingItems, PendingSyncIndex, SyncMethod,
+};
 pub use relay_index::{ConnectionStatus, RelayState, RelaySyncIndex};
 pub use relay_url::{RelayUrl, RelayUrlError};
 pub use repo_index::{RepoChange, RepoSyncIndex, RepoSyncNeeds, SyncLevel};

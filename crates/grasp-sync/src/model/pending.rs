@@ -9,7 +9,9 @@ use nostr::{EventId, SubscriptionId, Timestamp};
 use super::{RelayUrl, SyncItems, WallTime};
 
 /// Identifies a batch within one engine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct BatchId(pub u64);
 
 /// Items of a pending batch: the same shape as targets and confirmed state.
@@ -97,7 +99,10 @@ impl PendingSyncIndex {
 
     /// Relays with at least one batch.
     pub fn relays(&self) -> impl Iterator<Item = &RelayUrl> {
-        self.relays.iter().filter(|(_, b)| !b.is_empty()).map(|(r, _)| r)
+        self.relays
+            .iter()
+            .filter(|(_, b)| !b.is_empty())
+            .map(|(r, _)| r)
     }
 
     /// Whether any batch is in flight for `relay`.

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use super::{RelayUrl, SyncItems, WallTime};
 
 /// Where a relay's connection is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 pub enum ConnectionStatus {
     /// No websocket; it gets its filters when it (re)connects.
     #[default]
@@ -26,7 +28,10 @@ pub enum ConnectionStatus {
 impl ConnectionStatus {
     /// True when a websocket is up.
     pub fn is_connected(self) -> bool {
-        matches!(self, Self::Syncing | Self::Connected | Self::ConnectedHistoricSyncFailures)
+        matches!(
+            self,
+            Self::Syncing | Self::Connected | Self::ConnectedHistoricSyncFailures
+        )
     }
 
     /// The metric value used by `relay_connected` (0..4).

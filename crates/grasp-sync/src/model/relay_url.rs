@@ -145,10 +145,22 @@ mod tests {
 
     #[test]
     fn rejects_non_websocket_and_junk() {
-        assert!(matches!(RelayUrl::parse("https://x.com"), Err(RelayUrlError::Scheme(_))));
-        assert!(matches!(RelayUrl::parse("not a url"), Err(RelayUrlError::Unparsable(_))));
-        assert!(matches!(RelayUrl::parse("wss://u:p@x.com"), Err(RelayUrlError::Extras(_))));
-        assert!(matches!(RelayUrl::parse("wss://x.com/#f"), Err(RelayUrlError::Extras(_))));
+        assert!(matches!(
+            RelayUrl::parse("https://x.com"),
+            Err(RelayUrlError::Scheme(_))
+        ));
+        assert!(matches!(
+            RelayUrl::parse("not a url"),
+            Err(RelayUrlError::Unparsable(_))
+        ));
+        assert!(matches!(
+            RelayUrl::parse("wss://u:p@x.com"),
+            Err(RelayUrlError::Extras(_))
+        ));
+        assert!(matches!(
+            RelayUrl::parse("wss://x.com/#f"),
+            Err(RelayUrlError::Extras(_))
+        ));
     }
 
     #[test]

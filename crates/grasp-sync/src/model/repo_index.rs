@@ -11,7 +11,19 @@ use super::{RelayUrl, RepoRef};
 /// How much of a repo we sync.
 ///
 /// Ordered `StateOnly < Full` so that "the higher of two levels" is `max`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub enum SyncLevel {
     /// Only state events (30618 by `#d`): the announcement waits in purgatory for git
     /// data, so threads about it would be refused anyway.
@@ -85,7 +97,11 @@ impl RepoSyncIndex {
 
     /// An accepted announcement (or an update of it): its relay list replaces the old
     /// one, so relays it no longer lists stop being targeted; the level becomes Full.
-    pub fn accept_announcement(&mut self, repo: &RepoRef, relays: BTreeSet<RelayUrl>) -> RepoChange {
+    pub fn accept_announcement(
+        &mut self,
+        repo: &RepoRef,
+        relays: BTreeSet<RelayUrl>,
+    ) -> RepoChange {
         self.change(repo, |needs| {
             let needs = needs.get_or_insert_with(RepoSyncNeeds::default);
             needs.relays = relays;
@@ -96,12 +112,20 @@ impl RepoSyncIndex {
     /// A purgatory announcement: inserted at StateOnly if absent; its relays refreshed
     /// while it is still StateOnly. Never touches a Full entry: the purgatory timer must
     /// not downgrade an accepted repo.
-    pub fn note_purgatory_announcement(&mut self, repo: &RepoRef, relays: BTreeSet<RelayUrl>) -> RepoChange {
+    pub fn note_purgatory_announcement(
+        &mut self,
+        repo: &RepoRef,
+        relays: BTreeSet<RelayUrl>,
+    ) -> RepoChange {
         self.change(repo, |needs| match needs {
             Some(n) if n.sync_level == SyncLevel::Full => {}
             Some(n) => n.relays = relays,
             None => {
-                *needs = Some(RepoSyncNeeds { relays, root_events: BTreeSet::new(), sync_level: SyncLevel::StateOnly })
+                *needs = Some(RepoSyncNeeds {
+                    relays,
+                    root_events: BTreeSet::new(),
+                    sync_level: SyncLevel::StateOnly,
+                })
             }
         })
     }
@@ -130,6 +154,10 @@ impl RepoSyncIndex {
         if let Some(needs) = &after {
             self.repos.insert(repo.clone(), needs.clone());
         }
-        RepoChange { repo: repo.clone(), before, after }
+        RepoChange {
+            repo: repo.clone(),
+            before,
+            after,
+        }
     }
 }

@@ -39,7 +39,8 @@ impl RepoRef {
     /// Parses and validates `30617:<64-hex pubkey>:<identifier>`.
     pub fn parse(s: &str) -> Result<Self, RepoRefError> {
         let mut parts = s.splitn(3, ':');
-        let (Some(kind), Some(pubkey), Some(identifier)) = (parts.next(), parts.next(), parts.next())
+        let (Some(kind), Some(pubkey), Some(identifier)) =
+            (parts.next(), parts.next(), parts.next())
         else {
             return Err(RepoRefError::Shape(s.to_owned()));
         };
@@ -58,11 +59,17 @@ impl RepoRef {
         if identifier.is_empty() {
             return Err(RepoRefError::EmptyIdentifier);
         }
-        Ok(Self(Arc::from(format!("{REPO_ANNOUNCEMENT_KIND}:{}:{identifier}", pubkey.to_hex()))))
+        Ok(Self(Arc::from(format!(
+            "{REPO_ANNOUNCEMENT_KIND}:{}:{identifier}",
+            pubkey.to_hex()
+        ))))
     }
 
     fn validate_pubkey(pubkey: &str) -> Result<(), RepoRefError> {
-        let ok = pubkey.len() == 64 && pubkey.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        let ok = pubkey.len() == 64
+            && pubkey
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
         if ok {
             Ok(())
         } else {
@@ -139,12 +146,27 @@ mod tests {
 
     #[test]
     fn rejects_bad_input_with_clear_errors() {
-        assert!(matches!(RepoRef::parse("30618:x:y"), Err(RepoRefError::WrongKind(_))));
-        assert!(matches!(RepoRef::parse("30617:abc:y"), Err(RepoRefError::BadPubkey(_))));
+        assert!(matches!(
+            RepoRef::parse("30618:x:y"),
+            Err(RepoRefError::WrongKind(_))
+        ));
+        assert!(matches!(
+            RepoRef::parse("30617:abc:y"),
+            Err(RepoRefError::BadPubkey(_))
+        ));
         let upper = PK.to_uppercase();
-        assert!(matches!(RepoRef::parse(&format!("30617:{upper}:y")), Err(RepoRefError::BadPubkey(_))));
-        assert_eq!(RepoRef::parse(&format!("30617:{PK}:")), Err(RepoRefError::EmptyIdentifier));
-        assert!(matches!(RepoRef::parse("nonsense"), Err(RepoRefError::Shape(_))));
+        assert!(matches!(
+            RepoRef::parse(&format!("30617:{upper}:y")),
+            Err(RepoRefError::BadPubkey(_))
+        ));
+        assert_eq!(
+            RepoRef::parse(&format!("30617:{PK}:")),
+            Err(RepoRefError::EmptyIdentifier)
+        );
+        assert!(matches!(
+            RepoRef::parse("nonsense"),
+            Err(RepoRefError::Shape(_))
+        ));
         assert!(matches!(RepoRef::parse(""), Err(RepoRefError::Shape(_))));
     }
 

@@ -7,7 +7,19 @@ use std::ops::{Add, Sub};
 use std::time::Duration;
 
 /// Milliseconds since the Unix epoch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct WallTime(pub u64);
 
 impl WallTime {
@@ -38,13 +50,19 @@ impl WallTime {
 impl Add<Duration> for WallTime {
     type Output = WallTime;
     fn add(self, d: Duration) -> WallTime {
-        WallTime(self.0.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
+        WallTime(
+            self.0
+                .saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        )
     }
 }
 
 impl Sub<Duration> for WallTime {
     type Output = WallTime;
     fn sub(self, d: Duration) -> WallTime {
-        WallTime(self.0.saturating_sub(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
+        WallTime(
+            self.0
+                .saturating_sub(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        )
     }
 }

@@ -1,0 +1,376 @@
+//! `compute_actions`: target − pending − confirmed, per relay. The one decision point for
+//! new subscriptions on the reconnect paths, and the place that notices what is no longer
+//! wanted so the engine can close it.
+//!
+//! An item is a repo *at a level*, or a root event. A repo confirmed at StateOnly and
+//! targeted at Full is therefore a new item (the upgrade), and the StateOnly one becomes
+//! a removal.
+
+use std::collections::BTreeSet;
+
+use nostr::EventId;
+
+use crate::model::{PendingSyncIndex, RelaySyncIndex, RelayUrl, SyncItems};
+use crate::targets::{RelayTarget, RelayTargets};
+
+/// New items to subscribe on one relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddFilters {
+    /// The relay.
+    pub relay: RelayUrl,
+    /// Items neither pending nor confirmed there.
+    pub items: SyncItems,
+}
+
+/// Items pending or confirmed on one relay that are no longer targeted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoveItems {
+    /// The relay.
+    pub relay: RelayUrl,
+    /// Items to drop (repos at the level they are held).
+    pub items: SyncItems,
+}
+
+/// What `compute_actions` decided.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Actions {
+    /// New subscriptions, one entry per relay, relays in order.
+    pub add: Vec<AddFilters>,
+    /// Items to drop, one entry per relay, relays in order.
+    pub remove: Vec<RemoveItems>,
+}
+
+/// Target − pending − confirmed for every connected relay, plus what is held but no
+/// longer targeted. Relays that are not connected are skipped: they get their filters
+/// when they connect, from this same function.
+pub fn compute_actions(
+    targets: &RelayTargets,
+    pending: &PendingSyncIndex,
+    confirmed: &RelaySyncIndex,
+) -> Actions {
+    let mut actions = Actions::default();
+    let connected = |relay: &RelayUrl| {
+        confirmed
+            .get(relay)
+            .is_some_and(|s| s.status.is_connected())
+    };
+
+    for (relay, target) in targets.iter() {
+        if !connected(relay) {
+            continue;
+        }
+        let held = held_items(relay, pending, confirmed);
+        let add = missing(target, &held);
+        if !add.is_empty() {
+            actions.add.push(AddFilters {
+                relay: relay.clone(),
+                items: add,
+            });
+        }
+    }
+
+    let held_relays: BTreeSet<&RelayUrl> = confirmed
+        .iter()
+        .map(|(r, _)| r)
+        .chain(pending.relays())
+        .collect();
+    for relay in held_relays {
+        let held = held_items(relay, pending, confirmed);
+        let stale = unwanted(&held, targets.get(relay));
+        if !stale.is_empty() {
+            actions.remove.push(RemoveItems {
+                relay: relay.clone(),
+                items: stale,
+            });
+        }
+    }
+    actions
+}
+
+/// compute_actions for one relay only: what the engine calls on connect and when one
+/// relay's state changed, so it does not walk every relay.
+pub fn compute_actions_for_relay(
+    relay: &RelayUrl,
+    targets: &RelayTargets,
+    pending: &PendingSyncIndex,
+    confirmed: &RelaySyncIndex,
+) -> (Option<AddFilters>, Option<RemoveItems>) {
+    let held = held_items(relay, pending, confirmed);
+    let target = targets.get(relay);
+    let add = match target {
+        Some(t)
+            if confirmed
+                .get(relay)
+                .is_some_and(|s| s.status.is_connected()) =>
+        {
+            Some(missing(t, &held)).filter(|i| !i.is_empty())
+        }
+        _ => None,
+    };
+    let stale = unwanted(&held, target);
+    (
+        add.map(|items| AddFilters {
+            relay: relay.clone(),
+            items,
+        }),
+        Some(stale)
+            .filter(|i| !i.is_empty())
+            .map(|items| RemoveItems {
+                relay: relay.clone(),
+                items,
+            }),
+    )
+}
+
+/// Pending ∪ confirmed for one relay. A repo held at two levels (StateOnly confirmed,
+/// Full pending) keeps both, so each is matched exactly.
+struct Held {
+    repos: BTreeSet<(crate::model::RepoRef, crate::model::SyncLevel)>,
+    root_events: BTreeSet<EventId>,
+}
+
+fn held_items(relay: &RelayUrl, pending: &PendingSyncIndex, confirmed: &RelaySyncIndex) -> Held {
+    let mut held = Held {
+        repos: BTreeSet::new(),
+        root_events: BTreeSet::new(),
+    };
+    let confirmed_items = confirmed.get(relay).map(|s| &s.confirmed);
+    let pending_items = pending.batches(relay).iter().map(|b| &b.items);
+    for items in confirmed_items.into_iter().chain(pending_items) {
+        held.repos
+            .extend(items.repos.iter().map(|(r, l)| (r.clone(), *l)));
+        held.root_events.extend(items.root_events.iter().copied());
+    }
+    held
+}
+
+fn missing(target: &RelayTarget, held: &Held) -> SyncItems {
+    let mut out = SyncItems::default();
+    for (repo, level) in &target.repos {
+        if !held.repos.contains(&(repo.clone(), *level)) {
+            out.repos.insert(repo.clone(), *level);
+        }
+    }
+    for id in target.root_events.keys() {
+        if !held.root_events.contains(id) {
+            out.root_events.insert(*id);
+        }
+    }
+    out
+}
+
+fn unwanted(held: &Held, target: Option<&RelayTarget>) -> SyncItems {
+    let mut out = SyncItems::default();
+    for (repo, level) in &held.repos {
+        if target.and_then(|t| t.repos.get(repo)) != Some(level) {
+            // A repo held at two levels is reported at the one no longer wanted.
+            out.repos.insert(repo.clone(), *level);
+        }
+    }
+    for id in &held.root_events {
+        if !target.is_some_and(|t| t.root_events.contains_key(id)) {
+            out.root_events.insert(*id);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::model::{
+        BatchId, ConnectionStatus, PendingBatch, RepoSyncIndex, SyncLevel, SyncMethod, WallTime,
+    };
+    use crate::targets::derive_relay_targets;
+    use crate::targets::tests::{apply_op, id, op, relay, repo};
+
+    /// Random held state: for each relay, a status and some items confirmed or pending.
+    fn held_state() -> impl Strategy<Value = Vec<(u8, u8, Vec<(u8, bool, bool)>, Vec<(u8, bool)>)>>
+    {
+        proptest::collection::vec(
+            (
+                0u8..6,
+                0u8..5,
+                proptest::collection::vec((0u8..8, any::<bool>(), any::<bool>()), 0..6),
+                proptest::collection::vec((0u8..12, any::<bool>()), 0..6),
+            ),
+            0..6,
+        )
+    }
+
+    fn status(i: u8) -> ConnectionStatus {
+        [
+            ConnectionStatus::Disconnected,
+            ConnectionStatus::Connecting,
+            ConnectionStatus::Syncing,
+            ConnectionStatus::Connected,
+            ConnectionStatus::ConnectedHistoricSyncFailures,
+        ][usize::from(i % 5)]
+    }
+
+    fn build(
+        held: &[(u8, u8, Vec<(u8, bool, bool)>, Vec<(u8, bool)>)],
+    ) -> (PendingSyncIndex, RelaySyncIndex) {
+        let mut pending = PendingSyncIndex::new();
+        let mut confirmed = RelaySyncIndex::new();
+        for (r, st, repos, roots) in held {
+            let state = confirmed.entry(&relay(*r));
+            state.status = status(*st);
+            let mut batch_items = SyncItems::default();
+            for (rp, full, in_pending) in repos {
+                let level = if *full {
+                    SyncLevel::Full
+                } else {
+                    SyncLevel::StateOnly
+                };
+                if *in_pending {
+                    batch_items.repos.insert(repo(*rp), level);
+                } else {
+                    state.confirmed.repos.insert(repo(*rp), level);
+                }
+            }
+            for (e, in_pending) in roots {
+                if *in_pending {
+                    batch_items.root_events.insert(id(*e));
+                } else {
+                    state.confirmed.root_events.insert(id(*e));
+                }
+            }
+            if !batch_items.is_empty() {
+                let n = pending.batches(&relay(*r)).len() as u64;
+                pending.batches_mut(&relay(*r)).push(PendingBatch {
+                    id: BatchId(n),
+                    items: batch_items,
+                    outstanding: Default::default(),
+                    method: SyncMethod::ReqEose,
+                    pagination: Default::default(),
+                    failed: false,
+                    started_at: WallTime::ZERO,
+                });
+            }
+        }
+        (pending, confirmed)
+    }
+
+    fn holds(
+        p: &PendingSyncIndex,
+        c: &RelaySyncIndex,
+        r: &RelayUrl,
+        repo: Option<(&crate::model::RepoRef, SyncLevel)>,
+        root: Option<&EventId>,
+    ) -> bool {
+        let sets = c
+            .get(r)
+            .map(|s| &s.confirmed)
+            .into_iter()
+            .chain(p.batches(r).iter().map(|b| &b.items));
+        for items in sets {
+            if let Some((rp, l)) = repo {
+                if items.repos.get(rp) == Some(&l) {
+                    return true;
+                }
+            }
+            if let Some(e) = root {
+                if items.root_events.contains(e) {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    proptest! {
+        #[test]
+        fn diff_properties(ops in proptest::collection::vec(op(), 0..40), held in held_state()) {
+            let mut index = RepoSyncIndex::new();
+            for o in &ops { apply_op(&mut index, o); }
+            let targets = derive_relay_targets(&index);
+            let (pending, confirmed) = build(&held);
+            let actions = compute_actions(&targets, &pending, &confirmed);
+
+            // Deterministic.
+            prop_assert_eq!(&actions, &compute_actions(&targets, &pending, &confirmed));
+
+            for add in &actions.add {
+                prop_assert!(confirmed.get(&add.relay).unwrap().status.is_connected());
+                for (rp, l) in &add.items.repos {
+                    prop_assert!(!holds(&pending, &confirmed, &add.relay, Some((rp, *l)), None), "emitted a held repo");
+                }
+                for e in &add.items.root_events {
+                    prop_assert!(!holds(&pending, &confirmed, &add.relay, None, Some(e)), "emitted a held root");
+                }
+            }
+            // Every targeted item on a connected relay: emitted, pending or confirmed.
+            for (r, target) in targets.iter() {
+                if !confirmed.get(r).is_some_and(|s| s.status.is_connected()) { continue; }
+                let add = actions.add.iter().find(|a| &a.relay == r);
+                for (rp, l) in &target.repos {
+                    let emitted = add.is_some_and(|a| a.items.repos.get(rp) == Some(l));
+                    prop_assert!(emitted || holds(&pending, &confirmed, r, Some((rp, *l)), None));
+                }
+                for e in target.root_events.keys() {
+                    let emitted = add.is_some_and(|a| a.items.root_events.contains(e));
+                    prop_assert!(emitted || holds(&pending, &confirmed, r, None, Some(e)));
+                }
+            }
+            // Removals are exactly the held items that are not targeted.
+            for rm in &actions.remove {
+                let t = targets.get(&rm.relay);
+                for (rp, l) in &rm.items.repos {
+                    prop_assert!(t.and_then(|t| t.repos.get(rp)) != Some(l));
+                }
+                for e in &rm.items.root_events {
+                    prop_assert!(!t.is_some_and(|t| t.root_events.contains_key(e)));
+                }
+            }
+            for (r, s) in confirmed.iter() {
+                let rm = actions.remove.iter().find(|x| &x.relay == r);
+                for e in &s.confirmed.root_events {
+                    let targeted = targets.get(r).is_some_and(|t| t.root_events.contains_key(e));
+                    prop_assert!(targeted || rm.is_some_and(|x| x.items.root_events.contains(e)));
+                }
+            }
+            // The per-relay form agrees with the global one.
+            for (r, _) in confirmed.iter() {
+                let (a, rm) = compute_actions_for_relay(r, &targets, &pending, &confirmed);
+                prop_assert_eq!(a.as_ref(), actions.add.iter().find(|x| &x.relay == r));
+                prop_assert_eq!(rm.as_ref(), actions.remove.iter().find(|x| &x.relay == r));
+            }
+        }
+    }
+
+    #[test]
+    fn upgrade_is_a_new_item_and_the_old_level_a_removal() {
+        let mut index = RepoSyncIndex::new();
+        index.accept_announcement(&repo(1), [relay(1)].into());
+        let targets = derive_relay_targets(&index);
+        let mut confirmed = RelaySyncIndex::new();
+        let s = confirmed.entry(&relay(1));
+        s.status = ConnectionStatus::Connected;
+        s.confirmed.repos.insert(repo(1), SyncLevel::StateOnly);
+        let actions = compute_actions(&targets, &PendingSyncIndex::new(), &confirmed);
+        assert_eq!(
+            actions.add[0].items.repos.get(&repo(1)),
+            Some(&SyncLevel::Full)
+        );
+        assert_eq!(
+            actions.remove[0].items.repos.get(&repo(1)),
+            Some(&SyncLevel::StateOnly)
+        );
+    }
+
+    #[test]
+    fn disconnected_relays_are_skipped() {
+        let mut index = RepoSyncIndex::new();
+        index.accept_announcement(&repo(1), [relay(1), relay(2)].into());
+        let targets = derive_relay_targets(&index);
+        let mut confirmed = RelaySyncIndex::new();
+        confirmed.entry(&relay(1)).status = ConnectionStatus::Syncing;
+        confirmed.entry(&relay(2)).status = ConnectionStatus::Disconnected;
+        let actions = compute_actions(&targets, &PendingSyncIndex::new(), &confirmed);
+        assert_eq!(actions.add.len(), 1);
+        assert_eq!(actions.add[0].relay, relay(1));
+    }
+}
