@@ -12,9 +12,13 @@
 pub mod diff;
 pub mod engine;
 pub mod model;
+pub mod nip34;
+pub mod ports;
 pub mod targets;
 
 pub use diff::{compute_actions, compute_actions_for_relay, Actions, AddFilters, RemoveItems};
-pub use engine::{Command, IngestOutcome, Input, NegentropyFailure, SubscriptionMode};
+pub use engine::{
+    Command, IngestOutcome, Input, NegentropyFailure, SubscriptionMode, SyncConfig, SyncEngine,
+};
 pub use model::*;
 pub use targets::{derive_relay_targets, RelayTarget, RelayTargets};

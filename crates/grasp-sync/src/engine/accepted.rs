@@ -1,0 +1,150 @@
+//! The self-subscriber and the purgatory timer: the two ways the repo index learns what
+//! we want. Accepted events are batched for `batch_window` and applied together; the
+//! purgatory snapshot keeps StateOnly entries in step with what waits for git data.
+//! Both update targets incrementally and diff only the relays they touched.
+
+use std::collections::BTreeSet;
+
+use nostr::Event;
+
+use super::SyncEngine;
+use crate::diff::compute_actions_for_relay;
+use crate::model::{RelayUrl, RepoChange, RepoRef, SyncLevel, WallTime};
+use crate::nip34::{self, parse_announcement};
+
+impl SyncEngine {
+    pub(super) fn on_accepted(&mut self, event: Event, now: WallTime) {
+        let relevant =
+            event.kind == nip34::KIND_REPO_ANNOUNCEMENT || nip34::is_root_kind(event.kind);
+        if !relevant {
+            return;
+        }
+        self.accepted.push(event);
+        if self.flush_at.is_none() {
+            self.flush_at = Some(now + self.config.batch_window);
+        }
+    }
+
+    /// Applies the batch of accepted events: announcements first (so a root event in the
+    /// same batch finds its repo), then root events.
+    pub(super) fn flush_accepted(&mut self, now: WallTime) {
+        self.flush_at = None;
+        let mut events = std::mem::take(&mut self.accepted);
+        events.sort_by_key(|e| (e.kind != nip34::KIND_REPO_ANNOUNCEMENT, e.created_at));
+        let mut touched = BTreeSet::new();
+        for event in &events {
+            if event.kind == nip34::KIND_REPO_ANNOUNCEMENT {
+                match parse_announcement(event) {
+                    Ok(a) => {
+                        let relays = self.admit_relays(a.relays);
+                        let change = self.repos.accept_announcement(&a.repo, relays);
+                        self.apply_change(change, &mut touched);
+                        self.adopt_orphans(&a.repo, &mut touched);
+                    }
+                    Err(_) => self.metrics.dropped_malformed += 1,
+                }
+            } else {
+                let repos = nip34::tagged_repos(event);
+                if repos.is_empty() {
+                    self.metrics.dropped_malformed += 1;
+                }
+                for repo in repos {
+                    self.add_root(&repo, event.id, &mut touched);
+                }
+            }
+        }
+        self.rediff(touched, now);
+        let syncing: Vec<RelayUrl> = self.relays.iter().map(|(r, _)| r.clone()).collect();
+        for relay in syncing {
+            self.check_completion(&relay, now);
+        }
+    }
+
+    fn add_root(&mut self, repo: &RepoRef, id: nostr::EventId, touched: &mut BTreeSet<RelayUrl>) {
+        match self.repos.get(repo) {
+            Some(needs) if needs.root_events.len() < self.config.max_root_events_per_repo => {
+                let change = self.repos.add_root_event(repo, id);
+                self.apply_change(change, touched);
+            }
+            Some(_) => self.metrics.dropped_flood += 1,
+            None if self.orphan_count < self.config.max_orphan_root_events => {
+                if self.orphans.entry(repo.clone()).or_default().insert(id) {
+                    self.orphan_count += 1;
+                }
+            }
+            None => self.metrics.dropped_flood += 1,
+        }
+    }
+
+    /// Root events that arrived before their repo's announcement.
+    fn adopt_orphans(&mut self, repo: &RepoRef, touched: &mut BTreeSet<RelayUrl>) {
+        if let Some(ids) = self.orphans.remove(repo) {
+            self.orphan_count -= ids.len();
+            for id in ids {
+                self.add_root(repo, id, touched);
+            }
+        }
+    }
+
+    fn apply_change(&mut self, change: RepoChange, touched: &mut BTreeSet<RelayUrl>) {
+        if change.is_noop() {
+            return;
+        }
+        for needs in change.before.iter().chain(change.after.iter()) {
+            touched.extend(needs.relays.iter().cloned());
+        }
+        self.targets.apply(&change);
+        self.dirty = true;
+    }
+
+    /// Diffs the relays a change touched: new items start, dropped items close, relays
+    /// seen for the first time get registered (and dialled by `pump`).
+    fn rediff(&mut self, touched: BTreeSet<RelayUrl>, now: WallTime) {
+        for relay in touched {
+            if self.targets.get(&relay).is_some() {
+                self.ensure_relay(&relay);
+            }
+            let (add, remove) =
+                compute_actions_for_relay(&relay, &self.targets, &self.pending, &self.relays);
+            if let Some(remove) = remove {
+                self.apply_removals(&relay, &remove.items, now);
+            }
+            if let Some(add) = add {
+                self.start_items(&relay, add.items, None, false, now);
+            }
+        }
+    }
+
+    /// The purgatory timer's answer: StateOnly entries for waiting announcements, and
+    /// StateOnly entries dropped for announcements that left purgatory without being
+    /// accepted (expired). Accepted (Full) repos are never touched here.
+    pub(super) fn on_purgatory(&mut self, announcements: Vec<Event>, now: WallTime) {
+        self.purgatory_outstanding = false;
+        let mut touched = BTreeSet::new();
+        let mut waiting = BTreeSet::new();
+        for event in &announcements {
+            match parse_announcement(event) {
+                Ok(a) => {
+                    let relays = self.admit_relays(a.relays);
+                    waiting.insert(a.repo.clone());
+                    let change = self.repos.note_purgatory_announcement(&a.repo, relays);
+                    self.apply_change(change, &mut touched);
+                }
+                Err(_) => self.metrics.dropped_malformed += 1,
+            }
+        }
+        let gone: Vec<RepoRef> = self
+            .repos
+            .iter()
+            .filter(|(repo, needs)| {
+                needs.sync_level == SyncLevel::StateOnly && !waiting.contains(*repo)
+            })
+            .map(|(repo, _)| repo.clone())
+            .collect();
+        for repo in gone {
+            let change = self.repos.remove(&repo);
+            self.apply_change(change, &mut touched);
+        }
+        self.rediff(touched, now);
+    }
+}

@@ -1,0 +1,113 @@
+//! `SyncConfig`: every knob of the engine, with the design's defaults. Tests and the
+//! simulation shrink the timers; a host usually only sets its own URLs and bootstrap
+//! relays.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use crate::filters::RelayLimits;
+use crate::health::HealthConfig;
+use crate::model::RelayUrl;
+
+/// Engine configuration. Build with `SyncConfig::default()` and the `with_*` methods.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// This relay's own URLs: never dialled, and removed from every announcement.
+    pub own_relays: BTreeSet<RelayUrl>,
+    /// Relays always connected for layer 1 (announcements, GRASP lists), never dropped
+    /// for having nothing to sync.
+    pub bootstrap_relays: BTreeSet<RelayUrl>,
+    /// Self-subscriber batch window: accepted events are applied together this often.
+    pub batch_window: Duration,
+    /// How often the purgatory announcements are read (StateOnly repos).
+    pub purgatory_interval: Duration,
+    /// How often connection health, retries, timeouts and idle relays are checked.
+    pub check_interval: Duration,
+    /// A relay disconnected for longer than this gets a fresh start, else a quick
+    /// reconnect with `since`.
+    pub quick_reconnect_window: Duration,
+    /// Subtracted from `since` on a quick reconnect, for clock skew and events that were
+    /// in flight when the connection dropped.
+    pub since_overlap: Duration,
+    /// Shortest delay of the daily fresh start.
+    pub daily_min: Duration,
+    /// Longest delay of the daily fresh start (jitter is uniform in between).
+    pub daily_max: Duration,
+    /// A negentropy session with no answer for this long falls back to REQ+EOSE.
+    pub negentropy_timeout: Duration,
+    /// A historic subscription with no EOSE for this long fails its part of the batch.
+    pub subscription_timeout: Duration,
+    /// Backoff, dead-relay and rate-limit rules.
+    pub health: HealthConfig,
+    /// Limits used until a relay's NIP-11 document says otherwise.
+    pub default_limits: RelayLimits,
+    /// Relays read from one announcement at most (hostile announcements list thousands).
+    pub max_relays_per_announcement: usize,
+    /// Root events tracked per repo at most.
+    pub max_root_events_per_repo: usize,
+    /// Batches in flight per relay at most; further items wait for the next check.
+    pub max_pending_batches_per_relay: usize,
+    /// Historic subscriptions (REQ or negentropy) open at once per relay.
+    pub max_concurrent_historic: usize,
+    /// Live subscriptions closed by a relay are re-requested at most this many times
+    /// per connection, so a relay that closes everything cannot make us loop.
+    pub max_live_resubscribes: u32,
+    /// Ids remembered as already handed to the host (cross-relay de-duplication).
+    pub dedupe_capacity: usize,
+    /// Root events remembered for repos not known yet (arrived before their
+    /// announcement), in total.
+    pub max_orphan_root_events: usize,
+    /// How often a snapshot of the sync state is requested, when it changed.
+    pub persist_interval: Duration,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        Self {
+            own_relays: BTreeSet::new(),
+            bootstrap_relays: BTreeSet::new(),
+            batch_window: Duration::from_secs(5),
+            purgatory_interval: Duration::from_secs(5),
+            check_interval: Duration::from_secs(2),
+            quick_reconnect_window: Duration::from_secs(15 * 60),
+            since_overlap: Duration::from_secs(60),
+            daily_min: Duration::from_secs(23 * 3600),
+            daily_max: Duration::from_secs(25 * 3600),
+            negentropy_timeout: Duration::from_secs(10),
+            subscription_timeout: Duration::from_secs(120),
+            health: HealthConfig::default(),
+            default_limits: RelayLimits::default(),
+            max_relays_per_announcement: 20,
+            max_root_events_per_repo: 10_000,
+            max_pending_batches_per_relay: 32,
+            max_concurrent_historic: 8,
+            max_live_resubscribes: 5,
+            dedupe_capacity: 200_000,
+            max_orphan_root_events: 10_000,
+            persist_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+impl SyncConfig {
+    /// Adds one of this relay's own URLs.
+    pub fn with_own_relay(mut self, url: RelayUrl) -> Self {
+        self.own_relays.insert(url);
+        self
+    }
+
+    /// Adds a bootstrap relay.
+    pub fn with_bootstrap_relay(mut self, url: RelayUrl) -> Self {
+        self.bootstrap_relays.insert(url);
+        self
+    }
+
+    /// Shrinks every timer by `factor`, for tests that want the design's behaviour in
+    /// less wall time. Rules keyed to real durations (15 min, 24 h) keep their ratios.
+    pub fn with_fast_timers(mut self) -> Self {
+        self.batch_window = Duration::from_millis(100);
+        self.purgatory_interval = Duration::from_millis(200);
+        self.check_interval = Duration::from_millis(200);
+        self
+    }
+}

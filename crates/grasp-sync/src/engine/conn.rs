@@ -1,0 +1,143 @@
+//! Per-relay runtime state that is not part of the three indexes: health, learnt limits
+//! and capabilities, and the subscriptions open on the current websocket.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use nostr::{Event, EventId, Filter, SubscriptionId, Timestamp};
+
+use crate::filters::RelayLimits;
+use crate::health::RelayHealth;
+use crate::model::{BatchId, WallTime};
+
+/// Whether a relay speaks NIP-77, as learnt on this connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum NegentropySupport {
+    /// Not tried yet: try it.
+    #[default]
+    Unknown,
+    /// A session completed.
+    Supported,
+    /// It refused or stayed silent: REQ+EOSE only until the next fresh start.
+    Unsupported,
+}
+
+/// A live subscription: its filters, to check what arrives on it and to count them
+/// against the relay's consolidation threshold.
+#[derive(Debug, Clone)]
+pub(super) struct LiveSub {
+    pub filters: Vec<Filter>,
+}
+
+/// What a historic subscription is doing.
+#[derive(Debug, Clone)]
+pub(super) enum HistoricKind {
+    /// A NIP-77 session for `filter`.
+    Negentropy,
+    /// REQ+EOSE with `until` pagination; events wait in `buffer` until EOSE so they can
+    /// be handed over in dependency order.
+    Req {
+        buffer: Vec<Event>,
+        until: Option<Timestamp>,
+        limit: usize,
+    },
+    /// REQ by ids after negentropy; `retried` once the missing ids were asked again.
+    Fetch {
+        asked: BTreeSet<EventId>,
+        got: BTreeSet<EventId>,
+        buffer: Vec<Event>,
+        retried: bool,
+    },
+}
+
+/// One historic subscription on the wire.
+#[derive(Debug, Clone)]
+pub(super) struct HistoricSub {
+    pub batch: BatchId,
+    /// The filter this part of the batch syncs (without pagination fields).
+    pub filter: Filter,
+    pub kind: HistoricKind,
+    pub deadline: WallTime,
+    /// Events received on this page, to cut a flooding relay off at the page size.
+    pub received: usize,
+    /// Rate-limit retries so far (carried over from the queued part).
+    pub attempts: u32,
+}
+
+/// How a queued part will run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PartKind {
+    Negentropy,
+    Req,
+    /// REQ by ids (the filter holds them); `retried` after one retry for missing ids.
+    Fetch {
+        retried: bool,
+    },
+}
+
+/// Work of a batch waiting for a free historic slot.
+#[derive(Debug, Clone)]
+pub(super) struct QueuedPart {
+    pub batch: BatchId,
+    pub filter: Filter,
+    pub kind: PartKind,
+    /// Times this part was cut short by a rate limit and queued again.
+    pub attempts: u32,
+}
+
+/// Runtime state of one relay.
+#[derive(Debug)]
+pub(super) struct Conn {
+    pub health: RelayHealth,
+    pub limits: RelayLimits,
+    pub negentropy: NegentropySupport,
+    pub live: BTreeMap<SubscriptionId, LiveSub>,
+    pub historic: BTreeMap<SubscriptionId, HistoricSub>,
+    pub queue: VecDeque<QueuedPart>,
+    pub connect_deadline: Option<WallTime>,
+    pub daily_due: Option<WallTime>,
+    pub live_resubscribes: u32,
+    pub batch_failed: bool,
+    /// Something was held back (rate limit, batch cap, new limits): re-diff this relay
+    /// at the next check.
+    pub deferred: bool,
+    /// Live subscriptions must be rebuilt when subscribing is allowed again.
+    pub needs_rebuild: bool,
+}
+
+impl Conn {
+    pub fn new(health: RelayHealth, limits: RelayLimits) -> Self {
+        Self {
+            health,
+            limits,
+            negentropy: NegentropySupport::Unknown,
+            live: BTreeMap::new(),
+            historic: BTreeMap::new(),
+            queue: VecDeque::new(),
+            connect_deadline: None,
+            daily_due: None,
+            live_resubscribes: 0,
+            batch_failed: false,
+            deferred: false,
+            needs_rebuild: false,
+        }
+    }
+
+    /// Live filters open on this connection.
+    pub fn live_filter_count(&self) -> usize {
+        self.live.values().map(|s| s.filters.len()).sum()
+    }
+
+    /// Forgets everything tied to the websocket.
+    pub fn reset_wire(&mut self) {
+        self.live.clear();
+        self.historic.clear();
+        self.queue.clear();
+        self.connect_deadline = None;
+    }
+
+    /// Whether any part of `batch` is still open or queued.
+    pub fn batch_busy(&self, batch: BatchId) -> bool {
+        self.historic.values().any(|h| h.batch == batch)
+            || self.queue.iter().any(|q| q.batch == batch)
+    }
+}

@@ -1,0 +1,580 @@
+//! Historic sync of a batch: negentropy sessions, REQ+EOSE pages with `until`
+//! pagination, fetches of the ids negentropy found missing; what arrives on live and
+//! historic subscriptions; CLOSED and NOTICE handling; batch completion.
+
+use std::collections::BTreeSet;
+
+use nostr::filter::MatchEventOptions;
+use nostr::{Event, EventId, Filter, SubscriptionId};
+
+use super::conn::{HistoricKind, HistoricSub, NegentropySupport, PartKind, QueuedPart};
+use super::{Command, NegentropyFailure, SubscriptionMode, SyncEngine};
+use crate::classify::{classify_closed, classify_notice, RelaySignal};
+use crate::filters::ids_filters;
+use crate::model::{BatchId, RelayUrl, WallTime};
+use crate::nip34;
+use crate::pagination::{PageDecision, PaginationState};
+
+/// Rate-limited parts are retried this many times before the batch counts as failed.
+const MAX_PART_ATTEMPTS: u32 = 3;
+
+/// Order in which events of one page are handed to the host: announcements before the
+/// state and threads that depend on them, roots before replies, then oldest first. This
+/// is what keeps a root event that came in the same batch as its announcement.
+fn ingest_rank(event: &Event) -> (u8, nostr::Timestamp) {
+    let rank = match event.kind.as_u16() {
+        30617 | 10317 => 0,
+        30618 => 1,
+        k if nip34::is_root_kind(nostr::Kind::from(k)) => 2,
+        _ => 3,
+    };
+    (rank, event.created_at)
+}
+
+impl SyncEngine {
+    /// Opens queued historic parts while the relay has free slots and may subscribe.
+    pub(super) fn open_queued(&mut self, relay: &RelayUrl, now: WallTime) {
+        if !self
+            .relays
+            .get(relay)
+            .is_some_and(|s| s.status.is_connected())
+        {
+            return;
+        }
+        loop {
+            let Some(conn) = self.conns.get_mut(relay) else {
+                return;
+            };
+            if conn.historic.len() >= self.config.max_concurrent_historic
+                || !conn.health.can_subscribe(now)
+            {
+                return;
+            }
+            let Some(part) = conn.queue.pop_front() else {
+                return;
+            };
+            let kind = match part.kind {
+                PartKind::Negentropy if conn.negentropy == NegentropySupport::Unsupported => {
+                    PartKind::Req
+                }
+                k => k,
+            };
+            let id = self.next_subscription_id();
+            let Some(conn) = self.conns.get_mut(relay) else {
+                return;
+            };
+            let limits = conn.limits.clone();
+            let (historic_kind, deadline) = match kind {
+                PartKind::Negentropy => {
+                    self.metrics.negentropy_sessions += 1;
+                    self.commands.push_back(Command::Negentropy {
+                        relay: relay.clone(),
+                        session: id.clone(),
+                        filter: part.filter.clone(),
+                    });
+                    (
+                        HistoricKind::Negentropy,
+                        now + self.config.negentropy_timeout,
+                    )
+                }
+                PartKind::Req => {
+                    let limit = limits.page_limit;
+                    self.metrics.reqs_sent += 1;
+                    self.commands.push_back(Command::Subscribe {
+                        relay: relay.clone(),
+                        id: id.clone(),
+                        filters: vec![part.filter.clone().limit(limit)],
+                        mode: SubscriptionMode::Historic,
+                    });
+                    if let Some(batch) = self.batch_mut(relay, part.batch) {
+                        batch
+                            .pagination
+                            .insert(id.clone(), PaginationState::new(limit, limits.max_limit));
+                    }
+                    (
+                        HistoricKind::Req {
+                            buffer: Vec::new(),
+                            until: None,
+                            limit,
+                        },
+                        now + self.config.subscription_timeout,
+                    )
+                }
+                PartKind::Fetch { retried } => {
+                    let asked: BTreeSet<EventId> = part.filter.ids.clone().unwrap_or_default();
+                    self.metrics.reqs_sent += 1;
+                    self.commands.push_back(Command::Subscribe {
+                        relay: relay.clone(),
+                        id: id.clone(),
+                        filters: vec![part.filter.clone()],
+                        mode: SubscriptionMode::Historic,
+                    });
+                    let kind = HistoricKind::Fetch {
+                        asked,
+                        got: BTreeSet::new(),
+                        buffer: Vec::new(),
+                        retried,
+                    };
+                    (kind, now + self.config.subscription_timeout)
+                }
+            };
+            if let Some(batch) = self.batch_mut(relay, part.batch) {
+                batch.outstanding.insert(id.clone());
+            }
+            if let Some(conn) = self.conns.get_mut(relay) {
+                conn.historic.insert(
+                    id,
+                    HistoricSub {
+                        batch: part.batch,
+                        filter: part.filter,
+                        kind: historic_kind,
+                        deadline,
+                        received: 0,
+                        attempts: part.attempts,
+                    },
+                );
+            }
+        }
+    }
+
+    fn batch_mut(
+        &mut self,
+        relay: &RelayUrl,
+        id: BatchId,
+    ) -> Option<&mut crate::model::PendingBatch> {
+        self.pending
+            .batches_mut(relay)
+            .iter_mut()
+            .find(|b| b.id == id)
+    }
+
+    pub(super) fn on_event(
+        &mut self,
+        relay: &RelayUrl,
+        sub: &SubscriptionId,
+        event: Event,
+        now: WallTime,
+    ) {
+        self.metrics.events_received += 1;
+        *self.events_per_relay.entry(relay.clone()).or_insert(0) += 1;
+        let Some(conn) = self.conns.get_mut(relay) else {
+            self.metrics.dropped_unknown_subscription += 1;
+            return;
+        };
+        let opts = MatchEventOptions::new();
+        if let Some(live) = conn.live.get(sub) {
+            // Live filters carry `limit: 0`, which says nothing about matching.
+            if live
+                .filters
+                .iter()
+                .any(|f| f.clone().remove_limit().match_event(&event, opts))
+            {
+                self.ingest(relay, event);
+                let _ = now;
+            } else {
+                self.metrics.dropped_unsolicited += 1;
+            }
+            return;
+        }
+        let Some(h) = conn.historic.get_mut(sub) else {
+            self.metrics.dropped_unknown_subscription += 1;
+            return;
+        };
+        if !h.filter.match_event(&event, opts) {
+            self.metrics.dropped_unsolicited += 1;
+            return;
+        }
+        h.received += 1;
+        match &mut h.kind {
+            HistoricKind::Negentropy => self.metrics.dropped_unsolicited += 1,
+            HistoricKind::Req { buffer, limit, .. } => {
+                if h.received > *limit {
+                    self.metrics.dropped_flood += 1;
+                } else {
+                    buffer.push(event);
+                }
+            }
+            HistoricKind::Fetch {
+                asked, got, buffer, ..
+            } => {
+                if got.insert(event.id) && asked.contains(&event.id) {
+                    buffer.push(event);
+                } else {
+                    self.metrics.dropped_flood += 1;
+                }
+            }
+        }
+    }
+
+    fn ingest_sorted(&mut self, relay: &RelayUrl, mut events: Vec<Event>) {
+        events.sort_by_key(ingest_rank);
+        for event in events {
+            self.ingest(relay, event);
+        }
+    }
+
+    pub(super) fn on_eose(&mut self, relay: &RelayUrl, sub: &SubscriptionId, now: WallTime) {
+        let Some(conn) = self.conns.get_mut(relay) else {
+            return;
+        };
+        let Some(h) = conn.historic.remove(sub) else {
+            return;
+        };
+        self.commands.push_back(Command::Unsubscribe {
+            relay: relay.clone(),
+            id: sub.clone(),
+        });
+        match h.kind {
+            HistoricKind::Negentropy => {
+                // EOSE is not part of NIP-77; a relay sending it is confused. Fall back.
+                self.requeue_as_req(relay, h.batch, h.filter, h.attempts);
+                self.finish_part(relay, h.batch, sub, false, now);
+            }
+            HistoricKind::Req { buffer, until, .. } => {
+                let page: Vec<_> = buffer.iter().map(|e| (e.id, e.created_at)).collect();
+                let Some(mut state) = self
+                    .batch_mut(relay, h.batch)
+                    .and_then(|b| b.pagination.remove(sub))
+                else {
+                    self.ingest_sorted(relay, buffer);
+                    self.finish_part(relay, h.batch, sub, false, now);
+                    return;
+                };
+                let outcome = state.on_page(&page, until);
+                let fresh: BTreeSet<EventId> = outcome.new_ids.iter().copied().collect();
+                self.ingest_sorted(
+                    relay,
+                    buffer
+                        .into_iter()
+                        .filter(|e| fresh.contains(&e.id))
+                        .collect(),
+                );
+                let failed = outcome.incomplete.is_some();
+                match outcome.decision {
+                    PageDecision::Done => self.finish_part(relay, h.batch, sub, failed, now),
+                    PageDecision::Next { until, limit } => {
+                        let id = self.next_subscription_id();
+                        self.metrics.reqs_sent += 1;
+                        self.commands.push_back(Command::Subscribe {
+                            relay: relay.clone(),
+                            id: id.clone(),
+                            filters: vec![h.filter.clone().until(until).limit(limit)],
+                            mode: SubscriptionMode::Historic,
+                        });
+                        if let Some(batch) = self.batch_mut(relay, h.batch) {
+                            batch.outstanding.remove(sub);
+                            batch.outstanding.insert(id.clone());
+                            batch.pagination.insert(id.clone(), state);
+                            batch.failed |= failed;
+                        }
+                        if let Some(conn) = self.conns.get_mut(relay) {
+                            let kind = HistoricKind::Req {
+                                buffer: Vec::new(),
+                                until: Some(until),
+                                limit,
+                            };
+                            let deadline = now + self.config.subscription_timeout;
+                            conn.historic.insert(
+                                id,
+                                HistoricSub {
+                                    kind,
+                                    deadline,
+                                    received: 0,
+                                    ..h
+                                },
+                            );
+                        }
+                    }
+                }
+            }
+            HistoricKind::Fetch {
+                asked,
+                got,
+                buffer,
+                retried,
+            } => {
+                self.ingest_sorted(relay, buffer);
+                let missing: Vec<EventId> = asked.difference(&got).copied().collect();
+                if missing.is_empty() {
+                    self.finish_part(relay, h.batch, sub, false, now);
+                } else if !retried {
+                    let limits = self.limits(relay);
+                    if let Some(conn) = self.conns.get_mut(relay) {
+                        for filter in ids_filters(missing, &limits) {
+                            let kind = PartKind::Fetch { retried: true };
+                            conn.queue.push_front(QueuedPart {
+                                batch: h.batch,
+                                filter,
+                                kind,
+                                attempts: h.attempts,
+                            });
+                        }
+                    }
+                    self.finish_part(relay, h.batch, sub, false, now);
+                } else {
+                    // A retry that still misses ids: the relay will not give them.
+                    self.finish_part(relay, h.batch, sub, true, now);
+                }
+            }
+        }
+    }
+
+    /// One subscription of a batch ended (failed or not); the batch finishes when none
+    /// is left open or queued.
+    fn finish_part(
+        &mut self,
+        relay: &RelayUrl,
+        batch: BatchId,
+        sub: &SubscriptionId,
+        failed: bool,
+        now: WallTime,
+    ) {
+        if let Some(b) = self.batch_mut(relay, batch) {
+            b.outstanding.remove(sub);
+            b.pagination.remove(sub);
+            b.failed |= failed;
+        }
+        self.finish_batch_if_done(relay, batch, now);
+    }
+
+    /// Confirms a batch whose parts are all done: its items move to confirmed (even if a
+    /// part failed: live subscriptions cover them, the daily fresh start retries the
+    /// history, and re-adding them now would loop).
+    pub(super) fn finish_batch_if_done(&mut self, relay: &RelayUrl, batch: BatchId, now: WallTime) {
+        if self.conns.get(relay).is_some_and(|c| c.batch_busy(batch)) {
+            return;
+        }
+        let batches = self.pending.batches_mut(relay);
+        let Some(pos) = batches.iter().position(|b| b.id == batch) else {
+            return;
+        };
+        let done = batches.remove(pos);
+        let state = self.relays.entry(relay);
+        if done.items.is_empty() {
+            state.announcements_synced = true;
+        } else {
+            state.confirmed.merge(&done.items);
+        }
+        if done.failed {
+            self.metrics.batches_failed += 1;
+            if let Some(conn) = self.conns.get_mut(relay) {
+                conn.batch_failed = true;
+            }
+        } else {
+            self.metrics.batches_completed += 1;
+        }
+        self.dirty = true;
+        self.check_completion(relay, now);
+    }
+
+    fn requeue_as_req(&mut self, relay: &RelayUrl, batch: BatchId, filter: Filter, attempts: u32) {
+        self.metrics.negentropy_fallbacks += 1;
+        if let Some(conn) = self.conns.get_mut(relay) {
+            conn.queue.push_front(QueuedPart {
+                batch,
+                filter,
+                kind: PartKind::Req,
+                attempts,
+            });
+        }
+    }
+
+    pub(super) fn on_negentropy_result(
+        &mut self,
+        relay: &RelayUrl,
+        session: &SubscriptionId,
+        need: Vec<EventId>,
+        now: WallTime,
+    ) {
+        let Some(conn) = self.conns.get_mut(relay) else {
+            return;
+        };
+        if !matches!(
+            conn.historic.get(session).map(|h| &h.kind),
+            Some(HistoricKind::Negentropy)
+        ) {
+            return;
+        }
+        let Some(h) = conn.historic.remove(session) else {
+            return;
+        };
+        conn.negentropy = NegentropySupport::Supported;
+        let limits = conn.limits.clone();
+        let mut need = need;
+        need.sort();
+        need.dedup();
+        for filter in ids_filters(need, &limits).into_iter().rev() {
+            conn.queue.push_front(QueuedPart {
+                batch: h.batch,
+                filter,
+                kind: PartKind::Fetch { retried: false },
+                attempts: 0,
+            });
+        }
+        self.finish_part(relay, h.batch, session, false, now);
+    }
+
+    pub(super) fn on_negentropy_failed(
+        &mut self,
+        relay: &RelayUrl,
+        session: &SubscriptionId,
+        reason: &NegentropyFailure,
+        now: WallTime,
+    ) {
+        let Some(conn) = self.conns.get_mut(relay) else {
+            return;
+        };
+        if !matches!(
+            conn.historic.get(session).map(|h| &h.kind),
+            Some(HistoricKind::Negentropy)
+        ) {
+            return;
+        }
+        let Some(h) = conn.historic.remove(session) else {
+            return;
+        };
+        if matches!(
+            reason,
+            NegentropyFailure::Unsupported | NegentropyFailure::Timeout
+        ) {
+            conn.negentropy = NegentropySupport::Unsupported;
+        }
+        self.requeue_as_req(relay, h.batch, h.filter, h.attempts);
+        self.finish_part(relay, h.batch, session, false, now);
+    }
+
+    /// Every negentropy session on `relay` falls back to REQ+EOSE (the relay said it does
+    /// not speak NIP-77, or went silent).
+    fn abandon_negentropy(&mut self, relay: &RelayUrl, now: WallTime) {
+        let Some(conn) = self.conns.get_mut(relay) else {
+            return;
+        };
+        conn.negentropy = NegentropySupport::Unsupported;
+        for part in conn.queue.iter_mut() {
+            if part.kind == PartKind::Negentropy {
+                part.kind = PartKind::Req;
+            }
+        }
+        let sessions: Vec<SubscriptionId> = conn
+            .historic
+            .iter()
+            .filter(|(_, h)| matches!(h.kind, HistoricKind::Negentropy))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for session in sessions {
+            self.on_negentropy_failed(relay, &session, &NegentropyFailure::Unsupported, now);
+        }
+    }
+
+    pub(super) fn on_closed(
+        &mut self,
+        relay: &RelayUrl,
+        sub: &SubscriptionId,
+        message: &str,
+        now: WallTime,
+    ) {
+        let signal = classify_closed(message);
+        let Some(conn) = self.conns.get_mut(relay) else {
+            return;
+        };
+        if signal == RelaySignal::RateLimited {
+            conn.health.on_rate_limited(now);
+        }
+        if conn.live.remove(sub).is_some() {
+            // What this subscription covered is no longer live: rebuild once allowed,
+            // a bounded number of times per connection.
+            if conn.live_resubscribes < self.config.max_live_resubscribes {
+                conn.live_resubscribes += 1;
+                if signal == RelaySignal::TooManySubscriptions {
+                    conn.limits.max_live_filters = (conn.live_filter_count()).max(1);
+                }
+                conn.needs_rebuild = true;
+            } else {
+                conn.batch_failed = true;
+            }
+            return;
+        }
+        let Some(h) = conn.historic.remove(sub) else {
+            return;
+        };
+        match h.kind {
+            HistoricKind::Negentropy => {
+                conn.negentropy = NegentropySupport::Unsupported;
+                self.requeue_as_req(relay, h.batch, h.filter, h.attempts);
+                self.finish_part(relay, h.batch, sub, false, now);
+            }
+            HistoricKind::Req { buffer, .. } | HistoricKind::Fetch { buffer, .. } => {
+                self.ingest_sorted(relay, buffer);
+                let retry = matches!(
+                    signal,
+                    RelaySignal::RateLimited | RelaySignal::TooManySubscriptions
+                ) && h.attempts < MAX_PART_ATTEMPTS;
+                if retry {
+                    if let Some(conn) = self.conns.get_mut(relay) {
+                        conn.queue.push_back(QueuedPart {
+                            batch: h.batch,
+                            filter: h.filter,
+                            kind: PartKind::Req,
+                            attempts: h.attempts + 1,
+                        });
+                    }
+                }
+                self.finish_part(relay, h.batch, sub, !retry, now);
+            }
+        }
+    }
+
+    pub(super) fn on_notice(&mut self, relay: &RelayUrl, message: &str, now: WallTime) {
+        let Some(conn) = self.conns.get_mut(relay) else {
+            return;
+        };
+        match classify_notice(message) {
+            RelaySignal::RateLimited => conn.health.on_rate_limited(now),
+            RelaySignal::TooManySubscriptions => {
+                conn.health.on_rate_limited(now);
+                conn.needs_rebuild = true;
+            }
+            RelaySignal::NegentropyUnsupported => self.abandon_negentropy(relay, now),
+            _ => {}
+        }
+    }
+
+    /// Historic subscriptions past their deadline: negentropy falls back, REQs fail.
+    pub(super) fn expire_historic(&mut self, relay: &RelayUrl, now: WallTime) {
+        let Some(conn) = self.conns.get(relay) else {
+            return;
+        };
+        let expired: Vec<SubscriptionId> = conn
+            .historic
+            .iter()
+            .filter(|(_, h)| h.deadline <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for sub in expired {
+            let Some(conn) = self.conns.get_mut(relay) else {
+                return;
+            };
+            let Some(h) = conn.historic.get(&sub) else {
+                continue;
+            };
+            if matches!(h.kind, HistoricKind::Negentropy) {
+                self.commands.push_back(Command::Unsubscribe {
+                    relay: relay.clone(),
+                    id: sub.clone(),
+                });
+                self.on_negentropy_failed(relay, &sub, &NegentropyFailure::Timeout, now);
+            } else if let Some(h) = conn.historic.remove(&sub) {
+                self.commands.push_back(Command::Unsubscribe {
+                    relay: relay.clone(),
+                    id: sub.clone(),
+                });
+                if let HistoricKind::Req { buffer, .. } | HistoricKind::Fetch { buffer, .. } =
+                    h.kind
+                {
+                    self.ingest_sorted(relay, buffer);
+                }
+                self.finish_part(relay, h.batch, &sub, true, now);
+            }
+        }
+    }
+}

@@ -1,0 +1,588 @@
+//! The connection lifecycle of a relay: connect and retry with the health tracker, fresh
+//! start versus quick reconnect, the daily fresh start, live-subscription rebuilds
+//! (consolidation), removals, idle disconnects and historic completion.
+
+use std::time::Duration;
+
+use nostr::Filter;
+
+use super::conn::{Conn, LiveSub, NegentropySupport, PartKind, QueuedPart};
+use super::{Command, SubscriptionMode, SyncEngine};
+use crate::diff::compute_actions_for_relay;
+use crate::filters::{build_sync_level_aware_filters, layer1_filters, live, split_into_reqs};
+use crate::health::RelayHealth;
+use crate::model::{
+    BatchId, ConnectionStatus, PendingBatch, RelayUrl, SyncItems, SyncMethod, WallTime,
+};
+
+impl SyncEngine {
+    /// Registers a relay once; the websocket comes and goes, the registration stays.
+    pub(super) fn ensure_relay(&mut self, relay: &RelayUrl) {
+        if !self.conns.contains_key(relay) {
+            let health = RelayHealth::new(self.config.health.clone());
+            self.conns.insert(
+                relay.clone(),
+                Conn::new(health, self.config.default_limits.clone()),
+            );
+            self.relays.entry(relay);
+            self.dirty = true;
+        }
+    }
+
+    fn daily_jitter(&mut self) -> Duration {
+        let min = self.config.daily_min.as_millis() as u64;
+        let span = (self.config.daily_max.as_millis() as u64).saturating_sub(min);
+        let extra = if span == 0 {
+            0
+        } else {
+            self.rng.next_u64() % (span + 1)
+        };
+        Duration::from_millis(min + extra)
+    }
+
+    pub(super) fn on_connected(&mut self, relay: &RelayUrl, now: WallTime) {
+        let Some(conn) = self.conns.get_mut(relay) else {
+            // Dropped while connecting: nothing to sync there.
+            self.commands.push_back(Command::Disconnect {
+                relay: relay.clone(),
+            });
+            return;
+        };
+        conn.health.on_connected(now);
+        conn.reset_wire();
+        conn.live_resubscribes = 0;
+        conn.batch_failed = false;
+        let daily_due = conn.daily_due.is_some_and(|d| d <= now);
+        let state = self.relays.entry(relay);
+        let away = state.disconnected_at.map(|d| now.saturating_since(d));
+        let fresh = daily_due
+            || state.last_connected.is_none()
+            || away.is_none_or(|d| d > self.config.quick_reconnect_window);
+        let since = state
+            .disconnected_at
+            .map(|d| (d - self.config.since_overlap).as_timestamp());
+        state.status = ConnectionStatus::Syncing;
+        state.last_connected = Some(now);
+        state.disconnected_at = None;
+        state.historic_sync_completed = false;
+        self.pending.clear(relay);
+        self.dirty = true;
+        match since {
+            Some(since) if !fresh => self.quick_reconnect(relay, since, now),
+            _ => self.fresh_start(relay, now),
+        }
+    }
+
+    /// Never connected, away too long, or the daily timer: forget what was confirmed and
+    /// sync everything again, with negentropy where the relay has it.
+    pub(super) fn fresh_start(&mut self, relay: &RelayUrl, now: WallTime) {
+        self.metrics.fresh_starts += 1;
+        let jitter = self.daily_jitter();
+        if let Some(conn) = self.conns.get_mut(relay) {
+            conn.daily_due = Some(now + jitter);
+            if conn.negentropy == NegentropySupport::Unsupported {
+                // Relays get upgraded: give NIP-77 one more chance per fresh start.
+                conn.negentropy = NegentropySupport::Unknown;
+            }
+        }
+        let state = self.relays.entry(relay);
+        state.confirmed = SyncItems::default();
+        state.announcements_synced = false;
+        self.open_layer1(relay, None, now, true);
+        if let (Some(add), _) =
+            compute_actions_for_relay(relay, &self.targets, &self.pending, &self.relays)
+        {
+            self.start_items(relay, add.items, None, true, now);
+        }
+    }
+
+    /// Back within the window: layer 1 and the confirmed items again with `since`, live
+    /// rebuilt from confirmed state, then whatever is new. No negentropy.
+    fn quick_reconnect(&mut self, relay: &RelayUrl, since: nostr::Timestamp, now: WallTime) {
+        self.metrics.quick_reconnects += 1;
+        if let Some(conn) = self.conns.get_mut(relay) {
+            if conn.daily_due.is_none() {
+                let jitter = self.daily_jitter();
+                if let Some(conn) = self.conns.get_mut(relay) {
+                    conn.daily_due = Some(now + jitter);
+                }
+            }
+        }
+        self.open_layer1(relay, Some(since), now, false);
+        let confirmed = self.relays.entry(relay).confirmed.clone();
+        if !confirmed.is_empty() {
+            let limits = self.limits(relay);
+            self.open_live(
+                relay,
+                live(build_sync_level_aware_filters(&confirmed, &limits, None)),
+            );
+            let historic = build_sync_level_aware_filters(&confirmed, &limits, Some(since));
+            self.start_batch(relay, confirmed, historic, false, now);
+        }
+        if let (Some(add), _) =
+            compute_actions_for_relay(relay, &self.targets, &self.pending, &self.relays)
+        {
+            self.start_items(relay, add.items, None, false, now);
+        }
+    }
+
+    fn open_layer1(
+        &mut self,
+        relay: &RelayUrl,
+        since: Option<nostr::Timestamp>,
+        now: WallTime,
+        negentropy: bool,
+    ) {
+        self.open_live(relay, live(layer1_filters(None)));
+        self.start_batch(
+            relay,
+            SyncItems::default(),
+            layer1_filters(since),
+            negentropy,
+            now,
+        );
+    }
+
+    pub(super) fn limits(&self, relay: &RelayUrl) -> crate::filters::RelayLimits {
+        self.conns
+            .get(relay)
+            .map_or_else(|| self.config.default_limits.clone(), |c| c.limits.clone())
+    }
+
+    /// Opens live subscriptions for `filters`, as few REQs as the relay allows.
+    fn open_live(&mut self, relay: &RelayUrl, filters: Vec<Filter>) {
+        if filters.is_empty() {
+            return;
+        }
+        let limits = self.limits(relay);
+        for req in split_into_reqs(filters, &limits) {
+            let id = self.next_subscription_id();
+            self.metrics.reqs_sent += 1;
+            self.commands.push_back(Command::Subscribe {
+                relay: relay.clone(),
+                id: id.clone(),
+                filters: req.clone(),
+                mode: SubscriptionMode::Live,
+            });
+            if let Some(conn) = self.conns.get_mut(relay) {
+                conn.live.insert(id, LiveSub { filters: req });
+            }
+        }
+    }
+
+    /// New items for a connected relay: live subscriptions now, historic as a batch.
+    /// Held back (and retried at the next check) while rate-limited or at the batch cap.
+    pub(super) fn start_items(
+        &mut self,
+        relay: &RelayUrl,
+        items: SyncItems,
+        since: Option<nostr::Timestamp>,
+        negentropy: bool,
+        now: WallTime,
+    ) {
+        if items.is_empty() {
+            return;
+        }
+        let at_cap = self.pending.batches(relay).len() >= self.config.max_pending_batches_per_relay;
+        let Some(conn) = self.conns.get_mut(relay) else {
+            return;
+        };
+        if at_cap || !conn.health.can_subscribe(now) {
+            conn.deferred = true;
+            return;
+        }
+        let limits = conn.limits.clone();
+        self.open_live(
+            relay,
+            live(build_sync_level_aware_filters(&items, &limits, None)),
+        );
+        let historic = build_sync_level_aware_filters(&items, &limits, since);
+        self.start_batch(relay, items, historic, negentropy, now);
+        self.consolidate_if_fragmented(relay, now);
+    }
+
+    /// Queues one historic part per filter; `pump` opens them as slots free up.
+    fn start_batch(
+        &mut self,
+        relay: &RelayUrl,
+        items: SyncItems,
+        filters: Vec<Filter>,
+        negentropy: bool,
+        now: WallTime,
+    ) {
+        self.next_id += 1;
+        let id = BatchId(self.next_id);
+        let Some(conn) = self.conns.get_mut(relay) else {
+            return;
+        };
+        let use_negentropy = negentropy && conn.negentropy != NegentropySupport::Unsupported;
+        let kind = if use_negentropy {
+            PartKind::Negentropy
+        } else {
+            PartKind::Req
+        };
+        for filter in filters {
+            conn.queue.push_back(QueuedPart {
+                batch: id,
+                filter,
+                kind,
+                attempts: 0,
+            });
+        }
+        self.pending.batches_mut(relay).push(PendingBatch {
+            id,
+            items,
+            outstanding: Default::default(),
+            method: if use_negentropy {
+                SyncMethod::Negentropy
+            } else {
+                SyncMethod::ReqEose
+            },
+            pagination: Default::default(),
+            failed: false,
+            started_at: now,
+        });
+        self.finish_batch_if_done(relay, id, now);
+    }
+
+    /// More live filters than the threshold while fewer would do: close them all and
+    /// reopen from confirmed ∪ pending items in as few filters as possible. Unlike the
+    /// anchor, in-flight batches are kept (their items are covered by the rebuild), so a
+    /// consolidation never repeats historic work.
+    fn consolidate_if_fragmented(&mut self, relay: &RelayUrl, now: WallTime) {
+        let Some(conn) = self.conns.get(relay) else {
+            return;
+        };
+        let open = conn.live_filter_count();
+        if open <= conn.limits.max_live_filters {
+            return;
+        }
+        let minimal =
+            1 + build_sync_level_aware_filters(&self.held_items(relay), &conn.limits, None).len();
+        if open > minimal {
+            self.rebuild_live(relay, now);
+        }
+    }
+
+    fn held_items(&self, relay: &RelayUrl) -> SyncItems {
+        let mut items = self
+            .relays
+            .get(relay)
+            .map(|s| s.confirmed.clone())
+            .unwrap_or_default();
+        items.merge(&self.pending.items(relay));
+        items
+    }
+
+    /// Closes every live subscription and reopens layer 1 plus confirmed ∪ pending items.
+    pub(super) fn rebuild_live(&mut self, relay: &RelayUrl, now: WallTime) {
+        let Some(conn) = self.conns.get_mut(relay) else {
+            return;
+        };
+        if !conn.health.can_subscribe(now) {
+            conn.needs_rebuild = true;
+            return;
+        }
+        conn.needs_rebuild = false;
+        let old: Vec<_> = std::mem::take(&mut conn.live).into_keys().collect();
+        let limits = conn.limits.clone();
+        self.metrics.consolidations += 1;
+        for id in old {
+            self.commands.push_back(Command::Unsubscribe {
+                relay: relay.clone(),
+                id,
+            });
+        }
+        let mut filters = live(layer1_filters(None));
+        filters.extend(live(build_sync_level_aware_filters(
+            &self.held_items(relay),
+            &limits,
+            None,
+        )));
+        self.open_live(relay, filters);
+    }
+
+    /// Drops items no longer targeted from confirmed and pending state and closes what
+    /// covered them.
+    pub(super) fn apply_removals(&mut self, relay: &RelayUrl, items: &SyncItems, now: WallTime) {
+        let target = self.targets.get(relay);
+        let strip = |held: &mut SyncItems| {
+            held.repos.retain(|repo, level| {
+                let wanted = target.and_then(|t| t.repos.get(repo)) == Some(level);
+                wanted || items.repos.get(repo).is_none()
+            });
+            held.root_events
+                .retain(|id| !items.root_events.contains(id));
+        };
+        if let Some(state) = self.relays.get_mut(relay) {
+            strip(&mut state.confirmed);
+        }
+        let mut emptied = Vec::new();
+        for batch in self.pending.batches_mut(relay).iter_mut() {
+            let was_empty = batch.items.is_empty();
+            strip(&mut batch.items);
+            if !was_empty && batch.items.is_empty() {
+                emptied.push(batch.id);
+            }
+        }
+        for batch in emptied {
+            self.cancel_batch(relay, batch);
+        }
+        self.dirty = true;
+        if self
+            .relays
+            .get(relay)
+            .is_some_and(|s| s.status.is_connected())
+        {
+            self.rebuild_live(relay, now);
+        }
+    }
+
+    /// Stops every part of a batch and forgets it, without confirming anything.
+    fn cancel_batch(&mut self, relay: &RelayUrl, batch: BatchId) {
+        if let Some(conn) = self.conns.get_mut(relay) {
+            conn.queue.retain(|q| q.batch != batch);
+            let ids: Vec<_> = conn
+                .historic
+                .iter()
+                .filter(|(_, h)| h.batch == batch)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in ids {
+                conn.historic.remove(&id);
+                self.commands.push_back(Command::Unsubscribe {
+                    relay: relay.clone(),
+                    id,
+                });
+            }
+        }
+        self.pending.batches_mut(relay).retain(|b| b.id != batch);
+    }
+
+    pub(super) fn on_connect_failed(&mut self, relay: &RelayUrl, now: WallTime) {
+        let Some(conn) = self.conns.get_mut(relay) else {
+            return;
+        };
+        conn.health.on_connect_failed(now);
+        conn.connect_deadline = None;
+        self.metrics.connection_failures += 1;
+        let state = self.relays.entry(relay);
+        if state.status == ConnectionStatus::Connecting {
+            state.status = ConnectionStatus::Disconnected;
+        }
+    }
+
+    pub(super) fn on_disconnected(&mut self, relay: &RelayUrl, now: WallTime) {
+        let Some(conn) = self.conns.get_mut(relay) else {
+            return;
+        };
+        let was_connected = self
+            .relays
+            .get(relay)
+            .is_some_and(|s| s.status.is_connected());
+        if was_connected {
+            conn.health.on_disconnected(now);
+        } else {
+            conn.health.on_connect_failed(now);
+            self.metrics.connection_failures += 1;
+        }
+        conn.reset_wire();
+        let state = self.relays.entry(relay);
+        if was_connected {
+            state.disconnected_at = Some(now);
+        }
+        state.status = ConnectionStatus::Disconnected;
+        self.pending.clear(relay);
+        self.dirty = true;
+    }
+
+    /// Every `check_interval`: connects and retries, timeouts, rate-limit resumption,
+    /// daily fresh starts, idle disconnects, historic completion.
+    pub(super) fn periodic_check(&mut self, now: WallTime) {
+        let relays: Vec<RelayUrl> = self.conns.keys().cloned().collect();
+        for relay in relays {
+            self.check_relay(&relay, now);
+        }
+    }
+
+    fn check_relay(&mut self, relay: &RelayUrl, now: WallTime) {
+        let wanted =
+            self.targets.get(relay).is_some() || self.config.bootstrap_relays.contains(relay);
+        let status = self
+            .relays
+            .get(relay)
+            .map_or(ConnectionStatus::Disconnected, |s| s.status);
+        if !wanted {
+            self.drop_idle(relay, status);
+            return;
+        }
+        let Some(conn) = self.conns.get_mut(relay) else {
+            return;
+        };
+        match status {
+            ConnectionStatus::Disconnected => {}
+            ConnectionStatus::Connecting => {
+                if conn.connect_deadline.is_some_and(|d| d <= now) {
+                    self.commands.push_back(Command::Disconnect {
+                        relay: relay.clone(),
+                    });
+                    self.on_connect_failed(relay, now);
+                }
+            }
+            _ => {
+                self.expire_historic(relay, now);
+                let Some(conn) = self.conns.get_mut(relay) else {
+                    return;
+                };
+                if conn.health.can_subscribe(now) {
+                    if conn.daily_due.is_some_and(|d| d <= now)
+                        && status != ConnectionStatus::Syncing
+                    {
+                        self.daily_fresh_start(relay, now);
+                        return;
+                    }
+                    let Some(conn) = self.conns.get_mut(relay) else {
+                        return;
+                    };
+                    if conn.needs_rebuild {
+                        self.rebuild_live(relay, now);
+                    }
+                    let Some(conn) = self.conns.get_mut(relay) else {
+                        return;
+                    };
+                    if std::mem::take(&mut conn.deferred) {
+                        let (add, remove) = compute_actions_for_relay(
+                            relay,
+                            &self.targets,
+                            &self.pending,
+                            &self.relays,
+                        );
+                        if let Some(remove) = remove {
+                            self.apply_removals(relay, &remove.items, now);
+                        }
+                        if let Some(add) = add {
+                            self.start_items(relay, add.items, None, false, now);
+                        }
+                        self.consolidate_if_fragmented(relay, now);
+                    }
+                } else {
+                    conn.deferred = true;
+                }
+                self.check_completion(relay, now);
+            }
+        }
+    }
+
+    /// The daily fresh start on a live connection: not counted as a disconnect.
+    fn daily_fresh_start(&mut self, relay: &RelayUrl, now: WallTime) {
+        if let Some(conn) = self.conns.get_mut(relay) {
+            let ids: Vec<_> = conn
+                .live
+                .keys()
+                .chain(conn.historic.keys())
+                .cloned()
+                .collect();
+            conn.reset_wire();
+            conn.batch_failed = false;
+            for id in ids {
+                self.commands.push_back(Command::Unsubscribe {
+                    relay: relay.clone(),
+                    id,
+                });
+            }
+        }
+        self.pending.clear(relay);
+        let state = self.relays.entry(relay);
+        state.status = ConnectionStatus::Syncing;
+        state.historic_sync_completed = false;
+        self.fresh_start(relay, now);
+    }
+
+    /// A relay nobody lists any more: disconnect it once its historic sync is over, then
+    /// forget it.
+    fn drop_idle(&mut self, relay: &RelayUrl, status: ConnectionStatus) {
+        if status == ConnectionStatus::Syncing && self.pending.has_pending(relay) {
+            return;
+        }
+        if status != ConnectionStatus::Disconnected {
+            self.commands.push_back(Command::Disconnect {
+                relay: relay.clone(),
+            });
+        }
+        self.conns.remove(relay);
+        self.relays.remove(relay);
+        self.pending.clear(relay);
+        self.events_per_relay.remove(relay);
+        self.dirty = true;
+    }
+
+    /// Syncing → Connected (or ConnectedHistoricSyncFailures) once no batch is pending,
+    /// nothing is held back, and no accepted event waits that could add items.
+    pub(super) fn check_completion(&mut self, relay: &RelayUrl, now: WallTime) {
+        if !self.accepted.is_empty() {
+            return;
+        }
+        let Some(conn) = self.conns.get(relay) else {
+            return;
+        };
+        if conn.deferred
+            || conn.needs_rebuild
+            || !conn.queue.is_empty()
+            || !conn.historic.is_empty()
+        {
+            return;
+        }
+        if self.pending.has_pending(relay) {
+            return;
+        }
+        if compute_actions_for_relay(relay, &self.targets, &self.pending, &self.relays)
+            .0
+            .is_some()
+        {
+            return;
+        }
+        let failed = conn.batch_failed;
+        let Some(state) = self.relays.get_mut(relay) else {
+            return;
+        };
+        if state.status == ConnectionStatus::Syncing {
+            state.status = if failed {
+                ConnectionStatus::ConnectedHistoricSyncFailures
+            } else {
+                ConnectionStatus::Connected
+            };
+            state.historic_sync_completed = true;
+            state.historic_sync_completed_at = Some(now);
+            self.dirty = true;
+        }
+    }
+
+    /// Opens what can be opened now: connections due, queued historic parts into free
+    /// slots. Called after every input and timeout.
+    pub(super) fn pump(&mut self, now: WallTime) {
+        let wanted: Vec<RelayUrl> = self
+            .conns
+            .keys()
+            .filter(|r| self.targets.get(r).is_some() || self.config.bootstrap_relays.contains(*r))
+            .cloned()
+            .collect();
+        for relay in wanted {
+            let Some(conn) = self.conns.get_mut(&relay) else {
+                continue;
+            };
+            let state = self.relays.entry(&relay);
+            if state.status == ConnectionStatus::Disconnected
+                && conn.health.next_attempt_at(now) <= now
+            {
+                state.status = ConnectionStatus::Connecting;
+                conn.health.on_connect_attempt(now);
+                conn.connect_deadline = Some(now + self.config.health.base_backoff);
+                self.metrics.connection_attempts += 1;
+                self.commands.push_back(Command::Connect {
+                    relay: relay.clone(),
+                });
+            }
+            self.open_queued(&relay, now);
+        }
+    }
+}

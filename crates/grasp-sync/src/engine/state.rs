@@ -1,0 +1,134 @@
+//! What the engine reports and persists: status per relay for the host's `/status`,
+//! counters for metrics, and the snapshot the sync-state store saves so a restart within
+//! 15 minutes is a quick reconnect rather than a full re-sync.
+
+use std::collections::BTreeSet;
+
+use nostr::EventId;
+
+use super::conn::NegentropySupport;
+use crate::health::HealthState;
+use crate::model::{ConnectionStatus, RelayState, RelayUrl, RepoRef, SyncLevel, WallTime};
+
+/// Counters kept by the engine; the driver exports them as Prometheus metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct EngineMetrics {
+    /// EVENT messages received on our subscriptions.
+    pub events_received: u64,
+    /// Events handed to the host for ingestion.
+    pub events_handed: u64,
+    /// Host outcomes: newly accepted (the `events_synced_total` metric).
+    pub events_accepted: u64,
+    /// Host outcomes: parked in purgatory.
+    pub events_purgatory: u64,
+    /// Host outcomes: refused.
+    pub events_rejected: u64,
+    /// Host outcomes: already held.
+    pub events_duplicate: u64,
+    /// Events not handed over because another relay already delivered them.
+    pub events_deduplicated: u64,
+    /// Events dropped: on a subscription we do not have open.
+    pub dropped_unknown_subscription: u64,
+    /// Events dropped: not matching the filter they were sent for.
+    pub dropped_unsolicited: u64,
+    /// Events dropped: beyond the page size asked (a flooding relay).
+    pub dropped_flood: u64,
+    /// Accepted-feed events or announcements that could not be read (bad tags).
+    pub dropped_malformed: u64,
+    /// Relay URLs refused (policy, own URL, invalid) or cut by the per-announcement cap.
+    pub relays_refused: u64,
+    /// Connect commands issued.
+    pub connection_attempts: u64,
+    /// Connects that failed or timed out.
+    pub connection_failures: u64,
+    /// REQ messages sent (live and historic).
+    pub reqs_sent: u64,
+    /// Negentropy sessions opened.
+    pub negentropy_sessions: u64,
+    /// Negentropy sessions that fell back to REQ+EOSE.
+    pub negentropy_fallbacks: u64,
+    /// Batches finished without failure.
+    pub batches_completed: u64,
+    /// Batches finished with a failed part.
+    pub batches_failed: u64,
+    /// Live subscription rebuilds (consolidation, removals, closed live subscriptions).
+    pub consolidations: u64,
+    /// Fresh starts (first connect, long disconnect, daily).
+    pub fresh_starts: u64,
+    /// Quick reconnects.
+    pub quick_reconnects: u64,
+}
+
+/// One relay as the host's status page shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RelayStatusSnapshot {
+    /// The relay.
+    pub relay: RelayUrl,
+    /// Connection status.
+    pub status: ConnectionStatus,
+    /// Health.
+    pub health: HealthState,
+    /// Bootstrap relay.
+    pub is_bootstrap: bool,
+    /// Live filters open.
+    pub live_filters: usize,
+    /// Live subscriptions open.
+    pub live_subscriptions: usize,
+    /// Historic subscriptions open or queued.
+    pub historic_parts: usize,
+    /// Batches in flight.
+    pub pending_batches: usize,
+    /// Repos confirmed.
+    pub confirmed_repos: usize,
+    /// Root events confirmed.
+    pub confirmed_root_events: usize,
+    /// Events received from this relay.
+    pub events_received: u64,
+    /// NIP-77 support learnt.
+    pub negentropy: NegentropySupport,
+    /// Historic sync finished on this connection.
+    pub historic_sync_completed: bool,
+}
+
+/// A repo as persisted.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PersistedRepo {
+    /// The repo.
+    pub repo: RepoRef,
+    /// Relays listed.
+    pub relays: BTreeSet<RelayUrl>,
+    /// Root events.
+    pub root_events: BTreeSet<EventId>,
+    /// Level.
+    pub sync_level: SyncLevel,
+}
+
+/// A relay as persisted.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PersistedRelay {
+    /// The relay.
+    pub relay: RelayUrl,
+    /// Confirmed state and connection facts.
+    pub state: RelayState,
+    /// NIP-77 support learnt.
+    pub negentropy: NegentropySupport,
+}
+
+/// Everything needed to resume after a restart.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SyncStateSnapshot {
+    /// Format version, bumped on incompatible change.
+    pub version: u32,
+    /// When it was taken. Relays connected at that moment are restored as disconnected
+    /// at this time, so a restart within the quick-reconnect window resumes with `since`.
+    pub taken_at: WallTime,
+    /// The repo index.
+    pub repos: Vec<PersistedRepo>,
+    /// The relay index.
+    pub relays: Vec<PersistedRelay>,
+}
+
+impl SyncStateSnapshot {
+    /// Current format version.
+    pub const VERSION: u32 = 1;
+}

@@ -1,0 +1,160 @@
+//! In-memory port implementations: for tests, the simulation and simple hosts.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use nostr::filter::MatchEventOptions;
+use nostr::{Event, EventId, Filter, Timestamp};
+
+use super::{EventStore, Ingestion, PortError, SyncStateStore};
+use crate::engine::{IngestOutcome, SyncStateSnapshot};
+use crate::model::RelayUrl;
+
+/// Events in a map, plus the ids refused. Accepts every event it is handed (a host with
+/// a policy wraps or replaces it); refused ids can be added for the have-set.
+#[derive(Debug, Default)]
+pub struct MemoryEventStore {
+    inner: Mutex<MemoryInner>,
+}
+
+#[derive(Debug, Default)]
+struct MemoryInner {
+    events: BTreeMap<EventId, Event>,
+    rejected: BTreeSet<EventId>,
+}
+
+impl MemoryEventStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryInner> {
+        // A panic elsewhere while holding the lock leaves plain data behind: keep going.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Stores an event directly (as if a user had published it).
+    pub fn insert(&self, event: Event) -> bool {
+        self.lock().events.insert(event.id, event).is_none()
+    }
+
+    /// Records an id as refused.
+    pub fn reject(&self, id: EventId) {
+        self.lock().rejected.insert(id);
+    }
+
+    /// Number of events stored.
+    pub fn len(&self) -> usize {
+        self.lock().events.len()
+    }
+
+    /// True when nothing is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether an event is stored.
+    pub fn contains(&self, id: &EventId) -> bool {
+        self.lock().events.contains_key(id)
+    }
+
+    /// All stored events.
+    pub fn events(&self) -> Vec<Event> {
+        self.lock().events.values().cloned().collect()
+    }
+}
+
+#[async_trait]
+impl EventStore for MemoryEventStore {
+    async fn negentropy_items(
+        &self,
+        filter: &Filter,
+    ) -> Result<Vec<(EventId, Timestamp)>, PortError> {
+        let inner = self.lock();
+        let filter = filter.clone().remove_limit();
+        let mut items: Vec<(EventId, Timestamp)> = inner
+            .events
+            .values()
+            .filter(|e| filter.match_event(e, MatchEventOptions::new()))
+            .map(|e| (e.id, e.created_at))
+            .collect();
+        // Refused ids have no timestamp we trust to match the filter: offer them anyway
+        // only when the filter asks for ids explicitly.
+        if let Some(ids) = &filter.ids {
+            items.extend(
+                inner
+                    .rejected
+                    .iter()
+                    .filter(|id| ids.contains(id))
+                    .map(|id| (*id, Timestamp::zero())),
+            );
+        }
+        Ok(items)
+    }
+
+    async fn has(&self, id: &EventId) -> Result<bool, PortError> {
+        let inner = self.lock();
+        Ok(inner.events.contains_key(id) || inner.rejected.contains(id))
+    }
+}
+
+#[async_trait]
+impl Ingestion for MemoryEventStore {
+    async fn ingest(&self, event: Event, _from: &RelayUrl) -> Result<IngestOutcome, PortError> {
+        let mut inner = self.lock();
+        if inner.rejected.contains(&event.id) {
+            return Ok(IngestOutcome::Rejected);
+        }
+        if inner.events.contains_key(&event.id) {
+            return Ok(IngestOutcome::Duplicate);
+        }
+        inner.events.insert(event.id, event);
+        Ok(IngestOutcome::Accepted)
+    }
+}
+
+/// Keeps the last snapshot in memory (survives an engine restart, not a process one).
+#[derive(Debug, Default)]
+pub struct MemorySyncStateStore {
+    snapshot: Mutex<Option<SyncStateSnapshot>>,
+}
+
+impl MemorySyncStateStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl SyncStateStore for MemorySyncStateStore {
+    async fn load(&self) -> Result<Option<SyncStateSnapshot>, PortError> {
+        Ok(self
+            .snapshot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone())
+    }
+
+    async fn save(&self, snapshot: &SyncStateSnapshot) -> Result<(), PortError> {
+        *self
+            .snapshot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(snapshot.clone());
+        Ok(())
+    }
+}
+
+/// Permits every relay URL. For tests on loopback; hosts use the URL policy.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AllowAllRelays;
+
+impl super::RelayUrlPolicy for AllowAllRelays {
+    fn permits_relay(&self, _url: &RelayUrl) -> bool {
+        true
+    }
+}
