@@ -11,6 +11,7 @@
 
 pub mod diff;
 pub mod engine;
+pub mod filters;
 pub mod model;
 pub mod nip34;
 pub mod ports;
@@ -19,6 +20,10 @@ pub mod targets;
 pub use diff::{compute_actions, compute_actions_for_relay, Actions, AddFilters, RemoveItems};
 pub use engine::{
     Command, IngestOutcome, Input, NegentropyFailure, SubscriptionMode, SyncConfig, SyncEngine,
+};
+pub use filters::{
+    build_sync_level_aware_filters, ids_filters, layer1_filters, live, repo_tag_filters,
+    root_event_tag_filters, split_into_reqs, state_filters, with_page, Nip11Limitation, RelayLimits,
 };
 pub use model::*;
 pub use targets::{derive_relay_targets, RelayTarget, RelayTargets};

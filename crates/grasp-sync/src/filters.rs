@@ -1,0 +1,588 @@
+//! Filter building: the three layers of design section 3 (connection level, state,
+//! repo tags, root-event tags), the `ids` fetch after negentropy, and the grouping of
+//! filters into REQs. Everything is pure and deterministic: inputs are sorted and
+//! de-duplicated, and chunks respect the limits a relay advertises in NIP-11.
+
+use std::collections::BTreeSet;
+
+use nostr::{Alphabet, EventId, Filter, Kind, SingleLetterTag, Timestamp};
+
+use crate::model::{RepoRef, SyncItems, SyncLevel, REPO_ANNOUNCEMENT_KIND};
+
+/// Kind of a NIP-34 repository state event (addressable by `d`).
+pub const REPO_STATE_KIND: u16 = 30618;
+/// Kind of a user's GRASP server list.
+pub const GRASP_SERVER_LIST_KIND: u16 = 10317;
+
+/// Bytes reserved in every REQ for what is not a tag value: `["REQ","<sub id up to 64
+/// chars>",` plus the filter's keys, kinds, `since`, `until` and `limit`. Generous on
+/// purpose: a REQ a few bytes too long is refused as a whole.
+const REQ_OVERHEAD: usize = 256;
+/// Serialized cost of one 64-hex value inside a JSON array: the hex, two quotes, a comma.
+const HEX_VALUE_COST: usize = 64 + 3;
+
+/// What the filter builders may put in one filter and one REQ, and when a relay's live
+/// subscriptions should be consolidated.
+///
+/// The defaults are the design's; [`RelayLimits::lowered_to`] and
+/// [`RelayLimits::from_nip11`] lower them to what a relay advertises, so one relay's
+/// small limits never make us send REQs it would refuse. No field is ever zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RelayLimits {
+    /// Most values (identifiers, repo refs, event ids) in one filter. Default 100.
+    pub chunk_size: usize,
+    /// Most filters in one REQ. Default 10: nostream's default `max_filters` is 10, the
+    /// lowest default among widely deployed relays we know (strfry allows 200), and ten
+    /// filters of 100 event ids (~68 KB) stay under the common 128 KiB message limit.
+    pub max_filters_per_req: usize,
+    /// Live filters above which the engine consolidates (closes all live subscriptions
+    /// and rebuilds them from confirmed state). Default 70, as the anchor.
+    pub max_live_filters: usize,
+    /// `limit` asked on each historic REQ page. Default 500 (strfry's default cap).
+    pub page_limit: usize,
+    /// Most concurrent subscriptions the relay allows, if it says so.
+    pub max_subscriptions: Option<usize>,
+    /// Most events the relay returns for one filter, if it says so; the pagination
+    /// planner's known cap.
+    pub max_limit: Option<usize>,
+    /// Longest websocket message the relay accepts, in bytes, if it says so.
+    pub max_message_length: Option<usize>,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        Self {
+            chunk_size: 100,
+            max_filters_per_req: 10,
+            max_live_filters: 70,
+            page_limit: 500,
+            max_subscriptions: None,
+            max_limit: None,
+            max_message_length: None,
+        }
+    }
+}
+
+/// The fields of a NIP-11 `limitation` object that shape our REQs. Absent, negative,
+/// zero or non-numeric values are `None`: a relay's nonsense never produces a zero limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Nip11Limitation {
+    /// `max_filters`: most filters per subscription.
+    pub max_filters: Option<usize>,
+    /// `max_subscriptions`: most open subscriptions per connection.
+    pub max_subscriptions: Option<usize>,
+    /// `max_limit`: the relay clamps every filter's `limit` to this.
+    pub max_limit: Option<usize>,
+    /// `max_message_length`: longest incoming message, in bytes.
+    pub max_message_length: Option<usize>,
+}
+
+impl Nip11Limitation {
+    /// Reads `limitation` from a whole NIP-11 document (anything else yields all `None`).
+    pub fn from_document(doc: &serde_json::Value) -> Self {
+        let Some(lim) = doc.get("limitation") else {
+            return Self::default();
+        };
+        let field = |name: &str| {
+            lim.get(name)
+                .and_then(serde_json::Value::as_u64)
+                .filter(|v| *v > 0)
+                .map(|v| usize::try_from(v).unwrap_or(usize::MAX))
+        };
+        Self {
+            max_filters: field("max_filters"),
+            max_subscriptions: field("max_subscriptions"),
+            max_limit: field("max_limit"),
+            max_message_length: field("max_message_length"),
+        }
+    }
+}
+
+impl RelayLimits {
+    /// The defaults lowered to what a NIP-11 document advertises in `limitation`.
+    pub fn from_nip11(doc: &serde_json::Value) -> Self {
+        Self::default().lowered_to(&Nip11Limitation::from_document(doc))
+    }
+
+    /// These limits lowered (never raised) to `lim`:
+    /// - `max_filters_per_req` ≤ `max_filters`;
+    /// - `max_live_filters` ≤ half the subscriptions × filters per REQ, keeping the other
+    ///   half of the relay's subscriptions for historic pages and negentropy;
+    /// - `page_limit` ≤ `max_limit`;
+    /// - `chunk_size` so that one filter of `chunk_size` 64-hex values fits in
+    ///   `max_message_length`.
+    ///
+    /// Every count stays at least 1.
+    pub fn lowered_to(mut self, lim: &Nip11Limitation) -> Self {
+        if let Some(m) = lim.max_filters {
+            self.max_filters_per_req = self.max_filters_per_req.min(m);
+        }
+        if let Some(s) = lim.max_subscriptions {
+            self.max_subscriptions = Some(self.max_subscriptions.map_or(s, |old| old.min(s)));
+        }
+        if let Some(l) = lim.max_limit {
+            self.page_limit = self.page_limit.min(l);
+            self.max_limit = Some(self.max_limit.map_or(l, |old| old.min(l)));
+        }
+        if let Some(len) = lim.max_message_length {
+            self.max_message_length = Some(self.max_message_length.map_or(len, |old| old.min(len)));
+        }
+        self.normalised()
+    }
+
+    /// Enforces the invariants: no zero counts, chunks and live filters within what the
+    /// relay's subscription and message limits allow.
+    pub fn normalised(mut self) -> Self {
+        self.max_filters_per_req = self.max_filters_per_req.max(1);
+        self.page_limit = self.page_limit.max(1);
+        if let Some(len) = self.max_message_length {
+            let fit = len.saturating_sub(REQ_OVERHEAD) / HEX_VALUE_COST;
+            self.chunk_size = self.chunk_size.min(fit);
+        }
+        self.chunk_size = self.chunk_size.max(1);
+        if let Some(s) = self.max_subscriptions {
+            let live_subs = (s / 2).max(1);
+            let budget = live_subs.saturating_mul(self.max_filters_per_req);
+            self.max_live_filters = self.max_live_filters.min(budget);
+        }
+        self.max_live_filters = self.max_live_filters.max(1);
+        self
+    }
+
+    /// Byte budget for the tag values of one filter, if the relay limits message size.
+    fn value_budget(&self) -> Option<usize> {
+        self.max_message_length
+            .map(|len| len.saturating_sub(REQ_OVERHEAD))
+    }
+}
+
+/// Layer 1, the connection-level filter: announcements (30617) and GRASP server lists
+/// (10317). `since` is set on the historic part of a quick reconnect.
+pub fn layer1_filters(since: Option<Timestamp>) -> Vec<Filter> {
+    let f = Filter::new().kinds([
+        Kind::from(REPO_ANNOUNCEMENT_KIND),
+        Kind::from(GRASP_SERVER_LIST_KIND),
+    ]);
+    vec![with_since(f, since)]
+}
+
+/// State filters: kind 30618 with `#d` = the repos' identifiers (de-duplicated, sorted),
+/// in chunks. Built for every repo whatever its level, because a StateOnly repo waits
+/// for exactly these events.
+pub fn state_filters<'a>(
+    repos: impl IntoIterator<Item = &'a RepoRef>,
+    limits: &RelayLimits,
+    since: Option<Timestamp>,
+) -> Vec<Filter> {
+    let identifiers: BTreeSet<&str> = repos.into_iter().map(RepoRef::identifier).collect();
+    chunk_values(identifiers, limits.chunk_size, limits.value_budget())
+        .into_iter()
+        .map(|chunk| {
+            let f = Filter::new()
+                .kind(Kind::from(REPO_STATE_KIND))
+                .custom_tags(SingleLetterTag::lowercase(Alphabet::D), chunk);
+            with_since(f, since)
+        })
+        .collect()
+}
+
+/// Layer 2 (Full repos only): per chunk of repo refs, three filters `#a`, `#A`, `#q`.
+/// Three filters because conditions inside one filter are ANDed.
+pub fn repo_tag_filters<'a>(
+    repos: impl IntoIterator<Item = &'a RepoRef>,
+    limits: &RelayLimits,
+    since: Option<Timestamp>,
+) -> Vec<Filter> {
+    let refs: BTreeSet<&str> = repos.into_iter().map(RepoRef::as_str).collect();
+    tag_triples(refs, limits, since, Alphabet::A)
+}
+
+/// Layer 3 (root events of Full repos): per chunk of event ids, three filters `#e`,
+/// `#E`, `#q`.
+pub fn root_event_tag_filters<'a>(
+    ids: impl IntoIterator<Item = &'a EventId>,
+    limits: &RelayLimits,
+    since: Option<Timestamp>,
+) -> Vec<Filter> {
+    let hex: BTreeSet<String> = ids.into_iter().map(EventId::to_hex).collect();
+    tag_triples(hex.iter().map(String::as_str), limits, since, Alphabet::E)
+}
+
+/// Everything a relay must carry for `items`: state filters for all repos, layer 2 for
+/// Full repos only, layer 3 for the root events. StateOnly repos never produce layer 2
+/// or layer 3 filters.
+pub fn build_sync_level_aware_filters(
+    items: &SyncItems,
+    limits: &RelayLimits,
+    since: Option<Timestamp>,
+) -> Vec<Filter> {
+    let mut out = state_filters(items.repos.keys(), limits, since);
+    out.extend(repo_tag_filters(
+        items
+            .repos
+            .iter()
+            .filter(|(_, level)| **level == SyncLevel::Full)
+            .map(|(r, _)| r),
+        limits,
+        since,
+    ));
+    out.extend(root_event_tag_filters(&items.root_events, limits, since));
+    out
+}
+
+/// The live form of historic filters: `limit: 0` (no stored events, only new ones) and
+/// no `since`/`until`.
+pub fn live(filters: Vec<Filter>) -> Vec<Filter> {
+    filters
+        .into_iter()
+        .map(|f| f.remove_since().remove_until().limit(0))
+        .collect()
+}
+
+/// A historic page of `filter`: `until` (inclusive, when set) and `limit`, as the
+/// pagination planner decides.
+pub fn with_page(filter: Filter, until: Option<Timestamp>, limit: usize) -> Filter {
+    let f = filter.limit(limit);
+    match until {
+        Some(u) => f.until(u),
+        None => f.remove_until(),
+    }
+}
+
+/// Filters fetching `ids` by id (after negentropy said we lack them), in chunks no
+/// larger than the relay's `max_limit`, so a capped relay still returns every id asked.
+pub fn ids_filters<'a>(
+    ids: impl IntoIterator<Item = &'a EventId>,
+    limits: &RelayLimits,
+) -> Vec<Filter> {
+    let ids: BTreeSet<EventId> = ids.into_iter().copied().collect();
+    let chunk = limits
+        .chunk_size
+        .min(limits.max_limit.unwrap_or(usize::MAX))
+        .max(1);
+    let ids: Vec<EventId> = ids.into_iter().collect();
+    ids.chunks(chunk)
+        .map(|c| Filter::new().ids(c.iter().copied()).limit(c.len()))
+        .collect()
+}
+
+/// Groups filters into REQs, in order: at most `max_filters_per_req` filters each and,
+/// when the relay limits message size, at most `max_message_length` bytes each (a single
+/// filter longer than that still gets its own REQ: it cannot be split here).
+pub fn split_into_reqs(filters: Vec<Filter>, limits: &RelayLimits) -> Vec<Vec<Filter>> {
+    let per_req = limits.max_filters_per_req.max(1);
+    let budget = limits
+        .max_message_length
+        .map(|l| l.saturating_sub(REQ_ENVELOPE));
+    let mut reqs: Vec<Vec<Filter>> = Vec::new();
+    let mut current: Vec<Filter> = Vec::new();
+    let mut current_bytes = 0usize;
+    for f in filters {
+        let bytes = budget.map_or(0, |_| serialized_len(&f) + 1);
+        let too_many = current.len() >= per_req;
+        let too_long = budget.is_some_and(|b| current_bytes + bytes > b);
+        if !current.is_empty() && (too_many || too_long) {
+            reqs.push(std::mem::take(&mut current));
+            current_bytes = 0;
+        }
+        current_bytes += bytes;
+        current.push(f);
+    }
+    if !current.is_empty() {
+        reqs.push(current);
+    }
+    reqs
+}
+
+/// Bytes of `["REQ","<64-char sub id>",` and the closing `]`.
+const REQ_ENVELOPE: usize = 80;
+
+fn serialized_len(f: &Filter) -> usize {
+    // Serializing a Filter cannot fail (string keys, plain values); if it ever did,
+    // count it as too large so it goes alone.
+    serde_json::to_string(f).map_or(usize::MAX / 2, |s| s.len())
+}
+
+fn with_since(f: Filter, since: Option<Timestamp>) -> Filter {
+    match since {
+        Some(s) => f.since(s),
+        None => f,
+    }
+}
+
+/// Per chunk of `values`, three filters: lowercase `letter`, uppercase `letter`, `#q`.
+fn tag_triples<'a>(
+    values: impl IntoIterator<Item = &'a str>,
+    limits: &RelayLimits,
+    since: Option<Timestamp>,
+    letter: Alphabet,
+) -> Vec<Filter> {
+    let mut out = Vec::new();
+    for chunk in chunk_values(values, limits.chunk_size, limits.value_budget()) {
+        for tag in [
+            SingleLetterTag::lowercase(letter),
+            SingleLetterTag::uppercase(letter),
+            SingleLetterTag::lowercase(Alphabet::Q),
+        ] {
+            let f = Filter::new().custom_tags(tag, chunk.iter().copied());
+            out.push(with_since(f, since));
+        }
+    }
+    out
+}
+
+/// Greedy, order-preserving chunks of at most `max_count` values and (when set) at most
+/// `max_bytes` of serialized JSON. A value too long for `max_bytes` gets a chunk alone.
+fn chunk_values<'a>(
+    values: impl IntoIterator<Item = &'a str>,
+    max_count: usize,
+    max_bytes: Option<usize>,
+) -> Vec<Vec<&'a str>> {
+    let max_count = max_count.max(1);
+    let mut chunks = Vec::new();
+    let mut current: Vec<&str> = Vec::new();
+    let mut bytes = 0usize;
+    for v in values {
+        let cost = json_string_len(v) + 1;
+        let too_long = max_bytes.is_some_and(|b| bytes + cost > b);
+        if !current.is_empty() && (current.len() >= max_count || too_long) {
+            chunks.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += cost;
+        current.push(v);
+    }
+    if !current.is_empty() {
+        chunks.push(current);
+    }
+    chunks
+}
+
+/// Length of `s` as a JSON string literal, quotes included (serde_json's escaping).
+fn json_string_len(s: &str) -> usize {
+    2 + s
+        .chars()
+        .map(|c| match c {
+            '"' | '\\' | '\n' | '\r' | '\t' | '\u{08}' | '\u{0c}' => 2,
+            c if (c as u32) < 0x20 => 6,
+            c => c.len_utf8(),
+        })
+        .sum::<usize>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const PK: &str = "a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1";
+
+    fn repo(id: &str) -> RepoRef {
+        RepoRef::parse(&format!("30617:{PK}:{id}")).unwrap()
+    }
+
+    fn eid(n: u8) -> EventId {
+        EventId::from_byte_array([n; 32])
+    }
+
+    fn tag_values(f: &Filter, tag: SingleLetterTag) -> Vec<String> {
+        f.generic_tags
+            .get(&tag)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn layer1_has_both_kinds_and_optional_since() {
+        let f = &layer1_filters(None)[0];
+        assert_eq!(
+            f.kinds
+                .as_ref()
+                .unwrap()
+                .iter()
+                .map(|k| k.as_u16())
+                .collect::<Vec<_>>(),
+            vec![10317, 30617]
+        );
+        assert!(f.since.is_none());
+        let f = &layer1_filters(Some(Timestamp::from_secs(7)))[0];
+        assert_eq!(f.since, Some(Timestamp::from_secs(7)));
+    }
+
+    #[test]
+    fn state_filters_dedupe_identifiers_and_chunk() {
+        let other = RepoRef::parse(&format!("30617:{}:x1", "b".repeat(64))).unwrap();
+        let repos: Vec<RepoRef> = (0..5)
+            .map(|i| repo(&format!("x{i}")))
+            .chain([other])
+            .collect();
+        let limits = RelayLimits {
+            chunk_size: 2,
+            ..RelayLimits::default()
+        };
+        let fs = state_filters(&repos, &limits, None);
+        assert_eq!(fs.len(), 3);
+        let d = SingleLetterTag::lowercase(Alphabet::D);
+        assert_eq!(tag_values(&fs[0], d), vec!["x0", "x1"]);
+        assert_eq!(tag_values(&fs[2], d), vec!["x4"]);
+        assert!(fs
+            .iter()
+            .all(|f| f.kinds.as_ref().unwrap().contains(&Kind::from(30618))));
+    }
+
+    #[test]
+    fn layer2_and_layer3_are_triples_with_uppercase_tags() {
+        let fs = repo_tag_filters(&[repo("r")], &RelayLimits::default(), None);
+        assert_eq!(fs.len(), 3);
+        let json: Vec<String> = fs
+            .iter()
+            .map(|f| serde_json::to_string(f).unwrap())
+            .collect();
+        assert!(json[0].contains("\"#a\":[\"30617:"));
+        assert!(json[1].contains("\"#A\":[\"30617:"));
+        assert!(json[2].contains("\"#q\":[\"30617:"));
+        let fs = root_event_tag_filters(
+            &[eid(1)],
+            &RelayLimits::default(),
+            Some(Timestamp::from_secs(5)),
+        );
+        let json: Vec<String> = fs
+            .iter()
+            .map(|f| serde_json::to_string(f).unwrap())
+            .collect();
+        assert!(json[0].contains("\"#e\""));
+        assert!(json[1].contains("\"#E\""));
+        assert!(json[2].contains("\"#q\""));
+        assert!(fs.iter().all(|f| f.since == Some(Timestamp::from_secs(5))));
+    }
+
+    #[test]
+    fn state_only_repos_get_no_layer2_or_layer3() {
+        let mut items = SyncItems::default();
+        items.repos.insert(repo("full"), SyncLevel::Full);
+        items.repos.insert(repo("waiting"), SyncLevel::StateOnly);
+        items.root_events.insert(eid(3));
+        let fs = build_sync_level_aware_filters(&items, &RelayLimits::default(), None);
+        // one state filter (both identifiers), one L2 triple (full only), one L3 triple
+        assert_eq!(fs.len(), 7);
+        let d = SingleLetterTag::lowercase(Alphabet::D);
+        assert_eq!(tag_values(&fs[0], d), vec!["full", "waiting"]);
+        let a = SingleLetterTag::lowercase(Alphabet::A);
+        assert_eq!(tag_values(&fs[1], a), vec![repo("full").to_string()]);
+    }
+
+    #[test]
+    fn live_sets_limit_zero_and_strips_since() {
+        let fs = live(layer1_filters(Some(Timestamp::from_secs(9))));
+        assert_eq!(fs[0].limit, Some(0));
+        assert_eq!(fs[0].since, None);
+    }
+
+    #[test]
+    fn ids_filters_respect_max_limit() {
+        let ids: Vec<EventId> = (0..10).map(eid).collect();
+        let limits = RelayLimits {
+            max_limit: Some(4),
+            ..RelayLimits::default()
+        };
+        let fs = ids_filters(&ids, &limits);
+        assert_eq!(
+            fs.iter()
+                .map(|f| f.ids.as_ref().unwrap().len())
+                .collect::<Vec<_>>(),
+            vec![4, 4, 2]
+        );
+    }
+
+    #[test]
+    fn nip11_lowers_never_zero() {
+        let doc = serde_json::json!({"limitation": {
+            "max_filters": 3, "max_subscriptions": 4, "max_limit": 50, "max_message_length": 1000
+        }});
+        let l = RelayLimits::from_nip11(&doc);
+        assert_eq!(l.max_filters_per_req, 3);
+        assert_eq!(l.page_limit, 50);
+        assert_eq!(l.max_limit, Some(50));
+        assert_eq!(l.max_subscriptions, Some(4));
+        assert_eq!(l.max_live_filters, 6); // 2 live subs × 3 filters
+        assert_eq!(l.chunk_size, (1000 - REQ_OVERHEAD) / HEX_VALUE_COST);
+        let silly = serde_json::json!({"limitation": {
+            "max_filters": 0, "max_subscriptions": 1, "max_limit": -5, "max_message_length": 10
+        }});
+        let l = RelayLimits::from_nip11(&silly);
+        assert_eq!(l.max_filters_per_req, 10);
+        assert_eq!(l.chunk_size, 1);
+        assert_eq!(l.page_limit, 500);
+        assert!(l.max_live_filters >= 1);
+        assert_eq!(
+            RelayLimits::from_nip11(&serde_json::json!("nonsense")),
+            RelayLimits::default()
+        );
+    }
+
+    #[test]
+    fn split_into_reqs_by_count_and_bytes() {
+        let ids: Vec<EventId> = (0..25).map(eid).collect();
+        let limits = RelayLimits {
+            chunk_size: 1,
+            ..RelayLimits::default()
+        };
+        let fs = ids_filters(&ids, &limits);
+        let reqs = split_into_reqs(fs.clone(), &limits);
+        assert_eq!(
+            reqs.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![10, 10, 5]
+        );
+        let small = RelayLimits {
+            max_message_length: Some(400),
+            ..limits
+        };
+        let reqs = split_into_reqs(fs, &small);
+        assert!(reqs.iter().all(|r| {
+            let len: usize = r
+                .iter()
+                .map(|f| serde_json::to_string(f).unwrap().len() + 1)
+                .sum();
+            len + REQ_ENVELOPE <= 400
+        }));
+        assert_eq!(reqs.iter().map(Vec::len).sum::<usize>(), 25);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// A filter never holds more values than the chunk size, every REQ fits in the
+        /// relay's message limit, nothing is lost, and equal input gives equal output.
+        #[test]
+        fn chunks_fit_and_are_deterministic(
+            idents in proptest::collection::vec("[a-z0-9\"\\\\é-]{1,80}", 0..60),
+            chunk in 1usize..20,
+            max_len in proptest::option::of(300usize..4000),
+        ) {
+            let repos: Vec<RepoRef> = idents.iter().map(|i| repo(i)).collect();
+            let limits = RelayLimits { chunk_size: chunk, max_message_length: max_len, ..RelayLimits::default() }
+                .normalised();
+            let fs = repo_tag_filters(&repos, &limits, None);
+            let mut reversed = repos.clone();
+            reversed.reverse();
+            prop_assert_eq!(&fs, &repo_tag_filters(&reversed, &limits, None));
+            let a = SingleLetterTag::lowercase(Alphabet::A);
+            let mut all = BTreeSet::new();
+            for f in &fs {
+                let n = f.generic_tags.values().map(BTreeSet::len).sum::<usize>();
+                prop_assert!(n <= limits.chunk_size);
+                all.extend(tag_values(f, a));
+                if let Some(m) = max_len {
+                    let s = serde_json::to_string(f).unwrap();
+                    // a single value longer than the budget is the only allowed excess
+                    prop_assert!(s.len() + REQ_ENVELOPE <= m || n == 1);
+                }
+            }
+            let want: BTreeSet<String> = repos.iter().map(|r| r.to_string()).collect();
+            prop_assert_eq!(all, want);
+            for req in split_into_reqs(fs, &limits) {
+                prop_assert!(!req.is_empty() && req.len() <= limits.max_filters_per_req);
+            }
+        }
+    }
+}
