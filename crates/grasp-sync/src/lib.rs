@@ -11,9 +11,12 @@
 
 pub mod filters;
 pub mod model;
+pub mod pagination;
 
 pub use filters::{
     build_sync_level_aware_filters, ids_filters, layer1_filters, live, repo_tag_filters,
-    root_event_tag_filters, split_into_reqs, state_filters, with_page, Nip11Limitation, RelayLimits,
+    root_event_tag_filters, split_into_reqs, state_filters, with_page, Nip11Limitation,
+    RelayLimits,
 };
 pub use model::*;
+pub use pagination::{IncompleteReason, PageDecision, PageOutcome, PaginationConfig, Paginator};
