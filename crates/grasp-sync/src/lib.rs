@@ -14,6 +14,7 @@ pub mod engine;
 pub mod filters;
 pub mod model;
 pub mod nip34;
+pub mod pagination;
 pub mod ports;
 pub mod targets;
 
@@ -27,3 +28,4 @@ pub use filters::{
 };
 pub use model::*;
 pub use targets::{derive_relay_targets, RelayTarget, RelayTargets};
+pub use pagination::{IncompleteReason, PageDecision, PageOutcome, PaginationConfig, Paginator};
