@@ -13,7 +13,7 @@ use crate::classify::{classify_closed, classify_notice, RelaySignal};
 use crate::filters::ids_filters;
 use crate::model::{BatchId, RelayUrl, WallTime};
 use crate::nip34;
-use crate::pagination::{PageDecision, PaginationState};
+use crate::pagination::{PageDecision, PaginationConfig, Paginator};
 
 /// Rate-limited parts are retried this many times before the batch counts as failed.
 const MAX_PART_ATTEMPTS: u32 = 3;
@@ -78,7 +78,8 @@ impl SyncEngine {
                     )
                 }
                 PartKind::Req => {
-                    let limit = limits.page_limit;
+                    let paginator = Paginator::new(limits.page_limit, limits.max_limit, PaginationConfig::default());
+                    let limit = paginator.limit();
                     self.metrics.reqs_sent += 1;
                     self.commands.push_back(Command::Subscribe {
                         relay: relay.clone(),
@@ -89,7 +90,7 @@ impl SyncEngine {
                     if let Some(batch) = self.batch_mut(relay, part.batch) {
                         batch
                             .pagination
-                            .insert(id.clone(), PaginationState::new(limit, limits.max_limit));
+                            .insert(id.clone(), Paginator::new(limit, limits.max_limit, PaginationConfig::default()));
                     }
                     (
                         HistoricKind::Req {
@@ -240,7 +241,7 @@ impl SyncEngine {
                     self.finish_part(relay, h.batch, sub, false, now);
                     return;
                 };
-                let outcome = state.on_page(&page, until);
+                let outcome = state.on_page(until, &page);
                 let fresh: BTreeSet<EventId> = outcome.new_ids.iter().copied().collect();
                 self.ingest_sorted(
                     relay,
@@ -300,7 +301,7 @@ impl SyncEngine {
                 } else if !retried {
                     let limits = self.limits(relay);
                     if let Some(conn) = self.conns.get_mut(relay) {
-                        for filter in ids_filters(missing, &limits) {
+                        for filter in ids_filters(&missing, &limits) {
                             let kind = PartKind::Fetch { retried: true };
                             conn.queue.push_front(QueuedPart {
                                 batch: h.batch,
@@ -403,7 +404,7 @@ impl SyncEngine {
         let mut need = need;
         need.sort();
         need.dedup();
-        for filter in ids_filters(need, &limits).into_iter().rev() {
+        for filter in ids_filters(&need, &limits).into_iter().rev() {
             conn.queue.push_front(QueuedPart {
                 batch: h.batch,
                 filter,

@@ -373,13 +373,18 @@ impl SyncEngine {
     }
 
     pub(super) fn on_disconnected(&mut self, relay: &RelayUrl, now: WallTime) {
+        let status = self
+            .relays
+            .get(relay)
+            .map_or(ConnectionStatus::Disconnected, |s| s.status);
         let Some(conn) = self.conns.get_mut(relay) else {
             return;
         };
-        let was_connected = self
-            .relays
-            .get(relay)
-            .is_some_and(|s| s.status.is_connected());
+        if status == ConnectionStatus::Disconnected {
+            // Already known: we asked for it, or the report came twice.
+            return;
+        }
+        let was_connected = status.is_connected();
         if was_connected {
             conn.health.on_disconnected(now);
         } else {

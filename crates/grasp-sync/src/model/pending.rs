@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use nostr::{EventId, SubscriptionId, Timestamp};
+use nostr::SubscriptionId;
 
 use super::{RelayUrl, SyncItems, WallTime};
 
@@ -26,23 +26,12 @@ pub enum SyncMethod {
     ReqEose,
 }
 
-/// Where the `until` pagination of one historic subscription stands.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PaginationState {
-    /// Ids seen so far on this subscription (dedupe across pages).
-    pub seen: BTreeSet<EventId>,
-    /// Ids and timestamps of the page being received.
-    pub page: Vec<(EventId, Timestamp)>,
-    /// `until` of the page being received, if any.
-    pub until: Option<Timestamp>,
-    /// `limit` asked on the page being received.
-    pub limit: usize,
-    /// Pages requested so far.
-    pub pages: u32,
-}
+/// Where the `until` pagination of one historic subscription stands: the planner's
+/// state, kept with the batch it belongs to.
+pub type PaginationState = crate::pagination::Paginator;
 
 /// One batch in flight.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct PendingBatch {
     /// Batch id.
     pub id: BatchId,

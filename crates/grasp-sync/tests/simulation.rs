@@ -1,0 +1,753 @@
+//! Seeded, deterministic fault simulation of the sync engine against in-process relays.
+//!
+//! Each seed builds a small world (remote relays with their own stores, NIP-77 on or
+//! off, `limit` caps, relays that ignore `until`, heavy timestamp ties, a hostile relay
+//! that floods), drives the engine through a fault phase (disconnects at random
+//! moments, connect failures, rate-limit NOTICEs and CLOSEDs, duplicates, out-of-order
+//! delivery, host restarts from a snapshot, live publishing), then lets time run with no
+//! faults and checks convergence:
+//! - every event the design says we should have is in the host's store,
+//! - every event was handed to the host at most once,
+//! - no historic subscription stays open, live subscriptions are exactly the engine's,
+//! - no relay stays in `Syncing`, and nothing panicked.
+//!
+//! `SIM_SEEDS=10000 cargo test --release -p grasp-sync --test simulation` runs 10,000
+//! seeds; `SIM_SEED=1234` replays one seed exactly. A failing seed prints itself.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use grasp_sync::engine::{
+    Command, IngestOutcome, Input, NegentropyFailure, SubscriptionMode, SyncConfig, SyncEngine,
+};
+use grasp_sync::filters::{build_sync_level_aware_filters, layer1_filters};
+use grasp_sync::model::{ConnectionStatus, RelayUrl, RepoRef, WallTime};
+use grasp_sync::ports::{AllowAllRelays, RandomSource, SeededRandom};
+use nostr::filter::MatchEventOptions;
+use nostr::secp256k1::schnorr::Signature;
+use nostr::{Event, EventBuilder, EventId, Filter, Keys, Kind, SecretKey, SubscriptionId, Tag, Timestamp};
+
+const US: &str = "wss://us.example";
+
+/// The seed's random source: all randomness of a run comes from here.
+struct Rng(SeededRandom);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Self(SeededRandom::new(seed ^ 0x5EED))
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.0.next_u64() % n
+        }
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len() as u64) as usize]
+    }
+}
+
+/// How a simulated relay behaves.
+#[derive(Debug, Clone)]
+struct Behaviour {
+    nip77: bool,
+    /// Without NIP-77: silent (the engine must time out) rather than a NOTICE.
+    silent_neg: bool,
+    cap: usize,
+    ignores_until: bool,
+    hostile: bool,
+}
+
+struct SimRelay {
+    behaviour: Behaviour,
+    events: BTreeMap<EventId, Event>,
+    connected: bool,
+    live: BTreeMap<SubscriptionId, Vec<Filter>>,
+    historic: BTreeSet<SubscriptionId>,
+}
+
+/// The host relay: a tiny GRASP policy over an in-memory store.
+#[derive(Default)]
+struct Host {
+    store: BTreeMap<EventId, Event>,
+    rejected: BTreeSet<EventId>,
+    accepted_repos: BTreeSet<String>,
+    purgatory: BTreeMap<String, Event>,
+    roots: BTreeSet<String>,
+}
+
+fn tag_values<'a>(event: &'a Event, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    event.tags.iter().filter_map(move |t| match t.as_slice() {
+        [n, v, ..] if n == name => Some(v.as_str()),
+        _ => None,
+    })
+}
+
+impl Host {
+    /// What a GRASP relay at `US` would do with `event`, given what it holds now.
+    fn verdict(&self, event: &Event) -> IngestOutcome {
+        if self.store.contains_key(&event.id) || self.purgatory.values().any(|e| e.id == event.id) {
+            return IngestOutcome::Duplicate;
+        }
+        let k = event.kind.as_u16();
+        let refs_repo = |e: &Event| {
+            ["a", "A", "q"].iter().any(|t| tag_values(e, t).any(|v| self.accepted_repos.contains(v)))
+        };
+        let refs_root = |e: &Event| ["e", "E", "q"].iter().any(|t| tag_values(e, t).any(|v| self.roots.contains(v)));
+        let ok = match k {
+            30617 => {
+                let lists_us = tag_values(event, "relays").any(|v| v.trim_end_matches('/') == US)
+                    || event.tags.iter().any(|t| t.as_slice().first().map(String::as_str) == Some("relays") && t.as_slice().iter().any(|v| v == US));
+                if !lists_us {
+                    return IngestOutcome::Rejected;
+                }
+                let d = event.tags.identifier().unwrap_or_default();
+                let coord = format!("30617:{}:{d}", event.pubkey.to_hex());
+                if d.starts_with("purg") && !self.accepted_repos.contains(&coord) {
+                    return IngestOutcome::Purgatory;
+                }
+                true
+            }
+            30618 => {
+                let d = event.tags.identifier().unwrap_or_default();
+                let coord = format!("30617:{}:{d}", event.pubkey.to_hex());
+                self.accepted_repos.contains(&coord) || self.purgatory.contains_key(&coord)
+            }
+            10317 => true,
+            _ => refs_repo(event) || refs_root(event),
+        };
+        if ok {
+            IngestOutcome::Accepted
+        } else {
+            IngestOutcome::Rejected
+        }
+    }
+
+    fn apply(&mut self, event: &Event, outcome: IngestOutcome) {
+        match outcome {
+            IngestOutcome::Accepted => {
+                if event.kind.as_u16() == 30617 {
+                    let d = event.tags.identifier().unwrap_or_default();
+                    self.accepted_repos.insert(format!("30617:{}:{d}", event.pubkey.to_hex()));
+                }
+                if matches!(event.kind.as_u16(), 1617 | 1618 | 1621) {
+                    self.roots.insert(event.id.to_hex());
+                }
+                self.store.insert(event.id, event.clone());
+            }
+            IngestOutcome::Purgatory => {
+                let d = event.tags.identifier().unwrap_or_default();
+                self.purgatory.insert(format!("30617:{}:{d}", event.pubkey.to_hex()), event.clone());
+            }
+            IngestOutcome::Rejected => {
+                self.rejected.insert(event.id);
+            }
+            IngestOutcome::Duplicate => {}
+        }
+    }
+}
+
+/// Builds an event without a real signature: the engine never verifies (the driver
+/// does), and signing thousands of events per seed would dominate the run.
+fn event(keys: &Keys, kind: u16, tags: Vec<Vec<String>>, created_at: u64, content: &str) -> Event {
+    let tags: Vec<Tag> = tags.into_iter().filter_map(|t| Tag::parse(t).ok()).collect();
+    let unsigned = EventBuilder::new(Kind::from(kind), content)
+        .tags(tags)
+        .custom_created_at(Timestamp::from_secs(created_at))
+        .build(keys.public_key());
+    let id = unsigned.id.unwrap_or_else(|| EventId::all_zeros());
+    let sig = Signature::from_slice(&[7u8; 64]).expect("64 bytes");
+    Event::new(id, unsigned.pubkey, unsigned.created_at, unsigned.kind, unsigned.tags, unsigned.content, sig)
+}
+
+fn s(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| x.to_string()).collect()
+}
+
+#[derive(Default, Debug)]
+struct Faults {
+    disconnects: u64,
+    connect_failures: u64,
+    rate_limits: u64,
+    closed: u64,
+    duplicates: u64,
+    floods: u64,
+    restarts: u64,
+    live_published: u64,
+    neg_silent: u64,
+}
+
+struct Sim {
+    seed: u64,
+    rng: Rng,
+    now: WallTime,
+    engine: SyncEngine,
+    config: SyncConfig,
+    relays: BTreeMap<RelayUrl, SimRelay>,
+    host: Host,
+    inbox: BinaryHeap<Reverse<(WallTime, u64, usize)>>,
+    inputs: HashMap<usize, Input>,
+    seq: u64,
+    last_delivery: HashMap<RelayUrl, WallTime>,
+    handed: HashMap<EventId, u32>,
+    faults: Faults,
+    fault_phase_until: WallTime,
+    keys: Vec<Keys>,
+    repos: Vec<(Keys, String, Vec<RelayUrl>)>,
+    clock_secs: u64,
+}
+
+impl Sim {
+    fn new(seed: u64) -> Self {
+        let mut rng = Rng::new(seed);
+        let start = WallTime::from_secs(1_700_000_000);
+        let mut config = SyncConfig::default().with_own_relay(RelayUrl::parse(US).unwrap());
+        config.batch_window = Duration::from_millis(100 + rng.below(2000));
+        config.default_limits.max_live_filters = 8 + rng.below(40) as usize;
+        config.default_limits.page_limit = 5 + rng.below(60) as usize;
+        config.max_concurrent_historic = 1 + rng.below(6) as usize;
+        let engine = SyncEngine::new(config.clone(), start, Arc::new(AllowAllRelays), Box::new(SeededRandom::new(seed)));
+        let keys: Vec<Keys> = (0..4)
+            .map(|i| {
+                let mut bytes = [0u8; 32];
+                bytes[..8].copy_from_slice(&seed.to_le_bytes());
+                bytes[8] = i as u8 + 1;
+                bytes[31] = 1;
+                Keys::new(SecretKey::from_slice(&bytes).expect("valid secret"))
+            })
+            .collect();
+        let mut sim = Sim {
+            seed,
+            rng,
+            now: start,
+            engine,
+            config,
+            relays: BTreeMap::new(),
+            host: Host::default(),
+            inbox: BinaryHeap::new(),
+            inputs: HashMap::new(),
+            seq: 0,
+            last_delivery: HashMap::new(),
+            handed: HashMap::new(),
+            faults: Faults::default(),
+            fault_phase_until: start + Duration::from_secs(20 * 60),
+            keys,
+            repos: Vec::new(),
+            clock_secs: 1_699_000_000,
+        };
+        sim.build_world();
+        sim
+    }
+
+    fn ts(&mut self) -> u64 {
+        // Heavy ties: a third of events share the previous timestamp.
+        if !self.rng.chance(33) {
+            self.clock_secs += 1 + self.rng.below(50);
+        }
+        self.clock_secs
+    }
+
+    fn build_world(&mut self) {
+        let n_relays = 2 + self.rng.below(4) as usize;
+        let mut urls = Vec::new();
+        for i in 0..n_relays {
+            let url = RelayUrl::parse(&format!("wss://r{i}.sim")).unwrap();
+            let behaviour = Behaviour {
+                nip77: self.rng.chance(50),
+                silent_neg: self.rng.chance(30),
+                cap: [3, 10, 50, 500][self.rng.below(4) as usize],
+                ignores_until: self.rng.chance(10),
+                hostile: i == 0 && self.rng.chance(30),
+            };
+            self.relays.insert(
+                url.clone(),
+                SimRelay { behaviour, events: BTreeMap::new(), connected: false, live: BTreeMap::new(), historic: BTreeSet::new() },
+            );
+            urls.push(url);
+        }
+        let n_repos = 2 + self.rng.below(6) as usize;
+        for r in 0..n_repos {
+            let keys = self.rng.pick(&self.keys).clone();
+            let purgatory = self.rng.chance(25);
+            let listed_us = !self.rng.chance(15);
+            let name = if purgatory { format!("purg{r}") } else { format!("repo{r}") };
+            let mut listed: Vec<RelayUrl> = urls.iter().filter(|_| self.rng.chance(50)).cloned().collect();
+            if listed.is_empty() {
+                listed.push(self.rng.pick(&urls).clone());
+            }
+            let mut relays_tag = vec!["relays".to_string()];
+            if listed_us {
+                relays_tag.push(US.to_string());
+            }
+            relays_tag.extend(listed.iter().map(|u| u.as_str().to_string()));
+            let t = self.ts();
+            let ann = event(&keys, 30617, vec![s(&["d", &name]), relays_tag], t, "");
+            // The announcement sits on the relays it lists (and maybe on others).
+            for u in &urls {
+                if listed.contains(u) || self.rng.chance(20) {
+                    self.relays.get_mut(u).unwrap().events.insert(ann.id, ann.clone());
+                }
+            }
+            // Some announcements the host already holds at start.
+            if listed_us && self.rng.chance(50) {
+                let outcome = self.host.verdict(&ann);
+                self.host.apply(&ann, outcome);
+                if outcome == IngestOutcome::Accepted {
+                    self.engine.handle_input(self.now, Input::Accepted { event: Box::new(ann.clone()) });
+                }
+            }
+            self.repos.push((keys.clone(), name.clone(), listed.clone()));
+            let coord = RepoRef::new(&keys.public_key(), &name).unwrap();
+            let n_events = self.rng.below(14) as usize;
+            let mut roots: Vec<EventId> = Vec::new();
+            for _ in 0..n_events {
+                let ev = self.random_thread_event(&keys, &name, coord.as_str(), &roots);
+                if matches!(ev.kind.as_u16(), 1617 | 1618 | 1621) {
+                    roots.push(ev.id);
+                }
+                for u in &listed {
+                    if self.rng.chance(80) {
+                        self.relays.get_mut(u).unwrap().events.insert(ev.id, ev.clone());
+                    }
+                }
+            }
+        }
+        // Noise nobody should sync: events about unknown repos.
+        for _ in 0..self.rng.below(10) {
+            let keys = self.rng.pick(&self.keys).clone();
+            let t = self.ts();
+            let ev = event(&keys, 1621, vec![s(&["a", &format!("30617:{}:unknown", keys.public_key().to_hex())])], t, "noise");
+            let u = self.rng.pick(&urls).clone();
+            self.relays.get_mut(&u).unwrap().events.insert(ev.id, ev);
+        }
+    }
+
+    fn random_thread_event(&mut self, keys: &Keys, name: &str, coord: &str, roots: &[EventId]) -> Event {
+        let t = self.ts();
+        let salt = self.rng.below(u64::MAX).to_string();
+        match self.rng.below(6) {
+            0 => event(keys, 30618, vec![s(&["d", name]), s(&["HEAD", "ref: refs/heads/main"])], t, &salt),
+            1 | 2 => {
+                let kind = *self.rng.pick(&[1617u16, 1618, 1621]);
+                event(keys, kind, vec![s(&["a", coord])], t, &salt)
+            }
+            3 if !roots.is_empty() => {
+                let root = self.rng.pick(roots).to_hex();
+                event(keys, 1111, vec![s(&["E", &root]), s(&["e", &root]), s(&["A", coord])], t, &salt)
+            }
+            4 if !roots.is_empty() => {
+                let root = self.rng.pick(roots).to_hex();
+                event(keys, 1630, vec![s(&["e", &root])], t, &salt)
+            }
+            _ => event(keys, 1, vec![s(&["q", coord])], t, &salt),
+        }
+    }
+
+    fn faulty(&self) -> bool {
+        self.now < self.fault_phase_until
+    }
+
+    /// Queues an input from `relay` (or the host, `None`) with a delay; a relay's own
+    /// messages stay in order, different relays interleave.
+    fn deliver(&mut self, relay: Option<&RelayUrl>, input: Input) {
+        let delay = Duration::from_millis(1 + self.rng.below(40));
+        let mut at = self.now + delay;
+        if let Some(r) = relay {
+            let last = self.last_delivery.get(r).copied().unwrap_or(WallTime::ZERO);
+            at = at.max(last);
+            self.last_delivery.insert(r.clone(), at);
+        }
+        self.seq += 1;
+        let key = self.seq as usize;
+        self.inputs.insert(key, input);
+        self.inbox.push(Reverse((at, self.seq, key)));
+    }
+
+    fn matching(&self, relay: &RelayUrl, filter: &Filter) -> Vec<Event> {
+        let r = &self.relays[relay];
+        let mut f = filter.clone().remove_limit();
+        if r.behaviour.ignores_until {
+            f = f.remove_until();
+        }
+        let mut out: Vec<Event> =
+            r.events.values().filter(|e| f.match_event(e, MatchEventOptions::new())).cloned().collect();
+        out.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.id.cmp(&b.id)));
+        out
+    }
+
+    fn execute(&mut self, cmd: Command) {
+        match cmd {
+            Command::Connect { relay } => {
+                if !self.relays.contains_key(&relay) {
+                    self.deliver(Some(&relay), Input::RelayConnectFailed { relay: relay.clone(), reason: "no such relay".into() });
+                    return;
+                }
+                if self.faulty() && self.rng.chance(20) {
+                    self.faults.connect_failures += 1;
+                    self.deliver(Some(&relay), Input::RelayConnectFailed { relay: relay.clone(), reason: "refused".into() });
+                    return;
+                }
+                let r = self.relays.get_mut(&relay).unwrap();
+                r.connected = true;
+                r.live.clear();
+                r.historic.clear();
+                self.deliver(Some(&relay), Input::RelayConnected { relay: relay.clone() });
+            }
+            Command::Disconnect { relay } => {
+                if let Some(r) = self.relays.get_mut(&relay) {
+                    r.connected = false;
+                    r.live.clear();
+                    r.historic.clear();
+                }
+            }
+            Command::Subscribe { relay, id, filters, mode } => self.subscribe(relay, id, filters, mode),
+            Command::Unsubscribe { relay, id } => {
+                if let Some(r) = self.relays.get_mut(&relay) {
+                    r.live.remove(&id);
+                    r.historic.remove(&id);
+                }
+            }
+            Command::Negentropy { relay, session, filter } => {
+                let Some(r) = self.relays.get(&relay) else { return };
+                if !r.connected {
+                    return;
+                }
+                if r.behaviour.nip77 {
+                    let have: BTreeSet<EventId> = self.host.store.keys().chain(self.host.rejected.iter()).copied().collect();
+                    let need: Vec<EventId> =
+                        self.matching(&relay, &filter).iter().map(|e| e.id).filter(|id| !have.contains(id)).collect();
+                    self.deliver(Some(&relay), Input::NegentropyResult { relay: relay.clone(), session, need });
+                } else if r.behaviour.silent_neg {
+                    self.faults.neg_silent += 1;
+                } else if self.rng.chance(50) {
+                    self.deliver(Some(&relay), Input::Notice { relay: relay.clone(), message: "ERROR: bad msg: unknown cmd".into() });
+                } else {
+                    self.deliver(Some(&relay), Input::NegentropyFailed { relay: relay.clone(), session, reason: NegentropyFailure::Unsupported });
+                }
+            }
+            Command::Ingest { relay, event } => {
+                *self.handed.entry(event.id).or_insert(0) += 1;
+                let outcome = self.host.verdict(&event);
+                self.host.apply(&event, outcome);
+                self.deliver(None, Input::IngestOutcome { relay, event_id: event.id, outcome });
+                let feeds = matches!(event.kind.as_u16(), 30617 | 1617 | 1618 | 1621);
+                if outcome == IngestOutcome::Accepted && feeds {
+                    self.deliver(None, Input::Accepted { event });
+                }
+            }
+            Command::ReadPurgatoryAnnouncements => {
+                let announcements = self.host.purgatory.values().cloned().collect();
+                self.deliver(None, Input::PurgatoryAnnouncements { announcements });
+            }
+            Command::PersistState => {
+                let snapshot = self.engine.snapshot(self.now);
+                if self.faulty() && self.rng.chance(10) {
+                    self.restart(snapshot);
+                }
+            }
+        }
+    }
+
+    /// The host process restarts: every connection drops, the engine resumes from the
+    /// snapshot, and the host replays what it holds into the accepted feed.
+    fn restart(&mut self, snapshot: grasp_sync::engine::SyncStateSnapshot) {
+        self.faults.restarts += 1;
+        for r in self.relays.values_mut() {
+            r.connected = false;
+            r.live.clear();
+            r.historic.clear();
+        }
+        self.inbox.clear();
+        self.inputs.clear();
+        self.last_delivery.clear();
+        self.engine = SyncEngine::restore(
+            self.config.clone(),
+            snapshot,
+            self.now,
+            Arc::new(AllowAllRelays),
+            Box::new(SeededRandom::new(self.seed.wrapping_add(self.faults.restarts))),
+        );
+        let feed: Vec<Event> = self
+            .host
+            .store
+            .values()
+            .filter(|e| matches!(e.kind.as_u16(), 30617 | 1617 | 1618 | 1621))
+            .cloned()
+            .collect();
+        for e in feed {
+            self.engine.handle_input(self.now, Input::Accepted { event: Box::new(e) });
+        }
+    }
+
+    fn subscribe(&mut self, relay: RelayUrl, id: SubscriptionId, filters: Vec<Filter>, mode: SubscriptionMode) {
+        let Some(r) = self.relays.get(&relay) else { return };
+        if !r.connected {
+            return;
+        }
+        if self.faulty() && self.rng.chance(5) {
+            self.faults.rate_limits += 1;
+            self.deliver(Some(&relay), Input::Closed { relay: relay.clone(), subscription: id, message: "rate-limited: slow down".into() });
+            return;
+        }
+        if self.faulty() && self.rng.chance(3) {
+            self.faults.closed += 1;
+            self.deliver(Some(&relay), Input::Closed { relay: relay.clone(), subscription: id, message: "error: shutting down idle subscription".into() });
+            return;
+        }
+        let hostile = r.behaviour.hostile;
+        match mode {
+            SubscriptionMode::Live => {
+                self.relays.get_mut(&relay).unwrap().live.insert(id.clone(), filters);
+                self.deliver(Some(&relay), Input::Eose { relay: relay.clone(), subscription: id.clone() });
+            }
+            SubscriptionMode::Historic => {
+                self.relays.get_mut(&relay).unwrap().historic.insert(id.clone());
+                let cap = self.relays[&relay].behaviour.cap;
+                let mut page: Vec<Event> = Vec::new();
+                for f in &filters {
+                    let limit = f.limit.unwrap_or(usize::MAX).min(cap);
+                    page.extend(self.matching(&relay, f).into_iter().take(limit));
+                }
+                // Out-of-order arrival within the page.
+                if page.len() > 1 && self.rng.chance(30) {
+                    let i = self.rng.below(page.len() as u64) as usize;
+                    page.swap(0, i);
+                }
+                for e in page {
+                    if self.faulty() && self.rng.chance(5) {
+                        self.faults.duplicates += 1;
+                        self.deliver(Some(&relay), Input::Event { relay: relay.clone(), subscription: id.clone(), event: Box::new(e.clone()) });
+                    }
+                    self.deliver(Some(&relay), Input::Event { relay: relay.clone(), subscription: id.clone(), event: Box::new(e) });
+                }
+                if hostile {
+                    self.flood(&relay, &id);
+                }
+                self.deliver(Some(&relay), Input::Eose { relay: relay.clone(), subscription: id });
+            }
+        }
+    }
+
+    /// A hostile relay: events that match nothing asked, and events on ids never opened.
+    fn flood(&mut self, relay: &RelayUrl, id: &SubscriptionId) {
+        self.faults.floods += 1;
+        let keys = self.keys[0].clone();
+        for i in 0..5 {
+            let t = self.ts();
+            let junk = event(&keys, 1, vec![], t, &format!("junk{i}"));
+            self.deliver(Some(relay), Input::Event { relay: relay.clone(), subscription: id.clone(), event: Box::new(junk.clone()) });
+            self.deliver(Some(relay), Input::Event { relay: relay.clone(), subscription: SubscriptionId::new("nope"), event: Box::new(junk) });
+        }
+    }
+
+    fn inject_fault(&mut self) {
+        let urls: Vec<RelayUrl> = self.relays.keys().cloned().collect();
+        let relay = self.rng.pick(&urls).clone();
+        match self.rng.below(4) {
+            0 => {
+                let r = self.relays.get_mut(&relay).unwrap();
+                if r.connected {
+                    r.connected = false;
+                    r.live.clear();
+                    r.historic.clear();
+                    self.faults.disconnects += 1;
+                    self.deliver(Some(&relay), Input::RelayDisconnected { relay: relay.clone() });
+                }
+            }
+            1 => {
+                if self.relays[&relay].connected {
+                    self.faults.rate_limits += 1;
+                    self.deliver(Some(&relay), Input::Notice { relay: relay.clone(), message: "rate-limited: you are sending too fast".into() });
+                }
+            }
+            _ => self.publish_live(&relay),
+        }
+    }
+
+    /// A user publishes a new event about a repo to one of its relays.
+    fn publish_live(&mut self, relay: &RelayUrl) {
+        if self.repos.is_empty() {
+            return;
+        }
+        let (keys, name, _) = self.rng.pick(&self.repos).clone();
+        let coord = RepoRef::new(&keys.public_key(), &name).unwrap();
+        let roots: Vec<EventId> = self.relays[relay]
+            .events
+            .values()
+            .filter(|e| matches!(e.kind.as_u16(), 1617 | 1618 | 1621))
+            .map(|e| e.id)
+            .collect();
+        self.clock_secs = self.clock_secs.max(self.now.as_secs());
+        let ev = self.random_thread_event(&keys, &name, coord.as_str(), &roots);
+        self.faults.live_published += 1;
+        let r = self.relays.get_mut(relay).unwrap();
+        r.events.insert(ev.id, ev.clone());
+        if !r.connected {
+            return;
+        }
+        let subs: Vec<SubscriptionId> = r
+            .live
+            .iter()
+            .filter(|(_, fs)| fs.iter().any(|f| f.clone().remove_limit().match_event(&ev, MatchEventOptions::new())))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in subs {
+            self.deliver(Some(relay), Input::Event { relay: relay.clone(), subscription: id, event: Box::new(ev.clone()) });
+        }
+    }
+
+    fn drain_commands(&mut self) {
+        while let Some(cmd) = self.engine.poll_command() {
+            self.execute(cmd);
+        }
+    }
+
+    fn run(&mut self, until: WallTime) {
+        let mut next_fault = self.now + Duration::from_millis(self.rng.below(30_000));
+        let mut steps = 0u64;
+        while self.now < until {
+            steps += 1;
+            assert!(steps < 2_000_000, "seed {}: runaway simulation", self.seed);
+            let inbox_next = self.inbox.peek().map(|Reverse((t, _, _))| *t);
+            let mut next = self.engine.poll_timeout().min(until);
+            if let Some(t) = inbox_next {
+                next = next.min(t);
+            }
+            if self.faulty() {
+                next = next.min(next_fault);
+            }
+            self.now = self.now.max(next);
+            if let Some(Reverse((t, _, key))) = self.inbox.peek().copied() {
+                if t <= self.now {
+                    self.inbox.pop();
+                    if let Some(input) = self.inputs.remove(&key) {
+                        self.engine.handle_input(self.now, input);
+                    }
+                    self.drain_commands();
+                    continue;
+                }
+            }
+            if self.faulty() && next_fault <= self.now {
+                self.inject_fault();
+                next_fault = self.now + Duration::from_millis(1 + self.rng.below(60_000));
+                continue;
+            }
+            if self.engine.poll_timeout() <= self.now {
+                self.engine.handle_timeout(self.now);
+                self.drain_commands();
+            }
+        }
+    }
+
+    /// Events on relay `r` that the design says we should have, given the final state.
+    fn expected(&self) -> BTreeSet<EventId> {
+        let mut out = BTreeSet::new();
+        let targets = self.engine.targets();
+        for (url, relay) in &self.relays {
+            let mut filters = layer1_filters(None);
+            if let Some(t) = targets.get(url) {
+                filters.extend(build_sync_level_aware_filters(&t.to_items(), &self.config.default_limits, None));
+            } else if !self.relays[url].connected {
+                continue;
+            }
+            for e in relay.events.values() {
+                if filters.iter().any(|f| f.match_event(e, MatchEventOptions::new()))
+                    && self.host.verdict(e) != IngestOutcome::Rejected
+                {
+                    out.insert(e.id);
+                }
+            }
+        }
+        out
+    }
+
+    fn check(&self) -> Result<(), String> {
+        for (id, n) in &self.handed {
+            if *n > 1 {
+                return Err(format!("event {id} handed to the host {n} times"));
+            }
+        }
+        for id in self.expected() {
+            let held = self.host.store.contains_key(&id) || self.host.purgatory.values().any(|e| e.id == id);
+            if !held {
+                let where_: Vec<&RelayUrl> = self.relays.iter().filter(|(_, r)| r.events.contains_key(&id)).map(|(u, _)| u).collect();
+                return Err(format!("expected event {id} missing (on {where_:?})"));
+            }
+        }
+        let status = self.engine.status(self.now);
+        for s in &status {
+            if s.status == ConnectionStatus::Syncing {
+                return Err(format!("{} still Syncing: {s:?}", s.relay));
+            }
+        }
+        for (url, r) in &self.relays {
+            if !r.historic.is_empty() {
+                return Err(format!("{url}: historic subscriptions left open: {:?}", r.historic));
+            }
+            let engine_live: BTreeSet<SubscriptionId> = self.engine.live_subscriptions(url).into_iter().map(|(id, _)| id).collect();
+            let relay_live: BTreeSet<SubscriptionId> = r.live.keys().cloned().collect();
+            if r.connected && engine_live != relay_live {
+                return Err(format!("{url}: live subscriptions differ: engine {engine_live:?} relay {relay_live:?}"));
+            }
+            let wanted = self.engine.targets().get(url).is_some();
+            if r.connected && !wanted && !r.live.is_empty() && status.iter().all(|s| &s.relay != url) {
+                return Err(format!("{url}: connected with subscriptions but not wanted"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn run_seed(seed: u64) -> Result<Faults, String> {
+    let mut sim = Sim::new(seed);
+    let fault_end = sim.fault_phase_until;
+    sim.run(fault_end);
+    // No faults from here on; give backoff (capped at 1 h) time to reconnect everyone.
+    let settle = fault_end + Duration::from_secs(3 * 3600);
+    sim.run(settle);
+    let mut extra = 0;
+    while !sim.engine.is_idle() && extra < 10 {
+        let t = sim.now + Duration::from_secs(600);
+        sim.run(t);
+        extra += 1;
+    }
+    sim.check().map(|()| std::mem::take(&mut sim.faults))
+}
+
+#[test]
+fn simulation_converges_under_faults() {
+    let seeds: Vec<u64> = match std::env::var("SIM_SEED") {
+        Ok(one) => vec![one.parse().expect("SIM_SEED must be a number")],
+        Err(_) => {
+            let n: u64 = std::env::var("SIM_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
+            (0..n).collect()
+        }
+    };
+    let mut totals = Faults::default();
+    let mut failures = Vec::new();
+    for seed in &seeds {
+        match std::panic::catch_unwind(|| run_seed(*seed)) {
+            Ok(Ok(f)) => {
+                totals.disconnects += f.disconnects;
+                totals.connect_failures += f.connect_failures;
+                totals.rate_limits += f.rate_limits;
+                totals.closed += f.closed;
+                totals.duplicates += f.duplicates;
+                totals.floods += f.floods;
+                totals.restarts += f.restarts;
+                totals.live_published += f.live_published;
+                totals.neg_silent += f.neg_silent;
+            }
+            Ok(Err(why)) => failures.push(format!("seed {seed}: {why}  (replay: SIM_SEED={seed} cargo test -p grasp-sync --test simulation)")),
+            Err(_) => failures.push(format!("seed {seed}: panicked  (replay: SIM_SEED={seed} cargo test -p grasp-sync --test simulation)")),
+        }
+    }
+    println!("simulation: {} seeds, faults injected: {totals:?}", seeds.len());
+    assert!(failures.is_empty(), "{} of {} seeds failed:\n{}", failures.len(), seeds.len(), failures.join("\n"));
+}
