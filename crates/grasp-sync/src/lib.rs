@@ -10,6 +10,7 @@
 #![deny(missing_docs)]
 
 pub mod filters;
+pub mod health;
 pub mod model;
 pub mod pagination;
 
@@ -18,5 +19,6 @@ pub use filters::{
     root_event_tag_filters, split_into_reqs, state_filters, with_page, Nip11Limitation,
     RelayLimits,
 };
+pub use health::{HealthConfig, HealthState, RelayHealth};
 pub use model::*;
 pub use pagination::{IncompleteReason, PageDecision, PageOutcome, PaginationConfig, Paginator};
