@@ -9,11 +9,13 @@
 //! See `docs/architecture.md` for where things live and why.
 #![deny(missing_docs)]
 
+pub mod classify;
 pub mod filters;
 pub mod health;
 pub mod model;
 pub mod pagination;
 
+pub use classify::{classify_closed, classify_notice, RelaySignal};
 pub use filters::{
     build_sync_level_aware_filters, ids_filters, layer1_filters, live, repo_tag_filters,
     root_event_tag_filters, split_into_reqs, state_filters, with_page, Nip11Limitation,
