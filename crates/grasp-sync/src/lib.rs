@@ -9,9 +9,11 @@
 //! See `docs/architecture.md` for where things live and why.
 #![deny(missing_docs)]
 
+pub mod classify;
 pub mod diff;
 pub mod engine;
 pub mod filters;
+pub mod health;
 pub mod model;
 pub mod nip34;
 pub mod pagination;
@@ -29,3 +31,5 @@ pub use filters::{
 pub use model::*;
 pub use targets::{derive_relay_targets, RelayTarget, RelayTargets};
 pub use pagination::{IncompleteReason, PageDecision, PageOutcome, PaginationConfig, Paginator};
+pub use classify::{classify_closed, classify_notice, RelaySignal};
+pub use health::{HealthConfig, HealthState, RelayHealth};
