@@ -59,7 +59,7 @@ impl HealthConfig {
 }
 
 /// What a relay's health looks like from outside.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 pub enum HealthState {
     /// Connected and stable.
     Healthy,

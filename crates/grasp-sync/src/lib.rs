@@ -20,16 +20,17 @@ pub mod pagination;
 pub mod ports;
 pub mod targets;
 
+pub use classify::{classify_closed, classify_notice, RelaySignal};
 pub use diff::{compute_actions, compute_actions_for_relay, Actions, AddFilters, RemoveItems};
 pub use engine::{
     Command, IngestOutcome, Input, NegentropyFailure, SubscriptionMode, SyncConfig, SyncEngine,
 };
 pub use filters::{
     build_sync_level_aware_filters, ids_filters, layer1_filters, live, repo_tag_filters,
-    root_event_tag_filters, split_into_reqs, state_filters, with_page, Nip11Limitation, RelayLimits,
+    root_event_tag_filters, split_into_reqs, state_filters, with_page, Nip11Limitation,
+    RelayLimits,
 };
-pub use model::*;
-pub use targets::{derive_relay_targets, RelayTarget, RelayTargets};
-pub use pagination::{IncompleteReason, PageDecision, PageOutcome, PaginationConfig, Paginator};
-pub use classify::{classify_closed, classify_notice, RelaySignal};
 pub use health::{HealthConfig, HealthState, RelayHealth};
+pub use model::*;
+pub use pagination::{IncompleteReason, PageDecision, PageOutcome, PaginationConfig, Paginator};
+pub use targets::{derive_relay_targets, RelayTarget, RelayTargets};

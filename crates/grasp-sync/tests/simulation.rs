@@ -27,7 +27,9 @@ use grasp_sync::model::{ConnectionStatus, RelayUrl, RepoRef, WallTime};
 use grasp_sync::ports::{AllowAllRelays, RandomSource, SeededRandom};
 use nostr::filter::MatchEventOptions;
 use nostr::secp256k1::schnorr::Signature;
-use nostr::{Event, EventBuilder, EventId, Filter, Keys, Kind, SecretKey, SubscriptionId, Tag, Timestamp};
+use nostr::{
+    Event, EventBuilder, EventId, Filter, Keys, Kind, SecretKey, SubscriptionId, Tag, Timestamp,
+};
 
 const US: &str = "wss://us.example";
 
@@ -97,13 +99,22 @@ impl Host {
         }
         let k = event.kind.as_u16();
         let refs_repo = |e: &Event| {
-            ["a", "A", "q"].iter().any(|t| tag_values(e, t).any(|v| self.accepted_repos.contains(v)))
+            ["a", "A", "q"]
+                .iter()
+                .any(|t| tag_values(e, t).any(|v| self.accepted_repos.contains(v)))
         };
-        let refs_root = |e: &Event| ["e", "E", "q"].iter().any(|t| tag_values(e, t).any(|v| self.roots.contains(v)));
+        let refs_root = |e: &Event| {
+            ["e", "E", "q"]
+                .iter()
+                .any(|t| tag_values(e, t).any(|v| self.roots.contains(v)))
+        };
         let ok = match k {
             30617 => {
                 let lists_us = tag_values(event, "relays").any(|v| v.trim_end_matches('/') == US)
-                    || event.tags.iter().any(|t| t.as_slice().first().map(String::as_str) == Some("relays") && t.as_slice().iter().any(|v| v == US));
+                    || event.tags.iter().any(|t| {
+                        t.as_slice().first().map(String::as_str) == Some("relays")
+                            && t.as_slice().iter().any(|v| v == US)
+                    });
                 if !lists_us {
                     return IngestOutcome::Rejected;
                 }
@@ -134,7 +145,8 @@ impl Host {
             IngestOutcome::Accepted => {
                 if event.kind.as_u16() == 30617 {
                     let d = event.tags.identifier().unwrap_or_default();
-                    self.accepted_repos.insert(format!("30617:{}:{d}", event.pubkey.to_hex()));
+                    self.accepted_repos
+                        .insert(format!("30617:{}:{d}", event.pubkey.to_hex()));
                 }
                 if matches!(event.kind.as_u16(), 1617 | 1618 | 1621) {
                     self.roots.insert(event.id.to_hex());
@@ -143,7 +155,10 @@ impl Host {
             }
             IngestOutcome::Purgatory => {
                 let d = event.tags.identifier().unwrap_or_default();
-                self.purgatory.insert(format!("30617:{}:{d}", event.pubkey.to_hex()), event.clone());
+                self.purgatory.insert(
+                    format!("30617:{}:{d}", event.pubkey.to_hex()),
+                    event.clone(),
+                );
             }
             IngestOutcome::Rejected => {
                 self.rejected.insert(event.id);
@@ -156,14 +171,25 @@ impl Host {
 /// Builds an event without a real signature: the engine never verifies (the driver
 /// does), and signing thousands of events per seed would dominate the run.
 fn event(keys: &Keys, kind: u16, tags: Vec<Vec<String>>, created_at: u64, content: &str) -> Event {
-    let tags: Vec<Tag> = tags.into_iter().filter_map(|t| Tag::parse(t).ok()).collect();
+    let tags: Vec<Tag> = tags
+        .into_iter()
+        .filter_map(|t| Tag::parse(t).ok())
+        .collect();
     let unsigned = EventBuilder::new(Kind::from(kind), content)
         .tags(tags)
         .custom_created_at(Timestamp::from_secs(created_at))
         .build(keys.public_key());
     let id = unsigned.id.unwrap_or_else(|| EventId::all_zeros());
     let sig = Signature::from_slice(&[7u8; 64]).expect("64 bytes");
-    Event::new(id, unsigned.pubkey, unsigned.created_at, unsigned.kind, unsigned.tags, unsigned.content, sig)
+    Event::new(
+        id,
+        unsigned.pubkey,
+        unsigned.created_at,
+        unsigned.kind,
+        unsigned.tags,
+        unsigned.content,
+        sig,
+    )
 }
 
 fn s(v: &[&str]) -> Vec<String> {
@@ -195,7 +221,9 @@ struct Sim {
     inputs: HashMap<usize, Input>,
     seq: u64,
     last_delivery: HashMap<RelayUrl, WallTime>,
-    handed: HashMap<EventId, u32>,
+    /// Hand-overs per (engine incarnation, id): the engine de-duplicates within its
+    /// lifetime; across a restart the host answers `Duplicate`.
+    handed: HashMap<(u64, EventId), u32>,
     faults: Faults,
     fault_phase_until: WallTime,
     keys: Vec<Keys>,
@@ -212,7 +240,12 @@ impl Sim {
         config.default_limits.max_live_filters = 8 + rng.below(40) as usize;
         config.default_limits.page_limit = 5 + rng.below(60) as usize;
         config.max_concurrent_historic = 1 + rng.below(6) as usize;
-        let engine = SyncEngine::new(config.clone(), start, Arc::new(AllowAllRelays), Box::new(SeededRandom::new(seed)));
+        let engine = SyncEngine::new(
+            config.clone(),
+            start,
+            Arc::new(AllowAllRelays),
+            Box::new(SeededRandom::new(seed)),
+        );
         let keys: Vec<Keys> = (0..4)
             .map(|i| {
                 let mut bytes = [0u8; 32];
@@ -267,7 +300,13 @@ impl Sim {
             };
             self.relays.insert(
                 url.clone(),
-                SimRelay { behaviour, events: BTreeMap::new(), connected: false, live: BTreeMap::new(), historic: BTreeSet::new() },
+                SimRelay {
+                    behaviour,
+                    events: BTreeMap::new(),
+                    connected: false,
+                    live: BTreeMap::new(),
+                    historic: BTreeSet::new(),
+                },
             );
             urls.push(url);
         }
@@ -276,8 +315,16 @@ impl Sim {
             let keys = self.rng.pick(&self.keys).clone();
             let purgatory = self.rng.chance(25);
             let listed_us = !self.rng.chance(15);
-            let name = if purgatory { format!("purg{r}") } else { format!("repo{r}") };
-            let mut listed: Vec<RelayUrl> = urls.iter().filter(|_| self.rng.chance(50)).cloned().collect();
+            let name = if purgatory {
+                format!("purg{r}")
+            } else {
+                format!("repo{r}")
+            };
+            let mut listed: Vec<RelayUrl> = urls
+                .iter()
+                .filter(|_| self.rng.chance(50))
+                .cloned()
+                .collect();
             if listed.is_empty() {
                 listed.push(self.rng.pick(&urls).clone());
             }
@@ -291,7 +338,11 @@ impl Sim {
             // The announcement sits on the relays it lists (and maybe on others).
             for u in &urls {
                 if listed.contains(u) || self.rng.chance(20) {
-                    self.relays.get_mut(u).unwrap().events.insert(ann.id, ann.clone());
+                    self.relays
+                        .get_mut(u)
+                        .unwrap()
+                        .events
+                        .insert(ann.id, ann.clone());
                 }
             }
             // Some announcements the host already holds at start.
@@ -299,10 +350,16 @@ impl Sim {
                 let outcome = self.host.verdict(&ann);
                 self.host.apply(&ann, outcome);
                 if outcome == IngestOutcome::Accepted {
-                    self.engine.handle_input(self.now, Input::Accepted { event: Box::new(ann.clone()) });
+                    self.engine.handle_input(
+                        self.now,
+                        Input::Accepted {
+                            event: Box::new(ann.clone()),
+                        },
+                    );
                 }
             }
-            self.repos.push((keys.clone(), name.clone(), listed.clone()));
+            self.repos
+                .push((keys.clone(), name.clone(), listed.clone()));
             let coord = RepoRef::new(&keys.public_key(), &name).unwrap();
             let n_events = self.rng.below(14) as usize;
             let mut roots: Vec<EventId> = Vec::new();
@@ -313,7 +370,11 @@ impl Sim {
                 }
                 for u in &listed {
                     if self.rng.chance(80) {
-                        self.relays.get_mut(u).unwrap().events.insert(ev.id, ev.clone());
+                        self.relays
+                            .get_mut(u)
+                            .unwrap()
+                            .events
+                            .insert(ev.id, ev.clone());
                     }
                 }
             }
@@ -322,24 +383,51 @@ impl Sim {
         for _ in 0..self.rng.below(10) {
             let keys = self.rng.pick(&self.keys).clone();
             let t = self.ts();
-            let ev = event(&keys, 1621, vec![s(&["a", &format!("30617:{}:unknown", keys.public_key().to_hex())])], t, "noise");
+            let ev = event(
+                &keys,
+                1621,
+                vec![s(&[
+                    "a",
+                    &format!("30617:{}:unknown", keys.public_key().to_hex()),
+                ])],
+                t,
+                "noise",
+            );
             let u = self.rng.pick(&urls).clone();
             self.relays.get_mut(&u).unwrap().events.insert(ev.id, ev);
         }
     }
 
-    fn random_thread_event(&mut self, keys: &Keys, name: &str, coord: &str, roots: &[EventId]) -> Event {
+    fn random_thread_event(
+        &mut self,
+        keys: &Keys,
+        name: &str,
+        coord: &str,
+        roots: &[EventId],
+    ) -> Event {
         let t = self.ts();
         let salt = self.rng.below(u64::MAX).to_string();
         match self.rng.below(6) {
-            0 => event(keys, 30618, vec![s(&["d", name]), s(&["HEAD", "ref: refs/heads/main"])], t, &salt),
+            0 => event(
+                keys,
+                30618,
+                vec![s(&["d", name]), s(&["HEAD", "ref: refs/heads/main"])],
+                t,
+                &salt,
+            ),
             1 | 2 => {
                 let kind = *self.rng.pick(&[1617u16, 1618, 1621]);
                 event(keys, kind, vec![s(&["a", coord])], t, &salt)
             }
             3 if !roots.is_empty() => {
                 let root = self.rng.pick(roots).to_hex();
-                event(keys, 1111, vec![s(&["E", &root]), s(&["e", &root]), s(&["A", coord])], t, &salt)
+                event(
+                    keys,
+                    1111,
+                    vec![s(&["E", &root]), s(&["e", &root]), s(&["A", coord])],
+                    t,
+                    &salt,
+                )
             }
             4 if !roots.is_empty() => {
                 let root = self.rng.pick(roots).to_hex();
@@ -375,8 +463,12 @@ impl Sim {
         if r.behaviour.ignores_until {
             f = f.remove_until();
         }
-        let mut out: Vec<Event> =
-            r.events.values().filter(|e| f.match_event(e, MatchEventOptions::new())).cloned().collect();
+        let mut out: Vec<Event> = r
+            .events
+            .values()
+            .filter(|e| f.match_event(e, MatchEventOptions::new()))
+            .cloned()
+            .collect();
         out.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.id.cmp(&b.id)));
         out
     }
@@ -385,19 +477,36 @@ impl Sim {
         match cmd {
             Command::Connect { relay } => {
                 if !self.relays.contains_key(&relay) {
-                    self.deliver(Some(&relay), Input::RelayConnectFailed { relay: relay.clone(), reason: "no such relay".into() });
+                    self.deliver(
+                        Some(&relay),
+                        Input::RelayConnectFailed {
+                            relay: relay.clone(),
+                            reason: "no such relay".into(),
+                        },
+                    );
                     return;
                 }
                 if self.faulty() && self.rng.chance(20) {
                     self.faults.connect_failures += 1;
-                    self.deliver(Some(&relay), Input::RelayConnectFailed { relay: relay.clone(), reason: "refused".into() });
+                    self.deliver(
+                        Some(&relay),
+                        Input::RelayConnectFailed {
+                            relay: relay.clone(),
+                            reason: "refused".into(),
+                        },
+                    );
                     return;
                 }
                 let r = self.relays.get_mut(&relay).unwrap();
                 r.connected = true;
                 r.live.clear();
                 r.historic.clear();
-                self.deliver(Some(&relay), Input::RelayConnected { relay: relay.clone() });
+                self.deliver(
+                    Some(&relay),
+                    Input::RelayConnected {
+                        relay: relay.clone(),
+                    },
+                );
             }
             Command::Disconnect { relay } => {
                 if let Some(r) = self.relays.get_mut(&relay) {
@@ -406,36 +515,87 @@ impl Sim {
                     r.historic.clear();
                 }
             }
-            Command::Subscribe { relay, id, filters, mode } => self.subscribe(relay, id, filters, mode),
+            Command::Subscribe {
+                relay,
+                id,
+                filters,
+                mode,
+            } => self.subscribe(relay, id, filters, mode),
             Command::Unsubscribe { relay, id } => {
                 if let Some(r) = self.relays.get_mut(&relay) {
                     r.live.remove(&id);
                     r.historic.remove(&id);
                 }
             }
-            Command::Negentropy { relay, session, filter } => {
-                let Some(r) = self.relays.get(&relay) else { return };
+            Command::Negentropy {
+                relay,
+                session,
+                filter,
+            } => {
+                let Some(r) = self.relays.get(&relay) else {
+                    return;
+                };
                 if !r.connected {
                     return;
                 }
                 if r.behaviour.nip77 {
-                    let have: BTreeSet<EventId> = self.host.store.keys().chain(self.host.rejected.iter()).copied().collect();
-                    let need: Vec<EventId> =
-                        self.matching(&relay, &filter).iter().map(|e| e.id).filter(|id| !have.contains(id)).collect();
-                    self.deliver(Some(&relay), Input::NegentropyResult { relay: relay.clone(), session, need });
+                    let have: BTreeSet<EventId> = self
+                        .host
+                        .store
+                        .keys()
+                        .chain(self.host.rejected.iter())
+                        .copied()
+                        .collect();
+                    let need: Vec<EventId> = self
+                        .matching(&relay, &filter)
+                        .iter()
+                        .map(|e| e.id)
+                        .filter(|id| !have.contains(id))
+                        .collect();
+                    self.deliver(
+                        Some(&relay),
+                        Input::NegentropyResult {
+                            relay: relay.clone(),
+                            session,
+                            need,
+                        },
+                    );
                 } else if r.behaviour.silent_neg {
                     self.faults.neg_silent += 1;
                 } else if self.rng.chance(50) {
-                    self.deliver(Some(&relay), Input::Notice { relay: relay.clone(), message: "ERROR: bad msg: unknown cmd".into() });
+                    self.deliver(
+                        Some(&relay),
+                        Input::Notice {
+                            relay: relay.clone(),
+                            message: "ERROR: bad msg: unknown cmd".into(),
+                        },
+                    );
                 } else {
-                    self.deliver(Some(&relay), Input::NegentropyFailed { relay: relay.clone(), session, reason: NegentropyFailure::Unsupported });
+                    self.deliver(
+                        Some(&relay),
+                        Input::NegentropyFailed {
+                            relay: relay.clone(),
+                            session,
+                            reason: NegentropyFailure::Unsupported,
+                        },
+                    );
                 }
             }
             Command::Ingest { relay, event } => {
-                *self.handed.entry(event.id).or_insert(0) += 1;
+                *self
+                    .handed
+                    .entry((self.faults.restarts, event.id))
+                    .or_insert(0) += 1;
                 let outcome = self.host.verdict(&event);
                 self.host.apply(&event, outcome);
-                self.deliver(None, Input::IngestOutcome { relay, event_id: event.id, outcome });
+                self.deliver(
+                    None,
+                    Input::IngestOutcome {
+                        relay,
+                        event_id: event.id,
+                        outcome,
+                    },
+                );
                 let feeds = matches!(event.kind.as_u16(), 30617 | 1617 | 1618 | 1621);
                 if outcome == IngestOutcome::Accepted && feeds {
                     self.deliver(None, Input::Accepted { event });
@@ -471,7 +631,9 @@ impl Sim {
             snapshot,
             self.now,
             Arc::new(AllowAllRelays),
-            Box::new(SeededRandom::new(self.seed.wrapping_add(self.faults.restarts))),
+            Box::new(SeededRandom::new(
+                self.seed.wrapping_add(self.faults.restarts),
+            )),
         );
         let feed: Vec<Event> = self
             .host
@@ -481,33 +643,70 @@ impl Sim {
             .cloned()
             .collect();
         for e in feed {
-            self.engine.handle_input(self.now, Input::Accepted { event: Box::new(e) });
+            self.engine
+                .handle_input(self.now, Input::Accepted { event: Box::new(e) });
         }
     }
 
-    fn subscribe(&mut self, relay: RelayUrl, id: SubscriptionId, filters: Vec<Filter>, mode: SubscriptionMode) {
-        let Some(r) = self.relays.get(&relay) else { return };
+    fn subscribe(
+        &mut self,
+        relay: RelayUrl,
+        id: SubscriptionId,
+        filters: Vec<Filter>,
+        mode: SubscriptionMode,
+    ) {
+        let Some(r) = self.relays.get(&relay) else {
+            return;
+        };
         if !r.connected {
             return;
         }
         if self.faulty() && self.rng.chance(5) {
             self.faults.rate_limits += 1;
-            self.deliver(Some(&relay), Input::Closed { relay: relay.clone(), subscription: id, message: "rate-limited: slow down".into() });
+            self.deliver(
+                Some(&relay),
+                Input::Closed {
+                    relay: relay.clone(),
+                    subscription: id,
+                    message: "rate-limited: slow down".into(),
+                },
+            );
             return;
         }
         if self.faulty() && self.rng.chance(3) {
             self.faults.closed += 1;
-            self.deliver(Some(&relay), Input::Closed { relay: relay.clone(), subscription: id, message: "error: shutting down idle subscription".into() });
+            self.deliver(
+                Some(&relay),
+                Input::Closed {
+                    relay: relay.clone(),
+                    subscription: id,
+                    message: "error: shutting down idle subscription".into(),
+                },
+            );
             return;
         }
         let hostile = r.behaviour.hostile;
         match mode {
             SubscriptionMode::Live => {
-                self.relays.get_mut(&relay).unwrap().live.insert(id.clone(), filters);
-                self.deliver(Some(&relay), Input::Eose { relay: relay.clone(), subscription: id.clone() });
+                self.relays
+                    .get_mut(&relay)
+                    .unwrap()
+                    .live
+                    .insert(id.clone(), filters);
+                self.deliver(
+                    Some(&relay),
+                    Input::Eose {
+                        relay: relay.clone(),
+                        subscription: id.clone(),
+                    },
+                );
             }
             SubscriptionMode::Historic => {
-                self.relays.get_mut(&relay).unwrap().historic.insert(id.clone());
+                self.relays
+                    .get_mut(&relay)
+                    .unwrap()
+                    .historic
+                    .insert(id.clone());
                 let cap = self.relays[&relay].behaviour.cap;
                 let mut page: Vec<Event> = Vec::new();
                 for f in &filters {
@@ -522,14 +721,34 @@ impl Sim {
                 for e in page {
                     if self.faulty() && self.rng.chance(5) {
                         self.faults.duplicates += 1;
-                        self.deliver(Some(&relay), Input::Event { relay: relay.clone(), subscription: id.clone(), event: Box::new(e.clone()) });
+                        self.deliver(
+                            Some(&relay),
+                            Input::Event {
+                                relay: relay.clone(),
+                                subscription: id.clone(),
+                                event: Box::new(e.clone()),
+                            },
+                        );
                     }
-                    self.deliver(Some(&relay), Input::Event { relay: relay.clone(), subscription: id.clone(), event: Box::new(e) });
+                    self.deliver(
+                        Some(&relay),
+                        Input::Event {
+                            relay: relay.clone(),
+                            subscription: id.clone(),
+                            event: Box::new(e),
+                        },
+                    );
                 }
                 if hostile {
                     self.flood(&relay, &id);
                 }
-                self.deliver(Some(&relay), Input::Eose { relay: relay.clone(), subscription: id });
+                self.deliver(
+                    Some(&relay),
+                    Input::Eose {
+                        relay: relay.clone(),
+                        subscription: id,
+                    },
+                );
             }
         }
     }
@@ -541,8 +760,22 @@ impl Sim {
         for i in 0..5 {
             let t = self.ts();
             let junk = event(&keys, 1, vec![], t, &format!("junk{i}"));
-            self.deliver(Some(relay), Input::Event { relay: relay.clone(), subscription: id.clone(), event: Box::new(junk.clone()) });
-            self.deliver(Some(relay), Input::Event { relay: relay.clone(), subscription: SubscriptionId::new("nope"), event: Box::new(junk) });
+            self.deliver(
+                Some(relay),
+                Input::Event {
+                    relay: relay.clone(),
+                    subscription: id.clone(),
+                    event: Box::new(junk.clone()),
+                },
+            );
+            self.deliver(
+                Some(relay),
+                Input::Event {
+                    relay: relay.clone(),
+                    subscription: SubscriptionId::new("nope"),
+                    event: Box::new(junk),
+                },
+            );
         }
     }
 
@@ -557,13 +790,24 @@ impl Sim {
                     r.live.clear();
                     r.historic.clear();
                     self.faults.disconnects += 1;
-                    self.deliver(Some(&relay), Input::RelayDisconnected { relay: relay.clone() });
+                    self.deliver(
+                        Some(&relay),
+                        Input::RelayDisconnected {
+                            relay: relay.clone(),
+                        },
+                    );
                 }
             }
             1 => {
                 if self.relays[&relay].connected {
                     self.faults.rate_limits += 1;
-                    self.deliver(Some(&relay), Input::Notice { relay: relay.clone(), message: "rate-limited: you are sending too fast".into() });
+                    self.deliver(
+                        Some(&relay),
+                        Input::Notice {
+                            relay: relay.clone(),
+                            message: "rate-limited: you are sending too fast".into(),
+                        },
+                    );
                 }
             }
             _ => self.publish_live(&relay),
@@ -594,11 +838,24 @@ impl Sim {
         let subs: Vec<SubscriptionId> = r
             .live
             .iter()
-            .filter(|(_, fs)| fs.iter().any(|f| f.clone().remove_limit().match_event(&ev, MatchEventOptions::new())))
+            .filter(|(_, fs)| {
+                fs.iter().any(|f| {
+                    f.clone()
+                        .remove_limit()
+                        .match_event(&ev, MatchEventOptions::new())
+                })
+            })
             .map(|(id, _)| id.clone())
             .collect();
         for id in subs {
-            self.deliver(Some(relay), Input::Event { relay: relay.clone(), subscription: id, event: Box::new(ev.clone()) });
+            self.deliver(
+                Some(relay),
+                Input::Event {
+                    relay: relay.clone(),
+                    subscription: id,
+                    event: Box::new(ev.clone()),
+                },
+            );
         }
     }
 
@@ -652,12 +909,18 @@ impl Sim {
         for (url, relay) in &self.relays {
             let mut filters = layer1_filters(None);
             if let Some(t) = targets.get(url) {
-                filters.extend(build_sync_level_aware_filters(&t.to_items(), &self.config.default_limits, None));
+                filters.extend(build_sync_level_aware_filters(
+                    &t.to_items(),
+                    &self.config.default_limits,
+                    None,
+                ));
             } else if !self.relays[url].connected {
                 continue;
             }
             for e in relay.events.values() {
-                if filters.iter().any(|f| f.match_event(e, MatchEventOptions::new()))
+                if filters
+                    .iter()
+                    .any(|f| f.match_event(e, MatchEventOptions::new()))
                     && self.host.verdict(e) != IngestOutcome::Rejected
                 {
                     out.insert(e.id);
@@ -668,15 +931,23 @@ impl Sim {
     }
 
     fn check(&self) -> Result<(), String> {
-        for (id, n) in &self.handed {
+        for ((epoch, id), n) in &self.handed {
             if *n > 1 {
-                return Err(format!("event {id} handed to the host {n} times"));
+                return Err(format!(
+                    "event {id} handed to the host {n} times by engine incarnation {epoch}"
+                ));
             }
         }
         for id in self.expected() {
-            let held = self.host.store.contains_key(&id) || self.host.purgatory.values().any(|e| e.id == id);
+            let held = self.host.store.contains_key(&id)
+                || self.host.purgatory.values().any(|e| e.id == id);
             if !held {
-                let where_: Vec<&RelayUrl> = self.relays.iter().filter(|(_, r)| r.events.contains_key(&id)).map(|(u, _)| u).collect();
+                let where_: Vec<&RelayUrl> = self
+                    .relays
+                    .iter()
+                    .filter(|(_, r)| r.events.contains_key(&id))
+                    .map(|(u, _)| u)
+                    .collect();
                 return Err(format!("expected event {id} missing (on {where_:?})"));
             }
         }
@@ -688,16 +959,32 @@ impl Sim {
         }
         for (url, r) in &self.relays {
             if !r.historic.is_empty() {
-                return Err(format!("{url}: historic subscriptions left open: {:?}", r.historic));
+                return Err(format!(
+                    "{url}: historic subscriptions left open: {:?}",
+                    r.historic
+                ));
             }
-            let engine_live: BTreeSet<SubscriptionId> = self.engine.live_subscriptions(url).into_iter().map(|(id, _)| id).collect();
+            let engine_live: BTreeSet<SubscriptionId> = self
+                .engine
+                .live_subscriptions(url)
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect();
             let relay_live: BTreeSet<SubscriptionId> = r.live.keys().cloned().collect();
             if r.connected && engine_live != relay_live {
-                return Err(format!("{url}: live subscriptions differ: engine {engine_live:?} relay {relay_live:?}"));
+                return Err(format!(
+                    "{url}: live subscriptions differ: engine {engine_live:?} relay {relay_live:?}"
+                ));
             }
             let wanted = self.engine.targets().get(url).is_some();
-            if r.connected && !wanted && !r.live.is_empty() && status.iter().all(|s| &s.relay != url) {
-                return Err(format!("{url}: connected with subscriptions but not wanted"));
+            if r.connected
+                && !wanted
+                && !r.live.is_empty()
+                && status.iter().all(|s| &s.relay != url)
+            {
+                return Err(format!(
+                    "{url}: connected with subscriptions but not wanted"
+                ));
             }
         }
         Ok(())
@@ -725,7 +1012,10 @@ fn simulation_converges_under_faults() {
     let seeds: Vec<u64> = match std::env::var("SIM_SEED") {
         Ok(one) => vec![one.parse().expect("SIM_SEED must be a number")],
         Err(_) => {
-            let n: u64 = std::env::var("SIM_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
+            let n: u64 = std::env::var("SIM_SEEDS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(300);
             (0..n).collect()
         }
     };
@@ -748,6 +1038,15 @@ fn simulation_converges_under_faults() {
             Err(_) => failures.push(format!("seed {seed}: panicked  (replay: SIM_SEED={seed} cargo test -p grasp-sync --test simulation)")),
         }
     }
-    println!("simulation: {} seeds, faults injected: {totals:?}", seeds.len());
-    assert!(failures.is_empty(), "{} of {} seeds failed:\n{}", failures.len(), seeds.len(), failures.join("\n"));
+    println!(
+        "simulation: {} seeds, faults injected: {totals:?}",
+        seeds.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {} seeds failed:\n{}",
+        failures.len(),
+        seeds.len(),
+        failures.join("\n")
+    );
 }

@@ -78,7 +78,11 @@ impl SyncEngine {
                     )
                 }
                 PartKind::Req => {
-                    let paginator = Paginator::new(limits.page_limit, limits.max_limit, PaginationConfig::default());
+                    let paginator = Paginator::new(
+                        limits.page_limit,
+                        limits.max_limit,
+                        PaginationConfig::default(),
+                    );
                     let limit = paginator.limit();
                     self.metrics.reqs_sent += 1;
                     self.commands.push_back(Command::Subscribe {
@@ -88,9 +92,10 @@ impl SyncEngine {
                         mode: SubscriptionMode::Historic,
                     });
                     if let Some(batch) = self.batch_mut(relay, part.batch) {
-                        batch
-                            .pagination
-                            .insert(id.clone(), Paginator::new(limit, limits.max_limit, PaginationConfig::default()));
+                        batch.pagination.insert(
+                            id.clone(),
+                            Paginator::new(limit, limits.max_limit, PaginationConfig::default()),
+                        );
                     }
                     (
                         HistoricKind::Req {
