@@ -291,13 +291,20 @@ impl Sim {
         let mut urls = Vec::new();
         for i in 0..n_relays {
             let url = RelayUrl::parse(&format!("wss://r{i}.sim")).unwrap();
-            let behaviour = Behaviour {
+            let mut behaviour = Behaviour {
                 nip77: self.rng.chance(50),
                 silent_neg: self.rng.chance(30),
-                cap: [3, 10, 50, 500][self.rng.below(4) as usize],
-                ignores_until: self.rng.chance(10),
+                cap: [10, 50, 500][self.rng.below(3) as usize],
+                ignores_until: false,
                 hostile: i == 0 && self.rng.chance(30),
             };
+            // A relay that ignores `until` can only be read in one page: give it a cap
+            // above its event count (with a smaller one nothing can read it all, and the
+            // planner reports the batch incomplete instead).
+            if self.rng.chance(10) {
+                behaviour.ignores_until = true;
+                behaviour.cap = 10_000;
+            }
             self.relays.insert(
                 url.clone(),
                 SimRelay {
@@ -948,7 +955,9 @@ impl Sim {
                     .filter(|(_, r)| r.events.contains_key(&id))
                     .map(|(u, _)| u)
                     .collect();
-                return Err(format!("expected event {id} missing (on {where_:?})"));
+                let ev = self.relays.values().find_map(|r| r.events.get(&id)).map(|e| format!("kind {} tags {:?} at {}", e.kind, e.tags.as_slice().iter().map(|t| t.as_slice().to_vec()).collect::<Vec<_>>(), e.created_at.as_secs()));
+                let detail: Vec<String> = where_.iter().map(|u| format!("{u}: {:?} status {:?}", self.relays[*u].behaviour, self.engine.status(self.now).into_iter().find(|s| &s.relay == *u))).collect();
+                return Err(format!("expected event {id} missing: {ev:?} on {detail:?}"));
             }
         }
         let status = self.engine.status(self.now);

@@ -57,6 +57,9 @@ pub struct SyncConfig {
     /// Root events remembered for repos not known yet (arrived before their
     /// announcement), in total.
     pub max_orphan_root_events: usize,
+    /// Rounds of retrying failed history per connection (backoff 30 s doubling, capped
+    /// at 1 h); after that only the daily fresh start retries.
+    pub max_history_retries: u32,
     /// How often a snapshot of the sync state is requested, when it changed.
     pub persist_interval: Duration,
 }
@@ -84,6 +87,7 @@ impl Default for SyncConfig {
             max_live_resubscribes: 5,
             dedupe_capacity: 200_000,
             max_orphan_root_events: 10_000,
+            max_history_retries: 8,
             persist_interval: Duration::from_secs(30),
         }
     }

@@ -7,7 +7,7 @@ use nostr::{Event, EventId, Filter, SubscriptionId, Timestamp};
 
 use crate::filters::RelayLimits;
 use crate::health::RelayHealth;
-use crate::model::{BatchId, WallTime};
+use crate::model::{BatchId, SyncItems, WallTime};
 
 /// Whether a relay speaks NIP-77, as learnt on this connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -68,7 +68,8 @@ pub(super) struct HistoricSub {
 pub(super) enum PartKind {
     Negentropy,
     Req,
-    /// REQ by ids (the filter holds them); `retried` after one retry for missing ids.
+    /// REQ by ids (the filter holds them); `retried` when the previous attempt brought
+    /// none of the ids asked (the next empty answer fails the batch).
     Fetch {
         retried: bool,
     },
@@ -96,7 +97,16 @@ pub(super) struct Conn {
     pub connect_deadline: Option<WallTime>,
     pub daily_due: Option<WallTime>,
     pub live_resubscribes: u32,
-    pub batch_failed: bool,
+    /// Items whose historic sync failed; retried with backoff while connected.
+    pub failed_items: SyncItems,
+    /// Layer 1 history failed; retried with the items.
+    pub failed_layer1: bool,
+    /// Live subscriptions the relay kept closing beyond the resubscribe budget.
+    pub live_failed: bool,
+    /// When the failed history is retried next.
+    pub retry_at: Option<WallTime>,
+    /// Retries so far on this connection.
+    pub retry_round: u32,
     /// Something was held back (rate limit, batch cap, new limits): re-diff this relay
     /// at the next check.
     pub deferred: bool,
@@ -116,7 +126,11 @@ impl Conn {
             connect_deadline: None,
             daily_due: None,
             live_resubscribes: 0,
-            batch_failed: false,
+            failed_items: SyncItems::default(),
+            failed_layer1: false,
+            live_failed: false,
+            retry_at: None,
+            retry_round: 0,
             deferred: false,
             needs_rebuild: false,
         }
@@ -125,6 +139,20 @@ impl Conn {
     /// Live filters open on this connection.
     pub fn live_filter_count(&self) -> usize {
         self.live.values().map(|s| s.filters.len()).sum()
+    }
+
+    /// Whether some history failed or live coverage was given up.
+    pub fn has_failures(&self) -> bool {
+        !self.failed_items.is_empty() || self.failed_layer1 || self.live_failed
+    }
+
+    /// Forgets every failure (a fresh start syncs everything again).
+    pub fn clear_failures(&mut self) {
+        self.failed_items = SyncItems::default();
+        self.failed_layer1 = false;
+        self.live_failed = false;
+        self.retry_at = None;
+        self.retry_round = 0;
     }
 
     /// Forgets everything tied to the websocket.

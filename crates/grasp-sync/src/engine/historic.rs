@@ -303,11 +303,16 @@ impl SyncEngine {
                 let missing: Vec<EventId> = asked.difference(&got).copied().collect();
                 if missing.is_empty() {
                     self.finish_part(relay, h.batch, sub, false, now);
-                } else if !retried {
+                } else if !got.is_empty() || !retried {
+                    // Progress (a relay capping `limit` below the chunk) or a first
+                    // miss: ask again for what is missing. The set shrinks or the next
+                    // empty answer ends it, so this terminates.
                     let limits = self.limits(relay);
                     if let Some(conn) = self.conns.get_mut(relay) {
                         for filter in ids_filters(&missing, &limits) {
-                            let kind = PartKind::Fetch { retried: true };
+                            let kind = PartKind::Fetch {
+                                retried: got.is_empty(),
+                            };
                             conn.queue.push_front(QueuedPart {
                                 batch: h.batch,
                                 filter,
@@ -318,7 +323,7 @@ impl SyncEngine {
                     }
                     self.finish_part(relay, h.batch, sub, false, now);
                 } else {
-                    // A retry that still misses ids: the relay will not give them.
+                    // A retry that brought none of the ids asked: the relay will not.
                     self.finish_part(relay, h.batch, sub, true, now);
                 }
             }
@@ -361,13 +366,32 @@ impl SyncEngine {
         } else {
             state.confirmed.merge(&done.items);
         }
+        let max_rounds = self.config.max_history_retries;
+        let Some(conn) = self.conns.get_mut(relay) else {
+            return;
+        };
         if done.failed {
             self.metrics.batches_failed += 1;
-            if let Some(conn) = self.conns.get_mut(relay) {
-                conn.batch_failed = true;
+            if done.items.is_empty() {
+                conn.failed_layer1 = true;
+            } else {
+                conn.failed_items.merge(&done.items);
+            }
+            if conn.retry_round < max_rounds && conn.retry_at.is_none() {
+                // 30 s, 1 min, 2 min ... capped at an hour: a relay that keeps failing
+                // is asked rarely; the daily fresh start covers the rest.
+                let backoff = std::time::Duration::from_secs(30)
+                    .saturating_mul(1u32 << conn.retry_round.min(7))
+                    .min(std::time::Duration::from_secs(3600));
+                conn.retry_at = Some(now + backoff);
             }
         } else {
             self.metrics.batches_completed += 1;
+            if done.items.is_empty() {
+                conn.failed_layer1 = false;
+            } else {
+                conn.failed_items.subtract(&done.items);
+            }
         }
         self.dirty = true;
         self.check_completion(relay, now);
@@ -491,12 +515,9 @@ impl SyncEngine {
             // a bounded number of times per connection.
             if conn.live_resubscribes < self.config.max_live_resubscribes {
                 conn.live_resubscribes += 1;
-                if signal == RelaySignal::TooManySubscriptions {
-                    conn.limits.max_live_filters = (conn.live_filter_count()).max(1);
-                }
                 conn.needs_rebuild = true;
             } else {
-                conn.batch_failed = true;
+                conn.live_failed = true;
             }
             return;
         }

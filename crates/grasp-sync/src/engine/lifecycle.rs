@@ -51,7 +51,9 @@ impl SyncEngine {
         conn.health.on_connected(now);
         conn.reset_wire();
         conn.live_resubscribes = 0;
-        conn.batch_failed = false;
+        conn.live_failed = false;
+        conn.retry_round = 0;
+        conn.retry_at = conn.has_failures().then_some(now);
         let daily_due = conn.daily_due.is_some_and(|d| d <= now);
         let state = self.relays.entry(relay);
         let away = state.disconnected_at.map(|d| now.saturating_since(d));
@@ -80,6 +82,7 @@ impl SyncEngine {
         let jitter = self.daily_jitter();
         if let Some(conn) = self.conns.get_mut(relay) {
             conn.daily_due = Some(now + jitter);
+            conn.clear_failures();
             if conn.negentropy == NegentropySupport::Unsupported {
                 // Relays get upgraded: give NIP-77 one more chance per fresh start.
                 conn.negentropy = NegentropySupport::Unknown;
@@ -452,6 +455,7 @@ impl SyncEngine {
                     if conn.needs_rebuild {
                         self.rebuild_live(relay, now);
                     }
+                    self.retry_failed_history(relay, now);
                     let Some(conn) = self.conns.get_mut(relay) else {
                         return;
                     };
@@ -478,6 +482,33 @@ impl SyncEngine {
         }
     }
 
+    /// Failed history is asked again once its backoff is over: historic parts only, the
+    /// live subscriptions for those items are open already.
+    fn retry_failed_history(&mut self, relay: &RelayUrl, now: WallTime) {
+        let Some(conn) = self.conns.get_mut(relay) else {
+            return;
+        };
+        if !conn.retry_at.is_some_and(|t| t <= now) {
+            return;
+        }
+        conn.retry_at = None;
+        conn.retry_round += 1;
+        let layer1 = std::mem::take(&mut conn.failed_layer1);
+        let mut items = std::mem::take(&mut conn.failed_items);
+        let limits = conn.limits.clone();
+        // Only what is still confirmed: removed items are not retried.
+        let confirmed = self.relays.entry(relay).confirmed.clone();
+        items.repos.retain(|repo, level| confirmed.repos.get(repo) == Some(level));
+        items.root_events.retain(|id| confirmed.root_events.contains(id));
+        if layer1 {
+            self.start_batch(relay, SyncItems::default(), layer1_filters(None), false, now);
+        }
+        if !items.is_empty() {
+            let filters = build_sync_level_aware_filters(&items, &limits, None);
+            self.start_batch(relay, items, filters, false, now);
+        }
+    }
+
     /// The daily fresh start on a live connection: not counted as a disconnect.
     fn daily_fresh_start(&mut self, relay: &RelayUrl, now: WallTime) {
         if let Some(conn) = self.conns.get_mut(relay) {
@@ -488,7 +519,6 @@ impl SyncEngine {
                 .cloned()
                 .collect();
             conn.reset_wire();
-            conn.batch_failed = false;
             for id in ids {
                 self.commands.push_back(Command::Unsubscribe {
                     relay: relay.clone(),
@@ -546,19 +576,28 @@ impl SyncEngine {
         {
             return;
         }
-        let failed = conn.batch_failed;
+        let settled = if conn.has_failures() {
+            ConnectionStatus::ConnectedHistoricSyncFailures
+        } else {
+            ConnectionStatus::Connected
+        };
         let Some(state) = self.relays.get_mut(relay) else {
             return;
         };
-        if state.status == ConnectionStatus::Syncing {
-            state.status = if failed {
-                ConnectionStatus::ConnectedHistoricSyncFailures
-            } else {
-                ConnectionStatus::Connected
-            };
-            state.historic_sync_completed = true;
-            state.historic_sync_completed_at = Some(now);
-            self.dirty = true;
+        match state.status {
+            ConnectionStatus::Syncing => {
+                state.status = settled;
+                state.historic_sync_completed = true;
+                state.historic_sync_completed_at = Some(now);
+                self.dirty = true;
+            }
+            ConnectionStatus::ConnectedHistoricSyncFailures | ConnectionStatus::Connected
+                if state.status != settled =>
+            {
+                state.status = settled;
+                self.dirty = true;
+            }
+            _ => {}
         }
     }
 
