@@ -103,6 +103,9 @@ pub(super) struct Conn {
     pub failed_layer1: bool,
     /// Live subscriptions the relay kept closing beyond the resubscribe budget.
     pub live_failed: bool,
+    /// When the relay first closed a live subscription since the last rebuild: events
+    /// published from then on are fetched with `since` after the rebuild.
+    pub live_gap_since: Option<WallTime>,
     /// When the failed history is retried next.
     pub retry_at: Option<WallTime>,
     /// Retries so far on this connection.
@@ -131,6 +134,7 @@ impl Conn {
             live_failed: false,
             retry_at: None,
             retry_round: 0,
+            live_gap_since: None,
             deferred: false,
             needs_rebuild: false,
         }
@@ -161,6 +165,7 @@ impl Conn {
         self.historic.clear();
         self.queue.clear();
         self.connect_deadline = None;
+        self.live_gap_since = None;
     }
 
     /// Whether any part of `batch` is still open or queued.

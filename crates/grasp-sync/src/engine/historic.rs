@@ -385,13 +385,15 @@ impl SyncEngine {
                     .min(std::time::Duration::from_secs(3600));
                 conn.retry_at = Some(now + backoff);
             }
-        } else {
+        } else if done.full_history {
             self.metrics.batches_completed += 1;
             if done.items.is_empty() {
                 conn.failed_layer1 = false;
             } else {
                 conn.failed_items.subtract(&done.items);
             }
+        } else {
+            self.metrics.batches_completed += 1;
         }
         self.dirty = true;
         self.check_completion(relay, now);
@@ -511,6 +513,7 @@ impl SyncEngine {
             conn.health.on_rate_limited(now);
         }
         if conn.live.remove(sub).is_some() {
+            conn.live_gap_since.get_or_insert(now);
             // What this subscription covered is no longer live: rebuild once allowed,
             // a bounded number of times per connection.
             if conn.live_resubscribes < self.config.max_live_resubscribes {

@@ -111,7 +111,14 @@ impl SyncEngine {
                 }
             }
         }
-        self.open_layer1(relay, Some(since), now, false);
+        // Layer 1 history that never completed (cut by the disconnect or a restart) is
+        // asked in full: `since` would skip what was in flight.
+        let layer1_since = self
+            .relays
+            .get(relay)
+            .is_some_and(|s| s.announcements_synced)
+            .then_some(since);
+        self.open_layer1(relay, layer1_since, now, false);
         let confirmed = self.relays.entry(relay).confirmed.clone();
         if !confirmed.is_empty() {
             let limits = self.limits(relay);
@@ -119,8 +126,7 @@ impl SyncEngine {
                 relay,
                 live(build_sync_level_aware_filters(&confirmed, &limits, None)),
             );
-            let historic = build_sync_level_aware_filters(&confirmed, &limits, Some(since));
-            self.start_batch(relay, confirmed, historic, false, now);
+            self.start_batch(relay, confirmed, Some(since), false, now);
         }
         if let (Some(add), _) =
             compute_actions_for_relay(relay, &self.targets, &self.pending, &self.relays)
@@ -137,13 +143,7 @@ impl SyncEngine {
         negentropy: bool,
     ) {
         self.open_live(relay, live(layer1_filters(None)));
-        self.start_batch(
-            relay,
-            SyncItems::default(),
-            layer1_filters(since),
-            negentropy,
-            now,
-        );
+        self.start_batch(relay, SyncItems::default(), since, negentropy, now);
     }
 
     pub(super) fn limits(&self, relay: &RelayUrl) -> crate::filters::RelayLimits {
@@ -199,17 +199,17 @@ impl SyncEngine {
             relay,
             live(build_sync_level_aware_filters(&items, &limits, None)),
         );
-        let historic = build_sync_level_aware_filters(&items, &limits, since);
-        self.start_batch(relay, items, historic, negentropy, now);
+        self.start_batch(relay, items, since, negentropy, now);
         self.consolidate_if_fragmented(relay, now);
     }
 
-    /// Queues one historic part per filter; `pump` opens them as slots free up.
+    /// Starts the historic sync of `items` (layer 1 when empty) from `since`: one
+    /// queued part per filter, opened by `pump` as slots free up.
     fn start_batch(
         &mut self,
         relay: &RelayUrl,
         items: SyncItems,
-        filters: Vec<Filter>,
+        since: Option<nostr::Timestamp>,
         negentropy: bool,
         now: WallTime,
     ) {
@@ -217,6 +217,11 @@ impl SyncEngine {
         let id = BatchId(self.next_id);
         let Some(conn) = self.conns.get_mut(relay) else {
             return;
+        };
+        let filters = if items.is_empty() {
+            layer1_filters(since)
+        } else {
+            build_sync_level_aware_filters(&items, &conn.limits, since)
         };
         let use_negentropy = negentropy && conn.negentropy != NegentropySupport::Unsupported;
         let kind = if use_negentropy {
@@ -243,6 +248,7 @@ impl SyncEngine {
             },
             pagination: Default::default(),
             failed: false,
+            full_history: since.is_none(),
             started_at: now,
         });
         self.finish_batch_if_done(relay, id, now);
@@ -296,6 +302,7 @@ impl SyncEngine {
                 id,
             });
         }
+        let gap = conn.live_gap_since.take();
         let mut filters = live(layer1_filters(None));
         filters.extend(live(build_sync_level_aware_filters(
             &self.held_items(relay),
@@ -303,6 +310,16 @@ impl SyncEngine {
             None,
         )));
         self.open_live(relay, filters);
+        if let Some(gap) = gap {
+            // A live subscription was closed under us: what was published while it was
+            // down comes by history, as on a quick reconnect.
+            let since = (gap - self.config.since_overlap).as_timestamp();
+            let confirmed = self.relays.entry(relay).confirmed.clone();
+            self.start_batch(relay, SyncItems::default(), Some(since), false, now);
+            if !confirmed.is_empty() {
+                self.start_batch(relay, confirmed, Some(since), false, now);
+            }
+        }
     }
 
     /// Drops items no longer targeted from confirmed and pending state and closes what
@@ -495,17 +512,15 @@ impl SyncEngine {
         conn.retry_round += 1;
         let layer1 = std::mem::take(&mut conn.failed_layer1);
         let mut items = std::mem::take(&mut conn.failed_items);
-        let limits = conn.limits.clone();
         // Only what is still confirmed: removed items are not retried.
         let confirmed = self.relays.entry(relay).confirmed.clone();
         items.repos.retain(|repo, level| confirmed.repos.get(repo) == Some(level));
         items.root_events.retain(|id| confirmed.root_events.contains(id));
         if layer1 {
-            self.start_batch(relay, SyncItems::default(), layer1_filters(None), false, now);
+            self.start_batch(relay, SyncItems::default(), None, false, now);
         }
         if !items.is_empty() {
-            let filters = build_sync_level_aware_filters(&items, &limits, None);
-            self.start_batch(relay, items, filters, false, now);
+            self.start_batch(relay, items, None, false, now);
         }
     }
 

@@ -399,7 +399,7 @@ impl SyncEngine {
                 .iter()
                 .map(|(relay, state)| PersistedRelay {
                     relay: relay.clone(),
-                    state: state.clone(),
+                    state: self.persisted_state(relay, state),
                     negentropy: self
                         .conns
                         .get(relay)
@@ -407,6 +407,18 @@ impl SyncEngine {
                 })
                 .collect(),
         }
+    }
+
+    /// A relay's state as it may be trusted after a restart: history that failed is not
+    /// confirmed (so it is synced in full again), and layer 1 counts as synced only if
+    /// its history succeeded.
+    fn persisted_state(&self, relay: &RelayUrl, state: &crate::model::RelayState) -> crate::model::RelayState {
+        let mut state = state.clone();
+        if let Some(conn) = self.conns.get(relay) {
+            state.confirmed.subtract(&conn.failed_items);
+            state.announcements_synced &= !conn.failed_layer1;
+        }
+        state
     }
 
     fn next_subscription_id(&mut self) -> SubscriptionId {

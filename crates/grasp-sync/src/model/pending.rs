@@ -46,6 +46,9 @@ pub struct PendingBatch {
     /// Set when any part failed; the batch still finishes, into
     /// `ConnectedHistoricSyncFailures`.
     pub failed: bool,
+    /// False for a `since`-limited batch (quick reconnect, live gap): its success says
+    /// nothing about older history, so it does not clear an earlier failure.
+    pub full_history: bool,
     /// When it started, for the batch timeout.
     pub started_at: WallTime,
 }
