@@ -247,6 +247,7 @@ mod tests {
                     method: SyncMethod::ReqEose,
                     pagination: Default::default(),
                     failed: false,
+                    layer1: false,
                     full_history: true,
                     started_at: WallTime::ZERO,
                 });

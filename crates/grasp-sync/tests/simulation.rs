@@ -461,8 +461,16 @@ impl Sim {
             at = at.max(last);
             self.last_delivery.insert(r.clone(), at);
         }
-        if let Input::Event { relay, subscription, event } = &input {
-            self.trail.entry(event.id).or_default().push(format!("{} sent by {relay} on {subscription}", self.now.0));
+        if let Input::Event {
+            relay,
+            subscription,
+            event,
+        } = &input
+        {
+            self.trail
+                .entry(event.id)
+                .or_default()
+                .push(format!("{} sent by {relay} on {subscription}", self.now.0));
         }
         self.seq += 1;
         let key = self.seq as usize;
@@ -487,6 +495,10 @@ impl Sim {
     }
 
     fn execute(&mut self, cmd: Command) {
+        if std::env::var("SIM_TRACE").is_ok() {
+            let text = format!("{cmd:?}");
+            eprintln!("{} CMD {}", self.now.0, &text[..text.len().min(400)]);
+        }
         match cmd {
             Command::Connect { relay } => {
                 if !self.relays.contains_key(&relay) {
@@ -533,7 +545,33 @@ impl Sim {
                 id,
                 filters,
                 mode,
-            } => self.subscribe(relay, id, filters, mode),
+            } => {
+                let connected = self.relays.get(&relay).is_some_and(|r| r.connected);
+                let covered: Vec<EventId> = self
+                    .relays
+                    .get(&relay)
+                    .map(|r| {
+                        r.events
+                            .values()
+                            .filter(|e| {
+                                filters.iter().any(|f| {
+                                    f.clone()
+                                        .remove_limit()
+                                        .match_event(e, MatchEventOptions::new())
+                                })
+                            })
+                            .map(|e| e.id)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for e in covered {
+                    self.trail.entry(e).or_default().push(format!(
+                        "{} {mode:?} sub {id} on {relay} covers it (connected {connected})",
+                        self.now.0
+                    ));
+                }
+                self.subscribe(relay, id, filters, mode)
+            }
             Command::Unsubscribe { relay, id } => {
                 if let Some(r) = self.relays.get_mut(&relay) {
                     r.live.remove(&id);
@@ -551,6 +589,14 @@ impl Sim {
                 if !r.connected {
                     return;
                 }
+                for e in self.matching(&relay, &filter) {
+                    let line = format!(
+                        "{} negentropy {session} on {relay} covers it (connected {})",
+                        self.now.0, r.connected
+                    );
+                    self.trail.entry(e.id).or_default().push(line);
+                }
+                let r = &self.relays[&relay];
                 if r.behaviour.nip77 {
                     let have: BTreeSet<EventId> = self
                         .host
@@ -601,7 +647,10 @@ impl Sim {
                     .or_insert(0) += 1;
                 let outcome = self.host.verdict(&event);
                 self.host.apply(&event, outcome);
-                self.trail.entry(event.id).or_default().push(format!("{} ingest from {relay}: {outcome:?}", self.now.0));
+                self.trail
+                    .entry(event.id)
+                    .or_default()
+                    .push(format!("{} ingest from {relay}: {outcome:?}", self.now.0));
                 self.deliver(
                     None,
                     Input::IngestOutcome {
@@ -844,6 +893,11 @@ impl Sim {
         self.clock_secs = self.clock_secs.max(self.now.as_secs());
         let ev = self.random_thread_event(&keys, &name, coord.as_str(), &roots);
         self.faults.live_published += 1;
+        let line = format!(
+            "{} published on {relay} (connected {})",
+            self.now.0, self.relays[relay].connected
+        );
+        self.trail.entry(ev.id).or_default().push(line);
         let r = self.relays.get_mut(relay).unwrap();
         r.events.insert(ev.id, ev.clone());
         if !r.connected {
@@ -898,6 +952,10 @@ impl Sim {
                 if t <= self.now {
                     self.inbox.pop();
                     if let Some(input) = self.inputs.remove(&key) {
+                        if std::env::var("SIM_TRACE").is_ok() {
+                            let text = format!("{input:?}");
+                            eprintln!("{} IN {}", self.now.0, &text[..text.len().min(300)]);
+                        }
                         self.engine.handle_input(self.now, input);
                     }
                     self.drain_commands();
@@ -956,7 +1014,9 @@ impl Sim {
         for (id, from) in self.expected() {
             // A relay that cannot be read completely (it ignores `until`) may keep events
             // from us, but only if the engine says so: ConnectedHistoricSyncFailures.
-            let reported = status.iter().any(|s| s.relay == from && s.status == ConnectionStatus::ConnectedHistoricSyncFailures);
+            let reported = status.iter().any(|s| {
+                s.relay == from && s.status == ConnectionStatus::ConnectedHistoricSyncFailures
+            });
             let held = self.host.store.contains_key(&id)
                 || self.host.purgatory.values().any(|e| e.id == id);
             if !held && !reported {
@@ -966,9 +1026,39 @@ impl Sim {
                     .filter(|(_, r)| r.events.contains_key(&id))
                     .map(|(u, _)| u)
                     .collect();
-                let ev = self.relays.values().find_map(|r| r.events.get(&id)).map(|e| format!("kind {} tags {:?} at {}", e.kind, e.tags.as_slice().iter().map(|t| t.as_slice().to_vec()).collect::<Vec<_>>(), e.created_at.as_secs()));
-                let detail: Vec<String> = where_.iter().map(|u| format!("{u}: {:?} status {:?}", self.relays[*u].behaviour, self.engine.status(self.now).into_iter().find(|s| &s.relay == *u))).collect();
-                return Err(format!("expected event {id} missing: {ev:?} on {detail:?}; trail {:?}", self.trail.get(&id)));
+                let ev = self
+                    .relays
+                    .values()
+                    .find_map(|r| r.events.get(&id))
+                    .map(|e| {
+                        format!(
+                            "kind {} tags {:?} at {}",
+                            e.kind,
+                            e.tags
+                                .as_slice()
+                                .iter()
+                                .map(|t| t.as_slice().to_vec())
+                                .collect::<Vec<_>>(),
+                            e.created_at.as_secs()
+                        )
+                    });
+                let detail: Vec<String> = where_
+                    .iter()
+                    .map(|u| {
+                        format!(
+                            "{u}: {:?} status {:?}",
+                            self.relays[*u].behaviour,
+                            self.engine
+                                .status(self.now)
+                                .into_iter()
+                                .find(|s| &s.relay == *u)
+                        )
+                    })
+                    .collect();
+                return Err(format!(
+                    "expected event {id} missing: {ev:?} on {detail:?}; trail {:?}",
+                    self.trail.get(&id)
+                ));
             }
         }
         for s in &status {

@@ -361,7 +361,7 @@ impl SyncEngine {
         };
         let done = batches.remove(pos);
         let state = self.relays.entry(relay);
-        if done.items.is_empty() {
+        if done.layer1 {
             state.announcements_synced = true;
         } else {
             state.confirmed.merge(&done.items);
@@ -372,7 +372,7 @@ impl SyncEngine {
         };
         if done.failed {
             self.metrics.batches_failed += 1;
-            if done.items.is_empty() {
+            if done.layer1 {
                 conn.failed_layer1 = true;
             } else {
                 conn.failed_items.merge(&done.items);
@@ -387,7 +387,7 @@ impl SyncEngine {
             }
         } else if done.full_history {
             self.metrics.batches_completed += 1;
-            if done.items.is_empty() {
+            if done.layer1 {
                 conn.failed_layer1 = false;
             } else {
                 conn.failed_items.subtract(&done.items);

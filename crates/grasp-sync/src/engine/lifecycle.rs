@@ -213,15 +213,31 @@ impl SyncEngine {
         negentropy: bool,
         now: WallTime,
     ) {
+        let cover = items.clone();
+        self.start_batch_covering(relay, items, &cover, since, negentropy, now);
+    }
+
+    /// A batch whose filters cover `cover` but which confirms only `items` when done:
+    /// the live-gap catch-up covers pending items too, without confirming them before
+    /// their own full-history batch finishes.
+    fn start_batch_covering(
+        &mut self,
+        relay: &RelayUrl,
+        items: SyncItems,
+        cover: &SyncItems,
+        since: Option<nostr::Timestamp>,
+        negentropy: bool,
+        now: WallTime,
+    ) {
         self.next_id += 1;
         let id = BatchId(self.next_id);
         let Some(conn) = self.conns.get_mut(relay) else {
             return;
         };
-        let filters = if items.is_empty() {
+        let filters = if cover.is_empty() {
             layer1_filters(since)
         } else {
-            build_sync_level_aware_filters(&items, &conn.limits, since)
+            build_sync_level_aware_filters(cover, &conn.limits, since)
         };
         let use_negentropy = negentropy && conn.negentropy != NegentropySupport::Unsupported;
         let kind = if use_negentropy {
@@ -248,6 +264,7 @@ impl SyncEngine {
             },
             pagination: Default::default(),
             failed: false,
+            layer1: cover.is_empty(),
             full_history: since.is_none(),
             started_at: now,
         });
@@ -315,9 +332,10 @@ impl SyncEngine {
             // down comes by history, as on a quick reconnect.
             let since = (gap - self.config.since_overlap).as_timestamp();
             let confirmed = self.relays.entry(relay).confirmed.clone();
+            let held = self.held_items(relay);
             self.start_batch(relay, SyncItems::default(), Some(since), false, now);
-            if !confirmed.is_empty() {
-                self.start_batch(relay, confirmed, Some(since), false, now);
+            if !held.is_empty() {
+                self.start_batch_covering(relay, confirmed, &held, Some(since), false, now);
             }
         }
     }
@@ -514,8 +532,12 @@ impl SyncEngine {
         let mut items = std::mem::take(&mut conn.failed_items);
         // Only what is still confirmed: removed items are not retried.
         let confirmed = self.relays.entry(relay).confirmed.clone();
-        items.repos.retain(|repo, level| confirmed.repos.get(repo) == Some(level));
-        items.root_events.retain(|id| confirmed.root_events.contains(id));
+        items
+            .repos
+            .retain(|repo, level| confirmed.repos.get(repo) == Some(level));
+        items
+            .root_events
+            .retain(|id| confirmed.root_events.contains(id));
         if layer1 {
             self.start_batch(relay, SyncItems::default(), None, false, now);
         }

@@ -412,7 +412,11 @@ impl SyncEngine {
     /// A relay's state as it may be trusted after a restart: history that failed is not
     /// confirmed (so it is synced in full again), and layer 1 counts as synced only if
     /// its history succeeded.
-    fn persisted_state(&self, relay: &RelayUrl, state: &crate::model::RelayState) -> crate::model::RelayState {
+    fn persisted_state(
+        &self,
+        relay: &RelayUrl,
+        state: &crate::model::RelayState,
+    ) -> crate::model::RelayState {
         let mut state = state.clone();
         if let Some(conn) = self.conns.get(relay) {
             state.confirmed.subtract(&conn.failed_items);

@@ -46,6 +46,8 @@ pub struct PendingBatch {
     /// Set when any part failed; the batch still finishes, into
     /// `ConnectedHistoricSyncFailures`.
     pub failed: bool,
+    /// The connection-level batch (announcements and GRASP lists), which has no items.
+    pub layer1: bool,
     /// False for a `since`-limited batch (quick reconnect, live gap): its success says
     /// nothing about older history, so it does not clear an earlier failure.
     pub full_history: bool,
