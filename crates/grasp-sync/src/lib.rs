@@ -9,8 +9,11 @@
 //! See `docs/architecture.md` for where things live and why.
 #![deny(missing_docs)]
 
+#[cfg(feature = "tokio")]
+pub mod driver;
 pub mod engine;
 pub mod model;
+pub mod ports;
 
 pub use model::*;
 pub use engine::{Command, IngestOutcome, Input, NegentropyFailure, SubscriptionMode};
