@@ -25,7 +25,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nostr::{ClientMessage, RelayMessage};
-use nostr_relay_pool::relay::{Error as RelayError, RelayNotification, RelayOptions, RelayStatus, SyncOptions};
+use nostr_relay_pool::relay::{
+    Error as RelayError, RelayNotification, RelayOptions, RelayStatus, SyncOptions,
+};
 use nostr_relay_pool::{Relay, RelayPool};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
@@ -130,7 +132,10 @@ impl PoolExecutor {
     /// `store` supplies the negentropy have-set (stored ∪ purgatory ∪ rejected).
     ///
     /// Must be called inside a tokio runtime (the pool spawns tasks).
-    pub fn new(store: Arc<dyn EventStore>, config: ExecutorConfig) -> (Self, mpsc::Receiver<Input>) {
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        config: ExecutorConfig,
+    ) -> (Self, mpsc::Receiver<Input>) {
         let (tx, rx) = mpsc::channel(config.input_channel_capacity.max(1));
         let executor = Self {
             pool: RelayPool::new(),
@@ -194,7 +199,9 @@ impl PoolExecutor {
                 handle.disconnect();
                 Ok(())
             }
-            Command::Subscribe { relay, id, filters, .. } => {
+            Command::Subscribe {
+                relay, id, filters, ..
+            } => {
                 // Live and historic subscriptions are sent alike: a raw REQ stays open
                 // until the engine sends CLOSE, which is what both modes need.
                 let handle = self.connected_relay(&relay)?;
@@ -208,7 +215,11 @@ impl PoolExecutor {
                     .send_msg(ClientMessage::close(id))
                     .map_err(|e| ExecuteError::Pool(e.to_string()))
             }
-            Command::Negentropy { relay, session, filter } => {
+            Command::Negentropy {
+                relay,
+                session,
+                filter,
+            } => {
                 let handle = match self.connected_relay(&relay) {
                     Ok(h) => h.clone(),
                     Err(e) => {
@@ -238,9 +249,9 @@ impl PoolExecutor {
                 self.jobs.spawn(job.run());
                 Ok(())
             }
-            Command::Ingest { .. } | Command::ReadPurgatoryAnnouncements | Command::PersistState => {
-                Err(ExecuteError::NotAPoolCommand)
-            }
+            Command::Ingest { .. }
+            | Command::ReadPurgatoryAnnouncements
+            | Command::PersistState => Err(ExecuteError::NotAPoolCommand),
         }
     }
 
@@ -354,7 +365,10 @@ impl Drop for PoolExecutor {
 /// for (OK, AUTH, COUNT, NEG-* which the negentropy job reads itself).
 fn message_to_input(relay: &RelayUrl, message: RelayMessage<'static>) -> Option<Input> {
     match message {
-        RelayMessage::Event { subscription_id, event } => Some(Input::Event {
+        RelayMessage::Event {
+            subscription_id,
+            event,
+        } => Some(Input::Event {
             relay: relay.clone(),
             subscription: subscription_id.into_owned(),
             event: Box::new(event.into_owned()),
@@ -363,7 +377,10 @@ fn message_to_input(relay: &RelayUrl, message: RelayMessage<'static>) -> Option<
             relay: relay.clone(),
             subscription: id.into_owned(),
         }),
-        RelayMessage::Closed { subscription_id, message } => Some(Input::Closed {
+        RelayMessage::Closed {
+            subscription_id,
+            message,
+        } => Some(Input::Closed {
             relay: relay.clone(),
             subscription: subscription_id.into_owned(),
             message: message.into_owned(),
@@ -389,7 +406,9 @@ async fn read_relay(
     loop {
         let input = match notifications.recv().await {
             Ok(RelayNotification::Message { message }) => message_to_input(&url, message),
-            Ok(RelayNotification::RelayStatus { status }) => status_change(&url, &mut connected, status),
+            Ok(RelayNotification::RelayStatus { status }) => {
+                status_change(&url, &mut connected, status)
+            }
             Ok(_) => None,
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 lagged.fetch_add(n, Ordering::Relaxed);
@@ -420,7 +439,10 @@ fn status_change(url: &RelayUrl, connected: &mut bool, status: RelayStatus) -> O
         (false, true)
             if matches!(
                 status,
-                RelayStatus::Disconnected | RelayStatus::Terminated | RelayStatus::Banned | RelayStatus::Sleeping
+                RelayStatus::Disconnected
+                    | RelayStatus::Terminated
+                    | RelayStatus::Banned
+                    | RelayStatus::Sleeping
             ) =>
         {
             *connected = false;
@@ -521,10 +543,14 @@ fn is_unsupported_notice(text: &str) -> bool {
 /// Maps the pool's sync errors to the engine's three failure kinds.
 fn map_sync_error(e: RelayError) -> NegentropyFailure {
     match e {
-        RelayError::NegentropyNotSupported | RelayError::UnknownNegentropyError => NegentropyFailure::Unsupported,
+        RelayError::NegentropyNotSupported | RelayError::UnknownNegentropyError => {
+            NegentropyFailure::Unsupported
+        }
         // The relay speaks an older negentropy version: as good as unsupported. The
         // negentropy crate is not re-exported, so match on its debug name.
-        RelayError::Negentropy(ref n) if format!("{n:?}").contains("UnsupportedProtocolVersion") => {
+        RelayError::Negentropy(ref n)
+            if format!("{n:?}").contains("UnsupportedProtocolVersion") =>
+        {
             NegentropyFailure::Unsupported
         }
         RelayError::Timeout => NegentropyFailure::Timeout,

@@ -81,13 +81,21 @@ impl SyncMetrics {
             "Events brought by sync and newly accepted by the host",
             m.events_synced.clone(),
         );
-        registry.register(name("relays_tracked_total"), "Relays known to sync", m.relays_tracked.clone());
+        registry.register(
+            name("relays_tracked_total"),
+            "Relays known to sync",
+            m.relays_tracked.clone(),
+        );
         registry.register(
             name("relays_connected_total"),
             "Relays with an open websocket",
             m.relays_connected.clone(),
         );
-        registry.register(name("relays_dead_total"), "Relays marked dead", m.relays_dead.clone());
+        registry.register(
+            name("relays_dead_total"),
+            "Relays marked dead",
+            m.relays_dead.clone(),
+        );
         registry.register(name("hunts"), "Git data hunts by result", m.hunts.clone());
         registry.register(
             name("purgatory_waiting"),
@@ -111,20 +119,26 @@ impl SyncMetrics {
     /// `relay_connected` for one relay (0..4, see
     /// [`crate::model::ConnectionStatus::metric_value`]).
     pub fn set_relay_connected(&self, relay: &RelayUrl, value: i64) {
-        self.relay_connected.get_or_create(&Self::relay(relay)).set(value);
+        self.relay_connected
+            .get_or_create(&Self::relay(relay))
+            .set(value);
     }
 
     /// Counts one connect attempt.
     pub fn record_connection_attempt(&self, success: bool) {
         let result = if success { "success" } else { "failure" };
         self.connection_attempts
-            .get_or_create(&ResultLabel { result: result.into() })
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
             .inc();
     }
 
     /// `relay_status` for one relay (1 healthy … 5 rate limited).
     pub fn set_relay_status(&self, relay: &RelayUrl, value: i64) {
-        self.relay_status.get_or_create(&Self::relay(relay)).set(value);
+        self.relay_status
+            .get_or_create(&Self::relay(relay))
+            .set(value);
     }
 
     /// `relay_failures` for one relay.
@@ -158,7 +172,9 @@ impl SyncMetrics {
     /// Counts one git data hunt with its result (e.g. `found`, `not_found`, `error`).
     pub fn record_hunt(&self, result: &str) {
         self.hunts
-            .get_or_create(&ResultLabel { result: result.into() })
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
             .inc();
     }
 
@@ -225,7 +241,9 @@ mod tests {
         let m = SyncMetrics::register(&mut registry, "myrelay_sync_");
         let r = RelayUrl::parse("wss://a.example").unwrap();
         m.set_relay_status(&r, 4);
-        assert!(encode(&registry).contains("myrelay_sync_relay_status{relay=\"wss://a.example\"} 4"));
+        assert!(
+            encode(&registry).contains("myrelay_sync_relay_status{relay=\"wss://a.example\"} 4")
+        );
         m.remove_relay(&r);
         assert!(!encode(&registry).contains("wss://a.example"));
     }

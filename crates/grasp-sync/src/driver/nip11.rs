@@ -54,7 +54,10 @@ pub enum Nip11Error {
 }
 
 /// Fetches `relay`'s NIP-11 document, all within `timeout`.
-pub async fn fetch_nip11(relay: &RelayUrl, timeout: Duration) -> Result<serde_json::Value, Nip11Error> {
+pub async fn fetch_nip11(
+    relay: &RelayUrl,
+    timeout: Duration,
+) -> Result<serde_json::Value, Nip11Error> {
     tokio::time::timeout(timeout, fetch(relay))
         .await
         .map_err(|_| Nip11Error::Timeout)?
@@ -63,7 +66,9 @@ pub async fn fetch_nip11(relay: &RelayUrl, timeout: Duration) -> Result<serde_js
 async fn fetch(relay: &RelayUrl) -> Result<serde_json::Value, Nip11Error> {
     let http_url = relay.nip11_http_url();
     let url = nostr::Url::parse(&http_url).map_err(|_| Nip11Error::Url(http_url.clone()))?;
-    let host = url.host_str().ok_or_else(|| Nip11Error::Url(http_url.clone()))?;
+    let host = url
+        .host_str()
+        .ok_or_else(|| Nip11Error::Url(http_url.clone()))?;
     let port = url
         .port_or_known_default()
         .ok_or_else(|| Nip11Error::Url(http_url.clone()))?;
@@ -118,7 +123,10 @@ fn tls_connector() -> Result<tokio_rustls::TlsConnector, Nip11Error> {
 }
 
 /// Writes the request, reads until the server closes (or the cap).
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, request: &[u8]) -> Result<Vec<u8>, Nip11Error> {
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    request: &[u8],
+) -> Result<Vec<u8>, Nip11Error> {
     stream.write_all(request).await?;
     stream.flush().await?;
     let mut out = Vec::new();
@@ -146,10 +154,13 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, request: &[u
 /// 200 response, de-chunked when needed.
 fn parse_response(raw: &[u8]) -> Result<Vec<u8>, Nip11Error> {
     let head_end = find(raw, b"\r\n\r\n").ok_or(Nip11Error::Malformed("no end of headers"))?;
-    let head = std::str::from_utf8(&raw[..head_end]).map_err(|_| Nip11Error::Malformed("headers not UTF-8"))?;
+    let head = std::str::from_utf8(&raw[..head_end])
+        .map_err(|_| Nip11Error::Malformed("headers not UTF-8"))?;
     let body = &raw[head_end + 4..];
     let mut lines = head.split("\r\n");
-    let status_line = lines.next().ok_or(Nip11Error::Malformed("no status line"))?;
+    let status_line = lines
+        .next()
+        .ok_or(Nip11Error::Malformed("no status line"))?;
     let mut parts = status_line.split_whitespace();
     let version = parts.next().unwrap_or_default();
     if !version.starts_with("HTTP/1.") {
@@ -169,7 +180,9 @@ fn parse_response(raw: &[u8]) -> Result<Vec<u8>, Nip11Error> {
             continue;
         };
         let value = value.trim();
-        if name.eq_ignore_ascii_case("transfer-encoding") && value.to_ascii_lowercase().contains("chunked") {
+        if name.eq_ignore_ascii_case("transfer-encoding")
+            && value.to_ascii_lowercase().contains("chunked")
+        {
             chunked = true;
         } else if name.eq_ignore_ascii_case("content-length") {
             length = value.parse().ok();
@@ -189,9 +202,11 @@ fn dechunk(mut body: &[u8]) -> Result<Vec<u8>, Nip11Error> {
     let mut out = Vec::new();
     loop {
         let line_end = find(body, b"\r\n").ok_or(Nip11Error::Malformed("bad chunk header"))?;
-        let size_text = std::str::from_utf8(&body[..line_end]).map_err(|_| Nip11Error::Malformed("bad chunk size"))?;
+        let size_text = std::str::from_utf8(&body[..line_end])
+            .map_err(|_| Nip11Error::Malformed("bad chunk size"))?;
         let size_text = size_text.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_text, 16).map_err(|_| Nip11Error::Malformed("bad chunk size"))?;
+        let size = usize::from_str_radix(size_text, 16)
+            .map_err(|_| Nip11Error::Malformed("bad chunk size"))?;
         body = &body[line_end + 2..];
         if size == 0 {
             return Ok(out);
@@ -200,7 +215,9 @@ fn dechunk(mut body: &[u8]) -> Result<Vec<u8>, Nip11Error> {
             return Err(Nip11Error::Malformed("truncated chunk"));
         }
         out.extend_from_slice(&body[..size]);
-        body = body.get(size + 2..).ok_or(Nip11Error::Malformed("truncated chunk"))?;
+        body = body
+            .get(size + 2..)
+            .ok_or(Nip11Error::Malformed("truncated chunk"))?;
     }
 }
 
@@ -232,7 +249,10 @@ mod tests {
             sock.shutdown().await.unwrap();
             String::from_utf8(req).unwrap()
         });
-        (RelayUrl::parse(&format!("ws://127.0.0.1:{port}")).unwrap(), handle)
+        (
+            RelayUrl::parse(&format!("ws://127.0.0.1:{port}")).unwrap(),
+            handle,
+        )
     }
 
     #[tokio::test]
@@ -261,9 +281,15 @@ mod tests {
     #[tokio::test]
     async fn non_200_and_junk_are_errors() {
         let (url, _s) = serve_once(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n").await;
-        assert!(matches!(fetch_nip11(&url, Duration::from_secs(5)).await, Err(Nip11Error::Status(404))));
+        assert!(matches!(
+            fetch_nip11(&url, Duration::from_secs(5)).await,
+            Err(Nip11Error::Status(404))
+        ));
         let (url, _s) = serve_once(b"HTTP/1.1 200 OK\r\n\r\n<html>").await;
-        assert!(matches!(fetch_nip11(&url, Duration::from_secs(5)).await, Err(Nip11Error::Json(_))));
+        assert!(matches!(
+            fetch_nip11(&url, Duration::from_secs(5)).await,
+            Err(Nip11Error::Json(_))
+        ));
     }
 
     #[tokio::test]
@@ -272,6 +298,9 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         drop(listener);
         let url = RelayUrl::parse(&format!("ws://127.0.0.1:{port}")).unwrap();
-        assert!(matches!(fetch_nip11(&url, Duration::from_secs(5)).await, Err(Nip11Error::Io(_))));
+        assert!(matches!(
+            fetch_nip11(&url, Duration::from_secs(5)).await,
+            Err(Nip11Error::Io(_))
+        ));
     }
 }
