@@ -553,3 +553,24 @@ async fn disconnect_command_and_refusals() {
     h.connect(&r).await;
     h.exec.shutdown().await;
 }
+
+#[tokio::test]
+async fn reconnect_right_after_disconnect_gives_a_working_socket() {
+    let relay = support::start_relay().await;
+    let r = url(&relay.url);
+    let mut h = Harness::new(vec![]);
+    h.connect(&r).await;
+    for round in 0..5 {
+        h.run(Command::Disconnect { relay: r.clone() }).await;
+        let rr = r.clone();
+        h.wait_for(
+            "RelayDisconnected",
+            move |i| matches!(i, Input::RelayDisconnected { relay } if *relay == rr),
+        )
+        .await;
+        h.connect(&r).await;
+        // A round trip proves the socket really carries messages.
+        h.barrier(&r, round).await;
+    }
+    h.exec.shutdown().await;
+}

@@ -7,7 +7,9 @@
 //! cannot contradict the engine:
 //!
 //! - Every relay is added with `RelayOptions::reconnect(false)`, so a dropped socket
-//!   stays down (status `Terminated`) until the engine sends `Connect` again.
+//!   stays down (status `Terminated`) until the engine sends `Connect` again. That
+//!   `Connect` uses a fresh pool relay object, so a connection task of the old socket
+//!   that is still winding down cannot swallow the new one.
 //! - REQ and CLOSE are sent as raw client messages, never through the pool's
 //!   subscription map. The pool therefore never re-sends old REQs on reconnect and never
 //!   auto-closes anything: a subscription lives exactly as long as the engine says.
@@ -30,7 +32,8 @@ use nostr_relay_pool::relay::{
 };
 use nostr_relay_pool::{Relay, RelayPool};
 use tokio::sync::{broadcast, mpsc};
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
+use tracing::Instrument;
 
 use crate::engine::{Command, Input, NegentropyFailure};
 use crate::model::RelayUrl;
@@ -107,7 +110,7 @@ pub enum ExecuteError {
 /// sessions run in background tasks and answer through the channel).
 pub struct PoolExecutor {
     pool: RelayPool,
-    relays: HashMap<RelayUrl, Relay>,
+    relays: HashMap<RelayUrl, RelayEntry>,
     store: Arc<dyn EventStore>,
     inputs: mpsc::Sender<Input>,
     config: ExecutorConfig,
@@ -116,6 +119,12 @@ pub struct PoolExecutor {
     /// Connect attempts and negentropy sessions; reaped on every `execute`.
     jobs: JoinSet<()>,
     lagged: Arc<AtomicU64>,
+}
+
+/// One relay as the executor holds it: the pool's handle and its reader task.
+struct RelayEntry {
+    relay: Relay,
+    reader: AbortHandle,
 }
 
 impl std::fmt::Debug for PoolExecutor {
@@ -178,8 +187,8 @@ impl PoolExecutor {
 
     /// Carries out one relay command.
     ///
-    /// - `Connect`: registers the relay once (reader task started before the first
-    ///   connect, so nothing the relay says at connect is missed), then tries to connect
+    /// - `Connect`: registers the relay (reader task started before the connect, so
+    ///   nothing the relay says at connect is missed), then tries to connect
     ///   in the background with [`ExecutorConfig::connect_timeout`]. Success arrives as
     ///   [`Input::RelayConnected`] (from the relay's status stream, ordered before its
     ///   first message), failure as [`Input::RelayConnectFailed`]. If the relay is
@@ -236,6 +245,7 @@ impl PoolExecutor {
                         return Ok(());
                     }
                 };
+                let span = tracing::debug_span!("negentropy", relay = %relay, session = %session);
                 let job = NegentropyJob {
                     relay,
                     session,
@@ -246,7 +256,7 @@ impl PoolExecutor {
                     initial_timeout: self.config.negentropy_initial_timeout,
                     total_timeout: self.config.negentropy_total_timeout,
                 };
-                self.jobs.spawn(job.run());
+                self.jobs.spawn(job.run().instrument(span));
                 Ok(())
             }
             Command::Ingest { .. }
@@ -276,6 +286,7 @@ impl PoolExecutor {
     fn relay(&self, url: &RelayUrl) -> Result<&Relay, ExecuteError> {
         self.relays
             .get(url)
+            .map(|e| &e.relay)
             .ok_or_else(|| ExecuteError::UnknownRelay(url.clone()))
     }
 
@@ -289,7 +300,22 @@ impl PoolExecutor {
     }
 
     async fn connect(&mut self, url: RelayUrl) -> Result<(), ExecuteError> {
-        let relay = self.register(&url).await?;
+        let relay = match self.relays.get(&url) {
+            None => self.register(&url).await?,
+            Some(entry) => match entry.relay.status() {
+                // A socket that was up and went down: connect on a fresh relay object.
+                // The pool's old connection task may still be winding down (closing
+                // the websocket); connecting the old object in that window makes the
+                // pool drop the new socket while reporting it connected. Its reader
+                // already reported the disconnect (the engine reconnects only after
+                // that), so nothing the engine needs is lost with it.
+                RelayStatus::Terminated
+                | RelayStatus::Disconnected
+                | RelayStatus::Banned
+                | RelayStatus::Sleeping => self.replace(&url).await?,
+                _ => entry.relay.clone(),
+            },
+        };
         match relay.status() {
             RelayStatus::Connected => {
                 let tx = self.inputs.clone();
@@ -302,7 +328,8 @@ impl PoolExecutor {
             _ => {
                 let tx = self.inputs.clone();
                 let timeout = self.config.connect_timeout;
-                self.jobs.spawn(async move {
+                let span = tracing::debug_span!("connect", relay = %url);
+                let job = async move {
                     if let Err(e) = relay.try_connect(timeout).await {
                         tracing::debug!(relay = %url, error = %e, "connect failed");
                         let _ = tx
@@ -312,21 +339,28 @@ impl PoolExecutor {
                             })
                             .await;
                     }
-                });
+                };
+                self.jobs.spawn(job.instrument(span));
             }
         }
         Ok(())
     }
 
-    /// Adds the relay to the pool once and starts its reader.
-    async fn register(&mut self, url: &RelayUrl) -> Result<Relay, ExecuteError> {
-        if let Some(relay) = self.relays.get(url) {
-            return Ok(relay.clone());
+    /// Drops the relay's pool object and reader, then registers it anew.
+    async fn replace(&mut self, url: &RelayUrl) -> Result<Relay, ExecuteError> {
+        if let Some(old) = self.relays.remove(url) {
+            old.reader.abort();
+            let _ = self.pool.force_remove_relay(nostr_url(url)?).await;
         }
-        let nostr_url = nostr::RelayUrl::parse(url.as_str()).map_err(|e| ExecuteError::Url {
-            url: url.clone(),
-            reason: e.to_string(),
-        })?;
+        self.register(url).await
+    }
+
+    /// Adds the relay to the pool and starts its reader.
+    async fn register(&mut self, url: &RelayUrl) -> Result<Relay, ExecuteError> {
+        if let Some(entry) = self.relays.get(url) {
+            return Ok(entry.relay.clone());
+        }
+        let nostr_url = nostr_url(url)?;
         let opts = RelayOptions::new()
             .reconnect(false)
             .verify_subscriptions(false)
@@ -342,16 +376,34 @@ impl PoolExecutor {
             .map_err(|e| ExecuteError::Pool(e.to_string()))?;
         // Subscribe before the first connect: a relay may speak right away.
         let notifications = relay.notifications();
-        self.readers.spawn(read_relay(
+        let span = tracing::debug_span!("relay", relay = %url);
+        let reader = self.readers.spawn(
+            read_relay(
+                url.clone(),
+                relay.clone(),
+                notifications,
+                self.inputs.clone(),
+                Arc::clone(&self.lagged),
+            )
+            .instrument(span),
+        );
+        self.relays.insert(
             url.clone(),
-            relay.clone(),
-            notifications,
-            self.inputs.clone(),
-            Arc::clone(&self.lagged),
-        ));
-        self.relays.insert(url.clone(), relay.clone());
+            RelayEntry {
+                relay: relay.clone(),
+                reader,
+            },
+        );
         Ok(relay)
     }
+}
+
+/// Our relay URL as rust-nostr's.
+fn nostr_url(url: &RelayUrl) -> Result<nostr::RelayUrl, ExecuteError> {
+    nostr::RelayUrl::parse(url.as_str()).map_err(|e| ExecuteError::Url {
+        url: url.clone(),
+        reason: e.to_string(),
+    })
 }
 
 impl Drop for PoolExecutor {
