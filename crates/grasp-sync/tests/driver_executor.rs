@@ -236,6 +236,9 @@ async fn negentropy_reports_exactly_the_missing_ids() {
         events[..3].iter().map(|e| (e.id, e.created_at)).collect();
     let ours_only = repo.issue("only ours", 10);
     have.push((ours_only.id, ours_only.created_at));
+    // The have-set is a union (stored ∪ purgatory ∪ rejected): overlaps happen.
+    have.push((events[0].id, events[0].created_at));
+    have.push((events[1].id, Timestamp::zero()));
     let mut h = Harness::new(have);
     h.connect(&r).await;
 
