@@ -21,8 +21,8 @@ use tokio_rustls::rustls;
 
 use crate::model::RelayUrl;
 
-/// Largest NIP-11 document we accept (headers included). Real documents are a few KiB.
-const MAX_RESPONSE_BYTES: usize = 256 * 1024;
+/// Largest NIP-11 response we accept (headers included). Real documents are a few KiB.
+pub const MAX_RESPONSE_BYTES: usize = 256 * 1024;
 
 /// Why a NIP-11 document could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +45,7 @@ pub enum Nip11Error {
     /// The response was not valid HTTP/1.x as we read it.
     #[error("malformed HTTP response: {0}")]
     Malformed(&'static str),
-    /// The response exceeded [`MAX_RESPONSE_BYTES`].
+    /// The response exceeded the size cap (256 KiB).
     #[error("response larger than {MAX_RESPONSE_BYTES} bytes")]
     TooLarge,
     /// The body was not JSON.
