@@ -11,6 +11,8 @@
 
 pub mod classify;
 pub mod diff;
+#[cfg(feature = "tokio")]
+pub mod driver;
 pub mod engine;
 pub mod filters;
 pub mod health;

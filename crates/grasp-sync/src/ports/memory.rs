@@ -1,6 +1,6 @@
 //! In-memory port implementations: for tests, the simulation and simple hosts.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -21,7 +21,8 @@ pub struct MemoryEventStore {
 #[derive(Debug, Default)]
 struct MemoryInner {
     events: BTreeMap<EventId, Event>,
-    rejected: BTreeSet<EventId>,
+    /// Refused events, kept whole so they match the filters of the have-set.
+    rejected: BTreeMap<EventId, Event>,
 }
 
 impl MemoryEventStore {
@@ -42,9 +43,10 @@ impl MemoryEventStore {
         self.lock().events.insert(event.id, event).is_none()
     }
 
-    /// Records an id as refused.
-    pub fn reject(&self, id: EventId) {
-        self.lock().rejected.insert(id);
+    /// Records an event as refused: it joins the negentropy have-set so sync does not
+    /// download it again, and ingesting it again answers `Rejected`.
+    pub fn reject(&self, event: Event) {
+        self.lock().rejected.insert(event.id, event);
     }
 
     /// Number of events stored.
@@ -98,7 +100,7 @@ impl EventStore for MemoryEventStore {
 
     async fn has(&self, id: &EventId) -> Result<bool, PortError> {
         let inner = self.lock();
-        Ok(inner.events.contains_key(id) || inner.rejected.contains(id))
+        Ok(inner.events.contains_key(id) || inner.rejected.contains_key(id))
     }
 }
 
@@ -106,7 +108,7 @@ impl EventStore for MemoryEventStore {
 impl Ingestion for MemoryEventStore {
     async fn ingest(&self, event: Event, _from: &RelayUrl) -> Result<IngestOutcome, PortError> {
         let mut inner = self.lock();
-        if inner.rejected.contains(&event.id) {
+        if inner.rejected.contains_key(&event.id) {
             return Ok(IngestOutcome::Rejected);
         }
         if inner.events.contains_key(&event.id) {

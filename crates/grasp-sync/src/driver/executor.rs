@@ -1,0 +1,643 @@
+//! `PoolExecutor`: carries out the engine's relay commands with nostr-relay-pool and
+//! turns everything the relays say into engine [`Input`]s.
+//!
+//! The executor is deliberately dumb: it keeps no sync state, retries nothing and
+//! decides nothing. The engine owns the one reconnect policy, every subscription and
+//! every fallback; the executor only makes sure that what the pool does underneath
+//! cannot contradict the engine:
+//!
+//! - Every relay is added with `RelayOptions::reconnect(false)`, so a dropped socket
+//!   stays down (status `Terminated`) until the engine sends `Connect` again. That
+//!   `Connect` uses a fresh pool relay object, so a connection task of the old socket
+//!   that is still winding down cannot swallow the new one.
+//! - REQ and CLOSE are sent as raw client messages, never through the pool's
+//!   subscription map. The pool therefore never re-sends old REQs on reconnect and never
+//!   auto-closes anything: a subscription lives exactly as long as the engine says.
+//! - Messages are read from each relay's own notification channel
+//!   (`RelayNotification::Message`), which carries every EVENT from every relay. The
+//!   pool's "seen" de-duplication only affects `RelayNotification::Event`, which we
+//!   ignore, so two relays delivering one event produce two [`Input::Event`]s.
+//! - Commands that need a live socket (`Subscribe`, `Unsubscribe`, `Negentropy`) are
+//!   refused when the relay is not connected instead of being queued by the pool and
+//!   sent, stale, on the next connection.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nostr::{ClientMessage, RelayMessage};
+use nostr_relay_pool::relay::{
+    Error as RelayError, RelayNotification, RelayOptions, RelayStatus, SyncOptions,
+};
+use nostr_relay_pool::{Relay, RelayPool};
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::{AbortHandle, JoinSet};
+use tracing::Instrument;
+
+use crate::engine::{Command, Input, NegentropyFailure};
+use crate::model::RelayUrl;
+use crate::ports::EventStore;
+
+/// Tunables of the executor. The defaults follow the design (connection timeout = base
+/// backoff of 5 s; a short negentropy probe so a relay without NIP-77 costs seconds,
+/// not the pool's default 10 s).
+#[derive(Debug, Clone)]
+pub struct ExecutorConfig {
+    /// How long one connect attempt may take before it is reported as failed.
+    pub connect_timeout: Duration,
+    /// How long to wait for the relay's first answer to NEG-OPEN. A relay that stays
+    /// silent this long is reported as `NegentropyFailed(Timeout)`.
+    pub negentropy_initial_timeout: Duration,
+    /// Upper bound for a whole reconciliation. The pool has no such bound after the
+    /// first answer, so a relay that stops answering mid-way would hang the session.
+    pub negentropy_total_timeout: Duration,
+    /// Capacity of the [`Input`] channel handed back by [`PoolExecutor::new`]. Bounded
+    /// on purpose: a loop that falls behind makes the per-relay readers wait, the
+    /// pool's per-relay broadcast then overflows and reports lag (counted in
+    /// [`PoolExecutor::lagged_messages`]) instead of memory growing without limit.
+    pub input_channel_capacity: usize,
+    /// Size of each relay's broadcast channel inside the pool (pool default: 2048).
+    pub relay_notification_channel_size: usize,
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            negentropy_initial_timeout: Duration::from_secs(5),
+            negentropy_total_timeout: Duration::from_secs(60),
+            input_channel_capacity: 65_536,
+            relay_notification_channel_size: 8_192,
+        }
+    }
+}
+
+/// Why a command could not be carried out. None of these is fatal: the engine learns
+/// the relay's real state from the inputs (a `RelayDisconnected` is already on its way
+/// when a command fails with [`ExecuteError::NotConnected`]), so the loop logs and goes
+/// on.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecuteError {
+    /// `Ingest`, `ReadPurgatoryAnnouncements` and `PersistState` are for the host's
+    /// ports, not for the relay pool: the driver loop carries them out.
+    #[error("command is not a relay command; the driver loop handles it")]
+    NotAPoolCommand,
+    /// A command for a relay that was never the subject of `Connect`.
+    #[error("relay {0} is unknown to the executor (no Connect yet)")]
+    UnknownRelay(RelayUrl),
+    /// The relay's socket is not up; the message was not sent (and not queued).
+    #[error("relay {0} is not connected")]
+    NotConnected(RelayUrl),
+    /// Our relay URL was refused by rust-nostr's URL type.
+    #[error("relay URL {url} not accepted by nostr: {reason}")]
+    Url {
+        /// The URL.
+        url: RelayUrl,
+        /// Why.
+        reason: String,
+    },
+    /// The pool refused (shut down, send queue full, ...).
+    #[error("relay pool: {0}")]
+    Pool(String),
+}
+
+/// Carries out relay commands on a `nostr_relay_pool::RelayPool` and reports what
+/// happens as [`Input`]s on a channel.
+///
+/// One executor serves one engine. Commands for one relay must be executed in the order
+/// the engine emitted them; `execute` returns quickly (connect attempts and negentropy
+/// sessions run in background tasks and answer through the channel).
+pub struct PoolExecutor {
+    pool: RelayPool,
+    relays: HashMap<RelayUrl, RelayEntry>,
+    store: Arc<dyn EventStore>,
+    inputs: mpsc::Sender<Input>,
+    config: ExecutorConfig,
+    /// Per-relay readers: they live as long as the executor.
+    readers: JoinSet<()>,
+    /// Connect attempts and negentropy sessions; reaped on every `execute`.
+    jobs: JoinSet<()>,
+    lagged: Arc<AtomicU64>,
+}
+
+/// One relay as the executor holds it: the pool's handle and its reader task.
+struct RelayEntry {
+    relay: Relay,
+    reader: AbortHandle,
+}
+
+impl std::fmt::Debug for PoolExecutor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolExecutor")
+            .field("relays", &self.relays.keys().collect::<Vec<_>>())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PoolExecutor {
+    /// A new executor with its own pool, and the receiving end of its input channel.
+    /// `store` supplies the negentropy have-set (stored ∪ purgatory ∪ rejected).
+    ///
+    /// Must be called inside a tokio runtime (the pool spawns tasks).
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        config: ExecutorConfig,
+    ) -> (Self, mpsc::Receiver<Input>) {
+        let (tx, rx) = mpsc::channel(config.input_channel_capacity.max(1));
+        let executor = Self {
+            pool: RelayPool::new(),
+            relays: HashMap::new(),
+            store,
+            inputs: tx,
+            config,
+            readers: JoinSet::new(),
+            jobs: JoinSet::new(),
+            lagged: Arc::new(AtomicU64::new(0)),
+        };
+        (executor, rx)
+    }
+
+    /// True for the commands [`PoolExecutor::execute`] carries out; the driver loop
+    /// handles the others (`Ingest`, `ReadPurgatoryAnnouncements`, `PersistState`).
+    pub fn is_pool_command(command: &Command) -> bool {
+        matches!(
+            command,
+            Command::Connect { .. }
+                | Command::Disconnect { .. }
+                | Command::Subscribe { .. }
+                | Command::Unsubscribe { .. }
+                | Command::Negentropy { .. }
+        )
+    }
+
+    /// Relay messages lost because a per-relay channel overflowed (the loop or the
+    /// input channel fell behind). Lag is not a disconnect: the socket stays up and the
+    /// engine's own timeouts recover lost EOSEs. Exported as a metric by the host.
+    pub fn lagged_messages(&self) -> u64 {
+        self.lagged.load(Ordering::Relaxed)
+    }
+
+    /// The underlying pool, for read-only inspection (stats, status). Do not subscribe
+    /// or connect through it: that would bypass the engine.
+    pub fn pool(&self) -> &RelayPool {
+        &self.pool
+    }
+
+    /// Carries out one relay command.
+    ///
+    /// - `Connect`: registers the relay (reader task started before the connect, so
+    ///   nothing the relay says at connect is missed), then tries to connect
+    ///   in the background with [`ExecutorConfig::connect_timeout`]. Success arrives as
+    ///   [`Input::RelayConnected`] (from the relay's status stream, ordered before its
+    ///   first message), failure as [`Input::RelayConnectFailed`]. If the relay is
+    ///   already connected, `RelayConnected` is sent again; if an attempt is in flight,
+    ///   nothing is done.
+    /// - `Disconnect`: closes the socket; a [`Input::RelayDisconnected`] follows if it
+    ///   was up.
+    /// - `Subscribe` / `Unsubscribe`: raw REQ / CLOSE on that relay only.
+    /// - `Negentropy`: dry-run NIP-77 reconciliation in the background; answers with
+    ///   [`Input::NegentropyResult`] or [`Input::NegentropyFailed`].
+    pub async fn execute(&mut self, command: Command) -> Result<(), ExecuteError> {
+        self.reap();
+        match command {
+            Command::Connect { relay } => self.connect(relay).await,
+            Command::Disconnect { relay } => {
+                let handle = self.relay(&relay)?;
+                handle.disconnect();
+                Ok(())
+            }
+            Command::Subscribe {
+                relay, id, filters, ..
+            } => {
+                // Live and historic subscriptions are sent alike: a raw REQ stays open
+                // until the engine sends CLOSE, which is what both modes need.
+                let handle = self.connected_relay(&relay)?;
+                handle
+                    .send_msg(ClientMessage::req(id, filters))
+                    .map_err(|e| ExecuteError::Pool(e.to_string()))
+            }
+            Command::Unsubscribe { relay, id } => {
+                let handle = self.connected_relay(&relay)?;
+                handle
+                    .send_msg(ClientMessage::close(id))
+                    .map_err(|e| ExecuteError::Pool(e.to_string()))
+            }
+            Command::Negentropy {
+                relay,
+                session,
+                filter,
+            } => {
+                let handle = match self.connected_relay(&relay) {
+                    Ok(h) => h.clone(),
+                    Err(e) => {
+                        // The engine waits for an answer to every session: give one.
+                        let input = Input::NegentropyFailed {
+                            relay,
+                            session,
+                            reason: NegentropyFailure::Error(e.to_string()),
+                        };
+                        let tx = self.inputs.clone();
+                        self.jobs.spawn(async move {
+                            let _ = tx.send(input).await;
+                        });
+                        return Ok(());
+                    }
+                };
+                let span = tracing::debug_span!("negentropy", relay = %relay, session = %session);
+                let job = NegentropyJob {
+                    relay,
+                    session,
+                    filter,
+                    handle,
+                    store: Arc::clone(&self.store),
+                    tx: self.inputs.clone(),
+                    initial_timeout: self.config.negentropy_initial_timeout,
+                    total_timeout: self.config.negentropy_total_timeout,
+                };
+                self.jobs.spawn(job.run().instrument(span));
+                Ok(())
+            }
+            Command::Ingest { .. }
+            | Command::ReadPurgatoryAnnouncements
+            | Command::PersistState => Err(ExecuteError::NotAPoolCommand),
+        }
+    }
+
+    /// Closes every connection and stops every task. Pending connect attempts and
+    /// negentropy sessions are dropped without an answer.
+    pub async fn shutdown(&mut self) {
+        self.jobs.abort_all();
+        self.readers.abort_all();
+        self.pool.shutdown().await;
+    }
+
+    fn reap(&mut self) {
+        while let Some(res) = self.jobs.try_join_next() {
+            if let Err(e) = res {
+                if e.is_panic() {
+                    tracing::error!(error = %e, "executor job panicked");
+                }
+            }
+        }
+    }
+
+    fn relay(&self, url: &RelayUrl) -> Result<&Relay, ExecuteError> {
+        self.relays
+            .get(url)
+            .map(|e| &e.relay)
+            .ok_or_else(|| ExecuteError::UnknownRelay(url.clone()))
+    }
+
+    fn connected_relay(&self, url: &RelayUrl) -> Result<&Relay, ExecuteError> {
+        let relay = self.relay(url)?;
+        if relay.is_connected() {
+            Ok(relay)
+        } else {
+            Err(ExecuteError::NotConnected(url.clone()))
+        }
+    }
+
+    async fn connect(&mut self, url: RelayUrl) -> Result<(), ExecuteError> {
+        let relay = match self.relays.get(&url) {
+            None => self.register(&url).await?,
+            Some(entry) => match entry.relay.status() {
+                // A socket that was up and went down: connect on a fresh relay object.
+                // The pool's old connection task may still be winding down (closing
+                // the websocket); connecting the old object in that window makes the
+                // pool drop the new socket while reporting it connected. Its reader
+                // already reported the disconnect (the engine reconnects only after
+                // that), so nothing the engine needs is lost with it.
+                RelayStatus::Terminated
+                | RelayStatus::Disconnected
+                | RelayStatus::Banned
+                | RelayStatus::Sleeping => self.replace(&url).await?,
+                _ => entry.relay.clone(),
+            },
+        };
+        match relay.status() {
+            RelayStatus::Connected => {
+                let tx = self.inputs.clone();
+                self.jobs.spawn(async move {
+                    let _ = tx.send(Input::RelayConnected { relay: url }).await;
+                });
+            }
+            // An attempt is already in flight: it will answer.
+            RelayStatus::Pending | RelayStatus::Connecting => {}
+            _ => {
+                let tx = self.inputs.clone();
+                let timeout = self.config.connect_timeout;
+                let span = tracing::debug_span!("connect", relay = %url);
+                let job = async move {
+                    if let Err(e) = relay.try_connect(timeout).await {
+                        tracing::debug!(relay = %url, error = %e, "connect failed");
+                        let _ = tx
+                            .send(Input::RelayConnectFailed {
+                                relay: url,
+                                reason: e.to_string(),
+                            })
+                            .await;
+                    }
+                };
+                self.jobs.spawn(job.instrument(span));
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops the relay's pool object and reader, then registers it anew.
+    async fn replace(&mut self, url: &RelayUrl) -> Result<Relay, ExecuteError> {
+        if let Some(old) = self.relays.remove(url) {
+            old.reader.abort();
+            let _ = self.pool.force_remove_relay(nostr_url(url)?).await;
+        }
+        self.register(url).await
+    }
+
+    /// Adds the relay to the pool and starts its reader.
+    async fn register(&mut self, url: &RelayUrl) -> Result<Relay, ExecuteError> {
+        if let Some(entry) = self.relays.get(url) {
+            return Ok(entry.relay.clone());
+        }
+        let nostr_url = nostr_url(url)?;
+        let opts = RelayOptions::new()
+            .reconnect(false)
+            .verify_subscriptions(false)
+            .notification_channel_size(self.config.relay_notification_channel_size);
+        self.pool
+            .add_relay(nostr_url.clone(), opts)
+            .await
+            .map_err(|e| ExecuteError::Pool(e.to_string()))?;
+        let relay = self
+            .pool
+            .relay(nostr_url)
+            .await
+            .map_err(|e| ExecuteError::Pool(e.to_string()))?;
+        // Subscribe before the first connect: a relay may speak right away.
+        let notifications = relay.notifications();
+        let span = tracing::debug_span!("relay", relay = %url);
+        let reader = self.readers.spawn(
+            read_relay(
+                url.clone(),
+                relay.clone(),
+                notifications,
+                self.inputs.clone(),
+                Arc::clone(&self.lagged),
+            )
+            .instrument(span),
+        );
+        self.relays.insert(
+            url.clone(),
+            RelayEntry {
+                relay: relay.clone(),
+                reader,
+            },
+        );
+        Ok(relay)
+    }
+}
+
+/// Our relay URL as rust-nostr's.
+fn nostr_url(url: &RelayUrl) -> Result<nostr::RelayUrl, ExecuteError> {
+    nostr::RelayUrl::parse(url.as_str()).map_err(|e| ExecuteError::Url {
+        url: url.clone(),
+        reason: e.to_string(),
+    })
+}
+
+impl Drop for PoolExecutor {
+    fn drop(&mut self) {
+        self.jobs.abort_all();
+        self.readers.abort_all();
+    }
+}
+
+/// Maps one relay message to an engine input. `None` for what the engine has no use
+/// for (OK, AUTH, COUNT, NEG-* which the negentropy job reads itself).
+fn message_to_input(relay: &RelayUrl, message: RelayMessage<'static>) -> Option<Input> {
+    match message {
+        RelayMessage::Event {
+            subscription_id,
+            event,
+        } => Some(Input::Event {
+            relay: relay.clone(),
+            subscription: subscription_id.into_owned(),
+            event: Box::new(event.into_owned()),
+        }),
+        RelayMessage::EndOfStoredEvents(id) => Some(Input::Eose {
+            relay: relay.clone(),
+            subscription: id.into_owned(),
+        }),
+        RelayMessage::Closed {
+            subscription_id,
+            message,
+        } => Some(Input::Closed {
+            relay: relay.clone(),
+            subscription: subscription_id.into_owned(),
+            message: message.into_owned(),
+        }),
+        RelayMessage::Notice(message) => Some(Input::Notice {
+            relay: relay.clone(),
+            message: message.into_owned(),
+        }),
+        _ => None,
+    }
+}
+
+/// Reads one relay's notification stream for the executor's whole life and forwards
+/// messages and connection changes, in the order the relay produced them.
+async fn read_relay(
+    url: RelayUrl,
+    relay: Relay,
+    mut notifications: broadcast::Receiver<RelayNotification>,
+    tx: mpsc::Sender<Input>,
+    lagged: Arc<AtomicU64>,
+) {
+    let mut connected = false;
+    loop {
+        let input = match notifications.recv().await {
+            Ok(RelayNotification::Message { message }) => message_to_input(&url, message),
+            Ok(RelayNotification::RelayStatus { status }) => {
+                status_change(&url, &mut connected, status)
+            }
+            Ok(_) => None,
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                lagged.fetch_add(n, Ordering::Relaxed);
+                tracing::warn!(relay = %url, lost = n, "relay notifications lagged; messages lost");
+                // Status changes may have been among the lost: re-read the truth.
+                status_change(&url, &mut connected, relay.status())
+            }
+            Err(broadcast::error::RecvError::Closed) => break,
+        };
+        if let Some(input) = input {
+            if tx.send(input).await.is_err() {
+                // The loop is gone: nobody to report to.
+                break;
+            }
+        }
+    }
+}
+
+/// Turns a status into `RelayConnected` / `RelayDisconnected`, reporting transitions
+/// only (a failed connect attempt goes Connecting → Terminated without ever being up,
+/// and is reported by the connect job as `RelayConnectFailed` instead).
+fn status_change(url: &RelayUrl, connected: &mut bool, status: RelayStatus) -> Option<Input> {
+    match (status == RelayStatus::Connected, *connected) {
+        (true, false) => {
+            *connected = true;
+            Some(Input::RelayConnected { relay: url.clone() })
+        }
+        (false, true)
+            if matches!(
+                status,
+                RelayStatus::Disconnected
+                    | RelayStatus::Terminated
+                    | RelayStatus::Banned
+                    | RelayStatus::Sleeping
+            ) =>
+        {
+            *connected = false;
+            Some(Input::RelayDisconnected { relay: url.clone() })
+        }
+        _ => None,
+    }
+}
+
+/// One dry-run reconciliation, run in its own task.
+struct NegentropyJob {
+    relay: RelayUrl,
+    session: nostr::SubscriptionId,
+    filter: nostr::Filter,
+    handle: Relay,
+    store: Arc<dyn EventStore>,
+    tx: mpsc::Sender<Input>,
+    initial_timeout: Duration,
+    total_timeout: Duration,
+}
+
+impl NegentropyJob {
+    async fn run(self) {
+        let result = tokio::time::timeout(self.total_timeout, self.reconcile()).await;
+        let input = match result {
+            Ok(Ok(need)) => Input::NegentropyResult {
+                relay: self.relay,
+                session: self.session,
+                need,
+            },
+            Ok(Err(reason)) => Input::NegentropyFailed {
+                relay: self.relay,
+                session: self.session,
+                reason,
+            },
+            Err(_) => Input::NegentropyFailed {
+                relay: self.relay,
+                session: self.session,
+                reason: NegentropyFailure::Timeout,
+            },
+        };
+        let _ = self.tx.send(input).await;
+    }
+
+    async fn reconcile(&self) -> Result<Vec<nostr::EventId>, NegentropyFailure> {
+        let items = self
+            .store
+            .negentropy_items(&self.filter)
+            .await
+            .map_err(|e| NegentropyFailure::Error(e.to_string()))?;
+        // Watch NOTICEs ourselves too: the pool recognises only strfry's wording of
+        // "unsupported"; others (nostr-rs-relay: "could not parse command") would
+        // otherwise cost the whole initial timeout.
+        let notices = self.handle.notifications();
+        let opts = SyncOptions::new()
+            .initial_timeout(self.initial_timeout)
+            .dry_run();
+        let sync = self
+            .handle
+            .sync_with_items(self.filter.clone(), items, &opts);
+        tokio::select! {
+            res = sync => match res {
+                Ok(reconciliation) => {
+                    let mut need: Vec<nostr::EventId> = reconciliation.remote.into_iter().collect();
+                    need.sort();
+                    Ok(need)
+                }
+                Err(e) => Err(map_sync_error(e)),
+            },
+            () = wait_unsupported_notice(notices) => Err(NegentropyFailure::Unsupported),
+        }
+    }
+}
+
+/// Resolves when the relay sends a NOTICE that says it does not understand NIP-77.
+/// Never resolves otherwise (the sync future wins the race).
+async fn wait_unsupported_notice(mut notifications: broadcast::Receiver<RelayNotification>) {
+    loop {
+        match notifications.recv().await {
+            Ok(RelayNotification::Message {
+                message: RelayMessage::Notice(text),
+            }) if is_unsupported_notice(&text) => return,
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+        }
+    }
+}
+
+/// NOTICE texts seen from relays without NIP-77 in answer to NEG-OPEN.
+fn is_unsupported_notice(text: &str) -> bool {
+    let t = text.to_ascii_lowercase();
+    (t.contains("bad msg") && (t.contains("unknown cmd") || t.contains("neg")))
+        || t.contains("could not parse command")
+        || t.contains("unknown command")
+        || t.contains("unsupported") && t.contains("neg")
+}
+
+/// Maps the pool's sync errors to the engine's three failure kinds.
+fn map_sync_error(e: RelayError) -> NegentropyFailure {
+    match e {
+        RelayError::NegentropyNotSupported | RelayError::UnknownNegentropyError => {
+            NegentropyFailure::Unsupported
+        }
+        // The relay speaks an older negentropy version: as good as unsupported. The
+        // negentropy crate is not re-exported, so match on its debug name.
+        RelayError::Negentropy(ref n)
+            if format!("{n:?}").contains("UnsupportedProtocolVersion") =>
+        {
+            NegentropyFailure::Unsupported
+        }
+        RelayError::Timeout => NegentropyFailure::Timeout,
+        RelayError::RelayMessage(msg) => NegentropyFailure::Error(msg),
+        other => NegentropyFailure::Error(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsupported_notices_are_recognised() {
+        assert!(is_unsupported_notice("bad msg: unknown cmd"));
+        assert!(is_unsupported_notice("could not parse command"));
+        assert!(is_unsupported_notice("ERROR: bad msg: negentropy disabled"));
+        assert!(!is_unsupported_notice("rate-limited: slow down"));
+    }
+
+    #[test]
+    fn status_transitions_only() {
+        let url = RelayUrl::parse("ws://127.0.0.1:1").unwrap();
+        let mut up = false;
+        assert!(status_change(&url, &mut up, RelayStatus::Connecting).is_none());
+        assert!(status_change(&url, &mut up, RelayStatus::Terminated).is_none());
+        assert!(matches!(
+            status_change(&url, &mut up, RelayStatus::Connected),
+            Some(Input::RelayConnected { .. })
+        ));
+        assert!(status_change(&url, &mut up, RelayStatus::Connected).is_none());
+        assert!(matches!(
+            status_change(&url, &mut up, RelayStatus::Terminated),
+            Some(Input::RelayDisconnected { .. })
+        ));
+        assert!(status_change(&url, &mut up, RelayStatus::Terminated).is_none());
+    }
+}

@@ -1,0 +1,250 @@
+//! Prometheus metrics (design section 13), registered in a registry the host owns so the
+//! host serves them on its own `/metrics`. Names carry a configurable prefix (default
+//! [`DEFAULT_PREFIX`]) so two instances in one process, or a host with its own naming,
+//! do not collide.
+//!
+//! `SyncMetrics` is a set of handles: cheap to clone, updated by the driver loop from
+//! the engine's status snapshots and from what the executor and git hunter report.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::model::RelayUrl;
+
+/// The prefix used when the host does not choose one.
+pub const DEFAULT_PREFIX: &str = "grasp_sync_";
+
+/// Label set naming one relay.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RelayLabel {
+    relay: String,
+}
+
+/// Label set naming an outcome (`success`/`failure` for connects; the hunter's result
+/// names for hunts).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: String,
+}
+
+/// The metric handles. Clones share the same series.
+#[derive(Debug, Clone, Default)]
+pub struct SyncMetrics {
+    relay_connected: Family<RelayLabel, Gauge>,
+    connection_attempts: Family<ResultLabel, Counter>,
+    relay_status: Family<RelayLabel, Gauge>,
+    relay_failures: Family<RelayLabel, Gauge>,
+    events_synced: Counter,
+    relays_tracked: Gauge,
+    relays_connected: Gauge,
+    relays_dead: Gauge,
+    hunts: Family<ResultLabel, Counter>,
+    purgatory_waiting: Gauge,
+    notifications_lagged: Counter,
+}
+
+impl SyncMetrics {
+    /// Creates the metrics and registers them in `registry` with names starting with
+    /// `prefix` (e.g. [`DEFAULT_PREFIX`]; include the trailing underscore).
+    ///
+    /// Counters are registered without their `_total` suffix because
+    /// prometheus-client appends it; the gauges whose design names end in `_total`
+    /// (`relays_tracked_total`, ...) are registered with it.
+    pub fn register(registry: &mut Registry, prefix: &str) -> Self {
+        let m = Self::default();
+        let name = |n: &str| format!("{prefix}{n}");
+        registry.register(
+            name("relay_connected"),
+            "Connection status per relay: 0 disconnected, 1 connecting, 2 syncing, 3 connected, 4 connected with historic sync failures",
+            m.relay_connected.clone(),
+        );
+        registry.register(
+            name("connection_attempts"),
+            "Connection attempts by result (success, failure)",
+            m.connection_attempts.clone(),
+        );
+        registry.register(
+            name("relay_status"),
+            "Health per relay: 1 healthy, 2 disconnected, 3 degraded, 4 dead, 5 rate limited",
+            m.relay_status.clone(),
+        );
+        registry.register(
+            name("relay_failures"),
+            "Consecutive connection failures per relay",
+            m.relay_failures.clone(),
+        );
+        registry.register(
+            name("events_synced"),
+            "Events brought by sync and newly accepted by the host",
+            m.events_synced.clone(),
+        );
+        registry.register(
+            name("relays_tracked_total"),
+            "Relays known to sync",
+            m.relays_tracked.clone(),
+        );
+        registry.register(
+            name("relays_connected_total"),
+            "Relays with an open websocket",
+            m.relays_connected.clone(),
+        );
+        registry.register(
+            name("relays_dead_total"),
+            "Relays marked dead",
+            m.relays_dead.clone(),
+        );
+        registry.register(name("hunts"), "Git data hunts by result", m.hunts.clone());
+        registry.register(
+            name("purgatory_waiting"),
+            "Events waiting in purgatory for git data",
+            m.purgatory_waiting.clone(),
+        );
+        registry.register(
+            name("relay_notifications_lagged"),
+            "Relay messages lost because the driver fell behind (lag, not disconnect)",
+            m.notifications_lagged.clone(),
+        );
+        m
+    }
+
+    fn relay(relay: &RelayUrl) -> RelayLabel {
+        RelayLabel {
+            relay: relay.as_str().to_owned(),
+        }
+    }
+
+    /// `relay_connected` for one relay (0..4, see
+    /// [`crate::model::ConnectionStatus::metric_value`]).
+    pub fn set_relay_connected(&self, relay: &RelayUrl, value: i64) {
+        self.relay_connected
+            .get_or_create(&Self::relay(relay))
+            .set(value);
+    }
+
+    /// Counts one connect attempt.
+    pub fn record_connection_attempt(&self, success: bool) {
+        let result = if success { "success" } else { "failure" };
+        self.connection_attempts
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    /// `relay_status` for one relay (1 healthy … 5 rate limited).
+    pub fn set_relay_status(&self, relay: &RelayUrl, value: i64) {
+        self.relay_status
+            .get_or_create(&Self::relay(relay))
+            .set(value);
+    }
+
+    /// `relay_failures` for one relay.
+    pub fn set_relay_failures(&self, relay: &RelayUrl, failures: u32) {
+        self.relay_failures
+            .get_or_create(&Self::relay(relay))
+            .set(i64::from(failures));
+    }
+
+    /// Drops a relay's per-relay series (it is no longer tracked), so label
+    /// cardinality follows the relays actually in use.
+    pub fn remove_relay(&self, relay: &RelayUrl) {
+        let label = Self::relay(relay);
+        self.relay_connected.remove(&label);
+        self.relay_status.remove(&label);
+        self.relay_failures.remove(&label);
+    }
+
+    /// Adds newly accepted synced events.
+    pub fn add_events_synced(&self, n: u64) {
+        self.events_synced.inc_by(n);
+    }
+
+    /// Totals over all relays.
+    pub fn set_relay_totals(&self, tracked: usize, connected: usize, dead: usize) {
+        self.relays_tracked.set(to_i64(tracked));
+        self.relays_connected.set(to_i64(connected));
+        self.relays_dead.set(to_i64(dead));
+    }
+
+    /// Counts one git data hunt with its result (e.g. `found`, `not_found`, `error`).
+    pub fn record_hunt(&self, result: &str) {
+        self.hunts
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    /// Events currently waiting in purgatory.
+    pub fn set_purgatory_waiting(&self, n: usize) {
+        self.purgatory_waiting.set(to_i64(n));
+    }
+
+    /// Adds relay messages lost to lag (see `PoolExecutor::lagged_messages`).
+    pub fn add_notifications_lagged(&self, n: u64) {
+        self.notifications_lagged.inc_by(n);
+    }
+}
+
+fn to_i64(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(registry: &Registry) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, registry).unwrap();
+        out
+    }
+
+    #[test]
+    fn names_appear_in_text_output() {
+        let mut registry = Registry::default();
+        let m = SyncMetrics::register(&mut registry, DEFAULT_PREFIX);
+        let r = RelayUrl::parse("wss://relay.example.com").unwrap();
+        m.set_relay_connected(&r, 3);
+        m.record_connection_attempt(true);
+        m.record_connection_attempt(false);
+        m.set_relay_status(&r, 1);
+        m.set_relay_failures(&r, 2);
+        m.add_events_synced(7);
+        m.set_relay_totals(5, 4, 1);
+        m.record_hunt("found");
+        m.set_purgatory_waiting(9);
+        let text = encode(&registry);
+        for line in [
+            "grasp_sync_relay_connected{relay=\"wss://relay.example.com\"} 3",
+            "grasp_sync_connection_attempts_total{result=\"success\"} 1",
+            "grasp_sync_connection_attempts_total{result=\"failure\"} 1",
+            "grasp_sync_relay_status{relay=\"wss://relay.example.com\"} 1",
+            "grasp_sync_relay_failures{relay=\"wss://relay.example.com\"} 2",
+            "grasp_sync_events_synced_total 7",
+            "grasp_sync_relays_tracked_total 5",
+            "grasp_sync_relays_connected_total 4",
+            "grasp_sync_relays_dead_total 1",
+            "grasp_sync_hunts_total{result=\"found\"} 1",
+            "grasp_sync_purgatory_waiting 9",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn prefix_is_configurable_and_relays_can_be_removed() {
+        let mut registry = Registry::default();
+        let m = SyncMetrics::register(&mut registry, "myrelay_sync_");
+        let r = RelayUrl::parse("wss://a.example").unwrap();
+        m.set_relay_status(&r, 4);
+        assert!(
+            encode(&registry).contains("myrelay_sync_relay_status{relay=\"wss://a.example\"} 4")
+        );
+        m.remove_relay(&r);
+        assert!(!encode(&registry).contains("wss://a.example"));
+    }
+}

@@ -1,0 +1,583 @@
+//! The `PoolExecutor` against real relays on 127.0.0.1: commands in by hand, the
+//! inputs it reports checked. Every wait is a condition with a bounded timeout.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use grasp_sync::driver::{ExecuteError, ExecutorConfig, PoolExecutor};
+use grasp_sync::ports::{EventStore, PortError};
+use grasp_sync::{Command, Input, NegentropyFailure, RelayUrl, SubscriptionMode};
+use nostr::{Event, EventId, Filter, Kind, SubscriptionId, Timestamp};
+use tokio::sync::mpsc;
+
+use support::{ChildRelay, NegOpenAnswer, Repo, STEP};
+
+child_relay_entry!();
+
+/// A have-set given by the test.
+struct Have(Vec<(EventId, Timestamp)>);
+
+#[async_trait]
+impl EventStore for Have {
+    async fn negentropy_items(
+        &self,
+        _filter: &Filter,
+    ) -> Result<Vec<(EventId, Timestamp)>, PortError> {
+        Ok(self.0.clone())
+    }
+
+    async fn has(&self, id: &EventId) -> Result<bool, PortError> {
+        Ok(self.0.iter().any(|(have, _)| have == id))
+    }
+}
+
+struct Harness {
+    exec: PoolExecutor,
+    rx: mpsc::Receiver<Input>,
+    /// Inputs seen while waiting for others, in arrival order.
+    seen: Vec<Input>,
+}
+
+impl Harness {
+    fn new(have: Vec<(EventId, Timestamp)>) -> Self {
+        Self::with_config(have, ExecutorConfig::default())
+    }
+
+    fn with_config(have: Vec<(EventId, Timestamp)>, config: ExecutorConfig) -> Self {
+        let (exec, rx) = PoolExecutor::new(Arc::new(Have(have)), config);
+        Self {
+            exec,
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    async fn run(&mut self, cmd: Command) {
+        self.exec.execute(cmd).await.expect("command accepted");
+    }
+
+    /// Waits for the first input matching `pred`; others are kept in `seen`.
+    async fn wait_for(&mut self, what: &str, pred: impl Fn(&Input) -> bool) -> Input {
+        let deadline = tokio::time::Instant::now() + STEP;
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(input)) if pred(&input) => return input,
+                Ok(Some(input)) => self.seen.push(input),
+                Ok(None) => panic!("input channel closed while waiting for {what}"),
+                Err(_) => panic!("timed out waiting for {what}; seen: {:#?}", self.seen),
+            }
+        }
+    }
+
+    async fn connect(&mut self, relay: &RelayUrl) {
+        self.run(Command::Connect {
+            relay: relay.clone(),
+        })
+        .await;
+        let r = relay.clone();
+        self.wait_for(
+            "RelayConnected",
+            move |i| matches!(i, Input::RelayConnected { relay } if *relay == r),
+        )
+        .await;
+    }
+
+    /// Subscribes and collects events until EOSE on that subscription.
+    async fn fetch(
+        &mut self,
+        relay: &RelayUrl,
+        id: &str,
+        filter: Filter,
+        mode: SubscriptionMode,
+    ) -> Vec<Event> {
+        let sub = SubscriptionId::new(id);
+        self.run(Command::Subscribe {
+            relay: relay.clone(),
+            id: sub.clone(),
+            filters: vec![filter],
+            mode,
+        })
+        .await;
+        let mut events = Vec::new();
+        loop {
+            let (r, s) = (relay.clone(), sub.clone());
+            let input = self
+                .wait_for("event or EOSE", move |i| match i {
+                    Input::Event {
+                        relay,
+                        subscription,
+                        ..
+                    }
+                    | Input::Eose {
+                        relay,
+                        subscription,
+                    } => *relay == r && *subscription == s,
+                    _ => false,
+                })
+                .await;
+            match input {
+                Input::Event { event, .. } => events.push(*event),
+                _ => return events,
+            }
+        }
+    }
+
+    /// A round trip on `relay`'s connection: once its EOSE is back, the relay has
+    /// handled everything we sent before and sent us everything it had queued.
+    async fn barrier(&mut self, relay: &RelayUrl, n: u32) {
+        let id = format!("barrier-{n}");
+        let never = Filter::new().id(EventId::all_zeros());
+        let got = self
+            .fetch(relay, &id, never, SubscriptionMode::Historic)
+            .await;
+        assert!(got.is_empty());
+        self.run(Command::Unsubscribe {
+            relay: relay.clone(),
+            id: SubscriptionId::new(id),
+        })
+        .await;
+    }
+
+    fn seen_events_on(&self, sub: &SubscriptionId) -> Vec<EventId> {
+        self.seen
+            .iter()
+            .filter_map(|i| match i {
+                Input::Event {
+                    subscription,
+                    event,
+                    ..
+                } if subscription == sub => Some(event.id),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn url(s: &str) -> RelayUrl {
+    RelayUrl::parse(s).expect("relay url")
+}
+
+fn issues_filter(repo: &Repo) -> Filter {
+    Filter::new().kind(Kind::Custom(1621)).custom_tag(
+        nostr::SingleLetterTag::lowercase(nostr::Alphabet::A),
+        repo.coordinate(),
+    )
+}
+
+#[tokio::test]
+async fn historic_then_live_then_close_on_one_relay() {
+    let relay = support::start_relay().await;
+    let r = url(&relay.url);
+    let repo = Repo::new("alpha");
+    let old: Vec<Event> = (0..3)
+        .map(|i| repo.issue(&format!("old {i}"), 100 + i))
+        .collect();
+    support::publish(&relay.url, &old).await;
+
+    let mut h = Harness::new(vec![]);
+    h.connect(&r).await;
+
+    // Historic: stored events, then EOSE, all under our subscription id.
+    let got = h
+        .fetch(&r, "hist", issues_filter(&repo), SubscriptionMode::Historic)
+        .await;
+    let got: BTreeSet<EventId> = got.iter().map(|e| e.id).collect();
+    assert_eq!(got, old.iter().map(|e| e.id).collect());
+
+    // Live: limit 0, stays open; a new event arrives on it.
+    let live = h
+        .fetch(
+            &r,
+            "live",
+            issues_filter(&repo).limit(0),
+            SubscriptionMode::Live,
+        )
+        .await;
+    assert!(live.is_empty());
+    // Close the historic one; the barrier makes sure the relay processed the CLOSE.
+    h.run(Command::Unsubscribe {
+        relay: r.clone(),
+        id: SubscriptionId::new("hist"),
+    })
+    .await;
+    h.barrier(&r, 1).await;
+    let new = repo.issue("new", 0);
+    support::publish(&relay.url, std::slice::from_ref(&new)).await;
+    let (rr, id) = (r.clone(), new.id);
+    let input = h
+        .wait_for("live event", move |i| {
+            matches!(i, Input::Event { relay, event, .. } if *relay == rr && event.id == id)
+        })
+        .await;
+    let Input::Event { subscription, .. } = input else {
+        unreachable!()
+    };
+    assert_eq!(subscription, SubscriptionId::new("live"));
+    h.barrier(&r, 2).await;
+    assert!(
+        h.seen_events_on(&SubscriptionId::new("hist")).is_empty(),
+        "closed subscription still delivered"
+    );
+    h.exec.shutdown().await;
+}
+
+#[tokio::test]
+async fn negentropy_reports_exactly_the_missing_ids() {
+    let relay = support::start_relay().await;
+    let r = url(&relay.url);
+    let repo = Repo::new("beta");
+    let events: Vec<Event> = (0..5)
+        .map(|i| repo.issue(&format!("i{i}"), 50 + i))
+        .collect();
+    support::publish(&relay.url, &events).await;
+
+    // We hold 3 of the 5 (plus one the relay does not have: must not matter).
+    let mut have: Vec<(EventId, Timestamp)> =
+        events[..3].iter().map(|e| (e.id, e.created_at)).collect();
+    let ours_only = repo.issue("only ours", 10);
+    have.push((ours_only.id, ours_only.created_at));
+    // The have-set is a union (stored ∪ purgatory ∪ rejected): overlaps happen.
+    have.push((events[0].id, events[0].created_at));
+    have.push((events[1].id, Timestamp::zero()));
+    let mut h = Harness::new(have);
+    h.connect(&r).await;
+
+    let session = SubscriptionId::new("neg-1");
+    h.run(Command::Negentropy {
+        relay: r.clone(),
+        session: session.clone(),
+        filter: issues_filter(&repo),
+    })
+    .await;
+    let input = h
+        .wait_for("negentropy answer", |i| {
+            matches!(
+                i,
+                Input::NegentropyResult { .. } | Input::NegentropyFailed { .. }
+            )
+        })
+        .await;
+    let Input::NegentropyResult {
+        relay,
+        session: s,
+        need,
+    } = input
+    else {
+        panic!("negentropy failed: {input:?}");
+    };
+    assert_eq!(relay, r);
+    assert_eq!(s, session);
+    let need: BTreeSet<EventId> = need.into_iter().collect();
+    assert_eq!(need, events[3..].iter().map(|e| e.id).collect());
+    // Dry run: nothing was downloaded behind the engine's back.
+    assert!(h.seen.iter().all(|i| !matches!(i, Input::Event { .. })));
+    h.exec.shutdown().await;
+}
+
+#[tokio::test]
+async fn negentropy_on_relay_without_nip77_fails_fast_and_req_still_works() {
+    let relay = support::start_plain_relay(NegOpenAnswer::UnknownCmdNotice).await;
+    let repo = Repo::new("gamma");
+    let stored = repo.issue("x", 5);
+    relay.insert(stored.clone());
+    let r = url(&relay.url);
+    let mut h = Harness::new(vec![]);
+    h.connect(&r).await;
+
+    let started = Instant::now();
+    h.run(Command::Negentropy {
+        relay: r.clone(),
+        session: SubscriptionId::new("neg"),
+        filter: issues_filter(&repo),
+    })
+    .await;
+    let input = h
+        .wait_for("negentropy failure", |i| {
+            matches!(
+                i,
+                Input::NegentropyResult { .. } | Input::NegentropyFailed { .. }
+            )
+        })
+        .await;
+    assert!(
+        matches!(
+            input,
+            Input::NegentropyFailed {
+                reason: NegentropyFailure::Unsupported,
+                ..
+            }
+        ),
+        "{input:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    // The fallback path the engine takes next: REQ + EOSE.
+    let got = h
+        .fetch(
+            &r,
+            "fallback",
+            issues_filter(&repo),
+            SubscriptionMode::Historic,
+        )
+        .await;
+    assert_eq!(
+        got.iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![stored.id]
+    );
+    h.exec.shutdown().await;
+}
+
+#[tokio::test]
+async fn negentropy_on_silent_relay_times_out_after_the_initial_timeout() {
+    let relay = support::start_plain_relay(NegOpenAnswer::Silent).await;
+    let r = url(&relay.url);
+    let config = ExecutorConfig {
+        negentropy_initial_timeout: Duration::from_millis(500),
+        ..ExecutorConfig::default()
+    };
+    let mut h = Harness::with_config(vec![], config);
+    h.connect(&r).await;
+    let started = Instant::now();
+    h.run(Command::Negentropy {
+        relay: r.clone(),
+        session: SubscriptionId::new("neg"),
+        filter: Filter::new().kind(Kind::Custom(1621)),
+    })
+    .await;
+    let input = h
+        .wait_for("negentropy failure", |i| {
+            matches!(i, Input::NegentropyFailed { .. })
+        })
+        .await;
+    assert!(
+        matches!(
+            input,
+            Input::NegentropyFailed {
+                reason: NegentropyFailure::Timeout,
+                ..
+            }
+        ),
+        "{input:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    h.exec.shutdown().await;
+}
+
+#[tokio::test]
+async fn connect_to_closed_port_fails_fast() {
+    let r = url(&support::closed_port_url().await);
+    let mut h = Harness::new(vec![]);
+    let started = Instant::now();
+    h.run(Command::Connect { relay: r.clone() }).await;
+    let rr = r.clone();
+    let input = h
+        .wait_for("connect failure", move |i| {
+            matches!(i, Input::RelayConnectFailed { relay, .. } | Input::RelayConnected { relay } if *relay == rr)
+        })
+        .await;
+    assert!(
+        matches!(input, Input::RelayConnectFailed { .. }),
+        "{input:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    // No disconnect is reported for a connection that never came up.
+    assert!(h
+        .seen
+        .iter()
+        .all(|i| !matches!(i, Input::RelayDisconnected { .. })));
+}
+
+#[tokio::test]
+async fn killed_relay_reports_disconnect_and_reconnect_works_without_stale_reqs() {
+    let dir = support::temp_dir("child");
+    let mut child = ChildRelay::spawn(CHILD_ENTRY, 0, &dir).await;
+    let r = url(&child.url);
+    let repo = Repo::new("delta");
+    let first = repo.issue("before crash", 20);
+    support::publish(&child.url, std::slice::from_ref(&first)).await;
+
+    let mut h = Harness::new(vec![]);
+    h.connect(&r).await;
+    let live = h
+        .fetch(
+            &r,
+            "live",
+            issues_filter(&repo).limit(0),
+            SubscriptionMode::Live,
+        )
+        .await;
+    assert!(live.is_empty());
+
+    child.kill().await;
+    let rr = r.clone();
+    h.wait_for(
+        "RelayDisconnected",
+        move |i| matches!(i, Input::RelayDisconnected { relay } if *relay == rr),
+    )
+    .await;
+
+    // Commands for a relay that is down are refused, not queued for later.
+    let err = h
+        .exec
+        .execute(Command::Subscribe {
+            relay: r.clone(),
+            id: SubscriptionId::new("while-down"),
+            filters: vec![issues_filter(&repo)],
+            mode: SubscriptionMode::Historic,
+        })
+        .await
+        .expect_err("must refuse");
+    assert!(matches!(err, ExecuteError::NotConnected(_)), "{err}");
+
+    // Restart on the same port with the same data; the engine reconnects.
+    let child2 = ChildRelay::spawn(CHILD_ENTRY, child.port, &dir).await;
+    assert_eq!(child2.url, child.url);
+    h.connect(&r).await;
+    // The old live REQ is not re-sent by the pool: a new event reaches no subscription
+    // until the engine subscribes again.
+    let second = repo.issue("after restart", 0);
+    support::publish(&child2.url, std::slice::from_ref(&second)).await;
+    h.barrier(&r, 1).await;
+    assert!(
+        h.seen_events_on(&SubscriptionId::new("live")).is_empty(),
+        "stale REQ re-sent"
+    );
+    let got = h
+        .fetch(
+            &r,
+            "again",
+            issues_filter(&repo),
+            SubscriptionMode::Historic,
+        )
+        .await;
+    let got: BTreeSet<EventId> = got.iter().map(|e| e.id).collect();
+    assert_eq!(got, [first.id, second.id].into_iter().collect());
+    h.exec.shutdown().await;
+    drop(child2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn same_event_from_two_relays_is_reported_twice() {
+    let a = support::start_relay().await;
+    let b = support::start_relay().await;
+    let repo = Repo::new("epsilon");
+    let event = repo.issue("shared", 3);
+    support::publish(&a.url, std::slice::from_ref(&event)).await;
+    support::publish(&b.url, std::slice::from_ref(&event)).await;
+    let (ra, rb) = (url(&a.url), url(&b.url));
+
+    let mut h = Harness::new(vec![]);
+    h.connect(&ra).await;
+    h.connect(&rb).await;
+    let from_a = h
+        .fetch(&ra, "s", issues_filter(&repo), SubscriptionMode::Historic)
+        .await;
+    let from_b = h
+        .fetch(&rb, "s", issues_filter(&repo), SubscriptionMode::Historic)
+        .await;
+    assert_eq!(
+        from_a.iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![event.id]
+    );
+    assert_eq!(
+        from_b.iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![event.id]
+    );
+    h.exec.shutdown().await;
+}
+
+#[tokio::test]
+async fn disconnect_command_and_refusals() {
+    let relay = support::start_relay().await;
+    let r = url(&relay.url);
+    let mut h = Harness::new(vec![]);
+
+    // Unknown relay, and commands that are not for the pool.
+    let err = h
+        .exec
+        .execute(Command::Unsubscribe {
+            relay: r.clone(),
+            id: SubscriptionId::new("x"),
+        })
+        .await
+        .expect_err("unknown relay");
+    assert!(matches!(err, ExecuteError::UnknownRelay(_)));
+    assert!(matches!(
+        h.exec.execute(Command::PersistState).await,
+        Err(ExecuteError::NotAPoolCommand)
+    ));
+    assert!(!PoolExecutor::is_pool_command(
+        &Command::ReadPurgatoryAnnouncements
+    ));
+
+    h.connect(&r).await;
+    // Connect while connected answers RelayConnected again (idempotent).
+    h.connect(&r).await;
+    h.run(Command::Disconnect { relay: r.clone() }).await;
+    let rr = r.clone();
+    h.wait_for(
+        "RelayDisconnected",
+        move |i| matches!(i, Input::RelayDisconnected { relay } if *relay == rr),
+    )
+    .await;
+    // Negentropy on a relay that is down answers at once with a failure.
+    h.run(Command::Negentropy {
+        relay: r.clone(),
+        session: SubscriptionId::new("n"),
+        filter: Filter::new(),
+    })
+    .await;
+    let input = h
+        .wait_for("negentropy failure", |i| {
+            matches!(i, Input::NegentropyFailed { .. })
+        })
+        .await;
+    assert!(matches!(
+        input,
+        Input::NegentropyFailed {
+            reason: NegentropyFailure::Error(_),
+            ..
+        }
+    ));
+    // And the relay can be connected again after an engine-requested disconnect.
+    h.connect(&r).await;
+    h.exec.shutdown().await;
+}
+
+#[tokio::test]
+async fn reconnect_right_after_disconnect_gives_a_working_socket() {
+    let relay = support::start_relay().await;
+    let r = url(&relay.url);
+    let mut h = Harness::new(vec![]);
+    h.connect(&r).await;
+    for round in 0..5 {
+        h.run(Command::Disconnect { relay: r.clone() }).await;
+        let rr = r.clone();
+        h.wait_for(
+            "RelayDisconnected",
+            move |i| matches!(i, Input::RelayDisconnected { relay } if *relay == rr),
+        )
+        .await;
+        h.connect(&r).await;
+        // A round trip proves the socket really carries messages.
+        h.barrier(&r, round).await;
+    }
+    h.exec.shutdown().await;
+}

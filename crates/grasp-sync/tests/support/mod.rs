@@ -1,0 +1,418 @@
+//! Test harness shared by the integration tests: real relays on 127.0.0.1.
+//!
+//! - [`start_relay`]: nostr-relay-builder's `LocalRelay` in-process, in-memory database,
+//!   NIP-77 served, rate limit raised (its default of 60 events/min/connection makes
+//!   publishing tests flaky).
+//! - [`start_plain_relay`]: a tiny websocket relay written here, WITHOUT NIP-77 (REQ,
+//!   EVENT, CLOSE only). nostr-relay-builder cannot turn negentropy off, so this one
+//!   answers NEG-OPEN the way strfry-style relays without NIP-77 do (NOTICE
+//!   "bad msg: unknown cmd") or, in [`NegOpenAnswer::Silent`] mode, not at all.
+//! - [`ChildRelay`]: a `LocalRelay` with LMDB storage in a child process that can be
+//!   killed (crash simulation) and restarted on the same port with the same data. The
+//!   child is this very test binary, re-run with `--exact --ignored` on the test that
+//!   calls [`child_relay_main`]; each test file that uses it declares that test with
+//!   [`child_relay_entry!`].
+//! - NIP-34 fixtures ([`Repo`]) and [`publish`].
+//!
+//! Nothing here sleeps to assert: callers wait on conditions with bounded timeouts.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use nostr::filter::MatchEventOptions;
+use nostr::JsonUtil;
+use nostr::{
+    ClientMessage, Event, EventBuilder, Keys, Kind, RelayMessage, Tag, TagKind, Timestamp,
+};
+use nostr_database::{MemoryDatabase, MemoryDatabaseOptions};
+use nostr_relay_builder::prelude::{LocalRelay, RateLimit, RelayBuilder};
+use nostr_relay_pool::relay::RelayOptions;
+use nostr_relay_pool::RelayPool;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+
+/// How long any harness step may take before the test fails.
+pub const STEP: Duration = Duration::from_secs(10);
+
+/// Env var telling the re-run test binary to serve a relay instead of testing.
+const CHILD_PORT_ENV: &str = "GRASP_SYNC_CHILD_RELAY_PORT";
+const CHILD_DIR_ENV: &str = "GRASP_SYNC_CHILD_RELAY_DIR";
+const CHILD_READY: &str = "GRASP_SYNC_CHILD_RELAY_READY";
+
+fn relay_builder() -> RelayBuilder {
+    RelayBuilder::default()
+        .addr("127.0.0.1".parse().expect("literal address"))
+        .rate_limit(RateLimit {
+            max_reqs: 10_000,
+            notes_per_minute: 100_000,
+        })
+}
+
+/// An in-process NIP-77 relay. Dropping it stops accepting new connections (open
+/// connections may linger: use [`ChildRelay`] to simulate a crash).
+pub struct TestRelay {
+    relay: LocalRelay,
+    /// Its URL, e.g. `ws://127.0.0.1:40123`.
+    pub url: String,
+}
+
+impl Drop for TestRelay {
+    fn drop(&mut self) {
+        self.relay.shutdown();
+    }
+}
+
+/// Starts nostr-relay-builder's relay on a free port with an in-memory database that
+/// keeps events (so it serves REQ and NIP-77).
+pub async fn start_relay() -> TestRelay {
+    let db = MemoryDatabase::with_opts(MemoryDatabaseOptions {
+        events: true,
+        max_events: None,
+    });
+    let relay = LocalRelay::new(relay_builder().database(db));
+    relay.run().await.expect("local relay runs");
+    let url = relay
+        .url()
+        .await
+        .to_string()
+        .trim_end_matches('/')
+        .to_owned();
+    TestRelay { relay, url }
+}
+
+/// How the plain relay answers NEG-OPEN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NegOpenAnswer {
+    /// NOTICE "bad msg: unknown cmd", as strfry-style relays without NIP-77 do.
+    UnknownCmdNotice,
+    /// No answer at all (some relays drop unknown commands silently).
+    Silent,
+}
+
+/// A relay without NIP-77, serving REQ/EVENT/CLOSE from memory.
+pub struct PlainRelay {
+    /// Its URL.
+    pub url: String,
+    events: Arc<Mutex<Vec<Event>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PlainRelay {
+    /// Stores an event directly (as if published earlier).
+    pub fn insert(&self, event: Event) {
+        self.events.lock().expect("lock").push(event);
+    }
+}
+
+impl Drop for PlainRelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts the plain (non-NIP-77) relay on a free port.
+pub async fn start_plain_relay(answer: NegOpenAnswer) -> PlainRelay {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let events: Arc<Mutex<Vec<Event>>> = Arc::default();
+    let shared = Arc::clone(&events);
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let events = Arc::clone(&shared);
+            tokio::spawn(async move {
+                let _ = serve_plain(stream, events, answer).await;
+            });
+        }
+    });
+    PlainRelay {
+        url: format!("ws://{addr}"),
+        events,
+        task,
+    }
+}
+
+async fn serve_plain(
+    stream: tokio::net::TcpStream,
+    events: Arc<Mutex<Vec<Event>>>,
+    answer: NegOpenAnswer,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let mut ws = tokio_tungstenite::accept_async(stream).await?;
+    while let Some(msg) = ws.next().await {
+        let Message::Text(text) = msg? else { continue };
+        let out: Vec<RelayMessage> = match ClientMessage::from_json(text.as_bytes()) {
+            Ok(ClientMessage::Req {
+                subscription_id,
+                filters,
+            }) => {
+                let stored = events.lock().expect("lock").clone();
+                let mut out: Vec<RelayMessage> = stored
+                    .into_iter()
+                    .filter(|e| {
+                        filters
+                            .iter()
+                            .any(|f| f.match_event(e, MatchEventOptions::new()))
+                    })
+                    .map(|e| RelayMessage::event(subscription_id.clone().into_owned(), e))
+                    .collect();
+                out.push(RelayMessage::eose(subscription_id.into_owned()));
+                out
+            }
+            Ok(ClientMessage::Event(event)) => {
+                let event = event.into_owned();
+                let id = event.id;
+                events.lock().expect("lock").push(event);
+                vec![RelayMessage::ok(id, true, "")]
+            }
+            Ok(ClientMessage::NegOpen { .. }) => match answer {
+                NegOpenAnswer::UnknownCmdNotice => {
+                    vec![RelayMessage::notice("bad msg: unknown cmd")]
+                }
+                NegOpenAnswer::Silent => vec![],
+            },
+            Ok(_) => vec![],
+            Err(_) => vec![RelayMessage::notice("could not parse command")],
+        };
+        for m in out {
+            ws.send(Message::Text(m.try_as_json()?.into())).await?;
+        }
+    }
+    Ok(())
+}
+
+/// A relay in a child process (LMDB in `dir`), killable to simulate a crash.
+pub struct ChildRelay {
+    child: tokio::process::Child,
+    /// Its URL.
+    pub url: String,
+    /// Its port (restart on the same one to come back "the same relay").
+    pub port: u16,
+    /// Its data directory.
+    pub dir: PathBuf,
+}
+
+impl ChildRelay {
+    /// Re-runs this test binary as a relay on `port` (0: any free port) with data in
+    /// `dir`. `entry` is the test name declared with [`child_relay_entry!`].
+    pub async fn spawn(entry: &str, port: u16, dir: &Path) -> ChildRelay {
+        let exe = std::env::current_exe().expect("test binary path");
+        let mut child = tokio::process::Command::new(exe)
+            .args([
+                entry,
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_PORT_ENV, port.to_string())
+            .env(CHILD_DIR_ENV, dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn child relay");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let url = tokio::time::timeout(STEP, async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                // libtest prints "test <name> ... " on the same line first.
+                if let Some(pos) = line.find(CHILD_READY) {
+                    return line[pos + CHILD_READY.len()..].trim().to_owned();
+                }
+            }
+            panic!("child relay exited before it was ready");
+        })
+        .await
+        .expect("child relay ready in time");
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let port = url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port in child url");
+        ChildRelay {
+            child,
+            url,
+            port,
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// SIGKILL: the sockets drop without a websocket close.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// Body of the child relay: serves until killed. Does nothing (returns at once) when
+/// the test binary was not started as a child relay.
+pub fn child_relay_main() {
+    let Ok(port) = std::env::var(CHILD_PORT_ENV) else {
+        return;
+    };
+    let port: u16 = port.parse().expect("port");
+    let dir = PathBuf::from(std::env::var(CHILD_DIR_ENV).expect("dir"));
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async move {
+        std::fs::create_dir_all(&dir).expect("data dir");
+        let db = nostr_lmdb::NostrLMDB::open(&dir).expect("lmdb");
+        let mut builder = relay_builder().database(db);
+        if port != 0 {
+            builder = builder.port(port);
+        }
+        let relay = LocalRelay::new(builder);
+        relay.run().await.expect("child relay runs");
+        let url = relay.url().await.to_string();
+        println!("{CHILD_READY} {}", url.trim_end_matches('/'));
+        std::future::pending::<()>().await;
+    });
+}
+
+/// Declares the ignored test that a [`ChildRelay`] re-runs. Use once per test file:
+/// `child_relay_entry!();` then `ChildRelay::spawn(CHILD_ENTRY, ...)`.
+#[macro_export]
+macro_rules! child_relay_entry {
+    () => {
+        /// Not a test: the entry point of a child relay process (see support).
+        #[test]
+        #[ignore = "entry point of the child relay process, run by the harness"]
+        fn child_relay_process() {
+            support::child_relay_main();
+        }
+        /// Name to pass to `ChildRelay::spawn`.
+        const CHILD_ENTRY: &str = "child_relay_process";
+    };
+}
+
+/// A fresh, unique temp directory (removed by the caller if it cares).
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let dir = std::env::temp_dir().join(format!("grasp-sync-{tag}-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// A free port on 127.0.0.1 (bound then released; fine for tests).
+pub async fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// A port nothing listens on (for "connect fails fast").
+pub async fn closed_port_url() -> String {
+    format!("ws://127.0.0.1:{}", free_port().await)
+}
+
+/// Publishes events to `url` and waits for each OK (true).
+pub async fn publish(url: &str, events: &[Event]) {
+    let pool = RelayPool::new();
+    pool.add_relay(url, RelayOptions::new().reconnect(false))
+        .await
+        .expect("add relay");
+    pool.try_connect_relay(url, STEP)
+        .await
+        .expect("connect to publish");
+    for e in events {
+        let out = pool.send_event_to([url], e).await.expect("send");
+        assert!(
+            out.success.len() == 1,
+            "relay refused {}: {:?}",
+            e.id,
+            out.failed
+        );
+    }
+    pool.shutdown().await;
+}
+
+/// A NIP-34 repository fixture: one maintainer key and a `d` identifier.
+pub struct Repo {
+    /// The maintainer.
+    pub keys: Keys,
+    /// The repo identifier.
+    pub d: String,
+}
+
+impl Repo {
+    /// A new repo with a random key.
+    pub fn new(d: &str) -> Self {
+        Self {
+            keys: Keys::generate(),
+            d: d.to_owned(),
+        }
+    }
+
+    /// `30617:<pubkey>:<d>`.
+    pub fn coordinate(&self) -> String {
+        format!("30617:{}:{}", self.keys.public_key(), self.d)
+    }
+
+    fn sign(&self, builder: EventBuilder) -> Event {
+        builder.sign_with_keys(&self.keys).expect("sign")
+    }
+
+    /// Kind 30617 announcement listing `relays` and a clone URL.
+    pub fn announcement(&self, relays: &[&str]) -> Event {
+        self.sign(EventBuilder::new(Kind::Custom(30617), "").tags([
+            Tag::identifier(self.d.clone()),
+            Tag::custom(TagKind::custom("name"), [self.d.clone()]),
+            Tag::custom(
+                TagKind::custom("relays"),
+                relays.iter().map(|s| s.to_string()),
+            ),
+            Tag::custom(
+                TagKind::custom("clone"),
+                [format!("http://127.0.0.1:1/{}.git", self.d)],
+            ),
+        ]))
+    }
+
+    /// Kind 30618 state with `main` at `commit` (40 hex digits).
+    pub fn state(&self, commit: &str) -> Event {
+        self.sign(EventBuilder::new(Kind::Custom(30618), "").tags([
+            Tag::identifier(self.d.clone()),
+            Tag::custom(TagKind::custom("refs/heads/main"), [commit.to_owned()]),
+            Tag::custom(TagKind::custom("HEAD"), ["ref: refs/heads/main".to_owned()]),
+        ]))
+    }
+
+    /// Kind 1621 issue about this repo, with a distinct `created_at` offset (seconds in
+    /// the past) so tests can make many distinct events quickly.
+    pub fn issue(&self, title: &str, secs_ago: u64) -> Event {
+        let a = self.coordinate();
+        self.sign(
+            EventBuilder::new(Kind::Custom(1621), format!("issue body: {title}"))
+                .tags([
+                    Tag::custom(TagKind::a(), [a]),
+                    Tag::custom(TagKind::p(), [self.keys.public_key().to_hex()]),
+                    Tag::custom(TagKind::custom("subject"), [title.to_owned()]),
+                ])
+                .custom_created_at(Timestamp::from_secs(
+                    Timestamp::now().as_secs().saturating_sub(secs_ago),
+                )),
+        )
+    }
+
+    /// Kind 1111 (NIP-22) comment on `root` (an issue), by `author`.
+    pub fn comment(&self, root: &Event, author: &Keys, text: &str) -> Event {
+        EventBuilder::new(Kind::Custom(1111), text)
+            .tags([
+                Tag::custom(TagKind::custom("E"), [root.id.to_hex()]),
+                Tag::custom(TagKind::custom("K"), [root.kind.as_u16().to_string()]),
+                Tag::custom(TagKind::custom("P"), [root.pubkey.to_hex()]),
+                Tag::custom(TagKind::e(), [root.id.to_hex()]),
+                Tag::custom(TagKind::custom("k"), [root.kind.as_u16().to_string()]),
+                Tag::custom(TagKind::p(), [root.pubkey.to_hex()]),
+            ])
+            .sign_with_keys(author)
+            .expect("sign")
+    }
+}
