@@ -78,24 +78,13 @@ impl EventStore for MemoryEventStore {
     ) -> Result<Vec<(EventId, Timestamp)>, PortError> {
         let inner = self.lock();
         let filter = filter.clone().remove_limit();
-        let mut items: Vec<(EventId, Timestamp)> = inner
+        Ok(inner
             .events
             .values()
+            .chain(inner.rejected.values())
             .filter(|e| filter.match_event(e, MatchEventOptions::new()))
             .map(|e| (e.id, e.created_at))
-            .collect();
-        // Refused ids have no timestamp we trust to match the filter: offer them anyway
-        // only when the filter asks for ids explicitly.
-        if let Some(ids) = &filter.ids {
-            items.extend(
-                inner
-                    .rejected
-                    .iter()
-                    .filter(|id| ids.contains(id))
-                    .map(|id| (*id, Timestamp::zero())),
-            );
-        }
-        Ok(items)
+            .collect())
     }
 
     async fn has(&self, id: &EventId) -> Result<bool, PortError> {
