@@ -33,7 +33,9 @@
 pub mod executor;
 pub mod metrics;
 pub mod nip11;
+mod runner;
 
 pub use executor::{ExecuteError, ExecutorConfig, PoolExecutor};
 pub use metrics::SyncMetrics;
 pub use nip11::{fetch_nip11, Nip11Error};
+pub use runner::{start, DriverError, DriverOptions, DriverPorts, DriverStatus, SyncHandle};

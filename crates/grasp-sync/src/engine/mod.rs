@@ -348,6 +348,7 @@ impl SyncEngine {
                     health: conn.map_or(crate::health::HealthState::Disconnected, |c| {
                         c.health.state(now)
                     }),
+                    failures: conn.map_or(0, |c| c.health.failures()),
                     is_bootstrap: state.is_bootstrap,
                     live_filters: conn.map_or(0, Conn::live_filter_count),
                     live_subscriptions: conn.map_or(0, |c| c.live.len()),

@@ -68,6 +68,8 @@ pub struct RelayStatusSnapshot {
     pub status: ConnectionStatus,
     /// Health.
     pub health: HealthState,
+    /// Consecutive connection failures.
+    pub failures: u32,
     /// Bootstrap relay.
     pub is_bootstrap: bool,
     /// Live filters open.

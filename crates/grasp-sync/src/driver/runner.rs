@@ -1,0 +1,423 @@
+//! The driver loop: one tokio task that owns a [`SyncEngine`], feeds it what the relays
+//! and the host say, carries out its commands, and sleeps until it next wants waking.
+//! The host talks to it through a [`SyncHandle`]. Every decision stays in the engine;
+//! this file only moves data between the engine, the pool executor and the host's ports.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nostr::Event;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use super::executor::{ExecutorConfig, PoolExecutor};
+use super::metrics::SyncMetrics;
+use super::nip11::fetch_nip11;
+use crate::engine::{
+    Command, EngineMetrics, IngestOutcome, Input, RelayStatusSnapshot, SyncConfig, SyncEngine,
+};
+use crate::filters::RelayLimits;
+use crate::health::HealthState;
+use crate::model::{RelayUrl, WallTime};
+use crate::nip34;
+use crate::ports::{
+    Clock, EventStore, Ingestion, PortError, PurgatoryView, RelayUrlPolicy, SeededRandom,
+    SyncStateStore, SystemClock,
+};
+
+/// What the host provides to a running driver.
+#[derive(Clone)]
+pub struct DriverPorts {
+    /// Negentropy have-set (stored ∪ purgatory ∪ rejected).
+    pub event_store: Arc<dyn EventStore>,
+    /// Where synced events go.
+    pub ingestion: Arc<dyn Ingestion>,
+    /// Announcements waiting for git data.
+    pub purgatory: Arc<dyn PurgatoryView>,
+    /// Where sync state survives restarts.
+    pub state_store: Arc<dyn SyncStateStore>,
+    /// Which relay URLs may be dialled.
+    pub relay_policy: Arc<dyn RelayUrlPolicy>,
+    /// Wall clock (tests may pass their own).
+    pub clock: Arc<dyn Clock>,
+}
+
+impl DriverPorts {
+    /// Ports with the system clock.
+    pub fn new(
+        event_store: Arc<dyn EventStore>,
+        ingestion: Arc<dyn Ingestion>,
+        purgatory: Arc<dyn PurgatoryView>,
+        state_store: Arc<dyn SyncStateStore>,
+        relay_policy: Arc<dyn RelayUrlPolicy>,
+    ) -> Self {
+        Self {
+            event_store,
+            ingestion,
+            purgatory,
+            state_store,
+            relay_policy,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// Driver settings beyond the engine's own.
+#[derive(Clone, Default)]
+pub struct DriverOptions {
+    /// Pool executor settings.
+    pub executor: ExecutorConfig,
+    /// Fetch each relay's NIP-11 document for its limits (on by default via
+    /// [`DriverOptions::new`]).
+    pub fetch_nip11: bool,
+    /// Metrics to keep up to date, if the host exposes them.
+    pub metrics: Option<SyncMetrics>,
+    /// Seed of the daily-sync jitter; 0 takes one from the clock.
+    pub seed: u64,
+}
+
+impl DriverOptions {
+    /// Defaults: NIP-11 on, no metrics.
+    pub fn new() -> Self {
+        Self {
+            fetch_nip11: true,
+            ..Self::default()
+        }
+    }
+}
+
+/// Why the driver could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// A port failed (loading or saving sync state).
+    #[error(transparent)]
+    Port(#[from] PortError),
+    /// The driver task is gone (it panicked or was already shut down).
+    #[error("the sync driver task has stopped")]
+    Stopped,
+}
+
+/// A snapshot for the host's status page.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DriverStatus {
+    /// Per relay, in order.
+    pub relays: Vec<RelayStatusSnapshot>,
+    /// Engine counters.
+    pub metrics: EngineMetrics,
+    /// Repos tracked (Full and StateOnly).
+    pub repos: usize,
+    /// Relay messages lost to a lagging notification channel.
+    pub lagged_messages: u64,
+}
+
+enum Control {
+    Accepted(Box<Event>),
+    Status(oneshot::Sender<DriverStatus>),
+    Shutdown(oneshot::Sender<Result<(), DriverError>>),
+}
+
+/// The host's handle on a running driver. Cheap to clone.
+#[derive(Clone)]
+pub struct SyncHandle {
+    tx: mpsc::UnboundedSender<Control>,
+    task: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl SyncHandle {
+    /// Tells the engine the host accepted (stored) an event: from a user, or promoted
+    /// out of purgatory. Events the driver itself ingested are fed automatically.
+    pub fn accepted(&self, event: Event) {
+        let _ = self.tx.send(Control::Accepted(Box::new(event)));
+    }
+
+    /// Status of every relay, engine counters.
+    pub async fn status(&self) -> Result<DriverStatus, DriverError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Control::Status(tx))
+            .map_err(|_| DriverError::Stopped)?;
+        rx.await.map_err(|_| DriverError::Stopped)
+    }
+
+    /// Stops syncing: persists the sync state, closes every connection, ends the task.
+    pub async fn shutdown(&self) -> Result<(), DriverError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Control::Shutdown(tx))
+            .map_err(|_| DriverError::Stopped)?;
+        let result = rx.await.map_err(|_| DriverError::Stopped)?;
+        let task = self
+            .task
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        result
+    }
+}
+
+/// Starts syncing: loads the saved sync state (so a restart within 15 minutes is a
+/// quick reconnect), then runs the engine in a tokio task.
+pub async fn start(
+    config: SyncConfig,
+    ports: DriverPorts,
+    options: DriverOptions,
+) -> Result<SyncHandle, DriverError> {
+    let now = ports.clock.now();
+    let seed = if options.seed == 0 {
+        now.0 ^ 0x6772_6173_702d_7379
+    } else {
+        options.seed
+    };
+    let rng = Box::new(SeededRandom::new(seed));
+    let engine = match ports.state_store.load().await? {
+        Some(snapshot) => {
+            SyncEngine::restore(config, snapshot, now, ports.relay_policy.clone(), rng)
+        }
+        None => SyncEngine::new(config, now, ports.relay_policy.clone(), rng),
+    };
+    let (exec, inputs) = PoolExecutor::new(ports.event_store.clone(), options.executor.clone());
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (side_tx, side_rx) = mpsc::unbounded_channel();
+    let (ingest_tx, ingest_rx) = mpsc::unbounded_channel();
+    tokio::spawn(ingest_in_order(
+        ports.ingestion.clone(),
+        ingest_rx,
+        side_tx.clone(),
+    ));
+    let driver = Driver {
+        engine,
+        exec,
+        ports,
+        options,
+        side_tx,
+        ingest_tx,
+        nip11_asked: BTreeSet::new(),
+        events_accepted_reported: 0,
+        metrics_at: WallTime::ZERO,
+        metric_relays: BTreeSet::new(),
+    };
+    let task = tokio::spawn(
+        driver
+            .run(inputs, rx, side_rx)
+            .instrument(tracing::info_span!("grasp_sync")),
+    );
+    Ok(SyncHandle {
+        tx,
+        task: Arc::new(std::sync::Mutex::new(Some(task))),
+    })
+}
+
+/// Inputs produced by the driver's own helper tasks (ingestion, purgatory, NIP-11).
+enum Side {
+    Input(Input),
+    Limits(RelayUrl, RelayLimits),
+}
+
+struct Driver {
+    engine: SyncEngine,
+    exec: PoolExecutor,
+    ports: DriverPorts,
+    options: DriverOptions,
+    side_tx: mpsc::UnboundedSender<Side>,
+    ingest_tx: mpsc::UnboundedSender<(RelayUrl, Box<Event>)>,
+    nip11_asked: BTreeSet<RelayUrl>,
+    events_accepted_reported: u64,
+    /// Metrics are refreshed at most once a second: status walks every relay.
+    metrics_at: WallTime,
+    metric_relays: BTreeSet<RelayUrl>,
+}
+
+/// Hands synced events to the host one at a time, in the engine's order (announcements
+/// before what depends on them), and reports each outcome.
+async fn ingest_in_order(
+    ingestion: Arc<dyn Ingestion>,
+    mut rx: mpsc::UnboundedReceiver<(RelayUrl, Box<Event>)>,
+    tx: mpsc::UnboundedSender<Side>,
+) {
+    while let Some((relay, event)) = rx.recv().await {
+        let event_id = event.id;
+        let feeds = event.kind == nip34::KIND_REPO_ANNOUNCEMENT || nip34::is_root_kind(event.kind);
+        let outcome = match ingestion.ingest((*event).clone(), &relay).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                tracing::warn!(%relay, %event_id, error = %e, "ingestion failed");
+                IngestOutcome::Rejected
+            }
+        };
+        let _ = tx.send(Side::Input(Input::IngestOutcome {
+            relay,
+            event_id,
+            outcome,
+        }));
+        if outcome == IngestOutcome::Accepted && feeds {
+            let _ = tx.send(Side::Input(Input::Accepted { event }));
+        }
+    }
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut inputs: mpsc::Receiver<Input>,
+        mut control: mpsc::UnboundedReceiver<Control>,
+        mut side: mpsc::UnboundedReceiver<Side>,
+    ) {
+        loop {
+            self.carry_out_commands().await;
+            self.update_metrics();
+            let now = self.ports.clock.now();
+            let wake = self.engine.poll_timeout();
+            let sleep = Duration::from_millis(wake.0.saturating_sub(now.0));
+            tokio::select! {
+                Some(input) = inputs.recv() => self.feed(input),
+                Some(s) = side.recv() => match s {
+                    Side::Input(input) => self.feed(input),
+                    Side::Limits(relay, limits) => self.engine.set_relay_limits(&relay, limits),
+                },
+                msg = control.recv() => match msg {
+                    Some(Control::Accepted(event)) => self.feed(Input::Accepted { event }),
+                    Some(Control::Status(reply)) => {
+                        let _ = reply.send(self.status());
+                    }
+                    Some(Control::Shutdown(reply)) => {
+                        let result = self.persist().await;
+                        self.exec.shutdown().await;
+                        let _ = reply.send(result);
+                        return;
+                    }
+                    None => {
+                        // Every handle dropped: stop, keeping the state.
+                        let _ = self.persist().await;
+                        self.exec.shutdown().await;
+                        return;
+                    }
+                },
+                _ = tokio::time::sleep(sleep) => {
+                    let now = self.ports.clock.now();
+                    self.engine.handle_timeout(now);
+                }
+            }
+        }
+    }
+
+    fn feed(&mut self, input: Input) {
+        if let Some(metrics) = &self.options.metrics {
+            match &input {
+                Input::RelayConnected { .. } => metrics.record_connection_attempt(true),
+                Input::RelayConnectFailed { .. } => metrics.record_connection_attempt(false),
+                _ => {}
+            }
+        }
+        let now = self.ports.clock.now();
+        self.engine.handle_input(now, input);
+    }
+
+    async fn carry_out_commands(&mut self) {
+        while let Some(command) = self.engine.poll_command() {
+            match command {
+                Command::Ingest { relay, event } => {
+                    let _ = self.ingest_tx.send((relay, event));
+                }
+                Command::ReadPurgatoryAnnouncements => {
+                    let purgatory = self.ports.purgatory.clone();
+                    let tx = self.side_tx.clone();
+                    tokio::spawn(async move {
+                        let announcements = match purgatory.announcements().await {
+                            Ok(a) => a,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "reading purgatory failed");
+                                return;
+                            }
+                        };
+                        let _ =
+                            tx.send(Side::Input(Input::PurgatoryAnnouncements { announcements }));
+                    });
+                }
+                Command::PersistState => {
+                    if let Err(e) = self.persist().await {
+                        tracing::warn!(error = %e, "persisting sync state failed");
+                    }
+                }
+                command => {
+                    if let Command::Connect { relay } = &command {
+                        self.ask_nip11(relay);
+                    }
+                    let relay = command.relay().cloned();
+                    let span =
+                        tracing::debug_span!("relay", url = relay.as_ref().map(RelayUrl::as_str));
+                    if let Err(e) = self.exec.execute(command).instrument(span).await {
+                        // The inputs tell the engine the truth (a disconnect is on its way).
+                        tracing::debug!(error = %e, "command not carried out");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Asks a relay's NIP-11 document once, the first time it is dialled.
+    fn ask_nip11(&mut self, relay: &RelayUrl) {
+        if !self.options.fetch_nip11 || !self.nip11_asked.insert(relay.clone()) {
+            return;
+        }
+        let relay = relay.clone();
+        let tx = self.side_tx.clone();
+        tokio::spawn(async move {
+            match fetch_nip11(&relay, Duration::from_secs(5)).await {
+                Ok(doc) => {
+                    let _ = tx.send(Side::Limits(relay.clone(), RelayLimits::from_nip11(&doc)));
+                }
+                Err(e) => tracing::debug!(%relay, error = %e, "no NIP-11 limits; using defaults"),
+            }
+        });
+    }
+
+    async fn persist(&mut self) -> Result<(), DriverError> {
+        let snapshot = self.engine.snapshot(self.ports.clock.now());
+        self.ports.state_store.save(&snapshot).await?;
+        Ok(())
+    }
+
+    fn status(&self) -> DriverStatus {
+        DriverStatus {
+            relays: self.engine.status(self.ports.clock.now()),
+            metrics: self.engine.metrics().clone(),
+            repos: self.engine.repo_index().len(),
+            lagged_messages: self.exec.lagged_messages(),
+        }
+    }
+
+    fn update_metrics(&mut self) {
+        let Some(metrics) = &self.options.metrics else {
+            return;
+        };
+        let now: WallTime = self.ports.clock.now();
+        if now < self.metrics_at + Duration::from_secs(1) {
+            return;
+        }
+        self.metrics_at = now;
+        let status = self.engine.status(now);
+        let current: BTreeSet<RelayUrl> = status.iter().map(|s| s.relay.clone()).collect();
+        for gone in self.metric_relays.difference(&current) {
+            metrics.remove_relay(gone);
+        }
+        self.metric_relays = current;
+        let mut connected = 0;
+        let mut dead = 0;
+        for s in &status {
+            metrics.set_relay_connected(&s.relay, s.status.metric_value());
+            metrics.set_relay_status(&s.relay, i64::from(s.health.metric_value()));
+            metrics.set_relay_failures(&s.relay, s.failures);
+            connected += usize::from(s.status.is_connected());
+            dead += usize::from(s.health == HealthState::Dead);
+        }
+        metrics.set_relay_totals(status.len(), connected, dead);
+        let accepted = self.engine.metrics().events_accepted;
+        metrics.add_events_synced(accepted.saturating_sub(self.events_accepted_reported));
+        self.events_accepted_reported = accepted;
+    }
+}
