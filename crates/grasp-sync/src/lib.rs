@@ -9,6 +9,16 @@
 //! See `docs/architecture.md` for where things live and why.
 #![deny(missing_docs)]
 
+pub mod git;
 pub mod model;
+pub mod url_policy;
 
+#[cfg(feature = "git")]
+pub use git::{BareRepoLocator, GixFetcher, GixFetcherConfig};
+pub use git::{
+    FetchError, FetchReport, FetchWant, GitFetcher, HuntConfig, HuntEvent, HuntJob, HuntMetrics, HuntRequest,
+    HuntScheduler, InMemoryPurgatory, JobId, JobResult, Oid, OidError, Origin, Purgatory, PurgatoryConfig, WaitKind,
+    WaitingEvent, Want,
+};
 pub use model::*;
+pub use url_policy::{CloneUrl, UrlPolicy, UrlPolicyError};
