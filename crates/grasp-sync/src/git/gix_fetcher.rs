@@ -35,6 +35,26 @@ use crate::git::Oid;
 use crate::model::RepoRef;
 use crate::url_policy::{CloneUrl, UrlPolicy};
 
+/// Serialises creation of bare repositories within this process.
+static CREATE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// One lock per local repository path: gix fetches writing into one repository at once
+/// trip over each other ("Failed to prepare fetch negotiation"), so the *local* phase of
+/// a fetch (negotiation, pack download, ref update) is serialised per repository. The
+/// remote handshake runs outside the lock, so a silent server never holds it.
+fn repo_lock(path: &Path) -> Arc<std::sync::Mutex<()>> {
+    static LOCKS: std::sync::Mutex<Vec<(PathBuf, std::sync::Weak<std::sync::Mutex<()>>)>> =
+        std::sync::Mutex::new(Vec::new());
+    let mut locks = LOCKS.lock().unwrap_or_else(|p| p.into_inner());
+    locks.retain(|(_, w)| w.strong_count() > 0);
+    if let Some(l) = locks.iter().find(|(p, _)| p == path).and_then(|(_, w)| w.upgrade()) {
+        return l;
+    }
+    let l = Arc::new(std::sync::Mutex::new(()));
+    locks.push((path.to_owned(), Arc::downgrade(&l)));
+    l
+}
+
 /// Where the host keeps a repo's bare repository.
 ///
 /// The default layout is GRASP's `<root>/<npub>/<identifier>.git`. Identifiers come from
@@ -147,14 +167,21 @@ impl GixFetcher {
     fn open_repo(&self, repo: &RepoRef) -> Result<(PathBuf, gix::Repository), FetchError> {
         let path =
             self.config.locator.locate(repo).ok_or_else(|| FetchError::Local(format!("no local path for {repo}")))?;
-        let r = if path.exists() {
-            gix::open(&path)
-        } else if self.config.create_missing_repos {
-            gix::init_bare(&path)
-        } else {
+        let local = |e: &dyn std::fmt::Display| FetchError::Local(format!("{}: {e}", path.display()));
+        if let Ok(r) = gix::open(&path) {
+            return Ok((path, r));
+        }
+        if !self.config.create_missing_repos {
             return Err(FetchError::Local(format!("{} does not exist", path.display())));
-        };
-        let r = r.map_err(|e| FetchError::Local(format!("{}: {e}", path.display())))?;
+        }
+        // Two jobs for one repo (on two hosts) may race to create it: serialise creation.
+        let _guard = CREATE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        if let Ok(r) = gix::open(&path) {
+            return Ok((path, r));
+        }
+        // gix creates the repository inside an existing (empty) directory.
+        std::fs::create_dir_all(&path).map_err(|e| local(&e))?;
+        let r = gix::init_bare(&path).map_err(|e| local(&e))?;
         Ok((path, r))
     }
 
@@ -188,11 +215,11 @@ impl GixFetcher {
         let _watchdog = Watchdog::start(remaining, interrupt.clone());
         let result = if ep.url.scheme() == "git" {
             let transport = self.git_transport(ep)?;
-            receive(remote.to_connection_with_transport(transport), &interrupt)
+            receive(remote.to_connection_with_transport(transport), &interrupt, repo)
         } else {
             let con =
                 remote.connect(Direction::Fetch).map_err(|e| FetchError::Unreachable(format!("{}: {e}", ep.url)))?;
-            receive(con, &interrupt)
+            receive(con, &interrupt, repo)
         };
         result.map_err(|e| classify(ep.url, &e, &interrupt))
     }
@@ -278,6 +305,8 @@ impl GitFetcher for GixFetcher {
 
     fn fetch(&self, repo: &RepoRef, url: &CloneUrl, want: &FetchWant) -> Result<FetchReport, FetchError> {
         let deadline = Instant::now() + self.config.op_timeout;
+        // Policy first: a refused URL must not even create a local directory.
+        let ep = self.endpoint(url)?;
         let (path, local) = self.open_repo(repo)?;
         let missing: Vec<Oid> = want.oids.iter().copied().filter(|o| !local.has_object(to_gix(o))).collect();
         let mut report = FetchReport::default();
@@ -285,7 +314,6 @@ impl GitFetcher for GixFetcher {
             report.present = want.oids.clone();
             return Ok(report);
         }
-        let ep = self.endpoint(url)?;
 
         let mut batch_error = None;
         if want.any_data {
@@ -364,8 +392,16 @@ fn remote_refs(refs: &[gix::protocol::handshake::Ref], keep: impl Fn(&str) -> bo
 fn receive<T: Transport>(
     con: gix::remote::Connection<'_, '_, '_, T>,
     interrupt: &AtomicBool,
+    local: &gix::Repository,
 ) -> Result<(u64, Vec<RemoteRef>), gix::Error> {
     let prepare = con.prepare_fetch(gix::progress::Discard, Default::default())?;
+    let lock = repo_lock(local.path());
+    let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+    // gix negotiates with object-store refreshes turned off, so packs another job wrote
+    // since this handle last looked would be invisible while their refs are not ("could
+    // not peel reference"). A lookup that misses makes the shared store rescan the pack
+    // directory first.
+    let _ = local.has_object(gix::ObjectId::from_bytes_or_panic(&[0xff; 20]));
     let outcome = prepare.receive(gix::progress::Discard, interrupt)?;
     let bytes = match &outcome.status {
         gix::remote::fetch::Status::Change { write_pack_bundle, .. } => {
