@@ -15,12 +15,14 @@ pub mod diff;
 pub mod driver;
 pub mod engine;
 pub mod filters;
+pub mod git;
 pub mod health;
 pub mod model;
 pub mod nip34;
 pub mod pagination;
 pub mod ports;
 pub mod targets;
+pub mod url_policy;
 
 pub use classify::{classify_closed, classify_notice, RelaySignal};
 pub use diff::{compute_actions, compute_actions_for_relay, Actions, AddFilters, RemoveItems};
@@ -36,3 +38,11 @@ pub use health::{HealthConfig, HealthState, RelayHealth};
 pub use model::*;
 pub use pagination::{IncompleteReason, PageDecision, PageOutcome, PaginationConfig, Paginator};
 pub use targets::{derive_relay_targets, RelayTarget, RelayTargets};
+#[cfg(feature = "git")]
+pub use git::{BareRepoLocator, GixFetcher, GixFetcherConfig};
+pub use git::{
+    FetchError, FetchReport, FetchWant, GitFetcher, HuntConfig, HuntEvent, HuntJob, HuntMetrics,
+    HuntRequest, HuntScheduler, InMemoryPurgatory, JobId, JobResult, Oid, OidError, Origin,
+    Purgatory, PurgatoryConfig, WaitKind, WaitingEvent, Want,
+};
+pub use url_policy::{CloneUrl, UrlPolicy, UrlPolicyError};
