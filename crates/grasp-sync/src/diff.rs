@@ -207,10 +207,7 @@ fn unwanted(held: &Held<'_>, target: Option<&RelayTarget>) -> SyncItems {
                 repos_minus(set.repos.iter(), t.repos.iter()),
                 ids_minus(set.root_events.iter(), t.root_events.keys()),
             ),
-            None => (
-                set.repos.iter().collect(),
-                set.root_events.iter().collect(),
-            ),
+            None => (set.repos.iter().collect(), set.root_events.iter().collect()),
         };
         if held.sets.len() == 1 {
             out.repos = repos.into_iter().map(|(r, l)| (r.clone(), *l)).collect();

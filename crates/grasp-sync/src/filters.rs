@@ -332,7 +332,10 @@ fn tag_triples<'a>(
             SingleLetterTag::lowercase(letter),
             SingleLetterTag::uppercase(letter),
         ] {
-            out.push(with_since(with_tag(Filter::new(), tag, values.clone()), since));
+            out.push(with_since(
+                with_tag(Filter::new(), tag, values.clone()),
+                since,
+            ));
         }
         let q = SingleLetterTag::lowercase(Alphabet::Q);
         out.push(with_since(with_tag(Filter::new(), q, values), since));

@@ -172,8 +172,7 @@ impl SyncEngine {
             // Live filters carry `limit: 0`, which says nothing about matching:
             // `match_event` ignores `limit`, so the filters are matched as they are
             // (no clone per event).
-            if live.filters.iter().any(|f| f.match_event(&event, opts))
-            {
+            if live.filters.iter().any(|f| f.match_event(&event, opts)) {
                 self.ingest(relay, event);
                 let _ = now;
             } else {
