@@ -6,11 +6,12 @@
 //! targeted at Full is therefore a new item (the upgrade), and the StateOnly one becomes
 //! a removal.
 
+use std::cmp::Ordering;
 use std::collections::BTreeSet;
 
 use nostr::EventId;
 
-use crate::model::{PendingSyncIndex, RelaySyncIndex, RelayUrl, SyncItems};
+use crate::model::{PendingSyncIndex, RelaySyncIndex, RelayUrl, RepoRef, SyncItems, SyncLevel};
 use crate::targets::{RelayTarget, RelayTargets};
 
 /// New items to subscribe on one relay.
@@ -122,54 +123,103 @@ pub fn compute_actions_for_relay(
     )
 }
 
-/// Pending ∪ confirmed for one relay. A repo held at two levels (StateOnly confirmed,
-/// Full pending) keeps both, so each is matched exactly.
-struct Held {
-    repos: BTreeSet<(crate::model::RepoRef, crate::model::SyncLevel)>,
-    root_events: BTreeSet<EventId>,
+/// Pending ∪ confirmed for one relay, as a view over the sets it is made of (the
+/// confirmed items and each pending batch's items): nothing is copied. A repo held at two
+/// levels (StateOnly confirmed, Full pending) keeps both, so each is matched exactly.
+struct Held<'a> {
+    sets: Vec<&'a SyncItems>,
 }
 
-fn held_items(relay: &RelayUrl, pending: &PendingSyncIndex, confirmed: &RelaySyncIndex) -> Held {
-    let mut held = Held {
-        repos: BTreeSet::new(),
-        root_events: BTreeSet::new(),
-    };
+fn held_items<'a>(
+    relay: &RelayUrl,
+    pending: &'a PendingSyncIndex,
+    confirmed: &'a RelaySyncIndex,
+) -> Held<'a> {
     let confirmed_items = confirmed.get(relay).map(|s| &s.confirmed);
     let pending_items = pending.batches(relay).iter().map(|b| &b.items);
-    for items in confirmed_items.into_iter().chain(pending_items) {
-        held.repos
-            .extend(items.repos.iter().map(|(r, l)| (r.clone(), *l)));
-        held.root_events.extend(items.root_events.iter().copied());
+    Held {
+        sets: confirmed_items
+            .into_iter()
+            .chain(pending_items)
+            .filter(|items| !items.is_empty())
+            .collect(),
     }
-    held
 }
 
-fn missing(target: &RelayTarget, held: &Held) -> SyncItems {
-    let mut out = SyncItems::default();
-    for (repo, level) in &target.repos {
-        if !held.repos.contains(&(repo.clone(), *level)) {
-            out.repos.insert(repo.clone(), *level);
+/// The items of sorted `a` that have no counterpart in sorted `b`: one merge pass,
+/// O(|a| + |b|), instead of a tree lookup per item. `cmp` orders an item of `a` against
+/// one of `b` by key; `same` says whether two items with equal keys match.
+fn sorted_minus<T, U>(
+    a: impl Iterator<Item = T>,
+    b: impl Iterator<Item = U>,
+    cmp: impl Fn(&T, &U) -> Ordering,
+    same: impl Fn(&T, &U) -> bool,
+) -> Vec<T> {
+    let mut b = b.peekable();
+    let mut out = Vec::new();
+    for x in a {
+        while b.peek().is_some_and(|y| cmp(&x, y) == Ordering::Greater) {
+            b.next();
         }
-    }
-    for id in target.root_events.keys() {
-        if !held.root_events.contains(id) {
-            out.root_events.insert(*id);
+        match b.peek() {
+            Some(y) if cmp(&x, y) == Ordering::Equal && same(&x, y) => {}
+            _ => out.push(x),
         }
     }
     out
 }
 
-fn unwanted(held: &Held, target: Option<&RelayTarget>) -> SyncItems {
-    let mut out = SyncItems::default();
-    for (repo, level) in &held.repos {
-        if target.and_then(|t| t.repos.get(repo)) != Some(level) {
-            // A repo held at two levels is reported at the one no longer wanted.
-            out.repos.insert(repo.clone(), *level);
-        }
+type RepoItem<'a> = (&'a RepoRef, &'a SyncLevel);
+
+fn repos_minus<'a>(
+    a: impl Iterator<Item = RepoItem<'a>>,
+    b: impl Iterator<Item = RepoItem<'a>>,
+) -> Vec<RepoItem<'a>> {
+    sorted_minus(a, b, |x, y| x.0.cmp(y.0), |x, y| x.1 == y.1)
+}
+
+fn ids_minus<'a>(
+    a: impl Iterator<Item = &'a EventId>,
+    b: impl Iterator<Item = &'a EventId>,
+) -> Vec<&'a EventId> {
+    sorted_minus(a, b, |x, y| x.cmp(y), |_, _| true)
+}
+
+fn missing(target: &RelayTarget, held: &Held<'_>) -> SyncItems {
+    let mut repos: Vec<RepoItem<'_>> = target.repos.iter().collect();
+    let mut ids: Vec<&EventId> = target.root_events.keys().collect();
+    for set in &held.sets {
+        repos = repos_minus(repos.into_iter(), set.repos.iter());
+        ids = ids_minus(ids.into_iter(), set.root_events.iter());
     }
-    for id in &held.root_events {
-        if !target.is_some_and(|t| t.root_events.contains_key(id)) {
-            out.root_events.insert(*id);
+    // Sorted input: the trees are bulk-built.
+    SyncItems {
+        repos: repos.into_iter().map(|(r, l)| (r.clone(), *l)).collect(),
+        root_events: ids.into_iter().copied().collect(),
+    }
+}
+
+fn unwanted(held: &Held<'_>, target: Option<&RelayTarget>) -> SyncItems {
+    let mut out = SyncItems::default();
+    for set in &held.sets {
+        let (repos, ids) = match target {
+            Some(t) => (
+                repos_minus(set.repos.iter(), t.repos.iter()),
+                ids_minus(set.root_events.iter(), t.root_events.keys()),
+            ),
+            None => (set.repos.iter().collect(), set.root_events.iter().collect()),
+        };
+        if held.sets.len() == 1 {
+            out.repos = repos.into_iter().map(|(r, l)| (r.clone(), *l)).collect();
+            out.root_events = ids.into_iter().copied().collect();
+        } else {
+            for (repo, level) in repos {
+                // A repo held at two levels, both unwanted, is reported at the higher
+                // one (as the merged sorted set of (repo, level) would).
+                let entry = out.repos.entry(repo.clone()).or_insert(*level);
+                *entry = (*entry).max(*level);
+            }
+            out.root_events.extend(ids.into_iter().copied());
         }
     }
     out

@@ -3,6 +3,7 @@
 //! filters into REQs. Everything is pure and deterministic: inputs are sorted and
 //! de-duplicated, and chunks respect the limits a relay advertises in NIP-11.
 
+use std::collections::btree_map::Entry;
 use std::collections::BTreeSet;
 
 use nostr::{Alphabet, EventId, Filter, Kind, SingleLetterTag, Timestamp};
@@ -178,9 +179,11 @@ pub fn state_filters<'a>(
     chunk_values(identifiers, limits.chunk_size, limits.value_budget())
         .into_iter()
         .map(|chunk| {
-            let f = Filter::new()
-                .kind(Kind::from(REPO_STATE_KIND))
-                .custom_tags(SingleLetterTag::lowercase(Alphabet::D), chunk);
+            let f = with_tag(
+                Filter::new().kind(Kind::from(REPO_STATE_KIND)),
+                SingleLetterTag::lowercase(Alphabet::D),
+                to_set(&chunk),
+            );
             with_since(f, since)
         })
         .collect()
@@ -204,7 +207,11 @@ pub fn root_event_tag_filters<'a>(
     limits: &RelayLimits,
     since: Option<Timestamp>,
 ) -> Vec<Filter> {
-    let hex: BTreeSet<String> = ids.into_iter().map(EventId::to_hex).collect();
+    // Lower-case hex sorts as the bytes do: sort and dedupe the ids, then encode.
+    let mut ids: Vec<&EventId> = ids.into_iter().collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let hex: Vec<String> = ids.into_iter().map(|id| hex32(id.as_bytes())).collect();
     tag_triples(hex.iter().map(String::as_str), limits, since, Alphabet::E)
 }
 
@@ -319,14 +326,19 @@ fn tag_triples<'a>(
 ) -> Vec<Filter> {
     let mut out = Vec::new();
     for chunk in chunk_values(values, limits.chunk_size, limits.value_budget()) {
+        // The value set is built once and cloned for the two other filters.
+        let values = to_set(&chunk);
         for tag in [
             SingleLetterTag::lowercase(letter),
             SingleLetterTag::uppercase(letter),
-            SingleLetterTag::lowercase(Alphabet::Q),
         ] {
-            let f = Filter::new().custom_tags(tag, chunk.iter().copied());
-            out.push(with_since(f, since));
+            out.push(with_since(
+                with_tag(Filter::new(), tag, values.clone()),
+                since,
+            ));
         }
+        let q = SingleLetterTag::lowercase(Alphabet::Q);
+        out.push(with_since(with_tag(Filter::new(), q, values), since));
     }
     out
 }
@@ -343,7 +355,11 @@ fn chunk_values<'a>(
     let mut current: Vec<&str> = Vec::new();
     let mut bytes = 0usize;
     for v in values {
-        let cost = json_string_len(v) + 1;
+        let cost = if max_bytes.is_some() {
+            json_string_len(v) + 1
+        } else {
+            0
+        };
         let too_long = max_bytes.is_some_and(|b| bytes + cost > b);
         if !current.is_empty() && (current.len() >= max_count || too_long) {
             chunks.push(std::mem::take(&mut current));
@@ -358,14 +374,46 @@ fn chunk_values<'a>(
     chunks
 }
 
+/// A chunk of values (sorted and de-duplicated by the caller) as a filter's value set.
+fn to_set(chunk: &[&str]) -> BTreeSet<String> {
+    // Sorted input: bulk-built.
+    chunk.iter().map(|v| (*v).to_owned()).collect()
+}
+
+/// `f` with `tag` = `values` (what `Filter::custom_tags` does, without re-collecting
+/// the values into a temporary set and inserting them one by one).
+fn with_tag(mut f: Filter, tag: SingleLetterTag, values: BTreeSet<String>) -> Filter {
+    match f.generic_tags.entry(tag) {
+        Entry::Vacant(e) => {
+            e.insert(values);
+        }
+        Entry::Occupied(mut e) => e.get_mut().extend(values),
+    }
+    f
+}
+
+/// Lower-case hex of 32 bytes, through a table (`EventId::to_hex` goes char by char).
+fn hex32(bytes: &[u8; 32]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = Vec::with_capacity(64);
+    for b in bytes {
+        out.push(HEX[usize::from(b >> 4)]);
+        out.push(HEX[usize::from(b & 0x0f)]);
+    }
+    // Only ASCII hex digits were pushed.
+    String::from_utf8(out).unwrap_or_default()
+}
+
 /// Length of `s` as a JSON string literal, quotes included (serde_json's escaping).
 fn json_string_len(s: &str) -> usize {
+    // Byte-wise: every byte of a multi-byte character is >= 0x80 and costs itself, so
+    // this equals the per-character count.
     2 + s
-        .chars()
-        .map(|c| match c {
-            '"' | '\\' | '\n' | '\r' | '\t' | '\u{08}' | '\u{0c}' => 2,
-            c if (c as u32) < 0x20 => 6,
-            c => c.len_utf8(),
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            b if b < 0x20 => 6,
+            _ => 1,
         })
         .sum::<usize>()
 }

@@ -3,7 +3,7 @@
 //! incrementally. The incremental form is what keeps reacting to one new repo cheap at
 //! 100k repos: it touches only the relays that repo lists.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use nostr::EventId;
 
@@ -124,27 +124,39 @@ impl RelayTargets {
 /// Built from sorted runs rather than one insert at a time, which is what makes the
 /// 100k-repo rebuild fast.
 pub fn derive_relay_targets(index: &RepoSyncIndex) -> RelayTargets {
-    let mut repos: BTreeMap<&RelayUrl, Vec<(RepoRef, SyncLevel)>> = BTreeMap::new();
-    let mut roots: BTreeMap<&RelayUrl, Vec<EventId>> = BTreeMap::new();
+    // One hash lookup per (repo, relay) to a dense slot; the slots are sorted by relay
+    // once at the end (a tree lookup per pair compared URLs ~11 times each).
+    struct Slot<'a> {
+        relay: &'a RelayUrl,
+        repos: Vec<(RepoRef, SyncLevel)>,
+        roots: Vec<EventId>,
+    }
+    let mut slot_of: HashMap<&RelayUrl, usize> = HashMap::new();
+    let mut slots: Vec<Slot<'_>> = Vec::new();
     for (repo, needs) in index.iter() {
+        let full = needs.sync_level == SyncLevel::Full;
         for relay in &needs.relays {
+            let i = *slot_of.entry(relay).or_insert_with(|| {
+                slots.push(Slot {
+                    relay,
+                    repos: Vec::new(),
+                    roots: Vec::new(),
+                });
+                slots.len() - 1
+            });
+            let slot = &mut slots[i];
             // The index iterates repos in order, so each relay's run stays sorted.
-            repos
-                .entry(relay)
-                .or_default()
-                .push((repo.clone(), needs.sync_level));
-            if needs.sync_level == SyncLevel::Full && !needs.root_events.is_empty() {
-                roots
-                    .entry(relay)
-                    .or_default()
-                    .extend(needs.root_events.iter().copied());
+            slot.repos.push((repo.clone(), needs.sync_level));
+            if full {
+                slot.roots.extend(needs.root_events.iter().copied());
             }
         }
     }
-    let relays = repos
+    slots.sort_unstable_by(|a, b| a.relay.cmp(b.relay));
+    let relays = slots
         .into_iter()
-        .map(|(relay, repos)| {
-            let mut ids = roots.remove(relay).unwrap_or_default();
+        .map(|slot| {
+            let mut ids = slot.roots;
             ids.sort_unstable();
             let mut counted: Vec<(EventId, u32)> = Vec::with_capacity(ids.len());
             for id in ids {
@@ -154,10 +166,10 @@ pub fn derive_relay_targets(index: &RepoSyncIndex) -> RelayTargets {
                 }
             }
             let target = RelayTarget {
-                repos: repos.into_iter().collect(),
+                repos: slot.repos.into_iter().collect(),
                 root_events: counted.into_iter().collect(),
             };
-            (relay.clone(), target)
+            (slot.relay.clone(), target)
         })
         .collect();
     RelayTargets { relays }

@@ -169,12 +169,10 @@ impl SyncEngine {
         };
         let opts = MatchEventOptions::new();
         if let Some(live) = conn.live.get(sub) {
-            // Live filters carry `limit: 0`, which says nothing about matching.
-            if live
-                .filters
-                .iter()
-                .any(|f| f.clone().remove_limit().match_event(&event, opts))
-            {
+            // Live filters carry `limit: 0`, which says nothing about matching:
+            // `match_event` ignores `limit`, so the filters are matched as they are
+            // (no clone per event).
+            if live.filters.iter().any(|f| f.match_event(&event, opts)) {
                 self.ingest(relay, event);
                 let _ = now;
             } else {
