@@ -1430,3 +1430,32 @@ fn r16_refused_hosts_are_never_dialled() {
         .is_none());
     assert!(h.engine.metrics().relays_refused >= 1);
 }
+
+#[test]
+fn r08b_rate_limit_outlives_a_dropped_connection() {
+    // Relays often follow "slow down" by dropping the socket. Reconnecting does not end
+    // the cooldown: nothing is subscribed until the 65 s are over.
+    let (mut h, _k, _repo) = with_repo(config(), &[A]);
+    h.connect_and_settle(A);
+    h.advance(Duration::from_secs(600));
+    let limited_at = h.now;
+    h.notice(A, "rate-limited: slow down");
+    h.disconnect(A);
+    let mut cmds = h.advance(Duration::from_secs(10));
+    cmds.extend(h.connect(A));
+    cmds.extend(h.advance(Duration::from_secs(50)));
+    assert!(h.now.saturating_since(limited_at) < Duration::from_secs(65));
+    assert!(
+        live(&cmds, A).is_empty()
+            && historic(&cmds, A).is_empty()
+            && negentropy(&cmds, A).is_empty(),
+        "subscribed during the cooldown: {cmds:?}"
+    );
+    let cmds = h.advance(Duration::from_secs(10));
+    assert!(
+        !live(&cmds, A).is_empty(),
+        "resumed after the cooldown: {cmds:?}"
+    );
+    h.settle(A, &cmds);
+    assert_eq!(h.status(A), ConnectionStatus::Connected);
+}
