@@ -204,16 +204,21 @@ impl Paginator {
         // Complete when the relay returned fewer than the cap allows: fewer than the
         // known cap (handled above), or fewer than a page it returned before.
         let tie_complete = n < largest_before && n < asked;
-        let reason = if tie_complete {
-            None
-        } else if n >= asked || self.known_cap.is_some() {
-            Some(IncompleteReason::TieGroupLargerThanCap { timestamp: tie })
+        if tie_complete {
+            // The relay returned fewer than it has shown it can and fewer than asked,
+            // newest first: that was every event at or before `until`, so nothing older
+            // exists either. Stop here (design §7: a page without new ids ends it)
+            // instead of asking `until − 1` for an empty page on every subscription.
+            return self.finish(new_ids, None);
+        }
+        let reason = if n >= asked || self.known_cap.is_some() {
+            IncompleteReason::TieGroupLargerThanCap { timestamp: tie }
         } else {
-            Some(IncompleteReason::TieGroupMayExceedUnknownCap { timestamp: tie })
+            IncompleteReason::TieGroupMayExceedUnknownCap { timestamp: tie }
         };
         match tie.as_secs().checked_sub(1) {
-            Some(older) => self.next(new_ids, Timestamp::from_secs(older), asked, reason),
-            None => self.finish(new_ids, reason),
+            Some(older) => self.next(new_ids, Timestamp::from_secs(older), asked, Some(reason)),
+            None => self.finish(new_ids, Some(reason)),
         }
     }
 

@@ -125,6 +125,7 @@ impl SyncEngine {
             self.open_live(
                 relay,
                 live(build_sync_level_aware_filters(&confirmed, &limits, None)),
+                now,
             );
             self.start_batch(relay, confirmed, Some(since), false, now);
         }
@@ -142,7 +143,7 @@ impl SyncEngine {
         now: WallTime,
         negentropy: bool,
     ) {
-        self.open_live(relay, live(layer1_filters(None)));
+        self.open_live(relay, live(layer1_filters(None)), now);
         self.start_batch(relay, SyncItems::default(), since, negentropy, now);
     }
 
@@ -153,9 +154,18 @@ impl SyncEngine {
     }
 
     /// Opens live subscriptions for `filters`, as few REQs as the relay allows.
-    fn open_live(&mut self, relay: &RelayUrl, filters: Vec<Filter>) {
+    fn open_live(&mut self, relay: &RelayUrl, filters: Vec<Filter>, now: WallTime) {
         if filters.is_empty() {
             return;
+        }
+        // A rate-limit cooldown outlives the websocket: a relay that said "slow down"
+        // and dropped us gets no REQ on reconnect until the cooldown ends. The rebuild
+        // at the next check after it reopens layer 1 and everything held.
+        if let Some(conn) = self.conns.get_mut(relay) {
+            if !conn.health.can_subscribe(now) {
+                conn.needs_rebuild = true;
+                return;
+            }
         }
         let limits = self.limits(relay);
         for req in split_into_reqs(filters, &limits) {
@@ -198,6 +208,7 @@ impl SyncEngine {
         self.open_live(
             relay,
             live(build_sync_level_aware_filters(&items, &limits, None)),
+            now,
         );
         self.start_batch(relay, items, since, negentropy, now);
         self.consolidate_if_fragmented(relay, now);
@@ -326,7 +337,7 @@ impl SyncEngine {
             &limits,
             None,
         )));
-        self.open_live(relay, filters);
+        self.open_live(relay, filters, now);
         if let Some(gap) = gap {
             // A live subscription was closed under us: what was published while it was
             // down comes by history, as on a quick reconnect.

@@ -1,0 +1,1461 @@
+//! One deterministic scenario per rule of the design (`grasp-02-sync-design.md`,
+//! sections 3–9), driving `SyncEngine` by hand with a fake clock and asserting on the
+//! exact commands it emits. Where `simulation.rs` checks that everything converges under
+//! random faults, these tests say *which* rule produces *which* command, so a failure
+//! names the rule that broke.
+//!
+//! The engine never verifies signatures (the driver does), so events are built unsigned
+//! with a dummy signature, as in the simulation.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use grasp_sync::engine::{
+    Command, Input, NegentropyFailure, SubscriptionMode, SyncConfig, SyncEngine,
+};
+use grasp_sync::model::{ConnectionStatus, RelayUrl, RepoRef, SyncLevel, WallTime};
+use grasp_sync::ports::{AllowAllRelays, RandomSource, RelayUrlPolicy};
+use nostr::secp256k1::schnorr::Signature;
+use nostr::{
+    Alphabet, Event, EventBuilder, EventId, Filter, Keys, Kind, SecretKey, SingleLetterTag,
+    SubscriptionId, Tag, Timestamp,
+};
+
+// ---------------------------------------------------------------------------------------
+// World
+// ---------------------------------------------------------------------------------------
+
+const US: &str = "wss://us.example";
+const A: &str = "wss://a.example";
+const B: &str = "wss://b.example";
+const C: &str = "wss://c.example";
+const T0: u64 = 1_700_000_000;
+
+fn url(s: &str) -> RelayUrl {
+    RelayUrl::parse(s).expect("valid relay url")
+}
+
+fn keys(n: u8) -> Keys {
+    let mut bytes = [0u8; 32];
+    bytes[0] = n;
+    bytes[31] = 1;
+    Keys::new(SecretKey::from_slice(&bytes).expect("valid secret"))
+}
+
+/// An event with a correct id and a dummy signature.
+fn event(keys: &Keys, kind: u16, tags: Vec<Vec<String>>, created_at: u64, content: &str) -> Event {
+    let tags: Vec<Tag> = tags
+        .into_iter()
+        .filter_map(|t| Tag::parse(t).ok())
+        .collect();
+    let unsigned = EventBuilder::new(Kind::from(kind), content)
+        .tags(tags)
+        .custom_created_at(Timestamp::from_secs(created_at))
+        .build(keys.public_key());
+    let id = unsigned.id.expect("id computed");
+    let sig = Signature::from_slice(&[7u8; 64]).expect("64 bytes");
+    Event::new(
+        id,
+        unsigned.pubkey,
+        unsigned.created_at,
+        unsigned.kind,
+        unsigned.tags,
+        unsigned.content,
+        sig,
+    )
+}
+
+fn tag(values: &[&str]) -> Vec<String> {
+    values.iter().map(|v| v.to_string()).collect()
+}
+
+/// A repo announcement (30617) for `d` listing `relays`.
+fn announcement(keys: &Keys, d: &str, relays: &[&str], created_at: u64) -> Event {
+    let mut relays_tag = vec!["relays"];
+    relays_tag.extend_from_slice(relays);
+    event(
+        keys,
+        30617,
+        vec![tag(&["d", d]), tag(&relays_tag)],
+        created_at,
+        "",
+    )
+}
+
+fn coord(keys: &Keys, d: &str) -> RepoRef {
+    RepoRef::new(&keys.public_key(), d).expect("valid coordinate")
+}
+
+/// An issue (1621, a root event) about `repo`.
+fn issue(keys: &Keys, repo: &RepoRef, created_at: u64, content: &str) -> Event {
+    event(
+        keys,
+        1621,
+        vec![tag(&["a", repo.as_str()])],
+        created_at,
+        content,
+    )
+}
+
+/// A comment replying to root `root` (matches the layer-3 `#e` filter).
+fn reply(keys: &Keys, root: &EventId, created_at: u64, content: &str) -> Event {
+    let hex = root.to_hex();
+    event(
+        keys,
+        1111,
+        vec![tag(&["E", &hex]), tag(&["e", &hex])],
+        created_at,
+        content,
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// Ports
+// ---------------------------------------------------------------------------------------
+
+/// A "random" source that always says the same thing: the daily jitter becomes a
+/// number the test chooses.
+struct FixedRandom(u64);
+
+impl RandomSource for FixedRandom {
+    fn next_u64(&mut self) -> u64 {
+        self.0
+    }
+}
+
+/// Refuses every URL whose host is in the list.
+struct DenyHosts(Vec<&'static str>);
+
+impl RelayUrlPolicy for DenyHosts {
+    fn permits_relay(&self, url: &RelayUrl) -> bool {
+        !self.0.contains(&url.host())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Harness
+// ---------------------------------------------------------------------------------------
+
+struct Harness {
+    now: WallTime,
+    engine: SyncEngine,
+}
+
+fn config() -> SyncConfig {
+    SyncConfig::default().with_own_relay(url(US))
+}
+
+impl Harness {
+    fn new(config: SyncConfig) -> Self {
+        Self::with(config, Arc::new(AllowAllRelays), 0)
+    }
+
+    fn with(config: SyncConfig, policy: Arc<dyn RelayUrlPolicy>, random: u64) -> Self {
+        let now = WallTime::from_secs(T0);
+        Self {
+            now,
+            engine: SyncEngine::new(config, now, policy, Box::new(FixedRandom(random))),
+        }
+    }
+
+    /// Everything the engine wants done right now.
+    fn drain(&mut self) -> Vec<Command> {
+        std::iter::from_fn(|| self.engine.poll_command()).collect()
+    }
+
+    /// Lets `d` pass, waking the engine exactly when `poll_timeout` asks.
+    fn advance(&mut self, d: Duration) -> Vec<Command> {
+        let end = self.now + d;
+        let mut out = self.drain();
+        let mut wakeups = 0u32;
+        loop {
+            let at = self.engine.poll_timeout();
+            if at > end {
+                break;
+            }
+            self.now = self.now.max(at);
+            self.engine.handle_timeout(self.now);
+            out.extend(self.drain());
+            wakeups += 1;
+            assert!(wakeups < 1_000_000, "poll_timeout does not move forward");
+        }
+        self.now = end;
+        out
+    }
+
+    fn feed(&mut self, input: Input) -> Vec<Command> {
+        self.engine.handle_input(self.now, input);
+        self.drain()
+    }
+
+    fn connect(&mut self, relay: &str) -> Vec<Command> {
+        self.feed(Input::RelayConnected { relay: url(relay) })
+    }
+
+    fn disconnect(&mut self, relay: &str) -> Vec<Command> {
+        self.feed(Input::RelayDisconnected { relay: url(relay) })
+    }
+
+    fn accept(&mut self, event: &Event) -> Vec<Command> {
+        self.feed(Input::Accepted {
+            event: Box::new(event.clone()),
+        })
+    }
+
+    fn notice(&mut self, relay: &str, message: &str) -> Vec<Command> {
+        self.feed(Input::Notice {
+            relay: url(relay),
+            message: message.into(),
+        })
+    }
+
+    /// Answers a REQ: `events` then EOSE.
+    fn answer(&mut self, relay: &str, sub: &SubscriptionId, events: &[Event]) -> Vec<Command> {
+        let mut out = Vec::new();
+        for e in events {
+            out.extend(self.feed(Input::Event {
+                relay: url(relay),
+                subscription: sub.clone(),
+                event: Box::new(e.clone()),
+            }));
+        }
+        out.extend(self.feed(Input::Eose {
+            relay: url(relay),
+            subscription: sub.clone(),
+        }));
+        out
+    }
+
+    fn neg_result(
+        &mut self,
+        relay: &str,
+        session: &SubscriptionId,
+        need: &[EventId],
+    ) -> Vec<Command> {
+        self.feed(Input::NegentropyResult {
+            relay: url(relay),
+            session: session.clone(),
+            need: need.to_vec(),
+        })
+    }
+
+    /// Answers every historic REQ and negentropy session on `relay` in `cmds` (and those
+    /// that follow) with "nothing", until none is left. Returns everything emitted.
+    fn settle(&mut self, relay: &str, cmds: &[Command]) -> Vec<Command> {
+        let mut todo: Vec<Command> = cmds.to_vec();
+        let mut all = Vec::new();
+        while !todo.is_empty() {
+            let mut next = Vec::new();
+            for (id, _) in historic(&todo, relay) {
+                next.extend(self.answer(relay, &id, &[]));
+            }
+            for (id, _) in negentropy(&todo, relay) {
+                next.extend(self.neg_result(relay, &id, &[]));
+            }
+            all.extend(next.iter().cloned());
+            todo = next;
+        }
+        all
+    }
+
+    /// Connects `relay` and answers its whole historic sync with "nothing".
+    fn connect_and_settle(&mut self, relay: &str) -> Vec<Command> {
+        let cmds = self.connect(relay);
+        let mut all = cmds.clone();
+        all.extend(self.settle(relay, &cmds));
+        all
+    }
+
+    fn status(&self, relay: &str) -> ConnectionStatus {
+        self.engine
+            .relay_index()
+            .get(&url(relay))
+            .map_or(ConnectionStatus::Disconnected, |s| s.status)
+    }
+
+    fn live_filter_count(&self, relay: &str) -> usize {
+        self.engine
+            .live_subscriptions(&url(relay))
+            .iter()
+            .map(|(_, f)| f.len())
+            .sum()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Reading commands
+// ---------------------------------------------------------------------------------------
+
+fn subscribes(
+    cmds: &[Command],
+    relay: &str,
+    want: SubscriptionMode,
+) -> Vec<(SubscriptionId, Vec<Filter>)> {
+    let relay = url(relay);
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::Subscribe {
+                relay: r,
+                id,
+                filters,
+                mode,
+            } if *r == relay && *mode == want => Some((id.clone(), filters.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn live(cmds: &[Command], relay: &str) -> Vec<(SubscriptionId, Vec<Filter>)> {
+    subscribes(cmds, relay, SubscriptionMode::Live)
+}
+
+/// Historic REQs: one filter each.
+fn historic(cmds: &[Command], relay: &str) -> Vec<(SubscriptionId, Filter)> {
+    subscribes(cmds, relay, SubscriptionMode::Historic)
+        .into_iter()
+        .map(|(id, mut f)| {
+            assert_eq!(f.len(), 1, "a historic REQ carries one filter");
+            (id, f.remove(0))
+        })
+        .collect()
+}
+
+fn negentropy(cmds: &[Command], relay: &str) -> Vec<(SubscriptionId, Filter)> {
+    let relay = url(relay);
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::Negentropy {
+                relay: r,
+                session,
+                filter,
+            } if *r == relay => Some((session.clone(), filter.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn unsubscribes(cmds: &[Command], relay: &str) -> BTreeSet<SubscriptionId> {
+    let relay = url(relay);
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::Unsubscribe { relay: r, id } if *r == relay => Some(id.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn connects(cmds: &[Command]) -> BTreeSet<RelayUrl> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::Connect { relay } => Some(relay.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn disconnects(cmds: &[Command]) -> BTreeSet<RelayUrl> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::Disconnect { relay } => Some(relay.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn ingested(cmds: &[Command]) -> Vec<EventId> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::Ingest { event, .. } => Some(event.id),
+            _ => None,
+        })
+        .collect()
+}
+
+fn tag_values(f: &Filter, c: char) -> Option<BTreeSet<String>> {
+    let t = SingleLetterTag::from_char(c).expect("letter");
+    let t = if c.is_ascii_uppercase() {
+        SingleLetterTag::uppercase(t.character)
+    } else {
+        t
+    };
+    f.generic_tags.get(&t).cloned()
+}
+
+/// What a filter is for, in the words of the design: `L1`, `state`, `#a`, `#A`, `#q`
+/// (layer 2 or 3), `#e`, `#E`, `ids`.
+fn kind_of(f: &Filter) -> String {
+    if f.ids.is_some() {
+        return "ids".into();
+    }
+    if f.kinds
+        .as_ref()
+        .is_some_and(|k| k.contains(&Kind::from(30617)))
+    {
+        return "L1".into();
+    }
+    if f.kinds
+        .as_ref()
+        .is_some_and(|k| k.contains(&Kind::from(30618)))
+    {
+        return "state".into();
+    }
+    let letters: Vec<String> = f.generic_tags.keys().map(|t| format!("#{t}")).collect();
+    letters.join(",")
+}
+
+fn kinds_of<'a>(filters: impl IntoIterator<Item = &'a Filter>) -> BTreeSet<String> {
+    filters.into_iter().map(kind_of).collect()
+}
+
+fn layer1() -> Filter {
+    Filter::new().kinds([Kind::from(30617), Kind::from(10317)])
+}
+
+fn state_filter(d: &str) -> Filter {
+    Filter::new()
+        .kind(Kind::from(30618))
+        .custom_tag(SingleLetterTag::lowercase(Alphabet::D), d)
+}
+
+fn repo_filters(repo: &RepoRef) -> Vec<Filter> {
+    ['a', 'A', 'q']
+        .iter()
+        .map(|c| single_tag(*c, repo.as_str()))
+        .collect()
+}
+
+fn root_filters(root: &EventId) -> Vec<Filter> {
+    ['e', 'E', 'q']
+        .iter()
+        .map(|c| single_tag(*c, &root.to_hex()))
+        .collect()
+}
+
+fn single_tag(c: char, value: &str) -> Filter {
+    let t = SingleLetterTag::from_char(c).expect("letter");
+    let t = if c.is_ascii_uppercase() {
+        SingleLetterTag::uppercase(t.character)
+    } else {
+        t
+    };
+    Filter::new().custom_tag(t, value)
+}
+
+fn as_live(f: Filter) -> Filter {
+    f.limit(0)
+}
+
+fn without_paging(f: &Filter) -> Filter {
+    f.clone().remove_limit().remove_until()
+}
+
+// ---------------------------------------------------------------------------------------
+// Shared setup
+// ---------------------------------------------------------------------------------------
+
+/// A harness whose host accepted `repo` (listing `relays` and us), flushed.
+fn with_repo(config: SyncConfig, relays: &[&str]) -> (Harness, Keys, RepoRef) {
+    let mut h = Harness::new(config);
+    let k = keys(1);
+    let mut listed = vec![US];
+    listed.extend_from_slice(relays);
+    h.accept(&announcement(&k, "repo", &listed, T0 - 100));
+    h.advance(Duration::from_secs(5));
+    let repo = coord(&k, "repo");
+    (h, k, repo)
+}
+
+/// Accepts a root event and lets the batch window pass: returns what that produced.
+fn accept_root(h: &mut Harness, root: &Event) -> Vec<Command> {
+    let mut out = h.accept(root);
+    out.extend(h.advance(Duration::from_secs(5)));
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. Relays come from accepted announcements; our own URL is never dialled.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn r01_accepted_announcement_dials_listed_relays_but_never_our_own() {
+    let mut h = Harness::new(config());
+    let k = keys(1);
+    // Listed with a different spelling of our own URL: still ours.
+    let ann = announcement(&k, "repo", &["wss://US.example/", A, B], T0);
+    let mut cmds = h.accept(&ann);
+    cmds.extend(h.advance(Duration::from_millis(4_900)));
+    assert!(
+        connects(&cmds).is_empty(),
+        "nothing before the batch window: {cmds:?}"
+    );
+
+    let cmds = h.advance(Duration::from_millis(100));
+    assert_eq!(connects(&cmds), BTreeSet::from([url(A), url(B)]));
+
+    // However long we wait (connect timeouts, retries), our own URL is never dialled.
+    let cmds = h.advance(Duration::from_secs(600));
+    assert!(!connects(&cmds).contains(&url(US)));
+    assert!(cmds.iter().all(|c| c.relay() != Some(&url(US))));
+    assert!(h.engine.relay_index().get(&url(US)).is_none());
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. First connect = fresh start: L1 live + L1 negentropy, then state/L2 live + history.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn r02_fresh_start_on_first_connect() {
+    let (mut h, _k, repo) = with_repo(config(), &[A]);
+    let cmds = h.connect(A);
+
+    let lives = live(&cmds, A);
+    assert_eq!(
+        lives.len(),
+        2,
+        "one REQ for layer 1, one for the repo: {lives:?}"
+    );
+    assert_eq!(
+        lives[0].1,
+        vec![as_live(layer1())],
+        "layer 1 first, limit 0"
+    );
+    let mut want: Vec<Filter> = vec![as_live(state_filter("repo"))];
+    want.extend(repo_filters(&repo).into_iter().map(as_live));
+    assert_eq!(
+        lives[1].1.iter().cloned().collect::<BTreeSet<_>>(),
+        want.into_iter().collect::<BTreeSet<_>>()
+    );
+
+    // Historic part: negentropy, layer 1 first, no `since`, no REQ yet.
+    assert!(
+        historic(&cmds, A).is_empty(),
+        "fresh start uses negentropy: {cmds:?}"
+    );
+    let negs = negentropy(&cmds, A);
+    assert_eq!(negs[0].1, layer1());
+    let mut want = vec![layer1(), state_filter("repo")];
+    want.extend(repo_filters(&repo));
+    assert_eq!(
+        negs.iter().map(|(_, f)| f.clone()).collect::<BTreeSet<_>>(),
+        want.into_iter().collect::<BTreeSet<_>>()
+    );
+    assert!(negs.iter().all(|(_, f)| f.since.is_none()));
+    // Layer-1 live REQ goes out before any repo filter.
+    let first_repo_cmd = cmds
+        .iter()
+        .position(
+            |c| matches!(c, Command::Subscribe { filters, .. } if kind_of(&filters[0]) != "L1"),
+        )
+        .unwrap();
+    let first_l1 = cmds
+        .iter()
+        .position(
+            |c| matches!(c, Command::Subscribe { filters, .. } if kind_of(&filters[0]) == "L1"),
+        )
+        .unwrap();
+    assert!(first_l1 < first_repo_cmd);
+    assert_eq!(h.status(A), ConnectionStatus::Syncing);
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. Quick reconnect within 15 min (since = disconnect − 60 s, L1 AND L2/L3), fresh start
+//    after.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn r03_quick_reconnect_within_15_minutes_fresh_start_after() {
+    let (mut h, k, repo) = with_repo(config(), &[A]);
+    h.connect_and_settle(A);
+    let root = issue(&k, &repo, T0 - 50, "bug");
+    let cmds = accept_root(&mut h, &root);
+    h.settle(A, &cmds);
+    h.advance(Duration::from_secs(60));
+    assert_eq!(h.status(A), ConnectionStatus::Connected);
+
+    let gone_at = h.now;
+    h.disconnect(A);
+    h.advance(Duration::from_secs(10 * 60));
+    let cmds = h.connect(A);
+
+    assert!(
+        negentropy(&cmds, A).is_empty(),
+        "quick reconnect never uses negentropy"
+    );
+    let since = Some((gone_at - Duration::from_secs(60)).as_timestamp());
+    let hist = historic(&cmds, A);
+    for (_, f) in &hist {
+        assert_eq!(f.since, since, "every historic REQ carries since: {f:?}");
+    }
+    let got = hist
+        .iter()
+        .map(|(_, f)| without_paging(f).remove_since())
+        .collect::<BTreeSet<_>>();
+    let mut want = vec![layer1(), state_filter("repo")];
+    want.extend(repo_filters(&repo));
+    want.extend(root_filters(&root.id));
+    assert_eq!(
+        got,
+        want.into_iter().collect::<BTreeSet<_>>(),
+        "L1 and L2/L3 back-filled"
+    );
+    // Live rebuilt from confirmed state: L1 + state + L2 + L3.
+    let live_kinds = kinds_of(live(&cmds, A).iter().flat_map(|(_, f)| f));
+    assert!(live_kinds.contains("L1") && live_kinds.contains("#e") && live_kinds.contains("#a"));
+    assert_eq!(h.engine.metrics().quick_reconnects, 1);
+    h.settle(A, &cmds);
+
+    // Away for 20 minutes: fresh start, negentropy again, no since.
+    h.disconnect(A);
+    h.advance(Duration::from_secs(20 * 60));
+    let cmds = h.connect(A);
+    let negs = negentropy(&cmds, A);
+    assert!(!negs.is_empty(), "fresh start after 20 min: {cmds:?}");
+    assert!(negs.iter().all(|(_, f)| f.since.is_none()));
+    assert!(historic(&cmds, A).is_empty());
+    assert_eq!(h.engine.metrics().quick_reconnects, 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. Daily fresh start, 23–25 h after connect (jitter from the RNG), on the live socket.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn r04_daily_fresh_start_between_23_and_25_hours_without_reconnecting() {
+    let span_ms = 2 * 3600 * 1000u64;
+    for (random, expected_h) in [(0u64, 23.0f64), (span_ms / 2, 24.0), (span_ms, 25.0)] {
+        let mut h = Harness::with(config(), Arc::new(AllowAllRelays), random);
+        let k = keys(1);
+        h.accept(&announcement(&k, "repo", &[US, A], T0));
+        h.advance(Duration::from_secs(5));
+        h.connect_and_settle(A);
+        assert_eq!(h.status(A), ConnectionStatus::Connected);
+        let connected_at = h.now;
+        let live_before: BTreeSet<_> = h
+            .engine
+            .live_subscriptions(&url(A))
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+
+        let due = Duration::from_millis((expected_h * 3600.0 * 1000.0) as u64);
+        let cmds = h.advance(due - Duration::from_secs(1));
+        assert!(
+            negentropy(&cmds, A).is_empty(),
+            "too early ({expected_h} h)"
+        );
+        assert!(connects(&cmds).is_empty() && disconnects(&cmds).is_empty());
+
+        let cmds = h.advance(Duration::from_secs(3));
+        let fired_after = h.now.saturating_since(connected_at);
+        assert!(
+            fired_after >= Duration::from_secs(23 * 3600)
+                && fired_after <= Duration::from_secs(25 * 3600 + 2),
+            "fired after {fired_after:?}"
+        );
+        assert!(
+            !negentropy(&cmds, A).is_empty(),
+            "daily fresh start at {expected_h} h: {cmds:?}"
+        );
+        assert!(connects(&cmds).is_empty(), "on the live connection");
+        assert!(disconnects(&cmds).is_empty());
+        assert!(
+            live_before.is_subset(&unsubscribes(&cmds, A)),
+            "old subscriptions closed"
+        );
+        assert_eq!(h.status(A), ConnectionStatus::Syncing);
+        assert_eq!(h.engine.metrics().fresh_starts, 2);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 5. Negentropy fallback to REQ+EOSE.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn r05a_notice_while_negentropy_open_falls_back_to_req() {
+    let (mut h, _k, _repo) = with_repo(config(), &[A]);
+    let cmds = h.connect(A);
+    let negs = negentropy(&cmds, A);
+    assert_eq!(negs.len(), 5);
+
+    let cmds = h.notice(A, "ERROR: bad msg: unknown cmd");
+    let reqs = historic(&cmds, A);
+    assert_eq!(
+        reqs.iter()
+            .map(|(_, f)| without_paging(f))
+            .collect::<BTreeSet<_>>(),
+        negs.iter().map(|(_, f)| f.clone()).collect::<BTreeSet<_>>(),
+        "one REQ for each filter the sessions were reconciling"
+    );
+    assert!(reqs.iter().all(|(_, f)| f.limit == Some(500)));
+    assert!(negentropy(&cmds, A).is_empty());
+    assert_eq!(h.engine.metrics().negentropy_fallbacks, 5);
+}
+
+#[test]
+fn r05b_unsupported_falls_back_and_is_remembered_on_the_connection() {
+    let mut cfg = config();
+    cfg.max_concurrent_historic = 1;
+    let (mut h, _k, _repo) = with_repo(cfg, &[A]);
+    let cmds = h.connect(A);
+    let negs = negentropy(&cmds, A);
+    assert_eq!(negs.len(), 1, "one historic slot");
+    assert_eq!(negs[0].1, layer1());
+
+    let mut cmds = h.feed(Input::NegentropyFailed {
+        relay: url(A),
+        session: negs[0].0.clone(),
+        reason: NegentropyFailure::Unsupported,
+    });
+    let reqs = historic(&cmds, A);
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(
+        without_paging(&reqs[0].1),
+        layer1(),
+        "REQ for the same filter"
+    );
+
+    // The rest of the fresh start (state and L2 parts, queued as negentropy) now runs
+    // as REQ directly: no second NEG-OPEN on this connection.
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        let reqs = historic(&cmds, A);
+        assert!(
+            negentropy(&cmds, A).is_empty(),
+            "capability remembered: {cmds:?}"
+        );
+        if reqs.is_empty() {
+            break;
+        }
+        seen.extend(reqs.iter().map(|(_, f)| kind_of(f)));
+        cmds = reqs
+            .iter()
+            .flat_map(|(id, _)| h.answer(A, id, &[]))
+            .collect::<Vec<_>>();
+    }
+    assert_eq!(seen, ["L1", "state", "#a", "#A", "#q"]);
+    assert_eq!(h.status(A), ConnectionStatus::Connected);
+}
+
+#[test]
+fn r05c_silent_negentropy_times_out_into_req() {
+    let (mut h, _k, _repo) = with_repo(config(), &[A]);
+    let cmds = h.connect(A);
+    let negs = negentropy(&cmds, A);
+    assert_eq!(negs.len(), 5);
+
+    let cmds = h.advance(Duration::from_secs(9));
+    assert!(
+        historic(&cmds, A).is_empty(),
+        "not before negentropy_timeout"
+    );
+    let cmds = h.advance(Duration::from_secs(3));
+    let closed = unsubscribes(&cmds, A);
+    assert!(
+        negs.iter().all(|(id, _)| closed.contains(id)),
+        "sessions closed"
+    );
+    assert_eq!(
+        historic(&cmds, A)
+            .iter()
+            .map(|(_, f)| without_paging(f))
+            .collect::<BTreeSet<_>>(),
+        negs.iter().map(|(_, f)| f.clone()).collect::<BTreeSet<_>>()
+    );
+    h.settle(A, &cmds);
+    assert_eq!(h.status(A), ConnectionStatus::Connected);
+}
+
+// ---------------------------------------------------------------------------------------
+// 6. Pagination with inclusive `until`.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn r06_pagination_full_page_asks_older_inclusive_until_and_stops_without_new_ids() {
+    let mut cfg = config();
+    cfg.default_limits.page_limit = 3;
+    let (mut h, k, repo) = with_repo(cfg, &[A]);
+    h.connect_and_settle(A);
+    let root = issue(&k, &repo, T0 - 1000, "bug");
+    let cmds = accept_root(&mut h, &root);
+    let reqs = historic(&cmds, A);
+    assert_eq!(reqs.len(), 3, "#e, #E, #q: {reqs:?}");
+    let (sub, filter) = reqs
+        .iter()
+        .find(|(_, f)| kind_of(f) == "#e")
+        .unwrap()
+        .clone();
+    assert_eq!(filter.limit, Some(3));
+
+    let page: Vec<Event> = [300, 200, 100]
+        .iter()
+        .map(|t| reply(&k, &root.id, T0 - 1000 + t, &format!("r{t}")))
+        .collect();
+    let cmds = h.answer(A, &sub, &page);
+    assert!(unsubscribes(&cmds, A).contains(&sub));
+    assert_eq!(ingested(&cmds).len(), 3);
+    let next = historic(&cmds, A);
+    assert_eq!(next.len(), 1, "a full page asks again: {cmds:?}");
+    let oldest = Timestamp::from_secs(T0 - 1000 + 100);
+    assert_eq!(
+        next[0].1,
+        filter.clone().remove_limit().until(oldest).limit(3)
+    );
+
+    // The relay answers with the boundary event again (inclusive until) and nothing
+    // older: no new id, so the subscription is done.
+    let (sub2, _) = next[0].clone();
+    let cmds = h.answer(A, &sub2, &page[2..]);
+    assert!(unsubscribes(&cmds, A).contains(&sub2));
+    assert!(ingested(&cmds).is_empty(), "dedupe by id");
+    assert!(historic(&cmds, A).is_empty(), "no new ids → done: {cmds:?}");
+
+    for (id, _) in reqs.iter().filter(|(id, _)| *id != sub) {
+        h.answer(A, id, &[]);
+    }
+    assert_eq!(h.status(A), ConnectionStatus::Connected);
+    assert!(h
+        .engine
+        .relay_index()
+        .get(&url(A))
+        .unwrap()
+        .confirmed
+        .root_events
+        .contains(&root.id));
+}
+
+// ---------------------------------------------------------------------------------------
+// 7. CLOSED instead of EOSE ends that part: the batch fails, never hangs, is retried.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn r07_closed_instead_of_eose_fails_the_batch_then_retry_recovers() {
+    let (mut h, k, repo) = with_repo(config(), &[A]);
+    h.connect_and_settle(A);
+    let root = issue(&k, &repo, T0 - 1000, "bug");
+    let cmds = accept_root(&mut h, &root);
+    let reqs = historic(&cmds, A);
+    assert_eq!(reqs.len(), 3);
+
+    h.feed(Input::Closed {
+        relay: url(A),
+        subscription: reqs[0].0.clone(),
+        message: "error: shutting down".into(),
+    });
+    for (id, _) in &reqs[1..] {
+        h.answer(A, id, &[]);
+    }
+    assert!(
+        h.engine.pending_index().batches(&url(A)).is_empty(),
+        "the batch finished"
+    );
+    assert_eq!(h.status(A), ConnectionStatus::ConnectedHistoricSyncFailures);
+
+    // Failed history is retried (30 s backoff), historic parts only.
+    let cmds = h.advance(Duration::from_secs(29));
+    assert!(historic(&cmds, A).is_empty());
+    let cmds = h.advance(Duration::from_secs(3));
+    let retry = historic(&cmds, A);
+    assert_eq!(
+        retry
+            .iter()
+            .map(|(_, f)| without_paging(f))
+            .collect::<BTreeSet<_>>(),
+        root_filters(&root.id).into_iter().collect::<BTreeSet<_>>(),
+        "the failed item's history again, from the start"
+    );
+    assert!(live(&cmds, A).is_empty(), "live coverage was never lost");
+    h.settle(A, &cmds);
+    assert_eq!(h.status(A), ConnectionStatus::Connected);
+}
+
+#[test]
+fn r07b_historic_req_without_any_answer_times_out() {
+    let (mut h, k, repo) = with_repo(config(), &[A]);
+    h.connect_and_settle(A);
+    let root = issue(&k, &repo, T0 - 1000, "bug");
+    let cmds = accept_root(&mut h, &root);
+    let reqs = historic(&cmds, A);
+    assert_eq!(reqs.len(), 3);
+    let cmds = h.advance(Duration::from_secs(125));
+    let closed = unsubscribes(&cmds, A);
+    assert!(reqs.iter().all(|(id, _)| closed.contains(id)));
+    assert_eq!(h.status(A), ConnectionStatus::ConnectedHistoricSyncFailures);
+}
+
+// ---------------------------------------------------------------------------------------
+// 8. Rate limit: 65 s without new subscriptions, then what waited is sent.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn r08_rate_limit_notice_holds_subscriptions_for_65_seconds() {
+    let (mut h, k, repo) = with_repo(config(), &[A]);
+    h.connect_and_settle(A);
+    let limited_at = h.now;
+    h.notice(A, "rate-limited: slow down");
+
+    let root = issue(&k, &repo, T0 - 1000, "bug");
+    let mut cmds = h.accept(&root);
+    cmds.extend(h.advance(Duration::from_secs(64)));
+    assert!(
+        subscribes(&cmds, A, SubscriptionMode::Live).is_empty()
+            && historic(&cmds, A).is_empty()
+            && negentropy(&cmds, A).is_empty(),
+        "nothing while cooling down: {cmds:?}"
+    );
+
+    let cmds = h.advance(Duration::from_secs(4));
+    assert!(h.now.saturating_since(limited_at) >= Duration::from_secs(65));
+    let lives = live(&cmds, A);
+    assert_eq!(
+        lives
+            .iter()
+            .flat_map(|(_, f)| f.clone())
+            .collect::<BTreeSet<_>>(),
+        root_filters(&root.id)
+            .into_iter()
+            .map(as_live)
+            .collect::<BTreeSet<_>>()
+    );
+    assert_eq!(historic(&cmds, A).len(), 3);
+    h.settle(A, &cmds);
+    assert_eq!(h.status(A), ConnectionStatus::Connected);
+}
+
+// ---------------------------------------------------------------------------------------
+// 9. Consolidation above max_live_filters, without historic re-sync.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn r09_consolidation_rebuilds_live_filters_without_resync() {
+    let mut cfg = config();
+    cfg.default_limits.max_live_filters = 10;
+    let (mut h, k, repo) = with_repo(cfg, &[A]);
+    h.connect_and_settle(A);
+    assert_eq!(h.live_filter_count(A), 5, "L1 + state + #a #A #q");
+
+    let mut roots = Vec::new();
+    let mut consolidated = false;
+    for i in 0..6u64 {
+        let open_before: BTreeSet<_> = h
+            .engine
+            .live_subscriptions(&url(A))
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        let root = issue(&k, &repo, T0 - 1000 + i, &format!("issue {i}"));
+        roots.push(root.id);
+        let cmds = accept_root(&mut h, &root);
+        // History only for the new root, whatever happened to live subscriptions.
+        assert!(negentropy(&cmds, A).is_empty());
+        let hist: BTreeSet<Filter> = historic(&cmds, A)
+            .iter()
+            .map(|(_, f)| without_paging(f))
+            .collect();
+        assert_eq!(
+            hist,
+            root_filters(&root.id).into_iter().collect(),
+            "no re-sync"
+        );
+        let closed = unsubscribes(&cmds, A);
+        if open_before.is_subset(&closed) {
+            consolidated = true;
+            assert!(h.live_filter_count(A) <= 10, "rebuilt under the threshold");
+            // Everything held is still live, in fewer filters.
+            let filters: Vec<Filter> = h
+                .engine
+                .live_subscriptions(&url(A))
+                .into_iter()
+                .flat_map(|(_, f)| f)
+                .collect();
+            let e_values: BTreeSet<String> = filters
+                .iter()
+                .filter_map(|f| tag_values(f, 'e'))
+                .flatten()
+                .collect();
+            assert_eq!(e_values, roots.iter().map(|r| r.to_hex()).collect());
+            assert!(filters.contains(&as_live(layer1())));
+            assert!(filters.contains(&as_live(state_filter("repo"))));
+        } else {
+            assert!(closed.is_empty() || closed.iter().all(|id| !open_before.contains(id)));
+        }
+        h.settle(A, &cmds);
+        assert_eq!(h.status(A), ConnectionStatus::Connected);
+    }
+    assert!(
+        consolidated,
+        "live filters passed the threshold and were consolidated"
+    );
+    assert!(h.engine.metrics().consolidations >= 1);
+    assert_eq!(
+        h.engine
+            .relay_index()
+            .get(&url(A))
+            .unwrap()
+            .confirmed
+            .root_events
+            .len(),
+        6
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 10. Historic completion decided from state.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn r10_syncing_until_accepted_events_are_applied_and_their_batch_done() {
+    let (mut h, k, repo) = with_repo(config(), &[A]);
+    let connect_cmds = h.connect(A);
+    // An accepted root event waits in the batch window while the history finishes.
+    let root = issue(&k, &repo, T0 - 1000, "bug");
+    h.accept(&root);
+    h.settle(A, &connect_cmds);
+    assert!(h.engine.pending_index().batches(&url(A)).is_empty());
+    assert_eq!(
+        h.status(A),
+        ConnectionStatus::Syncing,
+        "an unprocessed accepted event could still add work"
+    );
+    let cmds = h.advance(Duration::from_secs(5));
+    assert_eq!(historic(&cmds, A).len(), 3, "the root's batch");
+    assert_eq!(h.status(A), ConnectionStatus::Syncing);
+    h.settle(A, &cmds);
+    assert_eq!(h.status(A), ConnectionStatus::Connected);
+    assert!(
+        h.engine
+            .relay_index()
+            .get(&url(A))
+            .unwrap()
+            .historic_sync_completed
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 11. Root events with their announcement, and before it.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn r11a_root_in_the_same_batch_as_its_announcement_is_kept() {
+    let mut h = Harness::new(config());
+    let k = keys(1);
+    let repo = coord(&k, "repo");
+    // The root is older than the announcement and arrives first within the window.
+    let root = issue(&k, &repo, T0 - 500, "bug");
+    h.accept(&root);
+    h.accept(&announcement(&k, "repo", &[US, A], T0 - 100));
+    h.advance(Duration::from_secs(5));
+    let cmds = h.connect(A);
+    let live_filters: BTreeSet<Filter> = live(&cmds, A).into_iter().flat_map(|(_, f)| f).collect();
+    for f in root_filters(&root.id) {
+        assert!(live_filters.contains(&as_live(f.clone())), "live {f:?}");
+    }
+    let neg: BTreeSet<Filter> = negentropy(&cmds, A).into_iter().map(|(_, f)| f).collect();
+    for f in root_filters(&root.id) {
+        assert!(neg.contains(&f), "history {f:?}");
+    }
+}
+
+#[test]
+fn r11b_root_before_its_announcement_is_adopted_when_it_comes() {
+    let mut h = Harness::new(config());
+    let k = keys(1);
+    let repo = coord(&k, "repo");
+    let root = issue(&k, &repo, T0 - 500, "bug");
+    accept_root(&mut h, &root);
+    assert!(h.engine.repo_index().is_empty());
+    h.advance(Duration::from_secs(60));
+
+    h.accept(&announcement(&k, "repo", &[US, A], T0 - 100));
+    h.advance(Duration::from_secs(5));
+    assert!(h
+        .engine
+        .repo_index()
+        .get(&repo)
+        .unwrap()
+        .root_events
+        .contains(&root.id));
+    let cmds = h.connect(A);
+    let live_filters: BTreeSet<Filter> = live(&cmds, A).into_iter().flat_map(|(_, f)| f).collect();
+    assert!(live_filters.contains(&as_live(single_tag('e', &root.id.to_hex()))));
+}
+
+// ---------------------------------------------------------------------------------------
+// 12. Purgatory announcements: StateOnly, upgraded on acceptance, never downgraded.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn r12_purgatory_is_state_only_until_accepted_and_never_downgraded() {
+    let mut h = Harness::new(config());
+    let k = keys(1);
+    let repo = coord(&k, "repo");
+    let ann = announcement(&k, "repo", &[US, A], T0 - 100);
+
+    let cmds = h.advance(Duration::from_millis(1));
+    assert!(cmds.contains(&Command::ReadPurgatoryAnnouncements));
+    let cmds = h.feed(Input::PurgatoryAnnouncements {
+        announcements: vec![ann.clone()],
+    });
+    assert_eq!(connects(&cmds), BTreeSet::from([url(A)]));
+    assert_eq!(
+        h.engine.repo_index().get(&repo).unwrap().sync_level,
+        SyncLevel::StateOnly
+    );
+
+    let cmds = h.connect(A);
+    let all: Vec<Filter> = live(&cmds, A)
+        .into_iter()
+        .flat_map(|(_, f)| f)
+        .chain(negentropy(&cmds, A).into_iter().map(|(_, f)| f))
+        .collect();
+    assert_eq!(
+        kinds_of(&all),
+        BTreeSet::from(["L1".to_string(), "state".to_string()])
+    );
+    h.settle(A, &cmds);
+    assert_eq!(h.status(A), ConnectionStatus::Connected);
+
+    // Promoted out of purgatory: the host accepted it.
+    let cmds = accept_root(&mut h, &ann);
+    let read_again = cmds.contains(&Command::ReadPurgatoryAnnouncements);
+    assert_eq!(
+        h.engine.repo_index().get(&repo).unwrap().sync_level,
+        SyncLevel::Full
+    );
+    let lives: BTreeSet<Filter> = live(&cmds, A).into_iter().flat_map(|(_, f)| f).collect();
+    for f in repo_filters(&repo) {
+        assert!(
+            lives.contains(&as_live(f.clone())),
+            "L2 live {f:?}: {cmds:?}"
+        );
+    }
+    let hist: BTreeSet<String> = historic(&cmds, A).iter().map(|(_, f)| kind_of(f)).collect();
+    assert!(hist.contains("#a") && hist.contains("#A") && hist.contains("#q"));
+    h.settle(A, &cmds);
+
+    // Next purgatory read no longer lists it (it left purgatory): still Full.
+    assert!(read_again, "the purgatory timer kept reading");
+    let live_now = h.engine.live_subscriptions(&url(A));
+    let cmds = h.feed(Input::PurgatoryAnnouncements {
+        announcements: vec![],
+    });
+    assert_eq!(
+        h.engine.repo_index().get(&repo).unwrap().sync_level,
+        SyncLevel::Full
+    );
+    assert!(
+        unsubscribes(&cmds, A).is_empty(),
+        "nothing closed: {cmds:?}"
+    );
+    assert_eq!(h.engine.live_subscriptions(&url(A)), live_now);
+    // Even if it shows up in purgatory again (a stale read), no downgrade.
+    h.advance(Duration::from_secs(5));
+    h.feed(Input::PurgatoryAnnouncements {
+        announcements: vec![ann],
+    });
+    assert_eq!(
+        h.engine.repo_index().get(&repo).unwrap().sync_level,
+        SyncLevel::Full
+    );
+    assert_eq!(h.status(A), ConnectionStatus::Connected);
+}
+
+// ---------------------------------------------------------------------------------------
+// 13. Relays dropped from an announcement: filters closed, relay disconnected — except
+//     bootstrap relays.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn r13_dropped_relay_is_closed_and_disconnected_but_bootstrap_stays() {
+    let cfg = config().with_bootstrap_relay(url(C));
+    let mut h = Harness::new(cfg);
+    let k = keys(1);
+    // The bootstrap relay is dialled at once, the listed ones after the batch window.
+    let cmds = h.accept(&announcement(&k, "repo", &[US, A, B, C], T0 - 100));
+    assert_eq!(connects(&cmds), BTreeSet::from([url(C)]));
+    let cmds = h.advance(Duration::from_secs(5));
+    assert_eq!(connects(&cmds), BTreeSet::from([url(A), url(B)]));
+    for r in [A, B, C] {
+        h.connect_and_settle(r);
+        assert_eq!(h.status(r), ConnectionStatus::Connected);
+    }
+    let live_b: BTreeSet<_> = h
+        .engine
+        .live_subscriptions(&url(B))
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    let live_c: Vec<_> = h.engine.live_subscriptions(&url(C));
+    let repo_subs_c: BTreeSet<_> = live_c
+        .iter()
+        .filter(|(_, f)| kind_of(&f[0]) != "L1")
+        .map(|(id, _)| id.clone())
+        .collect();
+
+    // The update lists A only.
+    let cmds = accept_root(&mut h, &announcement(&k, "repo", &[US, A], T0 - 50));
+    assert!(unsubscribes(&cmds, A).is_empty(), "A keeps its filters");
+    assert!(live_b.is_subset(&unsubscribes(&cmds, B)));
+    assert!(repo_subs_c.is_subset(&unsubscribes(&cmds, C)));
+    let mut all = cmds.clone();
+    all.extend(h.advance(Duration::from_secs(3600)));
+    assert_eq!(disconnects(&all), BTreeSet::from([url(B)]), "{all:?}");
+    assert!(h.engine.relay_index().get(&url(B)).is_none());
+    assert!(h.status(C).is_connected());
+    // The bootstrap relay still carries layer 1, and nothing about the repo.
+    let c_filters: Vec<Filter> = h
+        .engine
+        .live_subscriptions(&url(C))
+        .into_iter()
+        .flat_map(|(_, f)| f)
+        .collect();
+    assert_eq!(c_filters, vec![as_live(layer1())]);
+}
+
+// ---------------------------------------------------------------------------------------
+// 14. Restart from a snapshot: quick reconnect within 15 min, fresh start after.
+// ---------------------------------------------------------------------------------------
+
+fn restarted(h: &Harness, after: Duration) -> Harness {
+    let snapshot = h.engine.snapshot(h.now);
+    let now = h.now + after;
+    Harness {
+        now,
+        engine: SyncEngine::restore(
+            config(),
+            snapshot,
+            now,
+            Arc::new(AllowAllRelays),
+            Box::new(FixedRandom(0)),
+        ),
+    }
+}
+
+#[test]
+fn r14_restart_within_15_minutes_is_a_quick_reconnect() {
+    let (mut h, k, repo) = with_repo(config(), &[A]);
+    h.connect_and_settle(A);
+    let root = issue(&k, &repo, T0 - 50, "bug");
+    let cmds = accept_root(&mut h, &root);
+    h.settle(A, &cmds);
+    h.advance(Duration::from_secs(60));
+    assert_eq!(h.status(A), ConnectionStatus::Connected);
+    let stopped_at = h.now;
+
+    let mut h2 = restarted(&h, Duration::from_secs(10 * 60));
+    let cmds = h2.advance(Duration::from_millis(1));
+    assert_eq!(
+        connects(&cmds),
+        BTreeSet::from([url(A)]),
+        "dials what it synced before"
+    );
+    let cmds = h2.connect(A);
+    assert!(negentropy(&cmds, A).is_empty(), "no full re-sync: {cmds:?}");
+    let since = Some((stopped_at - Duration::from_secs(60)).as_timestamp());
+    let hist = historic(&cmds, A);
+    assert!(!hist.is_empty());
+    assert!(hist.iter().all(|(_, f)| f.since == since));
+    let kinds = kinds_of(hist.iter().map(|(_, f)| f));
+    for k in ["L1", "state", "#a", "#e", "#E"] {
+        assert!(kinds.contains(k), "{k} back-filled after restart");
+    }
+
+    let mut h3 = restarted(&h, Duration::from_secs(20 * 60));
+    h3.advance(Duration::from_millis(1));
+    let cmds = h3.connect(A);
+    assert!(!negentropy(&cmds, A).is_empty(), "fresh start after 20 min");
+    assert!(historic(&cmds, A).is_empty());
+}
+
+// ---------------------------------------------------------------------------------------
+// 15. Hostile input is dropped and counted, never panics.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn r15_hostile_input_is_dropped_and_counted() {
+    let mut cfg = config();
+    cfg.default_limits.page_limit = 3;
+    let (mut h, k, repo) = with_repo(cfg, &[A]);
+    h.connect_and_settle(A);
+    let root = issue(&k, &repo, T0 - 1000, "bug");
+    let cmds = accept_root(&mut h, &root);
+    let reqs = historic(&cmds, A);
+    let (sub, _) = reqs
+        .iter()
+        .find(|(_, f)| kind_of(f) == "#e")
+        .unwrap()
+        .clone();
+
+    // An event on a subscription we never opened.
+    let stray = reply(&k, &root.id, T0, "stray");
+    let out = h.feed(Input::Event {
+        relay: url(A),
+        subscription: SubscriptionId::new("nope"),
+        event: Box::new(stray.clone()),
+    });
+    assert!(ingested(&out).is_empty());
+    assert_eq!(h.engine.metrics().dropped_unknown_subscription, 1);
+    // ... and from a relay we do not know.
+    h.feed(Input::Event {
+        relay: url("wss://who.example"),
+        subscription: sub.clone(),
+        event: Box::new(stray.clone()),
+    });
+    assert_eq!(h.engine.metrics().dropped_unknown_subscription, 2);
+
+    // An event that does not match the filter it came on (historic, then live).
+    let unrelated = event(&k, 1, vec![], T0, "spam");
+    h.feed(Input::Event {
+        relay: url(A),
+        subscription: sub.clone(),
+        event: Box::new(unrelated.clone()),
+    });
+    let (live_id, _) = h
+        .engine
+        .live_subscriptions(&url(A))
+        .into_iter()
+        .next()
+        .unwrap();
+    let out = h.feed(Input::Event {
+        relay: url(A),
+        subscription: live_id,
+        event: Box::new(unrelated),
+    });
+    assert!(ingested(&out).is_empty());
+    assert_eq!(h.engine.metrics().dropped_unsolicited, 2);
+
+    // A page larger than the limit asked (3): the extra events are dropped.
+    let page: Vec<Event> = (0..5u64)
+        .map(|i| reply(&k, &root.id, T0 - 900 + i, &format!("r{i}")))
+        .collect();
+    let out = h.answer(A, &sub, &page);
+    assert_eq!(ingested(&out).len(), 3);
+    assert_eq!(h.engine.metrics().dropped_flood, 2);
+
+    // Malformed accepted events: announcement without `d`, root event without `a`.
+    h.accept(&event(&k, 30617, vec![tag(&["relays", B])], T0, ""));
+    h.accept(&event(
+        &k,
+        1621,
+        vec![tag(&["a", "not-a-coordinate"])],
+        T0,
+        "",
+    ));
+    let cmds = h.advance(Duration::from_secs(5));
+    assert!(!connects(&cmds).contains(&url(B)));
+    assert_eq!(h.engine.metrics().dropped_malformed, 2);
+
+    // 1000 relays in one announcement: capped at max_relays_per_announcement.
+    let many: Vec<String> = (0..1000).map(|i| format!("wss://r{i}.example")).collect();
+    let mut relays_tag = vec!["relays".to_string()];
+    relays_tag.extend(many);
+    let huge = event(
+        &keys(2),
+        30617,
+        vec![tag(&["d", "huge"]), relays_tag],
+        T0,
+        "",
+    );
+    h.accept(&huge);
+    let refused_before = h.engine.metrics().relays_refused;
+    let cmds = h.advance(Duration::from_secs(5));
+    let cap = SyncConfig::default().max_relays_per_announcement;
+    assert_eq!(connects(&cmds).len(), cap);
+    assert_eq!(
+        h.engine.metrics().relays_refused - refused_before,
+        (1000 - cap) as u64
+    );
+    assert_eq!(
+        h.engine
+            .repo_index()
+            .get(&coord(&keys(2), "huge"))
+            .unwrap()
+            .relays
+            .len(),
+        cap
+    );
+
+    // Nonsense for sessions and subscriptions that do not exist.
+    h.feed(Input::Eose {
+        relay: url(A),
+        subscription: SubscriptionId::new("x"),
+    });
+    h.feed(Input::Closed {
+        relay: url(A),
+        subscription: SubscriptionId::new("x"),
+        message: String::new(),
+    });
+    h.neg_result(A, &SubscriptionId::new("x"), &[root.id]);
+    h.feed(Input::NegentropyFailed {
+        relay: url(A),
+        session: SubscriptionId::new("x"),
+        reason: NegentropyFailure::Timeout,
+    });
+    h.notice(A, &"x".repeat(1 << 20));
+    h.feed(Input::RelayDisconnected {
+        relay: url("wss://who.example"),
+    });
+    h.feed(Input::RelayConnected {
+        relay: url("wss://who.example"),
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// 16. The URL policy decides what may be dialled.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn r16_refused_hosts_are_never_dialled() {
+    let cfg = config().with_bootstrap_relay(url("wss://evil.example"));
+    let mut h = Harness::with(cfg, Arc::new(DenyHosts(vec!["evil.example"])), 0);
+    let k = keys(1);
+    h.accept(&announcement(
+        &k,
+        "repo",
+        &[US, "wss://evil.example", A],
+        T0,
+    ));
+    let cmds = h.advance(Duration::from_secs(3600));
+    assert!(connects(&cmds).contains(&url(A)));
+    assert!(
+        cmds.iter()
+            .all(|c| c.relay().is_none_or(|r| r.host() != "evil.example")),
+        "{cmds:?}"
+    );
+    assert!(h
+        .engine
+        .relay_index()
+        .get(&url("wss://evil.example"))
+        .is_none());
+    assert!(h.engine.metrics().relays_refused >= 1);
+}
+
+#[test]
+fn r08b_rate_limit_outlives_a_dropped_connection() {
+    // Relays often follow "slow down" by dropping the socket. Reconnecting does not end
+    // the cooldown: nothing is subscribed until the 65 s are over.
+    let (mut h, _k, _repo) = with_repo(config(), &[A]);
+    h.connect_and_settle(A);
+    h.advance(Duration::from_secs(600));
+    let limited_at = h.now;
+    h.notice(A, "rate-limited: slow down");
+    h.disconnect(A);
+    let mut cmds = h.advance(Duration::from_secs(10));
+    cmds.extend(h.connect(A));
+    cmds.extend(h.advance(Duration::from_secs(50)));
+    assert!(h.now.saturating_since(limited_at) < Duration::from_secs(65));
+    assert!(
+        live(&cmds, A).is_empty()
+            && historic(&cmds, A).is_empty()
+            && negentropy(&cmds, A).is_empty(),
+        "subscribed during the cooldown: {cmds:?}"
+    );
+    let cmds = h.advance(Duration::from_secs(10));
+    assert!(
+        !live(&cmds, A).is_empty(),
+        "resumed after the cooldown: {cmds:?}"
+    );
+    h.settle(A, &cmds);
+    assert_eq!(h.status(A), ConnectionStatus::Connected);
+}
