@@ -188,7 +188,7 @@ fn query(stored: &[Event], filters: &[Filter]) -> Vec<Event> {
             .iter()
             .filter(|e| f.match_event(e, MatchEventOptions::new()))
             .collect();
-        hits.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        hits.sort_by_key(|e| std::cmp::Reverse(e.created_at));
         if let Some(limit) = f.limit {
             hits.truncate(limit);
         }
