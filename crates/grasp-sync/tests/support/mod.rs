@@ -4,9 +4,12 @@
 //!   NIP-77 served, rate limit raised (its default of 60 events/min/connection makes
 //!   publishing tests flaky).
 //! - [`start_plain_relay`]: a tiny websocket relay written here, WITHOUT NIP-77 (REQ,
-//!   EVENT, CLOSE only). nostr-relay-builder cannot turn negentropy off, so this one
-//!   answers NEG-OPEN the way strfry-style relays without NIP-77 do (NOTICE
-//!   "bad msg: unknown cmd") or, in [`NegOpenAnswer::Silent`] mode, not at all.
+//!   EVENT, CLOSE only; stored events with `limit` honoured, no live push after EOSE).
+//!   nostr-relay-builder cannot turn negentropy off, so this one answers NEG-OPEN the
+//!   way strfry-style relays without NIP-77 do (NOTICE "bad msg: unknown cmd") or, in
+//!   [`NegOpenAnswer::Silent`] mode, not at all. It logs every REQ
+//!   ([`PlainRelay::reqs`]) and can refuse historic REQs with a rate-limit NOTICE
+//!   ([`PlainRelay::rate_limit_next_historic_reqs`]).
 //! - [`ChildRelay`]: a `LocalRelay` with LMDB storage in a child process that can be
 //!   killed (crash simulation) and restarted on the same port with the same data. The
 //!   child is this very test binary, re-run with `--exact --ignored` on the test that
@@ -20,6 +23,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,7 +31,7 @@ use futures_util::{SinkExt, StreamExt};
 use nostr::filter::MatchEventOptions;
 use nostr::JsonUtil;
 use nostr::{
-    ClientMessage, Event, EventBuilder, Keys, Kind, RelayMessage, Tag, TagKind, Timestamp,
+    ClientMessage, Event, EventBuilder, Filter, Keys, Kind, RelayMessage, Tag, TagKind, Timestamp,
 };
 use nostr_database::{MemoryDatabase, MemoryDatabaseOptions};
 use nostr_relay_builder::prelude::{LocalRelay, RateLimit, RelayBuilder};
@@ -95,18 +99,57 @@ pub enum NegOpenAnswer {
     Silent,
 }
 
-/// A relay without NIP-77, serving REQ/EVENT/CLOSE from memory.
+/// One REQ as the plain relay received it.
+#[derive(Debug, Clone)]
+pub struct ReqRecord {
+    /// When it arrived.
+    pub at: std::time::Instant,
+    /// Its subscription id.
+    pub id: String,
+    /// Its filters.
+    pub filters: Vec<Filter>,
+    /// Whether the relay answered it with the rate-limit NOTICE instead of serving it.
+    pub rate_limited: bool,
+}
+
+/// Shared state of a [`PlainRelay`].
+#[derive(Default)]
+struct PlainState {
+    events: Mutex<Vec<Event>>,
+    reqs: Mutex<Vec<ReqRecord>>,
+    /// Historic REQs still to be answered with the rate-limit NOTICE.
+    rate_limit_next: AtomicUsize,
+}
+
+/// The rate-limit text the plain relay sends (NIP-01 machine-readable prefix).
+pub const RATE_LIMIT_NOTICE: &str = "rate-limited: slow down";
+
+/// A relay without NIP-77, serving REQ/EVENT/CLOSE from memory (stored events only:
+/// `limit` is honoured, newest first, and nothing is pushed to open subscriptions after
+/// EOSE). It logs every REQ and can answer historic REQs with a rate-limit NOTICE.
 pub struct PlainRelay {
     /// Its URL.
     pub url: String,
-    events: Arc<Mutex<Vec<Event>>>,
+    state: Arc<PlainState>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl PlainRelay {
     /// Stores an event directly (as if published earlier).
     pub fn insert(&self, event: Event) {
-        self.events.lock().expect("lock").push(event);
+        self.state.events.lock().expect("lock").push(event);
+    }
+
+    /// The next `n` historic REQs (`limit` absent or > 0: not a live subscription) are
+    /// not served: the relay answers each with NOTICE [`RATE_LIMIT_NOTICE`] and
+    /// `CLOSED <sub> "rate-limited: slow down"`, as a relay enforcing a REQ rate does.
+    pub fn rate_limit_next_historic_reqs(&self, n: usize) {
+        self.state.rate_limit_next.store(n, Ordering::SeqCst);
+    }
+
+    /// Every REQ received so far, in arrival order.
+    pub fn reqs(&self) -> Vec<ReqRecord> {
+        self.state.reqs.lock().expect("lock").clone()
     }
 }
 
@@ -120,26 +163,47 @@ impl Drop for PlainRelay {
 pub async fn start_plain_relay(answer: NegOpenAnswer) -> PlainRelay {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let events: Arc<Mutex<Vec<Event>>> = Arc::default();
-    let shared = Arc::clone(&events);
+    let state: Arc<PlainState> = Arc::default();
+    let shared = Arc::clone(&state);
     let task = tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let events = Arc::clone(&shared);
+            let state = Arc::clone(&shared);
             tokio::spawn(async move {
-                let _ = serve_plain(stream, events, answer).await;
+                let _ = serve_plain(stream, state, answer).await;
             });
         }
     });
     PlainRelay {
         url: format!("ws://{addr}"),
-        events,
+        state,
         task,
     }
 }
 
+/// Stored events matching `filters`, each filter's `limit` honoured (newest first).
+fn query(stored: &[Event], filters: &[Filter]) -> Vec<Event> {
+    let mut out: Vec<Event> = Vec::new();
+    for f in filters {
+        let mut hits: Vec<&Event> = stored
+            .iter()
+            .filter(|e| f.match_event(e, MatchEventOptions::new()))
+            .collect();
+        hits.sort_by_key(|e| std::cmp::Reverse(e.created_at));
+        if let Some(limit) = f.limit {
+            hits.truncate(limit);
+        }
+        for e in hits {
+            if !out.iter().any(|o| o.id == e.id) {
+                out.push(e.clone());
+            }
+        }
+    }
+    out
+}
+
 async fn serve_plain(
     stream: tokio::net::TcpStream,
-    events: Arc<Mutex<Vec<Event>>>,
+    state: Arc<PlainState>,
     answer: NegOpenAnswer,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let mut ws = tokio_tungstenite::accept_async(stream).await?;
@@ -150,23 +214,39 @@ async fn serve_plain(
                 subscription_id,
                 filters,
             }) => {
-                let stored = events.lock().expect("lock").clone();
-                let mut out: Vec<RelayMessage> = stored
-                    .into_iter()
-                    .filter(|e| {
-                        filters
-                            .iter()
-                            .any(|f| f.match_event(e, MatchEventOptions::new()))
-                    })
-                    .map(|e| RelayMessage::event(subscription_id.clone().into_owned(), e))
-                    .collect();
-                out.push(RelayMessage::eose(subscription_id.into_owned()));
-                out
+                let filters: Vec<Filter> = filters.into_iter().map(|f| f.into_owned()).collect();
+                let historic = filters.iter().any(|f| f.limit != Some(0));
+                let rate_limited = historic
+                    && state
+                        .rate_limit_next
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok();
+                state.reqs.lock().expect("lock").push(ReqRecord {
+                    at: std::time::Instant::now(),
+                    id: subscription_id.to_string(),
+                    filters: filters.clone(),
+                    rate_limited,
+                });
+                let sub = subscription_id.into_owned();
+                if rate_limited {
+                    vec![
+                        RelayMessage::notice(RATE_LIMIT_NOTICE),
+                        RelayMessage::closed(sub, RATE_LIMIT_NOTICE),
+                    ]
+                } else {
+                    let stored = state.events.lock().expect("lock").clone();
+                    let mut out: Vec<RelayMessage> = query(&stored, &filters)
+                        .into_iter()
+                        .map(|e| RelayMessage::event(sub.clone(), e))
+                        .collect();
+                    out.push(RelayMessage::eose(sub));
+                    out
+                }
             }
             Ok(ClientMessage::Event(event)) => {
                 let event = event.into_owned();
                 let id = event.id;
-                events.lock().expect("lock").push(event);
+                state.events.lock().expect("lock").push(event);
                 vec![RelayMessage::ok(id, true, "")]
             }
             Ok(ClientMessage::NegOpen { .. }) => match answer {
@@ -377,11 +457,20 @@ impl Repo {
 
     /// Kind 30618 state with `main` at `commit` (40 hex digits).
     pub fn state(&self, commit: &str) -> Event {
-        self.sign(EventBuilder::new(Kind::Custom(30618), "").tags([
-            Tag::identifier(self.d.clone()),
-            Tag::custom(TagKind::custom("refs/heads/main"), [commit.to_owned()]),
-            Tag::custom(TagKind::custom("HEAD"), ["ref: refs/heads/main".to_owned()]),
-        ]))
+        self.state_at(commit, 0)
+    }
+
+    /// Kind 30618 state created `secs_ago` seconds in the past.
+    pub fn state_at(&self, commit: &str, secs_ago: u64) -> Event {
+        self.sign(
+            EventBuilder::new(Kind::Custom(30618), "")
+                .tags([
+                    Tag::identifier(self.d.clone()),
+                    Tag::custom(TagKind::custom("refs/heads/main"), [commit.to_owned()]),
+                    Tag::custom(TagKind::custom("HEAD"), ["ref: refs/heads/main".to_owned()]),
+                ])
+                .custom_created_at(ago(secs_ago)),
+        )
     }
 
     /// Kind 1621 issue about this repo, with a distinct `created_at` offset (seconds in
@@ -395,14 +484,17 @@ impl Repo {
                     Tag::custom(TagKind::p(), [self.keys.public_key().to_hex()]),
                     Tag::custom(TagKind::custom("subject"), [title.to_owned()]),
                 ])
-                .custom_created_at(Timestamp::from_secs(
-                    Timestamp::now().as_secs().saturating_sub(secs_ago),
-                )),
+                .custom_created_at(ago(secs_ago)),
         )
     }
 
     /// Kind 1111 (NIP-22) comment on `root` (an issue), by `author`.
     pub fn comment(&self, root: &Event, author: &Keys, text: &str) -> Event {
+        self.comment_at(root, author, text, 0)
+    }
+
+    /// Kind 1111 comment created `secs_ago` seconds in the past.
+    pub fn comment_at(&self, root: &Event, author: &Keys, text: &str, secs_ago: u64) -> Event {
         EventBuilder::new(Kind::Custom(1111), text)
             .tags([
                 Tag::custom(TagKind::custom("E"), [root.id.to_hex()]),
@@ -412,7 +504,13 @@ impl Repo {
                 Tag::custom(TagKind::custom("k"), [root.kind.as_u16().to_string()]),
                 Tag::custom(TagKind::p(), [root.pubkey.to_hex()]),
             ])
+            .custom_created_at(ago(secs_ago))
             .sign_with_keys(author)
             .expect("sign")
     }
+}
+
+/// `secs_ago` seconds before now.
+fn ago(secs_ago: u64) -> Timestamp {
+    Timestamp::from_secs(Timestamp::now().as_secs().saturating_sub(secs_ago))
 }
