@@ -7,6 +7,25 @@
 //! nostr-relay-pool, a gix git-data fetcher).
 //!
 //! See `docs/architecture.md` for where things live and why.
+//!
+//! # TLS: install the crypto provider at start-up
+//!
+//! This crate's TLS (relay websockets, NIP-11, and `https://` clone URLs through gix's
+//! reqwest transport) is all rustls with the **ring** provider. reqwest is built without
+//! a provider of its own, so it *needs* a process-level default, and a binary that also
+//! links rustls with **aws-lc-rs** (through any other dependency) makes rustls unable to
+//! pick one and panic on the first TLS connection ("Could not automatically determine the
+//! process-level CryptoProvider"). Call [`install_default_crypto_provider`] once at the
+//! start of `main` — before any TLS connection — in every binary *and test binary* that
+//! uses this crate:
+//!
+//! ```
+//! grasp_sync::install_default_crypto_provider();
+//! ```
+//!
+//! [`driver::start`] and `GixFetcher` (before its first http(s) connection) call it too,
+//! so embedders using them are safe by default; it does nothing when a provider (yours,
+//! even a different one) is already installed.
 #![deny(missing_docs)]
 
 pub mod classify;
@@ -34,10 +53,6 @@ pub use filters::{
     root_event_tag_filters, split_into_reqs, state_filters, with_page, Nip11Limitation,
     RelayLimits,
 };
-pub use health::{HealthConfig, HealthState, RelayHealth};
-pub use model::*;
-pub use pagination::{IncompleteReason, PageDecision, PageOutcome, PaginationConfig, Paginator};
-pub use targets::{derive_relay_targets, RelayTarget, RelayTargets};
 #[cfg(feature = "git")]
 pub use git::{BareRepoLocator, GixFetcher, GixFetcherConfig};
 pub use git::{
@@ -45,4 +60,24 @@ pub use git::{
     HuntRequest, HuntScheduler, InMemoryPurgatory, JobId, JobResult, Oid, OidError, Origin,
     Purgatory, PurgatoryConfig, WaitKind, WaitingEvent, Want,
 };
+pub use health::{HealthConfig, HealthState, RelayHealth};
+pub use model::*;
+pub use pagination::{IncompleteReason, PageDecision, PageOutcome, PaginationConfig, Paginator};
+pub use targets::{derive_relay_targets, RelayTarget, RelayTargets};
 pub use url_policy::{CloneUrl, UrlPolicy, UrlPolicyError};
+
+/// Installs rustls's *ring* provider as the process-level default `CryptoProvider`, unless
+/// one is already installed. Returns `true` when this call installed it.
+///
+/// Idempotent and thread-safe: call it at the top of `main` (see the crate docs for why).
+/// A provider installed earlier, by you or by another library, is left in place.
+#[cfg(any(feature = "tokio", feature = "git"))]
+pub fn install_default_crypto_provider() -> bool {
+    if rustls::crypto::CryptoProvider::get_default().is_some() {
+        return false;
+    }
+    // Err means another thread installed one in between: fine either way.
+    rustls::crypto::ring::default_provider()
+        .install_default()
+        .is_ok()
+}

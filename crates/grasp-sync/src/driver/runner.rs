@@ -167,6 +167,9 @@ pub async fn start(
     ports: DriverPorts,
     options: DriverOptions,
 ) -> Result<SyncHandle, DriverError> {
+    // Before any websocket or NIP-11 TLS connection: one rustls provider for the process
+    // (see the crate docs, "TLS").
+    crate::install_default_crypto_provider();
     let now = ports.clock.now();
     let seed = if options.seed == 0 {
         now.0 ^ 0x6772_6173_702d_7379

@@ -72,7 +72,7 @@ pub enum FetchError {
     /// The local bare repository could not be opened, created or written.
     #[error("local repository error: {0}")]
     Local(String),
-    /// The scheme is not compiled in (e.g. `https` without the http feature).
+    /// The scheme is not one this fetcher speaks (e.g. `ssh`).
     #[error("unsupported: {0}")]
     Unsupported(String),
 }

@@ -15,10 +15,22 @@
 //! cannot hold a job forever. Every fetch also runs under a watchdog that trips gix's
 //! interrupt flag at the overall deadline.
 //!
-//! Schemes: `git://`, and `file://` / local paths when the policy allows them. `http(s)://`
-//! needs gix's reqwest transport, which this build does not include (build time and the
-//! rustls provider clash; see `docs/git-hunting.md`): such URLs fail with
-//! [`FetchError::Unsupported`].
+//! Schemes: `https://`, `http://`, `git://`, and `file://` / local paths when the policy
+//! allows them. `http(s)://` goes through gix's reqwest transport, configured per
+//! connection (see [`GixFetcher`]'s `http_options`):
+//! - the host name is **pinned** to the addresses the policy checked
+//!   (`resolve_to_addrs`), and every other name fails to resolve, so neither DNS
+//!   rebinding nor a proxy can send the request somewhere the policy did not see;
+//! - redirects are **not followed** (a redirect could point at an address the policy
+//!   never checked) and environment proxies (`HTTP_PROXY`, ...) are ignored;
+//! - credentials are never asked for (no credential helpers, no prompts);
+//! - connect timeout [`GixFetcherConfig::connect_timeout`]; [`GixFetcherConfig::io_timeout`]
+//!   bounds the wait for response headers and every read of a response body; the
+//!   watchdog bounds the whole call;
+//! - TLS is rustls with the *ring* provider, from the process-level default that
+//!   [`crate::install_default_crypto_provider`] installs (the fetcher calls it itself
+//!   before the first https connection); certificates are checked against the
+//!   platform's trust store (`rustls-platform-verifier`; on Linux the system CA bundle).
 
 use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpStream};
@@ -27,7 +39,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use gix::protocol::transport::client::blocking_io::Transport;
+use gix::protocol::transport::client::blocking_io::{http, Transport};
 use gix::remote::Direction;
 
 use crate::git::fetcher::{FetchError, FetchReport, FetchWant, GitFetcher, RemoteRef};
@@ -187,8 +199,8 @@ impl GixFetcher {
 
     fn endpoint<'a>(&self, url: &'a CloneUrl) -> Result<Endpoint<'a>, FetchError> {
         match url.scheme() {
-            "git" | "file" => {}
-            other => return Err(FetchError::Unsupported(format!("{other}:// is not compiled in"))),
+            "git" | "file" | "http" | "https" => {}
+            other => return Err(FetchError::Unsupported(format!("{other}:// is not supported"))),
         }
         let addrs = self.config.policy.resolve_clone_url(url)?;
         Ok(Endpoint { url, addrs })
@@ -215,13 +227,60 @@ impl GixFetcher {
         let _watchdog = Watchdog::start(remaining, interrupt.clone());
         let result = if ep.url.scheme() == "git" {
             let transport = self.git_transport(ep)?;
-            receive(remote.to_connection_with_transport(transport), &interrupt, repo)
+            receive(remote.to_connection_with_transport(transport).with_credentials(no_credentials), &interrupt, repo)
         } else {
-            let con =
-                remote.connect(Direction::Fetch).map_err(|e| FetchError::Unreachable(format!("{}: {e}", ep.url)))?;
-            receive(con, &interrupt, repo)
+            receive(self.connect(&remote, ep)?, &interrupt, repo)
         };
         result.map_err(|e| classify(ep.url, &e, &interrupt))
+    }
+
+    /// Connects for `file://` and `http(s)://`: gix's own transport, with our HTTP options
+    /// (pinned addresses, timeouts, no redirects, no proxy) and no credentials.
+    fn connect<'r, 'repo>(
+        &self,
+        remote: &'r gix::Remote<'repo>,
+        ep: &Endpoint<'_>,
+    ) -> Result<gix::remote::Connection<'r, 'static, 'repo, Box<dyn Transport + Send>>, FetchError> {
+        let con = remote.connect(Direction::Fetch).map_err(|e| FetchError::Unreachable(format!("{}: {e}", ep.url)))?;
+        let con = if matches!(ep.url.scheme(), "http" | "https") {
+            con.with_transport_options(Box::new(self.http_options(ep)))
+        } else {
+            con
+        };
+        Ok(con.with_credentials(no_credentials))
+    }
+
+    /// gix's HTTP options for one connection to `ep`. gix's reqwest backend reads only
+    /// `follow_redirects`, `extra_headers` and the backend's `configure_client`; the
+    /// timeouts and the address pinning therefore go into the reqwest client itself.
+    fn http_options(&self, ep: &Endpoint<'_>) -> http::Options {
+        let connect_timeout = self.config.connect_timeout;
+        let io_timeout = self.config.io_timeout;
+        let host = ep.url.host().trim_start_matches('[').trim_end_matches(']').to_owned();
+        // IP literals are never resolved; names are pinned to what the policy checked.
+        let pin = host.parse::<std::net::IpAddr>().is_err().then(|| ep.addrs.clone());
+        let backend = http::reqwest::Options {
+            configure_client: Some(Box::new(move |builder| {
+                // reqwest (feature `rustls-no-provider`) panics without a process default.
+                crate::install_default_crypto_provider();
+                let mut builder = builder
+                    .connect_timeout(connect_timeout)
+                    .timeout(io_timeout)
+                    .no_proxy()
+                    .dns_resolver(Arc::new(PinnedOnly));
+                if let Some(addrs) = &pin {
+                    builder = builder.resolve_to_addrs(&host, addrs);
+                }
+                Ok(builder)
+            })),
+            configure_request: None,
+        };
+        http::Options {
+            follow_redirects: http::options::FollowRedirects::None,
+            connect_timeout: Some(connect_timeout),
+            backend: Some(Arc::new(std::sync::Mutex::new(backend))),
+            ..Default::default()
+        }
     }
 
     /// Opens the TCP connection for `git://` ourselves: to a policy-checked address, with
@@ -294,10 +353,12 @@ impl GitFetcher for GixFetcher {
             gix::remote::ref_map::Options { prefix_from_spec_as_filter_on_remote: false, ..Default::default() };
         let map = if url.scheme() == "git" {
             let t = self.git_transport(&ep)?;
-            remote.to_connection_with_transport(t).ref_map(gix::progress::Discard, options)
+            remote
+                .to_connection_with_transport(t)
+                .with_credentials(no_credentials)
+                .ref_map(gix::progress::Discard, options)
         } else {
-            let con = remote.connect(Direction::Fetch).map_err(|e| FetchError::Unreachable(format!("{url}: {e}")))?;
-            con.ref_map(gix::progress::Discard, options)
+            self.connect(&remote, &ep)?.ref_map(gix::progress::Discard, options)
         };
         let (map, _handshake) = map.map_err(|e| classify(url, &e, &interrupt))?;
         Ok(remote_refs(&map.remote_refs, |_| true))
@@ -353,6 +414,25 @@ impl GitFetcher for GixFetcher {
             report.any_data = !tips.is_empty() && Self::present(&path, &tips)?.len() == tips.len();
         }
         Ok(report)
+    }
+}
+
+/// The credentials callback for every connection: never any credentials (no helpers, no
+/// prompts). A server that wants authentication fails the job.
+fn no_credentials(
+    _action: gix::credentials::helper::Action,
+) -> gix::Result<Option<gix::credentials::protocol::Outcome>> {
+    Ok(None)
+}
+
+/// reqwest's resolver for names other than the pinned one: refuses them all, so nothing
+/// (a proxy, a redirect) can make the client look up and reach an unchecked name.
+struct PinnedOnly;
+
+impl reqwest::dns::Resolve for PinnedOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let msg = format!("{}: name not checked by the URL policy", name.as_str());
+        Box::pin(std::future::ready(Err(msg.into())))
     }
 }
 
@@ -418,15 +498,64 @@ fn classify(url: &CloneUrl, e: &gix::Error, interrupt: &AtomicBool) -> FetchErro
     if interrupt.load(Ordering::Relaxed) {
         return FetchError::Timeout(format!("{url}: overall deadline reached"));
     }
-    let timed_out = e.iter_errors().any(|err| {
-        err.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| matches!(io.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock))
-    });
+    let mut kind = None;
+    for err in e.iter_errors() {
+        visit_sources(err, &mut |x| {
+            kind = kind.or_else(|| failure_kind(x));
+        });
+    }
     let text = e.iter_errors().map(|x| x.to_string()).collect::<Vec<_>>().join(": ");
-    if timed_out {
-        FetchError::Timeout(format!("{url}: {text}"))
-    } else {
-        FetchError::Protocol(format!("{url}: {text}"))
+    match kind {
+        Some(Failure::Timeout) => FetchError::Timeout(format!("{url}: {text}")),
+        Some(Failure::Connect) => FetchError::Unreachable(format!("{url}: {text}")),
+        None => FetchError::Protocol(format!("{url}: {text}")),
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Failure {
+    Timeout,
+    Connect,
+}
+
+/// What one error in a chain says about the failure, if anything: socket timeouts
+/// (`git://`), reqwest's timeout and connect errors (`http(s)://`).
+fn failure_kind(err: &(dyn std::error::Error + 'static)) -> Option<Failure> {
+    if let Some(r) = err.downcast_ref::<reqwest::Error>() {
+        if r.is_timeout() {
+            return Some(Failure::Timeout);
+        }
+        if r.is_connect() {
+            return Some(Failure::Connect);
+        }
+    }
+    let io = err.downcast_ref::<std::io::Error>()?;
+    use std::io::ErrorKind as K;
+    match io.kind() {
+        K::TimedOut | K::WouldBlock => Some(Failure::Timeout),
+        K::ConnectionRefused | K::HostUnreachable | K::NetworkUnreachable | K::AddrNotAvailable => {
+            Some(Failure::Connect)
+        }
+        _ => None,
+    }
+}
+
+/// Calls `f` on `err` and everything beneath it, including the error *inside* an
+/// `io::Error` (whose `source()` skips it) — gix's HTTP transport wraps reqwest's
+/// errors that way.
+fn visit_sources(err: &(dyn std::error::Error + 'static), f: &mut dyn FnMut(&(dyn std::error::Error + 'static))) {
+    let mut cur = Some(err);
+    let mut depth = 0;
+    while let Some(e) = cur {
+        f(e);
+        depth += 1;
+        if depth > 32 {
+            return;
+        }
+        if let Some(inner) = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            visit_sources(inner, f);
+        }
+        cur = e.source();
     }
 }
 
