@@ -120,7 +120,13 @@ impl Drop for GitDaemon {
 
 fn has_object(bare: &Path, oid: &str) -> bool {
     Command::new("git")
-        .args(["--git-dir", &bare.display().to_string(), "cat-file", "-e", oid])
+        .args([
+            "--git-dir",
+            &bare.display().to_string(),
+            "cat-file",
+            "-e",
+            oid,
+        ])
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("GIT_CONFIG_GLOBAL", "/dev/null")
         .status()
@@ -298,7 +304,12 @@ async fn plain_relay() -> (LocalRelay, String) {
             }),
     );
     relay.run().await.unwrap();
-    let url = relay.url().await.to_string().trim_end_matches('/').to_owned();
+    let url = relay
+        .url()
+        .await
+        .to_string()
+        .trim_end_matches('/')
+        .to_owned();
     (relay, url)
 }
 
@@ -350,7 +361,12 @@ async fn announcement_and_repo_events_reach_b_with_git_data_and_live_events_from
     // B discovers the announcement from its bootstrap relay A, fetches the git data,
     // then syncs everything about the repo.
     let all = [ann.id, state.id, issue.id, note.id, pr.id];
-    wait_served(&b, &all, "B has the announcement, state, issue, comment and PR").await;
+    wait_served(
+        &b,
+        &all,
+        "B has the announcement, state, issue, comment and PR",
+    )
+    .await;
     let repo_ref = grasp_sync::RepoRef::parse(&repo.coordinate()).unwrap();
     let bare = b.bare_repo_path(&repo_ref).unwrap();
     assert!(has_object(&bare, &main_tip), "main tip fetched into B");
@@ -371,7 +387,9 @@ async fn announcement_and_repo_events_reach_b_with_git_data_and_live_events_from
     // Status and metrics show the sync.
     let status = b.status().await;
     assert_eq!(status["health"], "ok");
-    assert!(status["sync"]["relays"].as_array().is_some_and(|r| !r.is_empty()));
+    assert!(status["sync"]["relays"]
+        .as_array()
+        .is_some_and(|r| !r.is_empty()));
 
     b.shutdown().await.unwrap();
     a.shutdown().await.unwrap();
@@ -391,7 +409,10 @@ async fn rejections_carry_clear_prefixes() {
     // Not listing this relay.
     let ann = repo.announcement(&["ws://127.0.0.1:1".into()], "git://127.0.0.1:1/x.git");
     let e = publish(&a.url(), &ann).await.unwrap_err();
-    assert!(e.starts_with("blocked:") && e.contains("does not list this relay"), "{e}");
+    assert!(
+        e.starts_with("blocked:") && e.contains("does not list this relay"),
+        "{e}"
+    );
     // An issue for a repo not hosted here.
     let e = publish(&a.url(), &repo.issue("x")).await.unwrap_err();
     assert!(e.contains("does not tag a repository"), "{e}");
@@ -440,7 +461,10 @@ async fn http_endpoints_answer() {
     assert!(nip11.starts_with("HTTP/1.1 200"), "{nip11}");
     let body: serde_json::Value =
         serde_json::from_str(nip11.split("\r\n\r\n").nth(1).unwrap()).unwrap();
-    assert_eq!(body["supported_grasps"], serde_json::json!(["GRASP-01", "GRASP-02"]));
+    assert_eq!(
+        body["supported_grasps"],
+        serde_json::json!(["GRASP-01", "GRASP-02"])
+    );
     assert_eq!(body["supported_nips"], serde_json::json!([1, 11, 34, 77]));
     let metrics = get("/metrics", "*/*").await;
     assert!(metrics.contains("grasp_sync_events_synced"), "{metrics}");
