@@ -1,0 +1,206 @@
+//! Configuration: clap flags with environment variables, validated into a
+//! [`RelayConfig`]. A bad value is a [`ConfigError`] with a clear message, never a panic.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use grasp_sync::{RelayUrl, UrlPolicy};
+
+/// Where events are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Storage {
+    /// nostr-lmdb under `<data-dir>/events` (the default): survives restarts.
+    Lmdb,
+    /// In memory (tests, demos): events, sync state and purgatory are lost on exit.
+    InMemory,
+}
+
+/// Everything the relay needs to start.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Address to listen on (websocket, NIP-11, `/metrics`, `/status` share it). Port 0
+    /// picks a free port.
+    pub bind: SocketAddr,
+    /// This relay's public websocket URLs, as announcements list them. Empty: `ws://<bound
+    /// address>`. An announcement is accepted only if its `relays` tag lists one of them.
+    pub public_urls: Vec<RelayUrl>,
+    /// Data directory: `events/` (LMDB), `git/` (bare repos), `sync-state.json`,
+    /// `purgatory.json`.
+    pub data_dir: PathBuf,
+    /// Event storage.
+    pub storage: Storage,
+    /// Relays always connected for announcements (layer 1).
+    pub bootstrap_relays: Vec<RelayUrl>,
+    /// Allow private / loopback addresses for relays and clone URLs (local testing only).
+    pub allow_private_urls: bool,
+    /// How long to wait before hunting git data for an event a *user* submitted (a push
+    /// is probably on its way). GRASP-02 default: 3 minutes.
+    pub user_hunt_delay: Duration,
+    /// Shrink the sync engine's timers (tests).
+    pub fast_timers: bool,
+    /// Events a connection may publish per minute (nostr-relay-builder's default of 60
+    /// is far too low for sync between relays).
+    pub events_per_minute: u32,
+    /// How often the sync summary is logged.
+    pub status_log_interval: Duration,
+}
+
+impl RelayConfig {
+    /// Production defaults: `127.0.0.1:7777`, LMDB under `data_dir`, strict URL policy.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 7777)),
+            public_urls: Vec::new(),
+            data_dir: data_dir.into(),
+            storage: Storage::Lmdb,
+            bootstrap_relays: Vec::new(),
+            allow_private_urls: false,
+            user_hunt_delay: Duration::from_secs(180),
+            fast_timers: false,
+            events_per_minute: 6_000,
+            status_log_interval: Duration::from_secs(5),
+        }
+    }
+
+    /// Test settings: free port on 127.0.0.1, in-memory storage, private URLs allowed,
+    /// fast timers, user hunts after 100 ms.
+    pub fn for_tests(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            storage: Storage::InMemory,
+            allow_private_urls: true,
+            user_hunt_delay: Duration::from_millis(100),
+            fast_timers: true,
+            status_log_interval: Duration::from_secs(2),
+            ..Self::new(data_dir)
+        }
+    }
+
+    /// The URL policy for relays and clone URLs.
+    pub fn url_policy(&self) -> UrlPolicy {
+        if self.allow_private_urls {
+            UrlPolicy::allow_private()
+        } else {
+            UrlPolicy::default()
+        }
+    }
+
+    /// Checks what can be checked before binding.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let policy = self.url_policy();
+        for url in &self.bootstrap_relays {
+            policy.check_relay_url(url).map_err(|e| {
+                ConfigError(format!(
+                    "bootstrap relay {url} is refused by the URL policy ({e}); for local testing pass --allow-private-urls"
+                ))
+            })?;
+        }
+        if self.events_per_minute == 0 {
+            return Err(ConfigError("--events-per-minute must be at least 1".into()));
+        }
+        if self.status_log_interval.is_zero() {
+            return Err(ConfigError("--status-log-secs must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// A configuration value that cannot be used.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("configuration error: {0}")]
+pub struct ConfigError(pub String);
+
+/// Command line (every flag also reads an environment variable).
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "grasp-reference-relay",
+    version,
+    about = "A Nostr git relay (GRASP) with GRASP-02 proactive sync"
+)]
+pub struct Cli {
+    /// Address to listen on (websocket, NIP-11, /metrics, /status).
+    #[arg(long, env = "GRASP_RELAY_BIND", default_value = "127.0.0.1:7777")]
+    pub bind: String,
+    /// This relay's public websocket URL (repeat or comma-separate for several).
+    /// Default: ws://<bind>.
+    #[arg(
+        long = "public-url",
+        env = "GRASP_RELAY_PUBLIC_URLS",
+        value_delimiter = ','
+    )]
+    pub public_urls: Vec<String>,
+    /// Data directory (events, bare git repos, sync state, purgatory).
+    #[arg(long, env = "GRASP_RELAY_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Bootstrap relay to discover announcements from (repeat or comma-separate).
+    #[arg(
+        long = "bootstrap-relay",
+        env = "GRASP_RELAY_BOOTSTRAP",
+        value_delimiter = ','
+    )]
+    pub bootstrap_relays: Vec<String>,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `grasp_sync=debug,info`.
+    #[arg(long, env = "GRASP_RELAY_LOG", default_value = "info")]
+    pub log_level: String,
+    /// Allow private and loopback addresses for relays and clone URLs (local testing).
+    #[arg(long, env = "GRASP_RELAY_ALLOW_PRIVATE_URLS")]
+    pub allow_private_urls: bool,
+    /// Keep events in memory instead of LMDB (nothing survives a restart).
+    #[arg(long, env = "GRASP_RELAY_IN_MEMORY")]
+    pub in_memory: bool,
+    /// Seconds to wait before hunting git data for a user-submitted event.
+    #[arg(long, env = "GRASP_RELAY_USER_HUNT_DELAY_SECS", default_value_t = 180)]
+    pub user_hunt_delay_secs: u64,
+    /// Events one connection may publish per minute.
+    #[arg(long, env = "GRASP_RELAY_EVENTS_PER_MINUTE", default_value_t = 6000)]
+    pub events_per_minute: u32,
+    /// Seconds between sync summary log lines.
+    #[arg(long, env = "GRASP_RELAY_STATUS_LOG_SECS", default_value_t = 5)]
+    pub status_log_secs: u64,
+    /// Shrink the sync engine's timers (tests and demos).
+    #[arg(long, env = "GRASP_RELAY_FAST_TIMERS")]
+    pub fast_timers: bool,
+}
+
+impl Cli {
+    /// Validates the flags into a [`RelayConfig`].
+    pub fn into_config(self) -> Result<RelayConfig, ConfigError> {
+        let bind: SocketAddr = self.bind.parse().map_err(|e| {
+            ConfigError(format!(
+                "--bind {:?} is not an address like 127.0.0.1:7777 ({e})",
+                self.bind
+            ))
+        })?;
+        let parse_urls = |flag: &str, raw: &[String]| -> Result<Vec<RelayUrl>, ConfigError> {
+            raw.iter()
+                .filter(|s| !s.trim().is_empty())
+                .map(|s| {
+                    RelayUrl::parse(s.trim()).map_err(|e| {
+                        ConfigError(format!(
+                            "{flag} {s:?} is not a websocket URL like ws://host:port ({e})"
+                        ))
+                    })
+                })
+                .collect()
+        };
+        let config = RelayConfig {
+            bind,
+            public_urls: parse_urls("--public-url", &self.public_urls)?,
+            data_dir: self.data_dir,
+            storage: if self.in_memory {
+                Storage::InMemory
+            } else {
+                Storage::Lmdb
+            },
+            bootstrap_relays: parse_urls("--bootstrap-relay", &self.bootstrap_relays)?,
+            allow_private_urls: self.allow_private_urls,
+            user_hunt_delay: Duration::from_secs(self.user_hunt_delay_secs),
+            fast_timers: self.fast_timers,
+            events_per_minute: self.events_per_minute,
+            status_log_interval: Duration::from_secs(self.status_log_secs),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}

@@ -1,0 +1,82 @@
+//! The local bare repositories, read with gix (blocking: call from `spawn_blocking`).
+//!
+//! Layout: GRASP's `<data>/git/<npub>/<identifier>.git`, via
+//! [`BareRepoLocator::grasp_layout`] (which refuses identifiers that could escape the
+//! root). The [`GixFetcher`](grasp_sync::GixFetcher) writes into the same repositories.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use grasp_sync::{BareRepoLocator, Oid, RepoRef};
+
+fn to_gix(oid: &Oid) -> gix::ObjectId {
+    gix::ObjectId::from_bytes_or_panic(oid.as_bytes())
+}
+
+/// Creates the bare repository for `repo` if it does not exist yet.
+pub fn ensure_bare(locator: &BareRepoLocator, repo: &RepoRef) -> Result<PathBuf, String> {
+    let path = locator
+        .locate(repo)
+        .ok_or_else(|| format!("no local path for {repo} (unsafe identifier?)"))?;
+    if gix::open(&path).is_ok() {
+        return Ok(path);
+    }
+    std::fs::create_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    match gix::init_bare(&path) {
+        Ok(_) => Ok(path),
+        // The fetcher may have created it at the same moment.
+        Err(e) => gix::open(&path)
+            .map(|_| path.clone())
+            .map_err(|_| format!("{}: {e}", path.display())),
+    }
+}
+
+/// Which of `oids` are present in `repo`'s bare repository.
+pub fn present(locator: &BareRepoLocator, repo: &RepoRef, oids: &BTreeSet<Oid>) -> BTreeSet<Oid> {
+    let Some(r) = locator.locate(repo).and_then(|p| gix::open(p).ok()) else {
+        return BTreeSet::new();
+    };
+    oids.iter()
+        .copied()
+        .filter(|o| r.has_object(to_gix(o)))
+        .collect()
+}
+
+/// True when the bare repository holds any reference (it has git data).
+pub fn has_any_data(locator: &BareRepoLocator, repo: &RepoRef) -> bool {
+    let Some(r) = locator.locate(repo).and_then(|p| gix::open(p).ok()) else {
+        return false;
+    };
+    let Ok(refs) = r.references() else {
+        return false;
+    };
+    let Ok(mut all) = refs.all() else {
+        return false;
+    };
+    all.next().is_some()
+}
+
+/// Points `refs/heads/*` and `refs/tags/*` at the objects a state event names, when the
+/// objects are present. Best effort: a ref that cannot be written is skipped.
+pub fn apply_state_refs(locator: &BareRepoLocator, repo: &RepoRef, refs: &[(String, Oid)]) {
+    let Some(r) = locator.locate(repo).and_then(|p| gix::open(p).ok()) else {
+        return;
+    };
+    for (name, oid) in refs {
+        if !(name.starts_with("refs/heads/") || name.starts_with("refs/tags/")) {
+            continue;
+        }
+        let id = to_gix(oid);
+        if !r.has_object(id) {
+            continue;
+        }
+        if let Err(e) = r.reference(
+            name.as_str(),
+            id,
+            gix::refs::transaction::PreviousValue::Any,
+            "grasp: state event",
+        ) {
+            tracing::debug!(%repo, name, error = %e, "could not set ref");
+        }
+    }
+}

@@ -1,0 +1,665 @@
+//! The host relay's GRASP acceptance, in one place: user writes (the websocket write
+//! policy), synced writes (the `Ingestion` port) and purgatory releases all go through
+//! [`Host::decide`] and [`Host::apply_sync`] / [`Host::release`].
+//!
+//! Rules (GRASP-01, kept simple where the issue allows):
+//! - **30617 announcement**: must list one of our public URLs in `relays`, else
+//!   `blocked:`. With no `clone` URL, or when the local bare repo already has data, it is
+//!   accepted at once; otherwise it is held in purgatory until any git data arrives.
+//! - **30618 state**: its repo (author + `d`) must be announced here (accepted or held).
+//!   Accepted when every OID it names is in the bare repo, else held.
+//! - **1618 PR / 1619 PR update**: must tag an accepted repo (`a`) or an accepted root
+//!   event; accepted when its tip (`c`) is present, else held.
+//! - **anything else**: accepted when it tags an accepted repo (`a`/`A`/`q`) or an event
+//!   we serve (`e`/`E`/`q`); otherwise `blocked:`.
+//!
+//! Purgatory events are *held, not served*: the event is kept in [`InMemoryPurgatory`]
+//! (plus a map of the events), never written to the database, so no REQ can return it.
+//! A user who publishes one gets `OK false "blocked: restricted: held in purgatory until
+//! its git data arrives"` (nostr-relay-builder prefixes every write-policy rejection with
+//! `blocked:`; our own reason follows). When the git hunter finds the data the event is
+//! saved, broadcast to live subscribers and fed to the sync engine.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use grasp_sync::driver::{SyncHandle, SyncMetrics};
+use grasp_sync::nip34::{self, parse_announcement};
+use grasp_sync::{
+    BareRepoLocator, CloneUrl, HuntRequest, InMemoryPurgatory, IngestOutcome, Oid, Origin,
+    Purgatory, PurgatoryConfig, RelayUrl, RepoRef, UrlPolicy, WaitKind, WaitingEvent, WallTime,
+    Want,
+};
+use nostr::filter::MatchEventOptions;
+use nostr::{Event, EventId, Filter, Kind, Timestamp};
+use nostr_database::{DatabaseEventStatus, NostrDatabase};
+use nostr_relay_builder::LocalRelay;
+use tokio::sync::mpsc;
+
+use crate::git_local;
+
+/// How many refused events are remembered (so sync does not bring them back).
+const REJECTED_CAPACITY: usize = 10_000;
+
+/// What the acceptance rules decided.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Store and serve.
+    Accept,
+    /// Hold in purgatory until this data arrives.
+    Hold(WaitingEvent),
+    /// Refuse, with the NIP-01 reason. `remember`: refused for good (sync must not bring
+    /// it back), as opposed to "not yet" (e.g. its repo is not accepted yet).
+    Reject {
+        /// Reason, starting with its machine-readable prefix.
+        reason: String,
+        /// Remember the id in the rejected set.
+        remember: bool,
+    },
+    /// Already stored or held.
+    Duplicate,
+}
+
+fn reject(reason: impl Into<String>, remember: bool) -> Verdict {
+    Verdict::Reject {
+        reason: reason.into(),
+        remember,
+    }
+}
+
+/// A held event.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct HeldEvent {
+    /// The event.
+    pub event: Event,
+    /// Submitted by a user (`true`) or brought by sync.
+    pub from_user: bool,
+    /// Arrival, ms since the epoch.
+    pub received_at_ms: u64,
+}
+
+/// What we know about a repo.
+#[derive(Debug, Clone, Default)]
+struct RepoInfo {
+    accepted: bool,
+    clone_urls: Vec<CloneUrl>,
+}
+
+#[derive(Debug)]
+struct State {
+    purgatory: InMemoryPurgatory<()>,
+    held: BTreeMap<EventId, HeldEvent>,
+    rejected: BTreeMap<EventId, Event>,
+    rejected_order: VecDeque<EventId>,
+    repos: BTreeMap<RepoRef, RepoInfo>,
+}
+
+/// Messages to the git hunter task.
+#[derive(Debug)]
+pub enum HuntMsg {
+    /// Hunt for these.
+    Add(Vec<HuntRequest>),
+}
+
+/// The shared host: database, purgatory, repos, and the handles wired in at start.
+pub struct Host {
+    /// The database the relay serves from (LMDB or memory), without the feeding wrapper.
+    pub db: Arc<dyn NostrDatabase>,
+    /// This relay's URLs.
+    pub public_urls: Vec<RelayUrl>,
+    /// Bare repos.
+    pub locator: BareRepoLocator,
+    /// Git root.
+    pub git_root: PathBuf,
+    /// Relay and clone URL policy.
+    pub url_policy: UrlPolicy,
+    /// The nostr relay (set once started).
+    pub relay: OnceLock<LocalRelay>,
+    /// The sync engine (set once started).
+    pub sync: OnceLock<SyncHandle>,
+    /// Metrics.
+    pub metrics: SyncMetrics,
+    hunt_tx: mpsc::UnboundedSender<HuntMsg>,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host")
+            .field("public_urls", &self.public_urls)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now() -> WallTime {
+    grasp_sync::ports::Clock::now(&grasp_sync::ports::SystemClock)
+}
+
+impl Host {
+    /// A host; `hunt_tx` reaches the git hunter.
+    pub fn new(
+        db: Arc<dyn NostrDatabase>,
+        public_urls: Vec<RelayUrl>,
+        git_root: PathBuf,
+        url_policy: UrlPolicy,
+        metrics: SyncMetrics,
+        hunt_tx: mpsc::UnboundedSender<HuntMsg>,
+    ) -> Self {
+        Self {
+            db,
+            public_urls,
+            locator: BareRepoLocator::grasp_layout(git_root.clone()),
+            git_root,
+            url_policy,
+            relay: OnceLock::new(),
+            sync: OnceLock::new(),
+            metrics,
+            hunt_tx,
+            state: Mutex::new(State {
+                purgatory: InMemoryPurgatory::new(PurgatoryConfig::default()),
+                held: BTreeMap::new(),
+                rejected: BTreeMap::new(),
+                rejected_order: VecDeque::new(),
+                repos: BTreeMap::new(),
+            }),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Loads the accepted repos from the stored announcements (at start).
+    pub async fn load_repos(&self) -> Result<usize, String> {
+        let events = self
+            .db
+            .query(Filter::new().kind(nip34::KIND_REPO_ANNOUNCEMENT))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut n = 0;
+        for event in events {
+            if let Ok(ann) = parse_announcement(&event) {
+                if self.lists_us(&ann.relays) {
+                    let urls = self.clone_urls(&ann.clone_urls);
+                    let mut st = self.state();
+                    let info = st.repos.entry(ann.repo).or_default();
+                    info.accepted = true;
+                    info.clone_urls = urls;
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    fn lists_us(&self, relays: &[RelayUrl]) -> bool {
+        relays.iter().any(|r| self.public_urls.contains(r))
+    }
+
+    fn clone_urls(&self, raw: &[String]) -> Vec<CloneUrl> {
+        raw.iter()
+            .filter_map(|u| self.url_policy.check_clone_url(u).ok())
+            .collect()
+    }
+
+    fn repo_accepted(&self, repo: &RepoRef) -> bool {
+        self.state().repos.get(repo).is_some_and(|r| r.accepted)
+    }
+
+    /// True while `id` is held in purgatory.
+    pub fn is_held(&self, id: &EventId) -> bool {
+        self.state().held.contains_key(id)
+    }
+
+    /// Held events (for `/status` and persistence).
+    pub fn held_events(&self) -> Vec<HeldEvent> {
+        self.state().held.values().cloned().collect()
+    }
+
+    /// Held announcements (the `PurgatoryView` port).
+    pub fn held_announcements(&self) -> Vec<Event> {
+        self.state()
+            .held
+            .values()
+            .filter(|h| h.event.kind == nip34::KIND_REPO_ANNOUNCEMENT)
+            .map(|h| h.event.clone())
+            .collect()
+    }
+
+    /// Ids and timestamps of held and refused events matching `filter` (added to the
+    /// negentropy have-set).
+    pub fn held_and_rejected_items(&self, filter: &Filter) -> Vec<(EventId, Timestamp)> {
+        let st = self.state();
+        let opts = MatchEventOptions::new();
+        st.held
+            .values()
+            .map(|h| &h.event)
+            .chain(st.rejected.values())
+            .filter(|e| filter.match_event(e, opts))
+            .map(|e| (e.id, e.created_at))
+            .collect()
+    }
+
+    /// Whether the id is held or was refused for good.
+    pub fn held_or_rejected(&self, id: &EventId) -> bool {
+        let st = self.state();
+        st.held.contains_key(id) || st.rejected.contains_key(id) || st.purgatory.is_expired(id)
+    }
+
+    async fn stored(&self, id: &EventId) -> bool {
+        matches!(self.db.check_id(id).await, Ok(DatabaseEventStatus::Saved))
+    }
+
+    async fn serves(&self, id: &EventId) -> bool {
+        self.stored(id).await
+    }
+
+    async fn present(&self, repo: &RepoRef, oids: BTreeSet<Oid>) -> BTreeSet<Oid> {
+        let locator = self.locator.clone();
+        let repo = repo.clone();
+        tokio::task::spawn_blocking(move || git_local::present(&locator, &repo, &oids))
+            .await
+            .unwrap_or_default()
+    }
+
+    async fn has_any_data(&self, repo: &RepoRef) -> bool {
+        let locator = self.locator.clone();
+        let repo = repo.clone();
+        tokio::task::spawn_blocking(move || git_local::has_any_data(&locator, &repo))
+            .await
+            .unwrap_or(false)
+    }
+
+    async fn ensure_bare(&self, repo: &RepoRef) {
+        let locator = self.locator.clone();
+        let r = repo.clone();
+        match tokio::task::spawn_blocking(move || git_local::ensure_bare(&locator, &r)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(%repo, error = %e, "cannot create bare repository"),
+            Err(e) => tracing::warn!(%repo, error = %e, "bare repository task failed"),
+        }
+    }
+
+    /// The GRASP acceptance rules. Pure apart from reading the database and the bare
+    /// repos; changes nothing.
+    pub async fn decide(&self, event: &Event, from_user: bool) -> Verdict {
+        if self.stored(&event.id).await {
+            return Verdict::Duplicate;
+        }
+        {
+            let st = self.state();
+            if st.held.contains_key(&event.id) {
+                return Verdict::Duplicate;
+            }
+            if st.purgatory.is_expired(&event.id) {
+                return reject(
+                    "restricted: its git data did not arrive in time (expired from purgatory)",
+                    false,
+                );
+            }
+            if st.rejected.contains_key(&event.id) {
+                return reject("blocked: refused before", false);
+            }
+        }
+        let origin = if from_user {
+            Origin::User
+        } else {
+            Origin::Sync
+        };
+        let received_at = now();
+        let waiting = |repo: RepoRef, kind: WaitKind, want: Want, clone_urls: Vec<CloneUrl>| {
+            Verdict::Hold(WaitingEvent {
+                id: event.id,
+                repo,
+                kind,
+                want,
+                clone_urls,
+                origin,
+                received_at,
+            })
+        };
+        match event.kind.as_u16() {
+            30617 => {
+                let ann = match parse_announcement(event) {
+                    Ok(a) => a,
+                    Err(e) => return reject(format!("invalid: {e}"), true),
+                };
+                if !self.lists_us(&ann.relays) {
+                    return reject(
+                        format!(
+                            "blocked: this announcement does not list this relay ({}) in `relays`",
+                            self.public_urls
+                                .first()
+                                .map(RelayUrl::as_str)
+                                .unwrap_or("?")
+                        ),
+                        true,
+                    );
+                }
+                let urls = self.clone_urls(&ann.clone_urls);
+                if ann.clone_urls.is_empty()
+                    || self.repo_accepted(&ann.repo)
+                    || self.has_any_data(&ann.repo).await
+                {
+                    return Verdict::Accept;
+                }
+                waiting(ann.repo, WaitKind::Announcement, Want::AnyData, urls)
+            }
+            30618 => {
+                let Some(d) = event.tags.identifier() else {
+                    return reject("invalid: state event without `d` tag", true);
+                };
+                let Ok(repo) = RepoRef::new(&event.pubkey, d) else {
+                    return reject("invalid: bad repository identifier", true);
+                };
+                let urls = match self.state().repos.get(&repo) {
+                    Some(info) => info.clone_urls.clone(),
+                    None => {
+                        return reject(
+                            "blocked: no announcement of this repository is accepted here",
+                            false,
+                        )
+                    }
+                };
+                let oids = state_refs(event)
+                    .into_iter()
+                    .map(|(_, o)| o)
+                    .collect::<BTreeSet<_>>();
+                let present = self.present(&repo, oids.clone()).await;
+                let missing: BTreeSet<Oid> = oids.difference(&present).copied().collect();
+                if missing.is_empty() {
+                    return Verdict::Accept;
+                }
+                waiting(repo, WaitKind::State, Want::Objects(missing), urls)
+            }
+            1618 | 1619 => {
+                let repos = nip34::tagged_repos(event);
+                let accepted: Vec<RepoRef> = repos
+                    .iter()
+                    .filter(|r| self.repo_accepted(r))
+                    .cloned()
+                    .collect();
+                let Some(repo) = accepted.first().cloned() else {
+                    return reject(
+                        "blocked: this PR does not tag a repository accepted here",
+                        false,
+                    );
+                };
+                let tip = event.tags.iter().find_map(|t| match t.as_slice() {
+                    [name, value, ..] if name == "c" => Oid::from_hex(value).ok(),
+                    _ => None,
+                });
+                let Some(tip) = tip else {
+                    return Verdict::Accept;
+                };
+                let want: BTreeSet<Oid> = [tip].into_iter().collect();
+                if !self.present(&repo, want.clone()).await.is_empty() {
+                    return Verdict::Accept;
+                }
+                let mut urls = self.clone_urls(
+                    &event
+                        .tags
+                        .iter()
+                        .filter(|t| t.as_slice().first().map(String::as_str) == Some("clone"))
+                        .flat_map(|t| t.as_slice()[1..].to_vec())
+                        .collect::<Vec<_>>(),
+                );
+                if let Some(info) = self.state().repos.get(&repo) {
+                    urls.extend(info.clone_urls.iter().cloned());
+                }
+                let kind = if event.kind == Kind::Custom(1618) {
+                    WaitKind::PullRequest
+                } else {
+                    WaitKind::PullRequestUpdate
+                };
+                waiting(repo, kind, Want::Objects(want), urls)
+            }
+            _ => {
+                let (repos, ids) = references(event);
+                if repos.iter().any(|r| self.repo_accepted(r)) {
+                    return Verdict::Accept;
+                }
+                for id in &ids {
+                    if self.serves(id).await {
+                        return Verdict::Accept;
+                    }
+                }
+                reject(
+                    "blocked: this event does not tag a repository or thread hosted here",
+                    false,
+                )
+            }
+        }
+    }
+
+    /// Holds an event in purgatory and starts the hunt for its data.
+    fn hold(&self, w: WaitingEvent, event: &Event, from_user: bool) -> bool {
+        let mut st = self.state();
+        let requests = match st.purgatory.admit(w.clone(), (), w.received_at) {
+            Ok(a) => a.hunt,
+            Err(e) => {
+                tracing::debug!(error = %e, "not admitted to purgatory");
+                return false;
+            }
+        };
+        st.held.insert(
+            event.id,
+            HeldEvent {
+                event: event.clone(),
+                from_user,
+                received_at_ms: w.received_at.0,
+            },
+        );
+        if w.kind == WaitKind::Announcement {
+            let info = st.repos.entry(w.repo.clone()).or_default();
+            if info.clone_urls.is_empty() {
+                info.clone_urls = w.clone_urls.clone();
+            }
+        }
+        self.metrics.set_purgatory_waiting(st.held.len());
+        drop(st);
+        let _ = self.hunt_tx.send(HuntMsg::Add(requests));
+        true
+    }
+
+    fn remember_rejected(&self, event: &Event) {
+        let mut st = self.state();
+        if st.rejected.insert(event.id, event.clone()).is_none() {
+            st.rejected_order.push_back(event.id);
+        }
+        while st.rejected_order.len() > REJECTED_CAPACITY {
+            if let Some(old) = st.rejected_order.pop_front() {
+                st.rejected.remove(&old);
+            }
+        }
+    }
+
+    /// Bookkeeping after an event is stored (whoever stored it).
+    pub async fn on_stored(&self, event: &Event) {
+        if event.kind == nip34::KIND_REPO_ANNOUNCEMENT {
+            if let Ok(ann) = parse_announcement(event) {
+                let urls = self.clone_urls(&ann.clone_urls);
+                {
+                    let mut st = self.state();
+                    let info = st.repos.entry(ann.repo.clone()).or_default();
+                    info.accepted = true;
+                    if !urls.is_empty() {
+                        info.clone_urls = urls;
+                    }
+                }
+                self.ensure_bare(&ann.repo).await;
+            }
+        } else if event.kind == nip34::KIND_REPO_STATE {
+            if let Some(repo) = event
+                .tags
+                .identifier()
+                .and_then(|d| RepoRef::new(&event.pubkey, d).ok())
+            {
+                let refs = state_refs(event);
+                let locator = self.locator.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    git_local::apply_state_refs(&locator, &repo, &refs)
+                })
+                .await;
+            }
+        }
+    }
+
+    /// Stores an event that did not come through the websocket: save, broadcast to live
+    /// subscribers, bookkeeping.
+    async fn store(&self, event: &Event) -> Result<bool, String> {
+        let status = self.db.save_event(event).await.map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            return Ok(false);
+        }
+        if let Some(relay) = self.relay.get() {
+            relay.notify_event(event.clone());
+        }
+        self.on_stored(event).await;
+        Ok(true)
+    }
+
+    /// The user write path (websocket): `Ok(())` lets the relay store it; `Err(reason)`
+    /// is sent back as `OK false`.
+    pub async fn admit_user(&self, event: &Event) -> Result<(), String> {
+        match self.decide(event, true).await {
+            Verdict::Accept | Verdict::Duplicate if !self.is_held(&event.id) => Ok(()),
+            Verdict::Accept | Verdict::Duplicate => {
+                Err("restricted: held in purgatory until its git data arrives".into())
+            }
+            Verdict::Hold(w) => {
+                if self.hold(w, event, true) {
+                    Err("restricted: held in purgatory until its git data arrives".into())
+                } else {
+                    Err("restricted: its git data did not arrive in time".into())
+                }
+            }
+            Verdict::Reject { reason, remember } => {
+                if remember {
+                    self.remember_rejected(event);
+                }
+                Err(reason)
+            }
+        }
+    }
+
+    /// The sync write path (the `Ingestion` port): same rules, typed outcome.
+    pub async fn apply_sync(&self, event: &Event) -> Result<IngestOutcome, String> {
+        Ok(match self.decide(event, false).await {
+            Verdict::Accept => {
+                if self.store(event).await? {
+                    IngestOutcome::Accepted
+                } else {
+                    IngestOutcome::Duplicate
+                }
+            }
+            Verdict::Duplicate => IngestOutcome::Duplicate,
+            Verdict::Hold(w) => {
+                if self.hold(w, event, false) {
+                    IngestOutcome::Purgatory
+                } else {
+                    IngestOutcome::Rejected
+                }
+            }
+            Verdict::Reject { reason, remember } => {
+                tracing::debug!(id = %event.id, kind = event.kind.as_u16(), reason, "synced event refused");
+                if remember {
+                    self.remember_rejected(event);
+                }
+                IngestOutcome::Rejected
+            }
+        })
+    }
+
+    /// The git hunter found the data: store and serve the events, tell the sync engine.
+    pub async fn release(&self, repo: &RepoRef, ids: &[EventId]) {
+        let released: Vec<HeldEvent> = {
+            let mut st = self.state();
+            let ids = st.purgatory.release(repo, ids, now());
+            let out = ids.iter().filter_map(|id| st.held.remove(id)).collect();
+            self.metrics.set_purgatory_waiting(st.held.len());
+            out
+        };
+        // Announcements first: what follows depends on them.
+        let mut released = released;
+        released.sort_by_key(|h| h.event.kind != nip34::KIND_REPO_ANNOUNCEMENT);
+        for held in released {
+            let event = held.event;
+            match self.store(&event).await {
+                Ok(true) => {
+                    tracing::info!(id = %event.id, kind = event.kind.as_u16(), %repo, "released from purgatory: git data arrived");
+                    if let Some(sync) = self.sync.get() {
+                        sync.accepted(event);
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(id = %event.id, error = %e, "could not store a released event")
+                }
+            }
+        }
+    }
+
+    /// Expiry: the purgatory's own rules (30 min; announcements soft-expire for 24 h).
+    pub fn tick_purgatory(&self) {
+        let mut st = self.state();
+        let expiry = st.purgatory.tick(now());
+        for (id, ()) in expiry.dropped {
+            if st.held.remove(&id).is_some() {
+                tracing::info!(%id, "dropped from purgatory: git data never arrived");
+            }
+        }
+        self.metrics.set_purgatory_waiting(st.held.len());
+    }
+
+    /// Re-admits events saved at the last shutdown (their deadline restarts).
+    pub async fn restore_held(&self, held: Vec<HeldEvent>) {
+        for h in held {
+            if let Verdict::Hold(w) = self.decide(&h.event, h.from_user).await {
+                self.hold(w, &h.event, h.from_user);
+            } else if !h.from_user {
+                let _ = self.apply_sync(&h.event).await;
+            }
+        }
+    }
+}
+
+/// `(ref name, oid)` pairs a state event names (`refs/...` tags with a 40-hex value).
+pub fn state_refs(event: &Event) -> Vec<(String, Oid)> {
+    event
+        .tags
+        .iter()
+        .filter_map(|t| match t.as_slice() {
+            [name, value, ..] if name.starts_with("refs/") => {
+                Oid::from_hex(value).ok().map(|o| (name.clone(), o))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Repos (`a`/`A`/`q` coordinates) and events (`e`/`E`/`q` ids) an event tags.
+fn references(event: &Event) -> (Vec<RepoRef>, Vec<EventId>) {
+    let mut repos = Vec::new();
+    let mut ids = Vec::new();
+    for t in event.tags.iter() {
+        if let [name, value, ..] = t.as_slice() {
+            match name.as_str() {
+                "a" | "A" => repos.extend(RepoRef::parse(value).ok()),
+                "e" | "E" => ids.extend(EventId::from_hex(value).ok()),
+                "q" => {
+                    if let Ok(r) = RepoRef::parse(value) {
+                        repos.push(r);
+                    } else {
+                        ids.extend(EventId::from_hex(value).ok());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    (repos, ids)
+}

@@ -1,0 +1,235 @@
+//! One port for everything: each TCP connection's HTTP request head is read here; a
+//! websocket upgrade is answered (101) and handed to nostr-relay-builder with
+//! `LocalRelay::take_connection`; anything else is plain HTTP: the NIP-11 document
+//! (`Accept: application/nostr+json`), `/metrics` (Prometheus text), `/status` (JSON)
+//! and a short text page at `/`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use grasp_sync::HuntMetrics;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::host::Host;
+
+/// What the HTTP side needs.
+pub struct HttpCtx {
+    /// The host.
+    pub host: Arc<Host>,
+    /// Metrics registry.
+    pub registry: Registry,
+    /// NIP-11 document.
+    pub nip11: serde_json::Value,
+    /// Git hunt counters, updated by the hunter.
+    pub hunt: Arc<Mutex<HuntMetrics>>,
+    /// Start time.
+    pub started: Instant,
+}
+
+/// Accepts connections until `stop` flips; then aborts the open ones.
+pub async fn serve(listener: TcpListener, ctx: Arc<HttpCtx>, mut stop: watch::Receiver<bool>) {
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, addr)) => {
+                    let ctx = ctx.clone();
+                    conns.spawn(async move {
+                        if let Err(e) = handle(stream, addr, ctx).await {
+                            tracing::debug!(%addr, error = %e, "connection ended with an error");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            _ = stop.changed() => break,
+        }
+    }
+    conns.shutdown().await;
+}
+
+async fn read_head(
+    reader: &mut BufReader<TcpStream>,
+) -> std::io::Result<(String, String, HashMap<String, String>)> {
+    let mut first = String::new();
+    reader.read_line(&mut first).await?;
+    let mut parts = first.split_whitespace();
+    let method = parts.next().unwrap_or("").to_owned();
+    let path = parts.next().unwrap_or("/").to_owned();
+    let mut headers = HashMap::new();
+    let mut total = first.len();
+    loop {
+        let mut line = String::new();
+        let n = reader.read_line(&mut line).await?;
+        total += n;
+        if n == 0 || line == "\r\n" || line == "\n" {
+            break;
+        }
+        if total > 16 * 1024 || headers.len() > 100 {
+            return Err(std::io::Error::other("request head too large"));
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+        }
+    }
+    Ok((method, path, headers))
+}
+
+async fn handle(stream: TcpStream, addr: SocketAddr, ctx: Arc<HttpCtx>) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream);
+    let (method, path, headers) =
+        tokio::time::timeout(Duration::from_secs(10), read_head(&mut reader))
+            .await
+            .map_err(|_| std::io::Error::other("request head timed out"))??;
+    let upgrade = headers
+        .get("upgrade")
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if upgrade {
+        let Some(key) = headers.get("sec-websocket-key") else {
+            return respond(
+                reader.get_mut(),
+                400,
+                "text/plain",
+                b"missing Sec-WebSocket-Key",
+            )
+            .await;
+        };
+        let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+        let response = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+        );
+        reader.get_mut().write_all(response.as_bytes()).await?;
+        let Some(relay) = ctx.host.relay.get().cloned() else {
+            return Ok(());
+        };
+        return relay
+            .take_connection(reader, addr)
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()));
+    }
+    if method != "GET" && method != "HEAD" {
+        return respond(reader.get_mut(), 405, "text/plain", b"method not allowed").await;
+    }
+    let route = path.split('?').next().unwrap_or("/");
+    let wants_nip11 = headers
+        .get("accept")
+        .is_some_and(|v| v.contains("application/nostr+json"));
+    let stream = reader.get_mut();
+    match route {
+        "/" if wants_nip11 => {
+            let body = serde_json::to_vec_pretty(&ctx.nip11).unwrap_or_default();
+            respond(stream, 200, "application/nostr+json", &body).await
+        }
+        "/metrics" => {
+            let mut text = String::new();
+            if prometheus_client::encoding::text::encode(&mut text, &ctx.registry).is_err() {
+                return respond(stream, 500, "text/plain", b"metrics encoding failed").await;
+            }
+            respond(
+                stream,
+                200,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                text.as_bytes(),
+            )
+            .await
+        }
+        "/status" => {
+            let body = serde_json::to_vec_pretty(&status_json(&ctx).await).unwrap_or_default();
+            respond(stream, 200, "application/json", &body).await
+        }
+        "/" => {
+            let text = format!(
+                "grasp-reference-relay: a Nostr git relay with GRASP-02 sync.\n\nwebsocket: {}\nNIP-11:    curl -H 'Accept: application/nostr+json' http://{addr}/\nstatus:    http://{addr}/status\nmetrics:   http://{addr}/metrics\n",
+                ctx.host
+                    .public_urls
+                    .first()
+                    .map(|u| u.as_str().to_owned())
+                    .unwrap_or_default(),
+                addr = headers.get("host").cloned().unwrap_or_default(),
+            );
+            respond(stream, 200, "text/plain; charset=utf-8", text.as_bytes()).await
+        }
+        _ => respond(stream, 404, "text/plain", b"not found").await,
+    }
+}
+
+async fn respond(
+    stream: &mut TcpStream,
+    code: u16,
+    content_type: &str,
+    body: &[u8],
+) -> std::io::Result<()> {
+    let reason = match code {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        _ => "Internal Server Error",
+    };
+    let head = format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nAccess-Control-Allow-Origin: *\r\nAccess-Control-Allow-Headers: *\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body).await?;
+    stream.flush().await?;
+    let _ = stream.shutdown().await;
+    Ok(())
+}
+
+/// The `/status` document.
+pub async fn status_json(ctx: &HttpCtx) -> serde_json::Value {
+    let now_ms = grasp_sync::ports::Clock::now(&grasp_sync::ports::SystemClock).0;
+    let held: Vec<serde_json::Value> = ctx
+        .host
+        .held_events()
+        .into_iter()
+        .map(|h| {
+            serde_json::json!({
+                "id": h.event.id.to_hex(),
+                "kind": h.event.kind.as_u16(),
+                "from_user": h.from_user,
+                "waiting_secs": now_ms.saturating_sub(h.received_at_ms) / 1000,
+            })
+        })
+        .collect();
+    let hunt = *ctx.hunt.lock().unwrap_or_else(|p| p.into_inner());
+    let (health, sync) = match ctx.host.sync.get() {
+        Some(handle) => match handle.status().await {
+            Ok(s) => ("ok", serde_json::to_value(&s).unwrap_or_default()),
+            Err(e) => (
+                "sync stopped",
+                serde_json::json!({ "error": e.to_string() }),
+            ),
+        },
+        None => ("starting", serde_json::Value::Null),
+    };
+    serde_json::json!({
+        "health": health,
+        "uptime_secs": ctx.started.elapsed().as_secs(),
+        "public_urls": ctx.host.public_urls.iter().map(|u| u.as_str()).collect::<Vec<_>>(),
+        "sync": sync,
+        "purgatory": { "waiting": held.len(), "events": held },
+        "git_hunt": {
+            "repos_waiting": hunt.repos_waiting,
+            "events_waiting": hunt.events_waiting,
+            "jobs_in_flight": hunt.jobs_in_flight,
+            "complete": hunt.hunts_complete,
+            "partial": hunt.hunts_partial,
+            "empty": hunt.hunts_empty,
+            "failed": hunt.hunts_failed,
+            "refused": hunt.hunts_refused,
+            "bytes_fetched": hunt.bytes_fetched,
+        },
+    })
+}

@@ -1,0 +1,384 @@
+//! The reference relay: a real Nostr relay (nostr-relay-builder, nostr-lmdb) with GRASP
+//! acceptance and grasp-sync's GRASP-02 proactive sync wired in. Read
+//! `docs/embedding.md` for a walk through this wiring.
+//!
+//! - [`config`]: flags, environment variables, validation.
+//! - [`host`]: the GRASP acceptance rules, purgatory, release — one path for user
+//!   writes, synced writes and releases.
+//! - [`ports`]: grasp-sync's ports on the host, the write policy, the accepted-event feed.
+//! - [`hunter`]: the git hunt (HuntScheduler + GixFetcher) into the local bare repos.
+//! - [`http`]: one port for the websocket, NIP-11, `/metrics`, `/status`.
+
+pub mod config;
+mod git_local;
+pub mod host;
+pub mod http;
+pub mod hunter;
+pub mod ports;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use config::{Cli, ConfigError, RelayConfig, Storage};
+use grasp_sync::driver::{self, DriverOptions, DriverPorts, SyncHandle, SyncMetrics};
+use grasp_sync::ports::{MemorySyncStateStore, SyncStateStore};
+use grasp_sync::{
+    GixFetcher, GixFetcherConfig, HuntConfig, HuntScheduler, RelayUrl, RepoRef, SyncConfig,
+};
+use nostr::EventId;
+use nostr_database::{MemoryDatabase, MemoryDatabaseOptions, NostrDatabase};
+use nostr_relay_builder::builder::RateLimit;
+use nostr_relay_builder::{LocalRelay, RelayBuilder};
+use prometheus_client::registry::Registry;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::host::{HeldEvent, Host};
+use crate::http::HttpCtx;
+use crate::ports::{FeedingDatabase, GraspWritePolicy, HostPorts, JsonStateStore};
+
+/// Largest `limit` a REQ may ask (also in NIP-11).
+pub const MAX_FILTER_LIMIT: usize = 5_000;
+/// Longest subscription id (also in NIP-11).
+pub const MAX_SUBID_LENGTH: usize = 64;
+/// Open REQs per connection (also in NIP-11).
+pub const MAX_SUBSCRIPTIONS: usize = 500;
+
+/// Why the relay could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Files or sockets.
+    #[error("{0}")]
+    Io(String),
+    /// The event database.
+    #[error("database: {0}")]
+    Database(String),
+    /// The sync driver.
+    #[error("sync: {0}")]
+    Sync(#[from] driver::DriverError),
+}
+
+/// Installs rustls' ring provider once per process. nostr-relay-pool's websockets use
+/// rustls with ring; if another dependency brings aws-lc-rs (gix's https transport does)
+/// rustls cannot choose and the first `wss://` connect panics. Harmless otherwise.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A running relay.
+pub struct RunningRelay {
+    host: Arc<Host>,
+    sync: SyncHandle,
+    local_addr: SocketAddr,
+    config: RelayConfig,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    http: Arc<HttpCtx>,
+}
+
+/// Starts the relay: storage, GRASP policy, sync engine, git hunter, HTTP/websocket.
+pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
+    install_crypto_provider();
+    config.validate()?;
+    let io = |what: &str, e: &dyn std::fmt::Display| RelayError::Io(format!("{what}: {e}"));
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        io(
+            &format!("cannot create data dir {}", config.data_dir.display()),
+            &e,
+        )
+    })?;
+    let git_root = config.data_dir.join("git");
+    std::fs::create_dir_all(&git_root).map_err(|e| io("cannot create git dir", &e))?;
+
+    // Storage.
+    let db: Arc<dyn NostrDatabase> = match config.storage {
+        Storage::Lmdb => {
+            let path = config.data_dir.join("events");
+            Arc::new(nostr_lmdb::NostrLMDB::open(&path).map_err(|e| {
+                RelayError::Database(format!("cannot open LMDB at {}: {e}", path.display()))
+            })?)
+        }
+        Storage::InMemory => Arc::new(MemoryDatabase::with_opts(MemoryDatabaseOptions {
+            events: true,
+            max_events: None,
+        })),
+    };
+
+    // The port: bound first, so port 0 gives the real URL.
+    let listener = tokio::net::TcpListener::bind(config.bind)
+        .await
+        .map_err(|e| io(&format!("cannot listen on {}", config.bind), &e))?;
+    let local_addr = listener.local_addr().map_err(|e| io("local address", &e))?;
+    let mut config = config;
+    if config.public_urls.is_empty() {
+        let url = RelayUrl::parse(&format!("ws://{local_addr}"))
+            .map_err(|e| RelayError::Config(ConfigError(format!("public URL: {e}"))))?;
+        config.public_urls.push(url);
+    }
+
+    // Metrics.
+    let mut registry = Registry::default();
+    let metrics = SyncMetrics::register(&mut registry, driver::metrics::DEFAULT_PREFIX);
+
+    // The host: acceptance rules, purgatory, repos.
+    let (hunt_tx, hunt_rx) = mpsc::unbounded_channel();
+    let host = Arc::new(Host::new(
+        db.clone(),
+        config.public_urls.clone(),
+        git_root.clone(),
+        config.url_policy(),
+        metrics.clone(),
+        hunt_tx,
+    ));
+    let repos = host.load_repos().await.map_err(RelayError::Database)?;
+
+    // The nostr relay, served through our own accept loop (see http.rs).
+    let builder = RelayBuilder::default()
+        .database(FeedingDatabase {
+            inner: db.clone(),
+            host: Arc::downgrade(&host),
+        })
+        .write_policy(GraspWritePolicy(Arc::downgrade(&host)))
+        .rate_limit(RateLimit {
+            max_reqs: MAX_SUBSCRIPTIONS,
+            notes_per_minute: config.events_per_minute,
+        })
+        .max_filter_limit(MAX_FILTER_LIMIT)
+        .max_subid_length(MAX_SUBID_LENGTH);
+    let relay = LocalRelay::new(builder);
+    let _ = host.relay.set(relay);
+
+    // Held events from the last run.
+    let persistent = config.storage == Storage::Lmdb;
+    let purgatory_file = config.data_dir.join("purgatory.json");
+    if persistent {
+        if let Ok(bytes) = std::fs::read(&purgatory_file) {
+            match serde_json::from_slice::<Vec<HeldEvent>>(&bytes) {
+                Ok(held) => host.restore_held(held).await,
+                Err(e) => tracing::warn!(error = %e, "ignoring unreadable purgatory.json"),
+            }
+        }
+    }
+
+    // Sync engine.
+    let mut sync_config = SyncConfig::default();
+    if config.fast_timers {
+        sync_config = sync_config.with_fast_timers();
+    }
+    for url in &config.public_urls {
+        sync_config = sync_config.with_own_relay(url.clone());
+    }
+    for url in &config.bootstrap_relays {
+        sync_config = sync_config.with_bootstrap_relay(url.clone());
+    }
+    let state_store: Arc<dyn SyncStateStore> = if persistent {
+        Arc::new(JsonStateStore {
+            path: config.data_dir.join("sync-state.json"),
+        })
+    } else {
+        Arc::new(MemorySyncStateStore::new())
+    };
+    let host_ports = Arc::new(HostPorts(host.clone()));
+    let ports = DriverPorts::new(
+        host_ports.clone(),
+        host_ports.clone(),
+        host_ports,
+        state_store,
+        Arc::new(config.url_policy()),
+    );
+    let mut options = DriverOptions::new();
+    options.metrics = Some(metrics);
+    let sync = driver::start(sync_config, ports, options).await?;
+    let _ = host.sync.set(sync.clone());
+
+    // Git hunter.
+    let (stop, stop_rx) = watch::channel(false);
+    let hunt_config = HuntConfig {
+        first_delay_user: config.user_hunt_delay,
+        ..HuntConfig::default()
+    };
+    let fetcher = Arc::new(GixFetcher::new(
+        GixFetcherConfig::new(host.locator.clone()).with_policy(config.url_policy()),
+    ));
+    let hunt_metrics = Arc::new(Mutex::new(grasp_sync::HuntMetrics::default()));
+    let mut tasks = vec![tokio::spawn(hunter::run(
+        host.clone(),
+        HuntScheduler::new(hunt_config),
+        fetcher,
+        hunt_rx,
+        hunt_metrics.clone(),
+        stop_rx.clone(),
+    ))];
+
+    // HTTP + websocket.
+    let http = Arc::new(HttpCtx {
+        host: host.clone(),
+        registry,
+        nip11: nip11_document(&config),
+        hunt: hunt_metrics,
+        started: Instant::now(),
+    });
+    tasks.push(tokio::spawn(http::serve(
+        listener,
+        http.clone(),
+        stop_rx.clone(),
+    )));
+    tasks.push(tokio::spawn(log_status(
+        http.clone(),
+        config.status_log_interval,
+        stop_rx,
+    )));
+
+    tracing::info!(
+        url = %config.public_urls[0],
+        http = %format!("http://{local_addr}"),
+        data = %config.data_dir.display(),
+        storage = ?config.storage,
+        repos,
+        "relay listening"
+    );
+    Ok(RunningRelay {
+        host,
+        sync,
+        local_addr,
+        config,
+        stop,
+        tasks,
+        http,
+    })
+}
+
+/// The NIP-11 document: what this relay supports and the limits it enforces.
+pub fn nip11_document(config: &RelayConfig) -> serde_json::Value {
+    serde_json::json!({
+        "name": "grasp-reference-relay",
+        "description": "A GRASP relay for Nostr git repositories, with GRASP-02 proactive sync (grasp-sync reference relay).",
+        "software": "https://example.invalid/grasp-sync",
+        "version": env!("CARGO_PKG_VERSION"),
+        "supported_nips": [1, 11, 34, 77],
+        "supported_grasps": ["GRASP-01", "GRASP-02"],
+        "limitation": {
+            "max_subscriptions": MAX_SUBSCRIPTIONS,
+            "max_limit": MAX_FILTER_LIMIT,
+            "max_subid_length": MAX_SUBID_LENGTH,
+            "auth_required": false,
+            "payment_required": false,
+            "restricted_writes": true,
+            "events_per_minute": config.events_per_minute,
+        },
+    })
+}
+
+async fn log_status(ctx: Arc<HttpCtx>, every: Duration, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+        let Some(handle) = ctx.host.sync.get() else {
+            continue;
+        };
+        let Ok(s) = handle.status().await else {
+            continue;
+        };
+        let relays: Vec<String> = s
+            .relays
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {:?}/{:?} live={} historic_done={} rx={}",
+                    r.relay,
+                    r.status,
+                    r.health,
+                    r.live_filters,
+                    r.historic_sync_completed,
+                    r.events_received
+                )
+            })
+            .collect();
+        tracing::info!(
+            repos = s.repos,
+            synced = s.metrics.events_accepted,
+            purgatory = ctx.host.held_events().len(),
+            relays = %relays.join("; "),
+            "sync status"
+        );
+    }
+}
+
+impl RunningRelay {
+    /// This relay's (first) public websocket URL, e.g. `ws://127.0.0.1:7777`.
+    pub fn url(&self) -> String {
+        self.config.public_urls[0].as_str().to_owned()
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// `http://<addr>` for NIP-11, `/metrics`, `/status`.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.local_addr)
+    }
+
+    /// The sync engine's handle.
+    pub fn sync(&self) -> &SyncHandle {
+        &self.sync
+    }
+
+    /// The configuration in use (public URLs filled in).
+    pub fn config(&self) -> &RelayConfig {
+        &self.config
+    }
+
+    /// The `/status` document.
+    pub async fn status(&self) -> serde_json::Value {
+        http::status_json(&self.http).await
+    }
+
+    /// Whether the relay stores and serves `id`.
+    pub async fn serves(&self, id: &EventId) -> bool {
+        matches!(
+            self.host.db.check_id(id).await,
+            Ok(nostr_database::DatabaseEventStatus::Saved)
+        )
+    }
+
+    /// Whether `id` is held in purgatory.
+    pub fn is_held(&self, id: &EventId) -> bool {
+        self.host.is_held(id)
+    }
+
+    /// Where `repo`'s bare repository lives.
+    pub fn bare_repo_path(&self, repo: &RepoRef) -> Option<PathBuf> {
+        self.host.locator.locate(repo)
+    }
+
+    /// Graceful shutdown: stops accepting, closes connections, persists the sync state
+    /// and (with LMDB storage) the purgatory.
+    pub async fn shutdown(self) -> Result<(), RelayError> {
+        let _ = self.stop.send(true);
+        if let Some(relay) = self.host.relay.get() {
+            relay.shutdown();
+        }
+        let sync_result = self.sync.shutdown().await;
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        if self.config.storage == Storage::Lmdb {
+            let held = self.host.held_events();
+            let bytes = serde_json::to_vec(&held).map_err(|e| RelayError::Io(e.to_string()))?;
+            ports::write_atomically(&self.config.data_dir.join("purgatory.json"), &bytes)
+                .await
+                .map_err(|e| RelayError::Io(format!("cannot write purgatory.json: {e}")))?;
+        }
+        tracing::info!("relay stopped; sync state and purgatory saved");
+        sync_result.map_err(RelayError::from)
+    }
+}

@@ -1,0 +1,584 @@
+//! End to end, all on 127.0.0.1: two reference relays A and B, one plain relay C
+//! (nostr-relay-builder's LocalRelay), git data served by a local `git daemon`.
+//! Every wait is bounded; nothing sleeps to assert.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use grasp_reference_relay::{start, RelayConfig, RunningRelay};
+use nostr::{Event, EventBuilder, EventId, Filter, Keys, Kind, Tag, TagKind, Timestamp};
+use nostr_database::{MemoryDatabase, MemoryDatabaseOptions};
+use nostr_relay_builder::builder::RateLimit;
+use nostr_relay_builder::{LocalRelay, RelayBuilder};
+use nostr_relay_pool::relay::{RelayOptions, ReqExitPolicy};
+use nostr_relay_pool::RelayPool;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+// ---------------------------------------------------------------- git fixtures
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A source repo served as `<base>/repo.git`: `main` with two commits and a `pr-1`
+/// branch with one more. Returns (main tip, pr tip).
+fn source_repo(base: &Path) -> (String, String) {
+    let work = base.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    git(&work, &["init", "-q"]);
+    for i in 0..2 {
+        std::fs::write(work.join("file.txt"), format!("line {i}\n")).unwrap();
+        git(&work, &["add", "."]);
+        git(&work, &["commit", "-q", "-m", &format!("commit {i}")]);
+    }
+    let main = git(&work, &["rev-parse", "HEAD"]);
+    git(&work, &["checkout", "-q", "-b", "pr-1"]);
+    std::fs::write(work.join("pr.txt"), "a change\n").unwrap();
+    git(&work, &["add", "."]);
+    git(&work, &["commit", "-q", "-m", "pr"]);
+    let pr = git(&work, &["rev-parse", "HEAD"]);
+    git(base, &["clone", "-q", "--bare", "work", "repo.git"]);
+    (main, pr)
+}
+
+struct GitDaemon {
+    child: Child,
+    port: u16,
+}
+
+impl GitDaemon {
+    fn start(base: &Path) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("git")
+            .args([
+                "daemon",
+                "--export-all",
+                &format!("--base-path={}", base.display()),
+                &format!("--port={port}"),
+                "--listen=127.0.0.1",
+                "--reuseaddr",
+            ])
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("git daemon starts");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "git daemon did not listen");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Self { child, port }
+    }
+
+    fn url(&self) -> String {
+        format!("git://127.0.0.1:{}/repo.git", self.port)
+    }
+}
+
+impl Drop for GitDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn has_object(bare: &Path, oid: &str) -> bool {
+    Command::new("git")
+        .args([
+            "--git-dir",
+            &bare.display().to_string(),
+            "cat-file",
+            "-e",
+            oid,
+        ])
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+// ---------------------------------------------------------------- nostr fixtures
+
+struct Repo {
+    keys: Keys,
+    d: String,
+}
+
+impl Repo {
+    fn coordinate(&self) -> String {
+        format!("30617:{}:{}", self.keys.public_key(), self.d)
+    }
+
+    fn announcement(&self, relays: &[String], clone: &str) -> Event {
+        EventBuilder::new(Kind::Custom(30617), "")
+            .tags([
+                Tag::identifier(self.d.clone()),
+                Tag::custom(TagKind::custom("name"), [self.d.clone()]),
+                Tag::custom(TagKind::custom("relays"), relays.iter().cloned()),
+                Tag::custom(TagKind::custom("clone"), [clone.to_owned()]),
+            ])
+            .sign_with_keys(&self.keys)
+            .unwrap()
+    }
+
+    fn state(&self, main: &str, pr: &str) -> Event {
+        EventBuilder::new(Kind::Custom(30618), "")
+            .tags([
+                Tag::identifier(self.d.clone()),
+                Tag::custom(TagKind::custom("refs/heads/main"), [main.to_owned()]),
+                Tag::custom(TagKind::custom("refs/heads/pr-1"), [pr.to_owned()]),
+                Tag::custom(TagKind::custom("HEAD"), ["ref: refs/heads/main".to_owned()]),
+            ])
+            .sign_with_keys(&self.keys)
+            .unwrap()
+    }
+
+    fn issue(&self, title: &str) -> Event {
+        EventBuilder::new(Kind::Custom(1621), format!("body of {title}"))
+            .tags([
+                Tag::custom(TagKind::a(), [self.coordinate()]),
+                Tag::custom(TagKind::p(), [self.keys.public_key().to_hex()]),
+                Tag::custom(TagKind::custom("subject"), [title.to_owned()]),
+            ])
+            .sign_with_keys(&self.keys)
+            .unwrap()
+    }
+
+    fn pr(&self, author: &Keys, tip: &str, clone: &str) -> Event {
+        EventBuilder::new(Kind::Custom(1618), "please merge")
+            .tags([
+                Tag::custom(TagKind::a(), [self.coordinate()]),
+                Tag::custom(TagKind::p(), [self.keys.public_key().to_hex()]),
+                Tag::custom(TagKind::custom("subject"), ["a change".to_owned()]),
+                Tag::custom(TagKind::custom("c"), [tip.to_owned()]),
+                Tag::custom(TagKind::custom("clone"), [clone.to_owned()]),
+            ])
+            .sign_with_keys(author)
+            .unwrap()
+    }
+}
+
+fn comment(root: &Event, author: &Keys, text: &str) -> Event {
+    EventBuilder::new(Kind::Custom(1111), text)
+        .tags([
+            Tag::custom(TagKind::custom("E"), [root.id.to_hex()]),
+            Tag::custom(TagKind::custom("K"), [root.kind.as_u16().to_string()]),
+            Tag::custom(TagKind::custom("P"), [root.pubkey.to_hex()]),
+            Tag::custom(TagKind::e(), [root.id.to_hex()]),
+            Tag::custom(TagKind::custom("k"), [root.kind.as_u16().to_string()]),
+            Tag::custom(TagKind::p(), [root.pubkey.to_hex()]),
+        ])
+        .custom_created_at(Timestamp::now())
+        .sign_with_keys(author)
+        .unwrap()
+}
+
+/// Publishes and returns the relay's answer: `Ok(())` or `Err(message)`.
+async fn publish(url: &str, event: &Event) -> Result<(), String> {
+    let pool = RelayPool::new();
+    pool.add_relay(url, RelayOptions::new().reconnect(false))
+        .await
+        .unwrap();
+    pool.try_connect_relay(url, Duration::from_secs(10))
+        .await
+        .expect("connect to publish");
+    let out = pool.send_event_to([url], event).await;
+    pool.shutdown().await;
+    let out = out.map_err(|e| e.to_string())?;
+    if out.success.len() == 1 {
+        Ok(())
+    } else {
+        Err(out.failed.values().next().cloned().unwrap_or_default())
+    }
+}
+
+async fn publish_ok(url: &str, event: &Event) {
+    if let Err(e) = publish(url, event).await {
+        panic!("{url} refused kind {}: {e}", event.kind.as_u16());
+    }
+}
+
+/// The ids among `ids` that `url` serves (REQ by ids).
+async fn served(url: &str, ids: &[EventId]) -> Vec<EventId> {
+    let pool = RelayPool::new();
+    pool.add_relay(url, RelayOptions::new().reconnect(false))
+        .await
+        .unwrap();
+    if pool
+        .try_connect_relay(url, Duration::from_secs(5))
+        .await
+        .is_err()
+    {
+        return Vec::new();
+    }
+    let events = pool
+        .fetch_events(
+            Filter::new().ids(ids.iter().copied()),
+            Duration::from_secs(5),
+            ReqExitPolicy::ExitOnEOSE,
+        )
+        .await
+        .map(|e| e.into_iter().map(|e| e.id).collect())
+        .unwrap_or_default();
+    pool.shutdown().await;
+    events
+}
+
+/// Waits (bounded) until `cond` holds.
+async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn wait_served(relay: &RunningRelay, ids: &[EventId], what: &str) {
+    wait_until(what, WAIT, || async {
+        for id in ids {
+            if !relay.serves(id).await {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+}
+
+async fn plain_relay() -> (LocalRelay, String) {
+    let db = MemoryDatabase::with_opts(MemoryDatabaseOptions {
+        events: true,
+        max_events: None,
+    });
+    let relay = LocalRelay::new(
+        RelayBuilder::default()
+            .addr("127.0.0.1".parse().unwrap())
+            .database(db)
+            .rate_limit(RateLimit {
+                max_reqs: 10_000,
+                notes_per_minute: 100_000,
+            }),
+    );
+    relay.run().await.unwrap();
+    let url = relay
+        .url()
+        .await
+        .to_string()
+        .trim_end_matches('/')
+        .to_owned();
+    (relay, url)
+}
+
+fn tmp(root: &Path, name: &str) -> PathBuf {
+    let p = root.join(name);
+    std::fs::create_dir_all(&p).unwrap();
+    p
+}
+
+// ---------------------------------------------------------------- tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn announcement_and_repo_events_reach_b_with_git_data_and_live_events_from_c() {
+    init_tracing();
+    let root = tempfile::tempdir().unwrap();
+    let (main_tip, pr_tip) = source_repo(&tmp(root.path(), "serve"));
+    let daemon = GitDaemon::start(&root.path().join("serve"));
+    let (_c, c_url) = plain_relay().await;
+    let a = start(RelayConfig::for_tests(tmp(root.path(), "a")))
+        .await
+        .unwrap();
+    let mut b_config = RelayConfig::for_tests(tmp(root.path(), "b"));
+    b_config.bootstrap_relays = vec![grasp_sync::RelayUrl::parse(&a.url()).unwrap()];
+    let b = start(b_config).await.unwrap();
+
+    let repo = Repo {
+        keys: Keys::generate(),
+        d: "demo".into(),
+    };
+    let ann = repo.announcement(&[a.url(), b.url(), c_url.clone()], &daemon.url());
+
+    // A holds the announcement until its git data arrives from the git daemon.
+    let answer = publish(&a.url(), &ann).await;
+    let reason = answer.expect_err("held in purgatory, not served yet");
+    assert!(reason.contains("restricted: held in purgatory"), "{reason}");
+    wait_served(&a, &[ann.id], "A releases the announcement").await;
+    assert!(!a.is_held(&ann.id));
+
+    // Repo events: the git data is present now, so A accepts them at once.
+    let state = repo.state(&main_tip, &pr_tip);
+    let issue = repo.issue("first issue");
+    let contributor = Keys::generate();
+    let note = comment(&issue, &contributor, "me too");
+    let pr = repo.pr(&contributor, &pr_tip, &daemon.url());
+    for e in [&state, &issue, &note, &pr] {
+        publish_ok(&a.url(), e).await;
+    }
+
+    // B discovers the announcement from its bootstrap relay A, fetches the git data,
+    // then syncs everything about the repo.
+    let all = [ann.id, state.id, issue.id, note.id, pr.id];
+    wait_served(
+        &b,
+        &all,
+        "B has the announcement, state, issue, comment and PR",
+    )
+    .await;
+    let repo_ref = grasp_sync::RepoRef::parse(&repo.coordinate()).unwrap();
+    let bare = b.bare_repo_path(&repo_ref).unwrap();
+    assert!(has_object(&bare, &main_tip), "main tip fetched into B");
+    assert!(has_object(&bare, &pr_tip), "PR tip fetched into B");
+    // B serves them over the websocket too.
+    let mut got = served(&b.url(), &all).await;
+    got.sort();
+    let mut want = all.to_vec();
+    want.sort();
+    assert_eq!(got, want);
+
+    // Live: an event published later to C reaches A and B.
+    let later = repo.issue("second issue, published to C");
+    publish_ok(&c_url, &later).await;
+    wait_served(&a, &[later.id], "A gets C's new issue live").await;
+    wait_served(&b, &[later.id], "B gets C's new issue live").await;
+
+    // Status and metrics show the sync.
+    let status = b.status().await;
+    assert_eq!(status["health"], "ok");
+    assert!(status["sync"]["relays"]
+        .as_array()
+        .is_some_and(|r| !r.is_empty()));
+
+    b.shutdown().await.unwrap();
+    a.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejections_carry_clear_prefixes() {
+    init_tracing();
+    let root = tempfile::tempdir().unwrap();
+    let a = start(RelayConfig::for_tests(tmp(root.path(), "a")))
+        .await
+        .unwrap();
+    let repo = Repo {
+        keys: Keys::generate(),
+        d: "elsewhere".into(),
+    };
+    // Not listing this relay.
+    let ann = repo.announcement(&["ws://127.0.0.1:1".into()], "git://127.0.0.1:1/x.git");
+    let e = publish(&a.url(), &ann).await.unwrap_err();
+    assert!(
+        e.starts_with("blocked:") && e.contains("does not list this relay"),
+        "{e}"
+    );
+    // An issue for a repo not hosted here.
+    let e = publish(&a.url(), &repo.issue("x")).await.unwrap_err();
+    assert!(e.contains("does not tag a repository"), "{e}");
+    // A random note.
+    let note = EventBuilder::text_note("hello")
+        .sign_with_keys(&Keys::generate())
+        .unwrap();
+    let e = publish(&a.url(), &note).await.unwrap_err();
+    assert!(e.starts_with("blocked:"), "{e}");
+    // An announcement without clone URLs that lists us is accepted directly.
+    let bare = EventBuilder::new(Kind::Custom(30617), "")
+        .tags([
+            Tag::identifier("noclone"),
+            Tag::custom(TagKind::custom("relays"), [a.url()]),
+        ])
+        .sign_with_keys(&repo.keys)
+        .unwrap();
+    publish_ok(&a.url(), &bare).await;
+    assert!(a.serves(&bare.id).await);
+    a.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_endpoints_answer() {
+    init_tracing();
+    let root = tempfile::tempdir().unwrap();
+    let a = start(RelayConfig::for_tests(tmp(root.path(), "a")))
+        .await
+        .unwrap();
+    let get = |path: &str, accept: &str| {
+        let addr = a.local_addr();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: {accept}\r\n\r\n");
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(req.as_bytes()).await.unwrap();
+            let mut out = String::new();
+            tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+                .await
+                .unwrap()
+                .unwrap();
+            out
+        }
+    };
+    let nip11 = get("/", "application/nostr+json").await;
+    assert!(nip11.starts_with("HTTP/1.1 200"), "{nip11}");
+    let body: serde_json::Value =
+        serde_json::from_str(nip11.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(
+        body["supported_grasps"],
+        serde_json::json!(["GRASP-01", "GRASP-02"])
+    );
+    assert_eq!(body["supported_nips"], serde_json::json!([1, 11, 34, 77]));
+    let metrics = get("/metrics", "*/*").await;
+    assert!(metrics.contains("grasp_sync_events_synced"), "{metrics}");
+    let status = get("/status", "*/*").await;
+    assert!(status.contains("\"purgatory\""), "{status}");
+    a.shutdown().await.unwrap();
+}
+
+// A restarted relay (a child process of the real binary, LMDB on disk, stopped with
+// SIGINT like Ctrl-C) catches up what it missed.
+
+struct ChildRelay(Child);
+
+impl ChildRelay {
+    fn spawn(port: u16, data: &Path, bootstrap: &str) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_grasp-reference-relay"))
+            .args([
+                "--bind",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+                &data.display().to_string(),
+                "--bootstrap-relay",
+                bootstrap,
+                "--allow-private-urls",
+                "--fast-timers",
+                "--user-hunt-delay-secs",
+                "0",
+                "--log-level",
+                "warn",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("relay binary starts");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "child relay did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self(child)
+    }
+
+    /// Ctrl-C, then wait for a clean exit.
+    fn interrupt(mut self) {
+        let pid = self.0.id().to_string();
+        Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .expect("kill runs");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                assert!(status.success(), "relay exited with {status}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "relay did not stop on SIGINT");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ChildRelay {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restarted_relay_catches_up_what_it_missed() {
+    init_tracing();
+    let root = tempfile::tempdir().unwrap();
+    let (main_tip, pr_tip) = source_repo(&tmp(root.path(), "serve"));
+    let daemon = GitDaemon::start(&root.path().join("serve"));
+    let a = start(RelayConfig::for_tests(tmp(root.path(), "a")))
+        .await
+        .unwrap();
+    let b_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let b_url = format!("ws://127.0.0.1:{b_port}");
+    let b_data = tmp(root.path(), "b");
+    let b = ChildRelay::spawn(b_port, &b_data, &a.url());
+
+    let repo = Repo {
+        keys: Keys::generate(),
+        d: "restart".into(),
+    };
+    let ann = repo.announcement(&[a.url(), b_url.clone()], &daemon.url());
+    let _ = publish(&a.url(), &ann).await; // held until the git data arrives
+    wait_served(&a, &[ann.id], "A releases the announcement").await;
+    let state = repo.state(&main_tip, &pr_tip);
+    let issue = repo.issue("before the restart");
+    publish_ok(&a.url(), &state).await;
+    publish_ok(&a.url(), &issue).await;
+    let before = [ann.id, state.id, issue.id];
+    wait_until("B has the repo", WAIT, || async {
+        served(&b_url, &before).await.len() == before.len()
+    })
+    .await;
+
+    b.interrupt();
+    assert!(b_data.join("sync-state.json").exists(), "sync state saved");
+
+    let missed = repo.issue("while B was down");
+    publish_ok(&a.url(), &missed).await;
+
+    let _b = ChildRelay::spawn(b_port, &b_data, &a.url());
+    wait_until("restarted B catches up", WAIT, || async {
+        served(&b_url, &[missed.id]).await.len() == 1
+    })
+    .await;
+    // What it had survived the restart (LMDB).
+    assert_eq!(served(&b_url, &before).await.len(), before.len());
+    a.shutdown().await.unwrap();
+}
