@@ -13,7 +13,10 @@ use crate::classify::{classify_closed, classify_notice, RelaySignal};
 use crate::filters::ids_filters;
 use crate::model::{BatchId, RelayUrl, WallTime};
 use crate::nip34;
-use crate::pagination::{PageDecision, PaginationConfig, Paginator};
+use crate::pagination::{IncompleteReason, PageDecision, PaginationConfig, Paginator};
+
+/// The smallest `limit` cap we assume a relay may impose without saying so in NIP-11.
+const MIN_PLAUSIBLE_CAP: usize = 10;
 
 /// Rate-limited parts are retried this many times before the batch counts as failed.
 const MAX_PART_ATTEMPTS: u32 = 3;
@@ -253,7 +256,17 @@ impl SyncEngine {
                         .filter(|e| fresh.contains(&e.id))
                         .collect(),
                 );
-                let failed = outcome.incomplete.is_some();
+                let failed = match outcome.incomplete {
+                    // A short page of one timestamp from a relay whose cap we do not
+                    // know: "all there was" or "capped there". No relay caps `limit`
+                    // below `MIN_PLAUSIBLE_CAP`, so a smaller page is the end, not a
+                    // loss (a single comment must not fail a batch).
+                    Some(IncompleteReason::TieGroupMayExceedUnknownCap { .. }) => {
+                        page.len() >= MIN_PLAUSIBLE_CAP
+                    }
+                    Some(_) => true,
+                    None => false,
+                };
                 match outcome.decision {
                     PageDecision::Done => self.finish_part(relay, h.batch, sub, failed, now),
                     PageDecision::Next { until, limit } => {
