@@ -79,7 +79,11 @@ impl Default for UrlPolicy {
     fn default() -> Self {
         Self {
             allow_private: false,
-            clone_schemes: Arc::from(vec!["https".to_owned(), "http".to_owned(), "git".to_owned()]),
+            clone_schemes: Arc::from(vec![
+                "https".to_owned(),
+                "http".to_owned(),
+                "git".to_owned(),
+            ]),
         }
     }
 }
@@ -95,7 +99,12 @@ impl UrlPolicy {
     pub fn allow_private() -> Self {
         Self {
             allow_private: true,
-            clone_schemes: Arc::from(vec!["https".to_owned(), "http".to_owned(), "git".to_owned(), "file".to_owned()]),
+            clone_schemes: Arc::from(vec![
+                "https".to_owned(),
+                "http".to_owned(),
+                "git".to_owned(),
+                "file".to_owned(),
+            ]),
         }
     }
 
@@ -106,7 +115,10 @@ impl UrlPolicy {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        let v: Vec<String> = schemes.into_iter().map(|s| s.into().to_ascii_lowercase()).collect();
+        let v: Vec<String> = schemes
+            .into_iter()
+            .map(|s| s.into().to_ascii_lowercase())
+            .collect();
         self.clone_schemes = Arc::from(v);
         self
     }
@@ -131,13 +143,19 @@ impl UrlPolicy {
     pub fn check_clone_url(&self, raw: &str) -> Result<CloneUrl, UrlPolicyError> {
         let url = CloneUrl::parse(raw)?;
         if !self.clone_schemes.iter().any(|s| s == url.scheme()) {
-            return Err(UrlPolicyError::Scheme { scheme: url.scheme().to_owned(), url: raw.to_owned() });
+            return Err(UrlPolicyError::Scheme {
+                scheme: url.scheme().to_owned(),
+                url: raw.to_owned(),
+            });
         }
         if url.scheme() == "file" {
             return if self.allow_private {
                 Ok(url)
             } else {
-                Err(UrlPolicyError::Scheme { scheme: "file".to_owned(), url: raw.to_owned() })
+                Err(UrlPolicyError::Scheme {
+                    scheme: "file".to_owned(),
+                    url: raw.to_owned(),
+                })
             };
         }
         self.check_host_syntax(url.host())?;
@@ -176,7 +194,11 @@ impl UrlPolicy {
             return Ok(());
         }
         match forbidden_range(ip) {
-            Some(range) => Err(UrlPolicyError::ForbiddenAddress { host: host.to_owned(), addr: ip, range }),
+            Some(range) => Err(UrlPolicyError::ForbiddenAddress {
+                host: host.to_owned(),
+                addr: ip,
+                range,
+            }),
             None => Ok(()),
         }
     }
@@ -277,12 +299,20 @@ impl CloneUrl {
         let trimmed = raw.trim();
         if trimmed.starts_with('/') {
             let text = format!("file://{}", trimmed.trim_end_matches('/'));
-            return Ok(Self { text: Arc::from(text), scheme_end: 4, host: Arc::from(""), port: 0 });
+            return Ok(Self {
+                text: Arc::from(text),
+                scheme_end: 4,
+                host: Arc::from(""),
+                port: 0,
+            });
         }
         let url = Url::parse(trimmed).map_err(|_| UrlPolicyError::Unparsable(raw.to_owned()))?;
         let scheme = url.scheme().to_owned();
         if !matches!(scheme.as_str(), "https" | "http" | "git" | "file") {
-            return Err(UrlPolicyError::Scheme { scheme, url: raw.to_owned() });
+            return Err(UrlPolicyError::Scheme {
+                scheme,
+                url: raw.to_owned(),
+            });
         }
         if !url.username().is_empty() || url.password().is_some() {
             return Err(UrlPolicyError::Credentials(raw.to_owned()));
@@ -292,14 +322,22 @@ impl CloneUrl {
                 return Err(UrlPolicyError::Unparsable(raw.to_owned()));
             }
             let text = format!("file://{}", url.path().trim_end_matches('/'));
-            return Ok(Self { text: Arc::from(text), scheme_end: 4, host: Arc::from(""), port: 0 });
+            return Ok(Self {
+                text: Arc::from(text),
+                scheme_end: 4,
+                host: Arc::from(""),
+                port: 0,
+            });
         }
         let default_port = match scheme.as_str() {
             "https" => 443,
             "http" => 80,
             "git" => 9418,
             _ => {
-                return Err(UrlPolicyError::Scheme { scheme, url: raw.to_owned() });
+                return Err(UrlPolicyError::Scheme {
+                    scheme,
+                    url: raw.to_owned(),
+                });
             }
         };
         let host = match url.host_str() {
@@ -317,7 +355,12 @@ impl CloneUrl {
             text.push('?');
             text.push_str(q);
         }
-        Ok(Self { text: Arc::from(text), scheme_end: scheme.len(), host: Arc::from(host), port })
+        Ok(Self {
+            text: Arc::from(text),
+            scheme_end: scheme.len(),
+            host: Arc::from(host),
+            port,
+        })
     }
 
     /// The normalised URL.
@@ -390,8 +433,15 @@ mod tests {
             assert!(p.check_relay_url(&u).is_err(), "{bad} should be refused");
             assert!(UrlPolicy::allow_private().check_relay_url(&u).is_ok());
         }
-        for good in ["wss://relay.example.com", "ws://8.8.8.8", "wss://[2001:4860::8888]"] {
-            assert!(p.check_relay_url(&RelayUrl::parse(good).unwrap()).is_ok(), "{good}");
+        for good in [
+            "wss://relay.example.com",
+            "ws://8.8.8.8",
+            "wss://[2001:4860::8888]",
+        ] {
+            assert!(
+                p.check_relay_url(&RelayUrl::parse(good).unwrap()).is_ok(),
+                "{good}"
+            );
         }
     }
 
@@ -400,15 +450,30 @@ mod tests {
         let p = UrlPolicy::default();
         assert!(p.check_clone_url("https://github.com/a/b.git").is_ok());
         assert!(p.check_clone_url("git://git.example.org/x").is_ok());
-        assert!(matches!(p.check_clone_url("ssh://git@github.com/a/b"), Err(UrlPolicyError::Scheme { .. })));
+        assert!(matches!(
+            p.check_clone_url("ssh://git@github.com/a/b"),
+            Err(UrlPolicyError::Scheme { .. })
+        ));
         assert!(p.check_clone_url("git@github.com:a/b.git").is_err());
-        assert!(matches!(p.check_clone_url("file:///tmp/x"), Err(UrlPolicyError::Scheme { .. })));
-        assert!(matches!(p.check_clone_url("/tmp/x"), Err(UrlPolicyError::Scheme { .. })));
+        assert!(matches!(
+            p.check_clone_url("file:///tmp/x"),
+            Err(UrlPolicyError::Scheme { .. })
+        ));
+        assert!(matches!(
+            p.check_clone_url("/tmp/x"),
+            Err(UrlPolicyError::Scheme { .. })
+        ));
         assert!(matches!(
             p.check_clone_url("git://127.0.0.1:9418/x"),
-            Err(UrlPolicyError::ForbiddenAddress { range: "loopback", .. })
+            Err(UrlPolicyError::ForbiddenAddress {
+                range: "loopback",
+                ..
+            })
         ));
-        assert!(matches!(p.check_clone_url("https://u:p@h.com/x"), Err(UrlPolicyError::Credentials(_))));
+        assert!(matches!(
+            p.check_clone_url("https://u:p@h.com/x"),
+            Err(UrlPolicyError::Credentials(_))
+        ));
         let t = UrlPolicy::allow_private();
         assert!(t.check_clone_url("file:///tmp/x").is_ok());
         assert!(t.check_clone_url("git://127.0.0.1:9418/x").is_ok());
@@ -436,15 +501,24 @@ mod tests {
         let t = UrlPolicy::allow_private();
         assert_eq!(t.resolve_clone_url(&u).unwrap().len(), 1);
         let bad = CloneUrl::parse("git://no-such-host.invalid/x").unwrap();
-        assert!(matches!(t.resolve_clone_url(&bad), Err(UrlPolicyError::Unresolvable(_))));
+        assert!(matches!(
+            t.resolve_clone_url(&bad),
+            Err(UrlPolicyError::Unresolvable(_))
+        ));
     }
 
     #[test]
     fn ranges() {
-        assert_eq!(forbidden_range("100.127.255.255".parse().unwrap()), Some("CGNAT"));
+        assert_eq!(
+            forbidden_range("100.127.255.255".parse().unwrap()),
+            Some("CGNAT")
+        );
         assert_eq!(forbidden_range("100.128.0.1".parse().unwrap()), None);
         assert_eq!(forbidden_range("172.32.0.1".parse().unwrap()), None);
-        assert_eq!(forbidden_range("::127.0.0.1".parse().unwrap()), Some("loopback"));
+        assert_eq!(
+            forbidden_range("::127.0.0.1".parse().unwrap()),
+            Some("loopback")
+        );
         assert_eq!(forbidden_range("fc00::1".parse().unwrap()), Some("private"));
         assert_eq!(forbidden_range("1.1.1.1".parse().unwrap()), None);
     }

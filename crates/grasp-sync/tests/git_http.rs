@@ -19,8 +19,9 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use grasp_sync::{
-    BareRepoLocator, CloneUrl, FetchError, FetchWant, GitFetcher, GixFetcher, GixFetcherConfig, HuntConfig, HuntEvent,
-    HuntRequest, HuntScheduler, Oid, Origin, RepoRef, UrlPolicy, UrlPolicyError, WaitKind, WallTime, Want,
+    BareRepoLocator, CloneUrl, FetchError, FetchWant, GitFetcher, GixFetcher, GixFetcherConfig,
+    HuntConfig, HuntEvent, HuntRequest, HuntScheduler, Oid, Origin, RepoRef, UrlPolicy,
+    UrlPolicyError, WaitKind, WallTime, Want,
 };
 use nostr::EventId;
 
@@ -28,7 +29,14 @@ const PK: &str = "a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0
 
 fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
-        .args(["-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"])
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "init.defaultBranch=main",
+        ])
         .args(["-c", "commit.gpgsign=false"])
         .args(args)
         .current_dir(dir)
@@ -36,7 +44,11 @@ fn git(dir: &Path, args: &[&str]) -> String {
         .env("GIT_CONFIG_GLOBAL", "/dev/null")
         .output()
         .expect("git runs");
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
@@ -93,7 +105,11 @@ impl HttpGit {
                 }
             }
         });
-        Self { port, requests, stop }
+        Self {
+            port,
+            requests,
+            stop,
+        }
     }
 
     fn url(&self, name: &str) -> CloneUrl {
@@ -123,7 +139,10 @@ fn serve(stream: TcpStream, root: &Path, mode: &Mode) -> std::io::Result<()> {
     let mut line = String::new();
     reader.read_line(&mut line)?;
     let mut parts = line.split_whitespace();
-    let (method, target) = (parts.next().unwrap_or("").to_owned(), parts.next().unwrap_or("/").to_owned());
+    let (method, target) = (
+        parts.next().unwrap_or("").to_owned(),
+        parts.next().unwrap_or("/").to_owned(),
+    );
     let mut headers = Vec::new();
     loop {
         let mut h = String::new();
@@ -136,11 +155,18 @@ fn serve(stream: TcpStream, root: &Path, mode: &Mode) -> std::io::Result<()> {
             headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
         }
     }
-    let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
     let body = if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
         read_chunked(&mut reader)?
     } else {
-        let len = header("content-length").and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
+        let len = header("content-length")
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(0);
         let mut b = vec![0; len];
         reader.read_exact(&mut b)?;
         b
@@ -183,8 +209,15 @@ fn serve(stream: TcpStream, root: &Path, mode: &Mode) -> std::io::Result<()> {
     let _ = writer.join();
     child.wait()?;
     // CGI headers end at the first blank line; `Status:` becomes the status line.
-    let split = cgi.windows(4).position(|w| w == b"\r\n\r\n").map(|i| (i, i + 4));
-    let split = split.or_else(|| cgi.windows(2).position(|w| w == b"\n\n").map(|i| (i, i + 2)));
+    let split = cgi
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| (i, i + 4));
+    let split = split.or_else(|| {
+        cgi.windows(2)
+            .position(|w| w == b"\n\n")
+            .map(|i| (i, i + 2))
+    });
     let (head_end, body_start) = split.unwrap_or((0, 0));
     let head = String::from_utf8_lossy(&cgi[..head_end]).into_owned();
     let mut status = "200 OK".to_owned();
@@ -208,7 +241,8 @@ fn read_chunked(r: &mut impl BufRead) -> std::io::Result<Vec<u8>> {
     loop {
         let mut size = String::new();
         r.read_line(&mut size)?;
-        let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or("0"), 16).unwrap_or(0);
+        let n =
+            usize::from_str_radix(size.trim().split(';').next().unwrap_or("0"), 16).unwrap_or(0);
         if n == 0 {
             let mut end = String::new();
             r.read_line(&mut end)?; // the final CRLF (no trailers are sent)
@@ -235,7 +269,10 @@ fn fetcher(local: &Path, policy: UrlPolicy) -> Arc<GixFetcher> {
 }
 
 fn want(oids: &[Oid]) -> FetchWant {
-    FetchWant { oids: oids.iter().copied().collect(), any_data: false }
+    FetchWant {
+        oids: oids.iter().copied().collect(),
+        any_data: false,
+    }
 }
 
 /// A repo root with `r.git` (3 commits) and `other.git` (unrelated, 1 commit).
@@ -254,7 +291,10 @@ fn state_event_whose_commits_live_on_an_http_url_is_satisfied() {
     let f = fetcher(&local, UrlPolicy::allow_private());
     let start = Instant::now();
     let clock = || WallTime(1_000_000 + start.elapsed().as_millis() as u64);
-    let mut s = HuntScheduler::new(HuntConfig { first_delay_sync: Duration::from_millis(10), ..HuntConfig::default() });
+    let mut s = HuntScheduler::new(HuntConfig {
+        first_delay_sync: Duration::from_millis(10),
+        ..HuntConfig::default()
+    });
     let t0 = clock();
     // The first URL serves an unrelated repo; the commits live on the second.
     let wanted: BTreeSet<Oid> = commits[1..].iter().copied().collect();
@@ -306,11 +346,26 @@ fn http_loopback_is_refused_by_default_policy_and_allowed_by_test_policy() {
     let w = want(&commits);
     let strict = fetcher(&local, UrlPolicy::default());
     let r = strict.fetch(&repo("r"), &server.url("r.git"), &w);
-    assert!(matches!(r, Err(FetchError::Refused(UrlPolicyError::ForbiddenAddress { range: "loopback", .. }))), "{r:?}");
+    assert!(
+        matches!(
+            r,
+            Err(FetchError::Refused(UrlPolicyError::ForbiddenAddress {
+                range: "loopback",
+                ..
+            }))
+        ),
+        "{r:?}"
+    );
     let by_name = CloneUrl::parse(&format!("http://localhost:{}/r.git", server.port)).unwrap();
-    assert!(matches!(strict.fetch(&repo("r"), &by_name, &w), Err(FetchError::Refused(_))));
+    assert!(matches!(
+        strict.fetch(&repo("r"), &by_name, &w),
+        Err(FetchError::Refused(_))
+    ));
     let https = CloneUrl::parse(&format!("https://127.0.0.1:{}/r.git", server.port)).unwrap();
-    assert!(matches!(strict.list_refs(&https), Err(FetchError::Refused(_))));
+    assert!(matches!(
+        strict.list_refs(&https),
+        Err(FetchError::Refused(_))
+    ));
     assert_eq!(server.requests(), 0, "a refused URL is never contacted");
     // Nor does a refused URL create the local repository.
     assert!(!local.exists());
@@ -330,13 +385,32 @@ fn http_list_refs_any_data_and_missing_objects() {
     let server = HttpGit::start(&root, Mode::Cgi);
     let f = fetcher(&local, UrlPolicy::allow_private());
     let refs = f.list_refs(&server.url("r.git")).unwrap();
-    assert!(refs.iter().any(|r| r.name == "refs/heads/main" && r.target == commits[2]), "{refs:?}");
-    let r = f.fetch(&repo("r"), &server.url("r.git"), &FetchWant { oids: BTreeSet::new(), any_data: true }).unwrap();
+    assert!(
+        refs.iter()
+            .any(|r| r.name == "refs/heads/main" && r.target == commits[2]),
+        "{refs:?}"
+    );
+    let r = f
+        .fetch(
+            &repo("r"),
+            &server.url("r.git"),
+            &FetchWant {
+                oids: BTreeSet::new(),
+                any_data: true,
+            },
+        )
+        .unwrap();
     assert!(r.any_data);
     assert_eq!(r.tips.len(), 1);
     // One object the server lacks ("not our ref") does not hide the one it has.
     let missing = Oid::from_hex("1234567890123456789012345678901234567890").unwrap();
-    let r = f.fetch(&repo("s"), &server.url("r.git"), &want(&[commits[0], missing])).unwrap();
+    let r = f
+        .fetch(
+            &repo("s"),
+            &server.url("r.git"),
+            &want(&[commits[0], missing]),
+        )
+        .unwrap();
     assert_eq!(r.present, [commits[0]].into_iter().collect());
     // A path the server does not have gives nothing (an error for a listing), not a hang.
     assert!(f.list_refs(&server.url("nope.git")).is_err());
@@ -356,7 +430,11 @@ fn http_redirects_are_not_followed() {
     let r = f.fetch(&repo("r"), &redirector.url("r.git"), &want(&commits));
     assert!(r.as_ref().map_or(true, |r| r.present.is_empty()), "{r:?}");
     assert!(redirector.requests() >= 1);
-    assert_eq!(real.requests(), 0, "the redirect target must not be contacted");
+    assert_eq!(
+        real.requests(),
+        0,
+        "the redirect target must not be contacted"
+    );
 }
 
 #[test]
@@ -369,10 +447,17 @@ fn http_silent_server_times_out_and_closed_port_is_unreachable() {
     let r = f.list_refs(&url);
     assert!(matches!(r, Err(FetchError::Timeout(_))), "{r:?}");
     // io_timeout is 1 s; allow scheduling slack, far below the 10 s op timeout.
-    assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
+    );
     drop(silent);
 
-    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let url = CloneUrl::parse(&format!("http://{closed}/r.git")).unwrap();
     let r = f.list_refs(&url);
     assert!(matches!(r, Err(FetchError::Unreachable(_))), "{r:?}");

@@ -15,9 +15,9 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use grasp_sync::{
-    BareRepoLocator, CloneUrl, FetchError, FetchWant, GitFetcher, GixFetcher, GixFetcherConfig, HuntConfig, HuntEvent,
-    HuntJob, HuntRequest, HuntScheduler, JobResult, Oid, Origin, RepoRef, UrlPolicy, UrlPolicyError, WaitKind,
-    WallTime, Want,
+    BareRepoLocator, CloneUrl, FetchError, FetchWant, GitFetcher, GixFetcher, GixFetcherConfig,
+    HuntConfig, HuntEvent, HuntJob, HuntRequest, HuntScheduler, JobResult, Oid, Origin, RepoRef,
+    UrlPolicy, UrlPolicyError, WaitKind, WallTime, Want,
 };
 use nostr::EventId;
 
@@ -41,7 +41,11 @@ fn git(dir: &Path, args: &[&str]) -> String {
         .env("GIT_CONFIG_GLOBAL", "/dev/null")
         .output()
         .expect("git runs");
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
@@ -61,7 +65,11 @@ fn source_repo(base: &Path, name: &str, commits: usize) -> Vec<Oid> {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A `git daemon` child process, killed on drop.
@@ -91,7 +99,10 @@ impl GitDaemon {
         let d = GitDaemon { child, port };
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "git daemon did not listen on {port}");
+            assert!(
+                Instant::now() < deadline,
+                "git daemon did not listen on {port}"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         d
@@ -121,7 +132,13 @@ fn fetcher(local: &Path, policy: UrlPolicy) -> Arc<GixFetcher> {
     Arc::new(GixFetcher::new(cfg))
 }
 
-fn state_request(id: u8, repo: RepoRef, oids: &[Oid], urls: Vec<CloneUrl>, now: WallTime) -> HuntRequest {
+fn state_request(
+    id: u8,
+    repo: RepoRef,
+    oids: &[Oid],
+    urls: Vec<CloneUrl>,
+    now: WallTime,
+) -> HuntRequest {
     HuntRequest {
         event_id: EventId::from_byte_array([id; 32]),
         repo,
@@ -230,18 +247,39 @@ fn drive(
 #[test]
 fn state_event_whose_commits_live_on_the_second_url_is_satisfied() {
     let tmp = tempfile::tempdir().unwrap();
-    let (a, b, local) = (tmp.path().join("a"), tmp.path().join("b"), tmp.path().join("local"));
+    let (a, b, local) = (
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("local"),
+    );
     source_repo(&a, "other.git", 1);
     let wanted = source_repo(&b, "r.git", 3);
-    let (da, db) = (GitDaemon::start(&a, free_port()), GitDaemon::start(&b, free_port()));
+    let (da, db) = (
+        GitDaemon::start(&a, free_port()),
+        GitDaemon::start(&b, free_port()),
+    );
     let f = fetcher(&local, UrlPolicy::allow_private());
     let clock = Clock(Instant::now());
     let mut s = HuntScheduler::new(HuntConfig::default());
     let t0 = clock.now();
     // The first URL serves a repo without these commits (and a path that does not exist).
-    s.add(state_request(1, repo("r"), &wanted[1..], vec![da.url("r.git"), db.url("r.git")], t0), t0);
-    let run = drive(&mut s, &f, &clock, Duration::from_secs(20), |_, r| !r.satisfied().is_empty());
-    assert_eq!(run.satisfied(), [EventId::from_byte_array([1; 32])].into_iter().collect());
+    s.add(
+        state_request(
+            1,
+            repo("r"),
+            &wanted[1..],
+            vec![da.url("r.git"), db.url("r.git")],
+            t0,
+        ),
+        t0,
+    );
+    let run = drive(&mut s, &f, &clock, Duration::from_secs(20), |_, r| {
+        !r.satisfied().is_empty()
+    });
+    assert_eq!(
+        run.satisfied(),
+        [EventId::from_byte_array([1; 32])].into_iter().collect()
+    );
     assert!(!s.is_waiting(&repo("r")));
     // The first attempt waited the 500 ms sync delay.
     let first_start = run.started.first().map(|(_, t)| *t).unwrap();
@@ -254,10 +292,17 @@ fn state_event_whose_commits_live_on_the_second_url_is_satisfied() {
 #[test]
 fn oids_split_across_two_servers_are_gathered() {
     let tmp = tempfile::tempdir().unwrap();
-    let (a, b, local) = (tmp.path().join("a"), tmp.path().join("b"), tmp.path().join("local"));
+    let (a, b, local) = (
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("local"),
+    );
     let on_a = source_repo(&a, "r.git", 2);
     let on_b = source_repo(&b, "r.git", 2);
-    let (da, db) = (GitDaemon::start(&a, free_port()), GitDaemon::start(&b, free_port()));
+    let (da, db) = (
+        GitDaemon::start(&a, free_port()),
+        GitDaemon::start(&b, free_port()),
+    );
     let f = fetcher(&local, UrlPolicy::allow_private());
     let clock = Clock(Instant::now());
     let mut s = HuntScheduler::new(HuntConfig::default());
@@ -265,11 +310,26 @@ fn oids_split_across_two_servers_are_gathered() {
     // A non-tip commit from A and the tip of B: each server has only one of the two, so
     // each batch fetch fails with "not our ref" and falls back to one-by-one.
     let want = [on_a[0], on_b[1]];
-    s.add(state_request(2, repo("r"), &want, vec![da.url("r.git"), db.url("r.git")], t0), t0);
+    s.add(
+        state_request(
+            2,
+            repo("r"),
+            &want,
+            vec![da.url("r.git"), db.url("r.git")],
+            t0,
+        ),
+        t0,
+    );
     let run = drive(&mut s, &f, &clock, Duration::from_secs(20), |s, r| {
         !r.satisfied().is_empty() && s.metrics().jobs_in_flight == 0
     });
-    assert_eq!(run.satisfied().len(), 1, "events: {:?}, jobs: {:?}", run.events, run.done);
+    assert_eq!(
+        run.satisfied().len(),
+        1,
+        "events: {:?}, jobs: {:?}",
+        run.events,
+        run.done
+    );
     // Each server contributed the object only it has: the partial results added up.
     assert_eq!(run.done.len(), 2);
     for (_, r, _) in &run.done {
@@ -298,19 +358,26 @@ fn a_down_server_is_retried_with_backoff() {
     let t0 = clock.now();
     s.add(state_request(3, repo("r"), &wanted, vec![url], t0), t0);
     // Two failed rounds against the closed port.
-    let run = drive(&mut s, &f, &clock, Duration::from_secs(10), |_, r| r.done.len() >= 2);
+    let run = drive(&mut s, &f, &clock, Duration::from_secs(10), |_, r| {
+        r.done.len() >= 2
+    });
     assert_eq!(run.done.len(), 2);
     for (_, r, _) in &run.done {
         assert!(matches!(r, Err(FetchError::Unreachable(_))), "{r:?}");
     }
     let (first_fail, second_start) = (run.done[0].2, run.started[1].1);
-    assert!(second_start >= first_fail + Duration::from_millis(300), "retry came too early");
+    assert!(
+        second_start >= first_fail + Duration::from_millis(300),
+        "retry came too early"
+    );
     assert_eq!(s.attempts(&repo("r")), 2);
     let next = s.next_round(&repo("r")).unwrap();
     assert!(next >= run.done[1].2 + Duration::from_millis(600));
     // The server comes up; the next round finds the data.
     let _d = GitDaemon::start(&a, port);
-    let run = drive(&mut s, &f, &clock, Duration::from_secs(10), |_, r| !r.satisfied().is_empty());
+    let run = drive(&mut s, &f, &clock, Duration::from_secs(10), |_, r| {
+        !r.satisfied().is_empty()
+    });
     assert_eq!(run.satisfied().len(), 1);
     assert!(s.metrics().hunts_failed >= 2);
 }
@@ -327,20 +394,50 @@ fn an_unreachable_url_never_blocks_the_others() {
     let silent_url = CloneUrl::parse(&format!("git://{silent_addr}/r.git")).unwrap();
     let f = fetcher(&local, UrlPolicy::allow_private());
     let clock = Clock(Instant::now());
-    let cfg = HuntConfig { first_delay_sync: Duration::from_millis(10), ..HuntConfig::default() };
+    let cfg = HuntConfig {
+        first_delay_sync: Duration::from_millis(10),
+        ..HuntConfig::default()
+    };
     let mut s = HuntScheduler::new(cfg);
     let t0 = clock.now();
-    s.add(state_request(4, repo("r"), &wanted, vec![silent_url.clone(), db.url("r.git")], t0), t0);
+    s.add(
+        state_request(
+            4,
+            repo("r"),
+            &wanted,
+            vec![silent_url.clone(), db.url("r.git")],
+            t0,
+        ),
+        t0,
+    );
     let started = Instant::now();
     let driver = Driver::new();
-    let run = driver.drive(&mut s, &f, &clock, Duration::from_secs(10), |_, r| !r.satisfied().is_empty());
+    let run = driver.drive(&mut s, &f, &clock, Duration::from_secs(10), |_, r| {
+        !r.satisfied().is_empty()
+    });
     assert_eq!(run.satisfied().len(), 1);
     // Satisfied well before the silent server's 2 s read timeout could fire.
-    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
-    assert!(run.done.iter().all(|(j, _, _)| j.url != silent_url), "silent job should still be running");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        run.done.iter().all(|(j, _, _)| j.url != silent_url),
+        "silent job should still be running"
+    );
     // The silent job ends by its read timeout, not never.
-    let run = driver.drive(&mut s, &f, &clock, Duration::from_secs(10), |s, _| s.metrics().jobs_in_flight == 0);
-    assert!(matches!(run.done.last().map(|d| &d.1), Some(Err(FetchError::Timeout(_)))), "{:?}", run.done);
+    let run = driver.drive(&mut s, &f, &clock, Duration::from_secs(10), |s, _| {
+        s.metrics().jobs_in_flight == 0
+    });
+    assert!(
+        matches!(
+            run.done.last().map(|d| &d.1),
+            Some(Err(FetchError::Timeout(_)))
+        ),
+        "{:?}",
+        run.done
+    );
     drop(silent);
 }
 
@@ -350,13 +447,28 @@ fn loopback_is_refused_by_default_policy_and_allowed_by_test_policy() {
     let (a, local) = (tmp.path().join("a"), tmp.path().join("local"));
     let wanted = source_repo(&a, "r.git", 1);
     let d = GitDaemon::start(&a, free_port());
-    let want = FetchWant { oids: wanted.iter().copied().collect(), any_data: false };
+    let want = FetchWant {
+        oids: wanted.iter().copied().collect(),
+        any_data: false,
+    };
     let strict = fetcher(&local, UrlPolicy::default());
     let r = strict.fetch(&repo("r"), &d.url("r.git"), &want);
-    assert!(matches!(r, Err(FetchError::Refused(UrlPolicyError::ForbiddenAddress { range: "loopback", .. }))), "{r:?}");
+    assert!(
+        matches!(
+            r,
+            Err(FetchError::Refused(UrlPolicyError::ForbiddenAddress {
+                range: "loopback",
+                ..
+            }))
+        ),
+        "{r:?}"
+    );
     // `localhost` is refused by name, before any lookup.
     let by_name = CloneUrl::parse(&format!("git://localhost:{}/r.git", d.port)).unwrap();
-    assert!(matches!(strict.fetch(&repo("r"), &by_name, &want), Err(FetchError::Refused(_))));
+    assert!(matches!(
+        strict.fetch(&repo("r"), &by_name, &want),
+        Err(FetchError::Refused(_))
+    ));
     let open = fetcher(&local, UrlPolicy::allow_private());
     let r = open.fetch(&repo("r"), &d.url("r.git"), &want).unwrap();
     assert_eq!(r.present, want.oids);
@@ -370,18 +482,31 @@ fn announcement_any_data_list_refs_and_file_urls() {
     let d = GitDaemon::start(&a, free_port());
     let f = fetcher(&local, UrlPolicy::allow_private());
     let refs = f.list_refs(&d.url("r.git")).unwrap();
-    assert!(refs.iter().any(|r| r.name == "refs/heads/main" && r.target == commits[1]), "{refs:?}");
-    let want = FetchWant { oids: BTreeSet::new(), any_data: true };
+    assert!(
+        refs.iter()
+            .any(|r| r.name == "refs/heads/main" && r.target == commits[1]),
+        "{refs:?}"
+    );
+    let want = FetchWant {
+        oids: BTreeSet::new(),
+        any_data: true,
+    };
     let r = f.fetch(&repo("r"), &d.url("r.git"), &want).unwrap();
     assert!(r.any_data);
     assert_eq!(r.tips.len(), 1);
     // file:// only under the test policy.
     let file = CloneUrl::parse(&format!("file://{}", a.join("r.git").display())).unwrap();
-    let want = FetchWant { oids: commits.iter().copied().collect(), any_data: false };
+    let want = FetchWant {
+        oids: commits.iter().copied().collect(),
+        any_data: false,
+    };
     let r = f.fetch(&repo("other"), &file, &want).unwrap();
     assert_eq!(r.present, want.oids);
     let strict = fetcher(&local, UrlPolicy::default());
-    assert!(matches!(strict.fetch(&repo("x"), &file, &want), Err(FetchError::Refused(_))));
+    assert!(matches!(
+        strict.fetch(&repo("x"), &file, &want),
+        Err(FetchError::Refused(_))
+    ));
 }
 
 #[test]
@@ -397,12 +522,28 @@ fn time_to_satisfy_a_waiting_state_event() {
     let mut s = HuntScheduler::new(HuntConfig::default());
     let t0 = clock.now();
     let started = Instant::now();
-    s.add(state_request(9, repo("r"), &[wanted[19], wanted[10]], vec![d.url("r.git")], t0), t0);
-    let run = drive(&mut s, &f, &clock, Duration::from_secs(20), |_, r| !r.satisfied().is_empty());
+    s.add(
+        state_request(
+            9,
+            repo("r"),
+            &[wanted[19], wanted[10]],
+            vec![d.url("r.git")],
+            t0,
+        ),
+        t0,
+    );
+    let run = drive(&mut s, &f, &clock, Duration::from_secs(20), |_, r| {
+        !r.satisfied().is_empty()
+    });
     let total = started.elapsed();
     assert_eq!(run.satisfied().len(), 1);
     let (job, _, done_at) = &run.done[0];
-    let start_at = run.started.iter().find(|(j, _)| j.id == job.id).map(|(_, t)| *t).unwrap();
+    let start_at = run
+        .started
+        .iter()
+        .find(|(j, _)| j.id == job.id)
+        .map(|(_, t)| *t)
+        .unwrap();
     let fetch = done_at.saturating_since(start_at);
     eprintln!("MEASURE end-to-end {total:?} (includes 500 ms sync delay), fetch job {fetch:?}");
     assert!(total < Duration::from_secs(10));

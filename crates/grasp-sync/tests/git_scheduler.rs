@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use grasp_sync::{
-    CloneUrl, FetchError, FetchReport, HuntConfig, HuntEvent, HuntJob, HuntRequest, HuntScheduler, Oid, Origin,
-    RepoRef, WaitKind, WallTime, Want,
+    CloneUrl, FetchError, FetchReport, HuntConfig, HuntEvent, HuntJob, HuntRequest, HuntScheduler,
+    Oid, Origin, RepoRef, WaitKind, WallTime, Want,
 };
 use nostr::EventId;
 use proptest::prelude::*;
@@ -33,7 +33,14 @@ fn eid(n: u32) -> EventId {
     EventId::from_byte_array(b)
 }
 
-fn req(id: u32, r: usize, oids: &[u8], urls: Vec<CloneUrl>, origin: Origin, now: WallTime) -> HuntRequest {
+fn req(
+    id: u32,
+    r: usize,
+    oids: &[u8],
+    urls: Vec<CloneUrl>,
+    origin: Origin,
+    now: WallTime,
+) -> HuntRequest {
     HuntRequest {
         event_id: eid(id),
         repo: repo(r),
@@ -50,7 +57,10 @@ fn fail() -> Result<FetchReport, FetchError> {
 }
 
 fn found(oids: &[u8]) -> Result<FetchReport, FetchError> {
-    Ok(FetchReport { present: oids.iter().map(|n| oid(*n)).collect(), ..FetchReport::default() })
+    Ok(FetchReport {
+        present: oids.iter().map(|n| oid(*n)).collect(),
+        ..FetchReport::default()
+    })
 }
 
 #[test]
@@ -81,7 +91,10 @@ fn backoff_doubles_from_20s_and_caps_at_2min() {
         assert_eq!(jobs.len(), 1);
         now = now + Duration::from_secs(1);
         s.on_job_done(jobs[0].id, fail(), now);
-        assert_eq!(s.next_round(&repo(0)), Some(now + Duration::from_secs(expect)));
+        assert_eq!(
+            s.next_round(&repo(0)),
+            Some(now + Duration::from_secs(expect))
+        );
         now = now + Duration::from_secs(expect);
     }
 }
@@ -123,7 +136,13 @@ fn event_during_a_round_reruns_without_backoff() {
     let later = now + Duration::from_secs(5);
     s.on_job_done(jobs[0].id, found(&[1]), later);
     s.on_job_done(more[0].id, fail(), later);
-    assert_eq!(s.poll_event(), Some(HuntEvent::Satisfied { repo: repo(0), events: vec![eid(1)] }));
+    assert_eq!(
+        s.poll_event(),
+        Some(HuntEvent::Satisfied {
+            repo: repo(0),
+            events: vec![eid(1)]
+        })
+    );
     assert_eq!(s.next_round(&repo(0)), Some(later));
     assert_eq!(s.attempts(&repo(0)), 0);
 }
@@ -131,26 +150,47 @@ fn event_during_a_round_reruns_without_backoff() {
 #[test]
 fn partial_results_from_two_servers_add_up() {
     let mut s = HuntScheduler::new(HuntConfig::default());
-    s.add(req(1, 0, &[1, 2], vec![url(0, 0), url(1, 0)], Origin::Sync, T0), T0);
+    s.add(
+        req(1, 0, &[1, 2], vec![url(0, 0), url(1, 0)], Origin::Sync, T0),
+        T0,
+    );
     let now = T0 + Duration::from_secs(1);
     let jobs = s.poll_jobs(now);
     assert_eq!(jobs.len(), 2);
     s.on_job_done(jobs[0].id, found(&[1]), now);
     assert_eq!(s.poll_event(), None);
-    assert_eq!(s.missing(&repo(0)).unwrap().oids, [oid(2)].into_iter().collect());
+    assert_eq!(
+        s.missing(&repo(0)).unwrap().oids,
+        [oid(2)].into_iter().collect()
+    );
     s.on_job_done(jobs[1].id, found(&[2]), now);
-    assert_eq!(s.poll_event(), Some(HuntEvent::Satisfied { repo: repo(0), events: vec![eid(1)] }));
+    assert_eq!(
+        s.poll_event(),
+        Some(HuntEvent::Satisfied {
+            repo: repo(0),
+            events: vec![eid(1)]
+        })
+    );
     assert!(!s.is_waiting(&repo(0)));
     let m = s.metrics();
-    assert_eq!((m.hunts_partial, m.events_satisfied, m.repos_waiting), (2, 1, 0));
+    assert_eq!(
+        (m.hunts_partial, m.events_satisfied, m.repos_waiting),
+        (2, 1, 0)
+    );
 }
 
 #[test]
 fn own_hosts_and_repos_of_the_same_name_by_different_owners() {
-    let cfg = HuntConfig { own_hosts: ["h0.example".to_owned()].into_iter().collect(), ..HuntConfig::default() };
+    let cfg = HuntConfig {
+        own_hosts: ["h0.example".to_owned()].into_iter().collect(),
+        ..HuntConfig::default()
+    };
     let mut s = HuntScheduler::new(cfg);
     let other = RepoRef::parse(&format!("30617:{}:r0", "b".repeat(64))).unwrap();
-    s.add(req(1, 0, &[1], vec![url(0, 0), url(1, 0)], Origin::Sync, T0), T0);
+    s.add(
+        req(1, 0, &[1], vec![url(0, 0), url(1, 0)], Origin::Sync, T0),
+        T0,
+    );
     let mut r2 = req(2, 0, &[1], vec![url(2, 0)], Origin::Sync, T0);
     r2.repo = other.clone();
     s.add(r2, T0);
@@ -159,7 +199,10 @@ fn own_hosts_and_repos_of_the_same_name_by_different_owners() {
     assert_eq!(jobs.len(), 2);
     s.mark_present(&repo(0), &[oid(1)].into_iter().collect(), false);
     assert!(!s.is_waiting(&repo(0)));
-    assert!(s.is_waiting(&other), "same identifier, other owner: still waiting");
+    assert!(
+        s.is_waiting(&other),
+        "same identifier, other owner: still waiting"
+    );
 }
 
 #[test]
@@ -173,14 +216,22 @@ fn events_expire_and_their_hunt_stops() {
             assert!(now < end, "job after expiry");
             s.on_job_done(j.id, fail(), now);
         }
-        now = s.poll_timeout().map_or(now + Duration::from_secs(1), |t| t.max(now));
+        now = s
+            .poll_timeout()
+            .map_or(now + Duration::from_secs(1), |t| t.max(now));
         if s.poll_timeout().is_none() {
             break;
         }
     }
     let _ = s.poll_jobs(end);
     let evs: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
-    assert_eq!(evs, vec![HuntEvent::Expired { repo: repo(0), events: vec![eid(1)] }]);
+    assert_eq!(
+        evs,
+        vec![HuntEvent::Expired {
+            repo: repo(0),
+            events: vec![eid(1)]
+        }]
+    );
     assert!(!s.is_waiting(&repo(0)));
     assert_eq!(s.poll_timeout(), None);
     // A retry at least hourly (GRASP-02): the cap is 2 min.
@@ -189,10 +240,17 @@ fn events_expire_and_their_hunt_stops() {
 
 #[test]
 fn rate_limited_host_wakes_the_driver_when_its_window_reopens() {
-    let cfg = HuntConfig { max_in_flight_per_host: 100, max_starts_per_window: 2, ..HuntConfig::default() };
+    let cfg = HuntConfig {
+        max_in_flight_per_host: 100,
+        max_starts_per_window: 2,
+        ..HuntConfig::default()
+    };
     let mut s = HuntScheduler::new(cfg);
     for r in 0..3 {
-        s.add(req(r as u32, r, &[1], vec![url(0, r)], Origin::Sync, T0), T0);
+        s.add(
+            req(r as u32, r, &[1], vec![url(0, r)], Origin::Sync, T0),
+            T0,
+        );
     }
     let now = T0 + Duration::from_secs(1);
     assert_eq!(s.poll_jobs(now).len(), 2);
@@ -231,14 +289,18 @@ impl Sim {
                 let d = self.durations[self.k % self.durations.len()];
                 self.k += 1;
                 self.starts.push((self.now, j.clone()));
-                self.running.insert((self.now + Duration::from_millis(d), j.id.0), j);
+                self.running
+                    .insert((self.now + Duration::from_millis(d), j.id.0), j);
             }
             let max = self.s.config().max_in_flight_per_host;
             let mut per_host: BTreeMap<&str, usize> = BTreeMap::new();
             for j in self.running.values() {
                 *per_host.entry(j.url.host()).or_default() += 1;
             }
-            assert!(per_host.values().all(|n| *n <= max), "in flight {per_host:?} > {max}");
+            assert!(
+                per_host.values().all(|n| *n <= max),
+                "in flight {per_host:?} > {max}"
+            );
             let next_end = self.running.keys().next().map(|k| k.0);
             let next = match (next_end, self.s.poll_timeout()) {
                 (Some(a), Some(b)) => a.min(b),

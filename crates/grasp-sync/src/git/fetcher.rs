@@ -86,7 +86,12 @@ pub trait GitFetcher: Send + Sync {
     /// Fetches `want` from `url` into `repo`'s local bare repository and reports which
     /// wanted objects are now present. An object the server does not have must not stop
     /// the others.
-    fn fetch(&self, repo: &RepoRef, url: &CloneUrl, want: &FetchWant) -> Result<FetchReport, FetchError>;
+    fn fetch(
+        &self,
+        repo: &RepoRef,
+        url: &CloneUrl,
+        want: &FetchWant,
+    ) -> Result<FetchReport, FetchError>;
 }
 
 /// Runs one fetch on tokio's blocking pool. A panic or cancellation inside the task is
@@ -102,5 +107,9 @@ where
     F: GitFetcher + ?Sized + 'static,
 {
     let joined = tokio::task::spawn_blocking(move || fetcher.fetch(&repo, &url, &want)).await;
-    joined.unwrap_or_else(|e| Err(FetchError::Local(format!("fetch task ended abnormally: {e}"))))
+    joined.unwrap_or_else(|e| {
+        Err(FetchError::Local(format!(
+            "fetch task ended abnormally: {e}"
+        )))
+    })
 }

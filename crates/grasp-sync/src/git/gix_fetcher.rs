@@ -59,7 +59,11 @@ fn repo_lock(path: &Path) -> Arc<std::sync::Mutex<()>> {
         std::sync::Mutex::new(Vec::new());
     let mut locks = LOCKS.lock().unwrap_or_else(|p| p.into_inner());
     locks.retain(|(_, w)| w.strong_count() > 0);
-    if let Some(l) = locks.iter().find(|(p, _)| p == path).and_then(|(_, w)| w.upgrade()) {
+    if let Some(l) = locks
+        .iter()
+        .find(|(p, _)| p == path)
+        .and_then(|(_, w)| w.upgrade())
+    {
         return l;
     }
     let l = Arc::new(std::sync::Mutex::new(()));
@@ -177,14 +181,21 @@ impl GixFetcher {
     }
 
     fn open_repo(&self, repo: &RepoRef) -> Result<(PathBuf, gix::Repository), FetchError> {
-        let path =
-            self.config.locator.locate(repo).ok_or_else(|| FetchError::Local(format!("no local path for {repo}")))?;
-        let local = |e: &dyn std::fmt::Display| FetchError::Local(format!("{}: {e}", path.display()));
+        let path = self
+            .config
+            .locator
+            .locate(repo)
+            .ok_or_else(|| FetchError::Local(format!("no local path for {repo}")))?;
+        let local =
+            |e: &dyn std::fmt::Display| FetchError::Local(format!("{}: {e}", path.display()));
         if let Ok(r) = gix::open(&path) {
             return Ok((path, r));
         }
         if !self.config.create_missing_repos {
-            return Err(FetchError::Local(format!("{} does not exist", path.display())));
+            return Err(FetchError::Local(format!(
+                "{} does not exist",
+                path.display()
+            )));
         }
         // Two jobs for one repo (on two hosts) may race to create it: serialise creation.
         let _guard = CREATE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
@@ -200,7 +211,11 @@ impl GixFetcher {
     fn endpoint<'a>(&self, url: &'a CloneUrl) -> Result<Endpoint<'a>, FetchError> {
         match url.scheme() {
             "git" | "file" | "http" | "https" => {}
-            other => return Err(FetchError::Unsupported(format!("{other}:// is not supported"))),
+            other => {
+                return Err(FetchError::Unsupported(format!(
+                    "{other}:// is not supported"
+                )))
+            }
         }
         let addrs = self.config.policy.resolve_clone_url(url)?;
         Ok(Endpoint { url, addrs })
@@ -216,7 +231,10 @@ impl GixFetcher {
     ) -> Result<(u64, Vec<RemoteRef>), FetchError> {
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
-            return Err(FetchError::Timeout(format!("deadline reached before fetching from {}", ep.url)));
+            return Err(FetchError::Timeout(format!(
+                "deadline reached before fetching from {}",
+                ep.url
+            )));
         }
         let remote = repo
             .remote_at(remote_url(ep.url).as_str())
@@ -227,7 +245,13 @@ impl GixFetcher {
         let _watchdog = Watchdog::start(remaining, interrupt.clone());
         let result = if ep.url.scheme() == "git" {
             let transport = self.git_transport(ep)?;
-            receive(remote.to_connection_with_transport(transport).with_credentials(no_credentials), &interrupt, repo)
+            receive(
+                remote
+                    .to_connection_with_transport(transport)
+                    .with_credentials(no_credentials),
+                &interrupt,
+                repo,
+            )
         } else {
             receive(self.connect(&remote, ep)?, &interrupt, repo)
         };
@@ -240,8 +264,11 @@ impl GixFetcher {
         &self,
         remote: &'r gix::Remote<'repo>,
         ep: &Endpoint<'_>,
-    ) -> Result<gix::remote::Connection<'r, 'static, 'repo, Box<dyn Transport + Send>>, FetchError> {
-        let con = remote.connect(Direction::Fetch).map_err(|e| FetchError::Unreachable(format!("{}: {e}", ep.url)))?;
+    ) -> Result<gix::remote::Connection<'r, 'static, 'repo, Box<dyn Transport + Send>>, FetchError>
+    {
+        let con = remote
+            .connect(Direction::Fetch)
+            .map_err(|e| FetchError::Unreachable(format!("{}: {e}", ep.url)))?;
         let con = if matches!(ep.url.scheme(), "http" | "https") {
             con.with_transport_options(Box::new(self.http_options(ep)))
         } else {
@@ -256,9 +283,17 @@ impl GixFetcher {
     fn http_options(&self, ep: &Endpoint<'_>) -> http::Options {
         let connect_timeout = self.config.connect_timeout;
         let io_timeout = self.config.io_timeout;
-        let host = ep.url.host().trim_start_matches('[').trim_end_matches(']').to_owned();
+        let host = ep
+            .url
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
         // IP literals are never resolved; names are pinned to what the policy checked.
-        let pin = host.parse::<std::net::IpAddr>().is_err().then(|| ep.addrs.clone());
+        let pin = host
+            .parse::<std::net::IpAddr>()
+            .is_err()
+            .then(|| ep.addrs.clone());
         let backend = http::reqwest::Options {
             configure_client: Some(Box::new(move |builder| {
                 // reqwest (feature `rustls-no-provider`) panics without a process default.
@@ -288,7 +323,10 @@ impl GixFetcher {
     fn git_transport(
         &self,
         ep: &Endpoint<'_>,
-    ) -> Result<gix::protocol::transport::client::git::blocking_io::Connection<TcpStream, TcpStream>, FetchError> {
+    ) -> Result<
+        gix::protocol::transport::client::git::blocking_io::Connection<TcpStream, TcpStream>,
+        FetchError,
+    > {
         let mut last = None;
         let mut stream = None;
         for addr in &ep.addrs {
@@ -303,31 +341,45 @@ impl GixFetcher {
         let stream = match (stream, last) {
             (Some(s), _) => s,
             (None, Some(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
-                return Err(FetchError::Timeout(format!("connecting to {}: {e}", ep.url)))
+                return Err(FetchError::Timeout(format!(
+                    "connecting to {}: {e}",
+                    ep.url
+                )))
             }
             (None, Some(e)) => return Err(FetchError::Unreachable(format!("{}: {e}", ep.url))),
             (None, None) => return Err(FetchError::Unreachable(format!("{}: no address", ep.url))),
         };
         let io = |e: std::io::Error| FetchError::Unreachable(format!("{}: {e}", ep.url));
-        stream.set_read_timeout(Some(self.config.io_timeout)).map_err(io)?;
-        stream.set_write_timeout(Some(self.config.io_timeout)).map_err(io)?;
+        stream
+            .set_read_timeout(Some(self.config.io_timeout))
+            .map_err(io)?;
+        stream
+            .set_write_timeout(Some(self.config.io_timeout))
+            .map_err(io)?;
         let write = stream.try_clone().map_err(io)?;
         let port = (ep.url.port() != 9418).then_some(ep.url.port());
-        Ok(gix::protocol::transport::client::git::blocking_io::Connection::new(
-            stream,
-            write,
-            gix::protocol::transport::Protocol::V2,
-            ep.url.path().to_owned(),
-            Some((ep.url.host().to_owned(), port)),
-            gix::protocol::transport::client::git::ConnectMode::Daemon,
-            false,
-        ))
+        Ok(
+            gix::protocol::transport::client::git::blocking_io::Connection::new(
+                stream,
+                write,
+                gix::protocol::transport::Protocol::V2,
+                ep.url.path().to_owned(),
+                Some((ep.url.host().to_owned(), port)),
+                gix::protocol::transport::client::git::ConnectMode::Daemon,
+                false,
+            ),
+        )
     }
 
     fn present(path: &Path, want: &BTreeSet<Oid>) -> Result<BTreeSet<Oid>, FetchError> {
         // Re-open so the object database sees packs written by the fetch.
-        let repo = gix::open(path).map_err(|e| FetchError::Local(format!("{}: {e}", path.display())))?;
-        Ok(want.iter().copied().filter(|o| repo.has_object(to_gix(o))).collect())
+        let repo =
+            gix::open(path).map_err(|e| FetchError::Local(format!("{}: {e}", path.display())))?;
+        Ok(want
+            .iter()
+            .copied()
+            .filter(|o| repo.has_object(to_gix(o)))
+            .collect())
     }
 }
 
@@ -344,13 +396,23 @@ impl GitFetcher for GixFetcher {
         let deadline = Instant::now() + self.config.op_timeout;
         let remote = repo
             .remote_at(remote_url(url).as_str())
-            .and_then(|r| r.with_refspecs(["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"], Direction::Fetch))
+            .and_then(|r| {
+                r.with_refspecs(
+                    ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
+                    Direction::Fetch,
+                )
+            })
             .map_err(|e| FetchError::Local(format!("cannot set up remote {url}: {e}")))?
             .with_fetch_tags(gix::remote::fetch::Tags::None);
         let interrupt = Arc::new(AtomicBool::new(false));
-        let _watchdog = Watchdog::start(deadline.saturating_duration_since(Instant::now()), interrupt.clone());
-        let options =
-            gix::remote::ref_map::Options { prefix_from_spec_as_filter_on_remote: false, ..Default::default() };
+        let _watchdog = Watchdog::start(
+            deadline.saturating_duration_since(Instant::now()),
+            interrupt.clone(),
+        );
+        let options = gix::remote::ref_map::Options {
+            prefix_from_spec_as_filter_on_remote: false,
+            ..Default::default()
+        };
         let map = if url.scheme() == "git" {
             let t = self.git_transport(&ep)?;
             remote
@@ -358,18 +420,29 @@ impl GitFetcher for GixFetcher {
                 .with_credentials(no_credentials)
                 .ref_map(gix::progress::Discard, options)
         } else {
-            self.connect(&remote, &ep)?.ref_map(gix::progress::Discard, options)
+            self.connect(&remote, &ep)?
+                .ref_map(gix::progress::Discard, options)
         };
         let (map, _handshake) = map.map_err(|e| classify(url, &e, &interrupt))?;
         Ok(remote_refs(&map.remote_refs, |_| true))
     }
 
-    fn fetch(&self, repo: &RepoRef, url: &CloneUrl, want: &FetchWant) -> Result<FetchReport, FetchError> {
+    fn fetch(
+        &self,
+        repo: &RepoRef,
+        url: &CloneUrl,
+        want: &FetchWant,
+    ) -> Result<FetchReport, FetchError> {
         let deadline = Instant::now() + self.config.op_timeout;
         // Policy first: a refused URL must not even create a local directory.
         let ep = self.endpoint(url)?;
         let (path, local) = self.open_repo(repo)?;
-        let missing: Vec<Oid> = want.oids.iter().copied().filter(|o| !local.has_object(to_gix(o))).collect();
+        let missing: Vec<Oid> = want
+            .oids
+            .iter()
+            .copied()
+            .filter(|o| !local.has_object(to_gix(o)))
+            .collect();
         let mut report = FetchReport::default();
         if missing.is_empty() && !want.any_data {
             report.present = want.oids.clone();
@@ -391,7 +464,10 @@ impl GitFetcher for GixFetcher {
             match self.fetch_once(&local, &ep, &specs, deadline) {
                 Ok((bytes, _)) => report.bytes += bytes,
                 // The server cannot be talked to at all: one-by-one would fail the same way.
-                Err(e @ (FetchError::Unreachable(_) | FetchError::Timeout(_) | FetchError::Local(_))) => return Err(e),
+                Err(
+                    e
+                    @ (FetchError::Unreachable(_) | FetchError::Timeout(_) | FetchError::Local(_)),
+                ) => return Err(e),
                 Err(e) => batch_error = Some(e),
             }
         }
@@ -458,13 +534,19 @@ fn from_gix(oid: &gix::oid) -> Option<Oid> {
     Some(Oid::from_bytes(bytes))
 }
 
-fn remote_refs(refs: &[gix::protocol::handshake::Ref], keep: impl Fn(&str) -> bool) -> Vec<RemoteRef> {
+fn remote_refs(
+    refs: &[gix::protocol::handshake::Ref],
+    keep: impl Fn(&str) -> bool,
+) -> Vec<RemoteRef> {
     refs.iter()
         .filter_map(|r| {
             let (name, target, peeled) = r.unpack();
             let name = std::str::from_utf8(name).ok()?;
             let target = from_gix(peeled.or(target)?)?;
-            keep(name).then(|| RemoteRef { name: name.to_owned(), target })
+            keep(name).then(|| RemoteRef {
+                name: name.to_owned(),
+                target,
+            })
         })
         .collect()
 }
@@ -484,13 +566,18 @@ fn receive<T: Transport>(
     let _ = local.has_object(gix::ObjectId::from_bytes_or_panic(&[0xff; 20]));
     let outcome = prepare.receive(gix::progress::Discard, interrupt)?;
     let bytes = match &outcome.status {
-        gix::remote::fetch::Status::Change { write_pack_bundle, .. } => {
-            write_pack_bundle.data_path.as_ref().and_then(|p| std::fs::metadata(p).ok()).map_or(0, |m| m.len())
-        }
+        gix::remote::fetch::Status::Change {
+            write_pack_bundle, ..
+        } => write_pack_bundle
+            .data_path
+            .as_ref()
+            .and_then(|p| std::fs::metadata(p).ok())
+            .map_or(0, |m| m.len()),
         _ => 0,
     };
-    let tips =
-        remote_refs(&outcome.ref_map.remote_refs, |n| n.starts_with("refs/heads/") || n.starts_with("refs/tags/"));
+    let tips = remote_refs(&outcome.ref_map.remote_refs, |n| {
+        n.starts_with("refs/heads/") || n.starts_with("refs/tags/")
+    });
     Ok((bytes, tips))
 }
 
@@ -504,7 +591,11 @@ fn classify(url: &CloneUrl, e: &gix::Error, interrupt: &AtomicBool) -> FetchErro
             kind = kind.or_else(|| failure_kind(x));
         });
     }
-    let text = e.iter_errors().map(|x| x.to_string()).collect::<Vec<_>>().join(": ");
+    let text = e
+        .iter_errors()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join(": ");
     match kind {
         Some(Failure::Timeout) => FetchError::Timeout(format!("{url}: {text}")),
         Some(Failure::Connect) => FetchError::Unreachable(format!("{url}: {text}")),
@@ -543,7 +634,10 @@ fn failure_kind(err: &(dyn std::error::Error + 'static)) -> Option<Failure> {
 /// Calls `f` on `err` and everything beneath it, including the error *inside* an
 /// `io::Error` (whose `source()` skips it) — gix's HTTP transport wraps reqwest's
 /// errors that way.
-fn visit_sources(err: &(dyn std::error::Error + 'static), f: &mut dyn FnMut(&(dyn std::error::Error + 'static))) {
+fn visit_sources(
+    err: &(dyn std::error::Error + 'static),
+    f: &mut dyn FnMut(&(dyn std::error::Error + 'static)),
+) {
     let mut cur = Some(err);
     let mut depth = 0;
     while let Some(e) = cur {
@@ -552,7 +646,10 @@ fn visit_sources(err: &(dyn std::error::Error + 'static), f: &mut dyn FnMut(&(dy
         if depth > 32 {
             return;
         }
-        if let Some(inner) = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
             visit_sources(inner, f);
         }
         cur = e.source();
@@ -567,11 +664,13 @@ struct Watchdog {
 impl Watchdog {
     fn start(after: Duration, flag: Arc<AtomicBool>) -> Self {
         let (tx, rx) = mpsc::channel::<()>();
-        let spawned = std::thread::Builder::new().name("grasp-sync-git-watchdog".into()).spawn(move || {
-            if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(after) {
-                flag.store(true, Ordering::Relaxed);
-            }
-        });
+        let spawned = std::thread::Builder::new()
+            .name("grasp-sync-git-watchdog".into())
+            .spawn(move || {
+                if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(after) {
+                    flag.store(true, Ordering::Relaxed);
+                }
+            });
         // If no thread can be spawned the socket timeouts still bound the operation.
         drop(spawned);
         Self { _cancel: tx }

@@ -30,7 +30,10 @@ pub use fetcher::{FetchError, FetchReport, FetchWant, GitFetcher, RemoteRef};
 pub use gix_fetcher::{BareRepoLocator, GixFetcher, GixFetcherConfig};
 pub use metrics::HuntMetrics;
 pub use oid::{Oid, OidError};
-pub use purgatory::{Admitted, Expiry, InMemoryPurgatory, Purgatory, PurgatoryConfig, PurgatoryError, WaitingEvent};
+pub use purgatory::{
+    Admitted, Expiry, InMemoryPurgatory, Purgatory, PurgatoryConfig, PurgatoryError, WaitingEvent,
+};
 pub use scheduler::{
-    HuntConfig, HuntEvent, HuntJob, HuntRequest, HuntScheduler, JobId, JobResult, Origin, WaitKind, Want,
+    HuntConfig, HuntEvent, HuntJob, HuntRequest, HuntScheduler, JobId, JobResult, Origin, WaitKind,
+    Want,
 };

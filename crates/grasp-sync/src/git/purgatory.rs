@@ -126,13 +126,23 @@ pub struct InMemoryPurgatory<P = nostr::Event> {
 impl<P> InMemoryPurgatory<P> {
     /// An empty purgatory.
     pub fn new(config: PurgatoryConfig) -> Self {
-        Self { config, held: BTreeMap::new(), expired: HashSet::new(), expired_order: VecDeque::new() }
+        Self {
+            config,
+            held: BTreeMap::new(),
+            expired: HashSet::new(),
+            expired_order: VecDeque::new(),
+        }
     }
 
     /// Takes an event in. Returns the hunt requests to feed the scheduler: the event's
     /// own, and for a state event a revived soft-expired announcement's. A duplicate is
     /// accepted silently with nothing to hunt.
-    pub fn admit(&mut self, ev: WaitingEvent, payload: P, now: WallTime) -> Result<Admitted, PurgatoryError> {
+    pub fn admit(
+        &mut self,
+        ev: WaitingEvent,
+        payload: P,
+        now: WallTime,
+    ) -> Result<Admitted, PurgatoryError> {
         if self.expired.contains(&ev.id) {
             return Err(PurgatoryError::Expired(ev.id));
         }
@@ -152,13 +162,24 @@ impl<P> InMemoryPurgatory<P> {
         }
         let expires_at = ev.received_at.max(now) + self.config.ttl;
         out.hunt.push(request(&ev, expires_at));
-        self.held.insert(ev.id, Held { ev, payload, expires_at, soft_until: None });
+        self.held.insert(
+            ev.id,
+            Held {
+                ev,
+                payload,
+                expires_at,
+                soft_until: None,
+            },
+        );
         Ok(out)
     }
 
     /// Applies the expiry rules at `now`.
     pub fn tick(&mut self, now: WallTime) -> Expiry<P> {
-        let mut out = Expiry { soft_expired: Vec::new(), dropped: Vec::new() };
+        let mut out = Expiry {
+            soft_expired: Vec::new(),
+            dropped: Vec::new(),
+        };
         let mut drop_ids = Vec::new();
         for (id, held) in self.held.iter_mut() {
             match held.soft_until {
@@ -186,12 +207,18 @@ impl<P> InMemoryPurgatory<P> {
 
     /// The earliest time [`tick`](Self::tick) would change something.
     pub fn next_deadline(&self) -> Option<WallTime> {
-        self.held.values().map(|h| h.soft_until.unwrap_or(h.expires_at)).min()
+        self.held
+            .values()
+            .map(|h| h.soft_until.unwrap_or(h.expires_at))
+            .min()
     }
 
     /// Releases events and returns their payloads (for the host to store and serve).
     pub fn take(&mut self, events: &[EventId]) -> Vec<(EventId, P)> {
-        events.iter().filter_map(|id| self.held.remove(id).map(|h| (*id, h.payload))).collect()
+        events
+            .iter()
+            .filter_map(|id| self.held.remove(id).map(|h| (*id, h.payload)))
+            .collect()
     }
 
     /// True when the event is held (waiting or soft-expired).
@@ -243,7 +270,11 @@ fn request(ev: &WaitingEvent, expires_at: WallTime) -> HuntRequest {
 
 impl<P> Purgatory for InMemoryPurgatory<P> {
     fn waiting(&self) -> Vec<WaitingEvent> {
-        self.held.values().filter(|h| h.soft_until.is_none()).map(|h| h.ev.clone()).collect()
+        self.held
+            .values()
+            .filter(|h| h.soft_until.is_none())
+            .map(|h| h.ev.clone())
+            .collect()
     }
 
     fn release(&mut self, _repo: &RepoRef, events: &[EventId], _now: WallTime) -> Vec<EventId> {
@@ -292,7 +323,10 @@ mod tests {
         let x = p.tick(t0 + Duration::from_secs(1800));
         assert_eq!(x.dropped.len(), 1);
         assert!(p.is_expired(&id(1)));
-        assert_eq!(p.admit(ev(1, WaitKind::State, t0), (), t0), Err(PurgatoryError::Expired(id(1))));
+        assert_eq!(
+            p.admit(ev(1, WaitKind::State, t0), (), t0),
+            Err(PurgatoryError::Expired(id(1)))
+        );
     }
 
     #[test]
@@ -322,7 +356,10 @@ mod tests {
 
     #[test]
     fn expired_set_is_bounded() {
-        let cfg = PurgatoryConfig { expired_capacity: 2, ..PurgatoryConfig::default() };
+        let cfg = PurgatoryConfig {
+            expired_capacity: 2,
+            ..PurgatoryConfig::default()
+        };
         let mut p: InMemoryPurgatory<()> = InMemoryPurgatory::new(cfg);
         let t0 = WallTime::from_secs(1000);
         for n in 1..=3 {

@@ -129,7 +129,9 @@ impl HuntConfig {
     /// The wait before retry number `n` (1-based): `base × 2^(n-1)`, capped.
     pub fn backoff(&self, n: u32) -> Duration {
         let factor = 1u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX);
-        self.backoff_base.saturating_mul(factor).min(self.backoff_cap)
+        self.backoff_base
+            .saturating_mul(factor)
+            .min(self.backoff_cap)
     }
 
     fn first_delay(&self, origin: Origin) -> Duration {
@@ -288,16 +290,25 @@ impl HuntScheduler {
         }
         let target = now + self.config.first_delay(req.origin);
         let is_new_event = !self.event_repo.contains_key(&req.event_id);
-        let entry = self.entries.entry(req.repo.clone()).or_insert_with(|| Entry {
-            events: BTreeMap::new(),
-            urls: BTreeMap::new(),
-            attempt: 0,
-            next_round: None,
-            in_round: false,
-            rerun_at: None,
-        });
+        let entry = self
+            .entries
+            .entry(req.repo.clone())
+            .or_insert_with(|| Entry {
+                events: BTreeMap::new(),
+                urls: BTreeMap::new(),
+                attempt: 0,
+                next_round: None,
+                in_round: false,
+                rerun_at: None,
+            });
         if is_new_event {
-            entry.events.insert(req.event_id, WaitingEv { want: req.want, expires_at: req.expires_at });
+            entry.events.insert(
+                req.event_id,
+                WaitingEv {
+                    want: req.want,
+                    expires_at: req.expires_at,
+                },
+            );
             self.event_repo.insert(req.event_id, req.repo.clone());
             self.expiry.insert((req.expires_at, req.event_id));
         }
@@ -356,9 +367,15 @@ impl HuntScheduler {
         }
         match &result {
             Ok(report) => {
-                self.metrics.bytes_fetched = self.metrics.bytes_fetched.saturating_add(report.bytes);
+                self.metrics.bytes_fetched =
+                    self.metrics.bytes_fetched.saturating_add(report.bytes);
                 let asked_n = info.asked.oids.len() + usize::from(info.asked.any_data);
-                let got_n = info.asked.oids.iter().filter(|o| report.present.contains(o)).count()
+                let got_n = info
+                    .asked
+                    .oids
+                    .iter()
+                    .filter(|o| report.present.contains(o))
+                    .count()
                     + usize::from(info.asked.any_data && report.any_data);
                 if got_n == asked_n {
                     self.metrics.hunts_complete += 1;
@@ -473,7 +490,11 @@ impl HuntScheduler {
             if entry.urls.len() >= self.config.max_urls_per_repo {
                 break;
             }
-            let state = if entry.in_round { UrlState::Pending } else { UrlState::Idle };
+            let state = if entry.in_round {
+                UrlState::Pending
+            } else {
+                UrlState::Idle
+            };
             if state == UrlState::Pending {
                 let host = self.hosts.entry(url.host().to_owned()).or_default();
                 if host.queued.insert(repo.clone()) {
@@ -591,8 +612,20 @@ impl HuntScheduler {
                 if more && host.queued.insert(repo.clone()) {
                     host.queue.push_back(repo.clone());
                 }
-                self.jobs.insert(id, JobInfo { repo: repo.clone(), url: url.clone(), asked: want.clone() });
-                out.push(HuntJob { id, repo, url, want });
+                self.jobs.insert(
+                    id,
+                    JobInfo {
+                        repo: repo.clone(),
+                        url: url.clone(),
+                        asked: want.clone(),
+                    },
+                );
+                out.push(HuntJob {
+                    id,
+                    repo,
+                    url,
+                    want,
+                });
             }
         }
         out
