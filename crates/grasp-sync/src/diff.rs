@@ -237,8 +237,10 @@ mod tests {
     use crate::targets::tests::{apply_op, id, op, relay, repo};
 
     /// Random held state: for each relay, a status and some items confirmed or pending.
-    fn held_state() -> impl Strategy<Value = Vec<(u8, u8, Vec<(u8, bool, bool)>, Vec<(u8, bool)>)>>
-    {
+    /// Per relay: index, status, repos (index, full, pending), roots (index, pending).
+    type Held = Vec<(u8, u8, Vec<(u8, bool, bool)>, Vec<(u8, bool)>)>;
+
+    fn held_state() -> impl Strategy<Value = Held> {
         proptest::collection::vec(
             (
                 0u8..6,
@@ -260,9 +262,7 @@ mod tests {
         ][usize::from(i % 5)]
     }
 
-    fn build(
-        held: &[(u8, u8, Vec<(u8, bool, bool)>, Vec<(u8, bool)>)],
-    ) -> (PendingSyncIndex, RelaySyncIndex) {
+    fn build(held: &Held) -> (PendingSyncIndex, RelaySyncIndex) {
         let mut pending = PendingSyncIndex::new();
         let mut confirmed = RelaySyncIndex::new();
         for (r, st, repos, roots) in held {

@@ -407,6 +407,13 @@ impl fmt::Debug for CloneUrl {
     }
 }
 
+/// The engine asks this before dialling a relay found in an announcement.
+impl crate::ports::RelayUrlPolicy for UrlPolicy {
+    fn permits_relay(&self, url: &RelayUrl) -> bool {
+        self.check_relay_url(url).is_ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -521,12 +528,5 @@ mod tests {
         );
         assert_eq!(forbidden_range("fc00::1".parse().unwrap()), Some("private"));
         assert_eq!(forbidden_range("1.1.1.1".parse().unwrap()), None);
-    }
-}
-
-/// The engine asks this before dialling a relay found in an announcement.
-impl crate::ports::RelayUrlPolicy for UrlPolicy {
-    fn permits_relay(&self, url: &RelayUrl) -> bool {
-        self.check_relay_url(url).is_ok()
     }
 }

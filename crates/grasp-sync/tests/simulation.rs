@@ -179,7 +179,7 @@ fn event(keys: &Keys, kind: u16, tags: Vec<Vec<String>>, created_at: u64, conten
         .tags(tags)
         .custom_created_at(Timestamp::from_secs(created_at))
         .build(keys.public_key());
-    let id = unsigned.id.unwrap_or_else(|| EventId::all_zeros());
+    let id = unsigned.id.unwrap_or_else(EventId::all_zeros);
     let sig = Signature::from_slice(&[7u8; 64]).expect("64 bytes");
     Event::new(
         id,

@@ -66,7 +66,7 @@ impl SyncEngine {
             let Some(conn) = self.conns.get_mut(relay) else {
                 return;
             };
-            let limits = conn.limits.clone();
+            let limits = conn.limits;
             let (historic_kind, deadline) = match kind {
                 PartKind::Negentropy => {
                     self.metrics.negentropy_sessions += 1;
@@ -442,7 +442,7 @@ impl SyncEngine {
             return;
         };
         conn.negentropy = NegentropySupport::Supported;
-        let limits = conn.limits.clone();
+        let limits = conn.limits;
         let mut need = need;
         need.sort();
         need.dedup();

@@ -19,11 +19,9 @@ impl SyncEngine {
     /// Registers a relay once; the websocket comes and goes, the registration stays.
     pub(super) fn ensure_relay(&mut self, relay: &RelayUrl) {
         if !self.conns.contains_key(relay) {
-            let health = RelayHealth::new(self.config.health.clone());
-            self.conns.insert(
-                relay.clone(),
-                Conn::new(health, self.config.default_limits.clone()),
-            );
+            let health = RelayHealth::new(self.config.health);
+            self.conns
+                .insert(relay.clone(), Conn::new(health, self.config.default_limits));
             self.relays.entry(relay);
             self.dirty = true;
         }
@@ -150,7 +148,7 @@ impl SyncEngine {
     pub(super) fn limits(&self, relay: &RelayUrl) -> crate::filters::RelayLimits {
         self.conns
             .get(relay)
-            .map_or_else(|| self.config.default_limits.clone(), |c| c.limits.clone())
+            .map_or_else(|| self.config.default_limits, |c| c.limits)
     }
 
     /// Opens live subscriptions for `filters`, as few REQs as the relay allows.
@@ -204,7 +202,7 @@ impl SyncEngine {
             conn.deferred = true;
             return;
         }
-        let limits = conn.limits.clone();
+        let limits = conn.limits;
         self.open_live(
             relay,
             live(build_sync_level_aware_filters(&items, &limits, None)),
@@ -322,7 +320,7 @@ impl SyncEngine {
         }
         conn.needs_rebuild = false;
         let old: Vec<_> = std::mem::take(&mut conn.live).into_keys().collect();
-        let limits = conn.limits.clone();
+        let limits = conn.limits;
         self.metrics.consolidations += 1;
         for id in old {
             self.commands.push_back(Command::Unsubscribe {
@@ -358,7 +356,7 @@ impl SyncEngine {
         let strip = |held: &mut SyncItems| {
             held.repos.retain(|repo, level| {
                 let wanted = target.and_then(|t| t.repos.get(repo)) == Some(level);
-                wanted || items.repos.get(repo).is_none()
+                wanted || !items.repos.contains_key(repo)
             });
             held.root_events
                 .retain(|id| !items.root_events.contains(id));
@@ -534,7 +532,7 @@ impl SyncEngine {
         let Some(conn) = self.conns.get_mut(relay) else {
             return;
         };
-        if !conn.retry_at.is_some_and(|t| t <= now) {
+        if conn.retry_at.is_none_or(|t| t > now) {
             return;
         }
         conn.retry_at = None;
