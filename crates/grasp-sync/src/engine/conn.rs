@@ -106,6 +106,9 @@ pub(super) struct Conn {
     /// When the relay first closed a live subscription since the last rebuild: events
     /// published from then on are fetched with `since` after the rebuild.
     pub live_gap_since: Option<WallTime>,
+    /// Where the running `since` catch-up (quick reconnect, live gap) started: what a
+    /// snapshot reports as the disconnect time while the catch-up is pending.
+    pub catchup_from: Option<WallTime>,
     /// When the failed history is retried next.
     pub retry_at: Option<WallTime>,
     /// Retries so far on this connection.
@@ -135,6 +138,7 @@ impl Conn {
             retry_at: None,
             retry_round: 0,
             live_gap_since: None,
+            catchup_from: None,
             deferred: false,
             needs_rebuild: false,
         }

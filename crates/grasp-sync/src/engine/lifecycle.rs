@@ -61,6 +61,7 @@ impl SyncEngine {
         let since = state
             .disconnected_at
             .map(|d| (d - self.config.since_overlap).as_timestamp());
+        conn.catchup_from = if fresh { None } else { state.disconnected_at };
         state.status = ConnectionStatus::Syncing;
         state.last_connected = Some(now);
         state.disconnected_at = None;
@@ -329,6 +330,9 @@ impl SyncEngine {
             });
         }
         let gap = conn.live_gap_since.take();
+        if let Some(gap) = gap {
+            conn.catchup_from = Some(conn.catchup_from.map_or(gap, |c| c.min(gap)));
+        }
         let mut filters = live(layer1_filters(None));
         filters.extend(live(build_sync_level_aware_filters(
             &self.held_items(relay),

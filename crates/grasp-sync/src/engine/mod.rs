@@ -188,7 +188,8 @@ impl SyncEngine {
                 continue;
             }
             let mut state = persisted.state;
-            if state.status != ConnectionStatus::Disconnected {
+            if state.disconnected_at.is_none() {
+                // Connected when the snapshot was taken: history is complete up to then.
                 state.disconnected_at = Some(snapshot.taken_at);
             }
             state.status = ConnectionStatus::Disconnected;
@@ -422,6 +423,16 @@ impl SyncEngine {
         if let Some(conn) = self.conns.get(relay) {
             state.confirmed.subtract(&conn.failed_items);
             state.announcements_synced &= !conn.failed_layer1;
+            let catching_up = self
+                .pending
+                .batches(relay)
+                .iter()
+                .any(|b| !b.full_history);
+            if catching_up && state.disconnected_at.is_none() {
+                // A `since` catch-up is still running: after a restart, history is only
+                // known complete up to where that catch-up started.
+                state.disconnected_at = conn.catchup_from;
+            }
         }
         state
     }
