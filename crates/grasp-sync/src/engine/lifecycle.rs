@@ -541,8 +541,10 @@ impl SyncEngine {
         }
         conn.retry_at = None;
         conn.retry_round += 1;
-        let layer1 = std::mem::take(&mut conn.failed_layer1);
-        let mut items = std::mem::take(&mut conn.failed_items);
+        // The failures stay recorded until a full-history batch succeeds: a retry cut
+        // short by a disconnect must not forget them.
+        let layer1 = conn.failed_layer1;
+        let mut items = conn.failed_items.clone();
         // Only what is still confirmed: removed items are not retried.
         let confirmed = self.relays.entry(relay).confirmed.clone();
         items
