@@ -373,7 +373,8 @@ impl SyncEngine {
         let done = batches.remove(pos);
         let state = self.relays.entry(relay);
         if done.layer1 {
-            state.announcements_synced = true;
+            // A `since` catch-up says nothing about older announcements.
+            state.announcements_synced |= done.full_history;
         } else {
             state.confirmed.merge(&done.items);
         }
