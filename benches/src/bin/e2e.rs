@@ -407,7 +407,7 @@ async fn serve_plain(
 
 enum Upstream {
     Nip77 {
-        relay: LocalRelay,
+        relay: Box<LocalRelay>,
         db: Arc<MemoryDatabase>,
     },
     Plain(PlainRelay),
@@ -741,7 +741,7 @@ async fn run(
     // The test relays cap `limit` at RELAY_MAX_LIMIT but publish no NIP-11 document.
     config.default_limits.page_limit = RELAY_MAX_LIMIT;
     config.default_limits.max_limit = Some(RELAY_MAX_LIMIT);
-    let limits = config.default_limits.clone();
+    let limits = config.default_limits;
 
     reset_peak_rss();
     let rss_before_kb = proc_status_kb("VmRSS:");
@@ -888,7 +888,13 @@ async fn bench(args: Args) {
             (Upstream::Plain(p), addr)
         } else {
             let (relay, db, addr) = start_local_relay().await;
-            (Upstream::Nip77 { relay, db }, addr)
+            (
+                Upstream::Nip77 {
+                    relay: Box::new(relay),
+                    db,
+                },
+                addr,
+            )
         };
         let url = start_proxy(addr, Arc::clone(&stats)).await;
         relays.push(BenchRelay {
