@@ -721,6 +721,18 @@ fn verify_floor(events: &[&Event]) -> (Duration, Duration, usize) {
     (single, all, threads)
 }
 
+/// utime + stime of this process, in clock ticks (usually 1/100 s).
+fn process_cpu_ticks() -> u64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit(')').next()?.to_owned();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0)
+}
+
 fn kib(bytes: u64) -> String {
     format!("{:.1}", bytes as f64 / 1024.0)
 }
@@ -828,11 +840,18 @@ async fn run(
         .collect();
     let status = handle.status().await.expect("driver running");
     handle.shutdown().await.expect("clean shutdown");
+    // Let the relays notice the closed connections before measuring the floor, and
+    // report whether anything still burns CPU while idle (it would skew the floor).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cpu_before = process_cpu_ticks();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle_cpu_ticks = process_cpu_ticks().saturating_sub(cpu_before);
 
     let missing_events: Vec<&Event> = missing.iter().map(|&i| &world.events[i]).collect();
     let (verify_single, verify_all, threads) = verify_floor(&missing_events);
 
     println!("\n### {name}\n");
+    println!("(CPU used by the process in 0.5 s idle after shutdown: {idle_cpu_ticks} ticks)\n");
     if !converged {
         println!(
             "**NOT CONVERGED** after {}: {} of {total} events",
@@ -1002,6 +1021,11 @@ async fn bench(args: Args) {
         .unwrap_or_default();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("## grasp-sync end-to-end benchmark\n");
+    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "load average at start (other processes share these cores): {}",
+        loadavg.trim()
+    );
     println!(
         "machine: {cores} cores ({cpu}); events {} in {} repos ({:.1} MiB raw JSON), \
          relays {} ({} NIP-77, {} plain), {} relays per repo; signed in {} on {cores} threads",
