@@ -25,7 +25,7 @@
 //!   (VmHWM, reset between runs), and the signature-verification floor: `Event::verify`
 //!   of the missing events single-threaded and on all cores.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -42,8 +42,8 @@ use grasp_sync::{RelayUrl, SyncConfig};
 use grasp_sync_benches::Rng;
 use nostr::filter::MatchEventOptions;
 use nostr::{
-    ClientMessage, Event, EventBuilder, EventId, Filter, JsonUtil, Keys, Kind, RelayMessage, Tag,
-    TagKind, Timestamp,
+    ClientMessage, Event, EventBuilder, EventId, Filter, JsonUtil, Keys, Kind, PublicKey,
+    RelayMessage, SingleLetterTag, Tag, TagKind, Timestamp,
 };
 use nostr_database::{MemoryDatabase, MemoryDatabaseOptions, NostrDatabase};
 use nostr_relay_builder::prelude::{LocalRelay, RateLimit, RelayBuilder};
@@ -372,13 +372,13 @@ async fn start_proxy(upstream: SocketAddr, stats: Arc<ProxyStats>) -> String {
 struct PlainRelay {
     addr: SocketAddr,
     /// Newest first.
-    events: Arc<RwLock<Arc<Vec<Event>>>>,
+    events: Arc<RwLock<Arc<PlainStore>>>,
 }
 
 async fn start_plain_relay() -> PlainRelay {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let events: Arc<RwLock<Arc<Vec<Event>>>> = Arc::default();
+    let events: Arc<RwLock<Arc<PlainStore>>> = Arc::default();
     let shared = Arc::clone(&events);
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
@@ -391,13 +391,72 @@ async fn start_plain_relay() -> PlainRelay {
     PlainRelay { addr, events }
 }
 
-fn plain_query(stored: &[Event], filters: &[Filter]) -> Vec<Event> {
+/// The plain relay's events, newest first, with the indexes a real relay has (by id, by
+/// author, by single-letter tag value) so that a query costs what it matches, not a scan
+/// of everything (which would make the relay, not the sync, the bottleneck at 100k).
+#[derive(Default)]
+struct PlainStore {
+    events: Vec<Event>,
+    by_id: HashMap<EventId, usize>,
+    by_author: HashMap<PublicKey, Vec<usize>>,
+    by_tag: HashMap<(SingleLetterTag, String), Vec<usize>>,
+}
+
+impl PlainStore {
+    fn new(mut events: Vec<Event>) -> Self {
+        events.sort_by_key(|e| std::cmp::Reverse(e.created_at));
+        let mut store = PlainStore::default();
+        for (i, e) in events.iter().enumerate() {
+            store.by_id.insert(e.id, i);
+            store.by_author.entry(e.pubkey).or_default().push(i);
+            for t in e.tags.iter() {
+                if let (Some(l), Some(v)) = (t.single_letter_tag(), t.content()) {
+                    store.by_tag.entry((l, v.to_owned())).or_default().push(i);
+                }
+            }
+        }
+        store.events = events;
+        store
+    }
+
+    /// Indices (newest first) that may match `f`.
+    fn candidates(&self, f: &Filter) -> Vec<usize> {
+        let mut out: Vec<usize> = if let Some(ids) = &f.ids {
+            ids.iter()
+                .filter_map(|id| self.by_id.get(id).copied())
+                .collect()
+        } else if let Some((letter, values)) = f.generic_tags.iter().next() {
+            values
+                .iter()
+                .filter_map(|v| self.by_tag.get(&(*letter, v.clone())))
+                .flatten()
+                .copied()
+                .collect()
+        } else if let Some(authors) = &f.authors {
+            authors
+                .iter()
+                .filter_map(|a| self.by_author.get(a))
+                .flatten()
+                .copied()
+                .collect()
+        } else {
+            return (0..self.events.len()).collect();
+        };
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+}
+
+fn plain_query(stored: &PlainStore, filters: &[Filter]) -> Vec<Event> {
     let mut seen: HashSet<EventId> = HashSet::new();
     let mut out = Vec::new();
     for f in filters {
         let limit = f.limit.unwrap_or(RELAY_MAX_LIMIT).min(RELAY_MAX_LIMIT);
         for e in stored
-            .iter()
+            .candidates(f)
+            .into_iter()
+            .map(|i| &stored.events[i])
             .filter(|e| f.match_event(e, MatchEventOptions::new()))
             .take(limit)
         {
@@ -411,7 +470,7 @@ fn plain_query(stored: &[Event], filters: &[Filter]) -> Vec<Event> {
 
 async fn serve_plain(
     stream: TcpStream,
-    events: Arc<RwLock<Arc<Vec<Event>>>>,
+    events: Arc<RwLock<Arc<PlainStore>>>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let _ = stream.set_nodelay(true);
     let mut ws = tokio_tungstenite::accept_async(stream).await?;
@@ -1003,10 +1062,9 @@ async fn bench(args: Args) {
             }
         }
     }
-    for (r, mut set) in plain_sets.into_iter().enumerate() {
+    for (r, set) in plain_sets.into_iter().enumerate() {
         if let Upstream::Plain(p) = &relays[r].upstream {
-            set.sort_by_key(|e| std::cmp::Reverse(e.created_at));
-            *p.events.write().expect("lock") = Arc::new(set);
+            *p.events.write().expect("lock") = Arc::new(PlainStore::new(set));
         }
     }
     let raw_total: u64 = world.events.iter().map(|e| e.as_json().len() as u64).sum();
