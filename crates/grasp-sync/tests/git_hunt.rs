@@ -23,46 +23,8 @@ use nostr::EventId;
 
 const PK: &str = "a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1";
 
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args([
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "-c",
-            "init.defaultBranch=main",
-            "-c",
-            "commit.gpgsign=false",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-/// Creates `<base>/<name>` with `commits` commits on `main`, returns their ids.
-fn source_repo(base: &Path, name: &str, commits: usize) -> Vec<Oid> {
-    let dir = base.join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    git(&dir, &["init", "-q"]);
-    (0..commits)
-        .map(|i| {
-            std::fs::write(dir.join("f.txt"), format!("{} {i}\n", dir.display())).unwrap();
-            git(&dir, &["add", "f.txt"]);
-            git(&dir, &["commit", "-q", "-m", &format!("c{i}")]);
-            Oid::from_hex(&git(&dir, &["rev-parse", "HEAD"])).unwrap()
-        })
-        .collect()
-}
+mod git_support;
+use git_support::source_repo;
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

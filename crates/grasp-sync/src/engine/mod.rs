@@ -423,11 +423,7 @@ impl SyncEngine {
         if let Some(conn) = self.conns.get(relay) {
             state.confirmed.subtract(&conn.failed_items);
             state.announcements_synced &= !conn.failed_layer1;
-            let catching_up = self
-                .pending
-                .batches(relay)
-                .iter()
-                .any(|b| !b.full_history);
+            let catching_up = self.pending.batches(relay).iter().any(|b| !b.full_history);
             if catching_up && state.disconnected_at.is_none() {
                 // A `since` catch-up is still running: after a restart, history is only
                 // known complete up to where that catch-up started.
