@@ -444,30 +444,7 @@ impl SyncEngine {
         };
         conn.negentropy = NegentropySupport::Supported;
         let limits = conn.limits;
-        // Sessions of one relay overlap (a comment matches its repo's `#A` filter and
-        // its root's `#E` filter): ask each id once, and not at all when another relay
-        // already delivered it.
-        let asked: BTreeSet<EventId> = conn
-            .historic
-            .values()
-            .filter_map(|h| match &h.kind {
-                HistoricKind::Fetch { asked, .. } => Some(asked.iter().copied()),
-                _ => None,
-            })
-            .flatten()
-            .chain(
-                conn.queue
-                    .iter()
-                    .filter(|q| matches!(q.kind, PartKind::Fetch { .. }))
-                    .filter_map(|q| q.filter.ids.as_ref())
-                    .flatten()
-                    .copied(),
-            )
-            .collect();
-        let mut need: Vec<EventId> = need
-            .into_iter()
-            .filter(|id| !asked.contains(id) && !self.handed.contains(id))
-            .collect();
+        let mut need = need;
         need.sort();
         need.dedup();
         for filter in ids_filters(&need, &limits).into_iter().rev() {

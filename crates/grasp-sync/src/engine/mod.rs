@@ -91,11 +91,6 @@ impl Dedupe {
         }
     }
 
-    /// Whether `id` was handed over (and is still remembered).
-    fn contains(&self, id: &EventId) -> bool {
-        self.set.contains(id)
-    }
-
     /// True if `id` is new (and now remembered).
     fn insert(&mut self, id: EventId) -> bool {
         if !self.set.insert(id) {
