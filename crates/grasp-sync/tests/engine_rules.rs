@@ -7,19 +7,20 @@
 //! The engine never verifies signatures (the driver does), so events are built unsigned
 //! with a dummy signature, as in the simulation.
 
+mod unsigned;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
+use unsigned::event;
 
 use grasp_sync::engine::{
     Command, Input, NegentropyFailure, SubscriptionMode, SyncConfig, SyncEngine,
 };
 use grasp_sync::model::{ConnectionStatus, RelayUrl, RepoRef, SyncLevel, WallTime};
 use grasp_sync::ports::{AllowAllRelays, RandomSource, RelayUrlPolicy};
-use nostr::secp256k1::schnorr::Signature;
 use nostr::{
-    Alphabet, Event, EventBuilder, EventId, Filter, Keys, Kind, SecretKey, SingleLetterTag,
-    SubscriptionId, Tag, Timestamp,
+    Alphabet, Event, EventId, Filter, Keys, Kind, SecretKey, SingleLetterTag, SubscriptionId,
+    Timestamp,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -41,29 +42,6 @@ fn keys(n: u8) -> Keys {
     bytes[0] = n;
     bytes[31] = 1;
     Keys::new(SecretKey::from_slice(&bytes).expect("valid secret"))
-}
-
-/// An event with a correct id and a dummy signature.
-fn event(keys: &Keys, kind: u16, tags: Vec<Vec<String>>, created_at: u64, content: &str) -> Event {
-    let tags: Vec<Tag> = tags
-        .into_iter()
-        .filter_map(|t| Tag::parse(t).ok())
-        .collect();
-    let unsigned = EventBuilder::new(Kind::from(kind), content)
-        .tags(tags)
-        .custom_created_at(Timestamp::from_secs(created_at))
-        .build(keys.public_key());
-    let id = unsigned.id.expect("id computed");
-    let sig = Signature::from_slice(&[7u8; 64]).expect("64 bytes");
-    Event::new(
-        id,
-        unsigned.pubkey,
-        unsigned.created_at,
-        unsigned.kind,
-        unsigned.tags,
-        unsigned.content,
-        sig,
-    )
 }
 
 fn tag(values: &[&str]) -> Vec<String> {

@@ -14,10 +14,12 @@
 //! `SIM_SEEDS=10000 cargo test --release -p grasp-sync --test simulation` runs 10,000
 //! seeds; `SIM_SEED=1234` replays one seed exactly. A failing seed prints itself.
 
+mod unsigned;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
+use unsigned::event;
 
 use grasp_sync::engine::{
     Command, IngestOutcome, Input, NegentropyFailure, SubscriptionMode, SyncConfig, SyncEngine,
@@ -26,10 +28,7 @@ use grasp_sync::filters::{build_sync_level_aware_filters, layer1_filters};
 use grasp_sync::model::{ConnectionStatus, RelayUrl, RepoRef, WallTime};
 use grasp_sync::ports::{AllowAllRelays, RandomSource, SeededRandom};
 use nostr::filter::MatchEventOptions;
-use nostr::secp256k1::schnorr::Signature;
-use nostr::{
-    Event, EventBuilder, EventId, Filter, Keys, Kind, SecretKey, SubscriptionId, Tag, Timestamp,
-};
+use nostr::{Event, EventId, Filter, Keys, SecretKey, SubscriptionId};
 
 const US: &str = "wss://us.example";
 
@@ -166,30 +165,6 @@ impl Host {
             IngestOutcome::Duplicate => {}
         }
     }
-}
-
-/// Builds an event without a real signature: the engine never verifies (the driver
-/// does), and signing thousands of events per seed would dominate the run.
-fn event(keys: &Keys, kind: u16, tags: Vec<Vec<String>>, created_at: u64, content: &str) -> Event {
-    let tags: Vec<Tag> = tags
-        .into_iter()
-        .filter_map(|t| Tag::parse(t).ok())
-        .collect();
-    let unsigned = EventBuilder::new(Kind::from(kind), content)
-        .tags(tags)
-        .custom_created_at(Timestamp::from_secs(created_at))
-        .build(keys.public_key());
-    let id = unsigned.id.unwrap_or_else(EventId::all_zeros);
-    let sig = Signature::from_slice(&[7u8; 64]).expect("64 bytes");
-    Event::new(
-        id,
-        unsigned.pubkey,
-        unsigned.created_at,
-        unsigned.kind,
-        unsigned.tags,
-        unsigned.content,
-        sig,
-    )
 }
 
 fn s(v: &[&str]) -> Vec<String> {
