@@ -68,7 +68,7 @@ impl SyncMetrics {
         );
         registry.register(
             name("relay_status"),
-            "Health per relay: 1 healthy, 2 disconnected, 3 degraded, 4 dead, 5 rate limited",
+            "Health per relay: 1 healthy, 2 degraded, 3 disconnected, 4 dead, 5 rate limited",
             m.relay_status.clone(),
         );
         registry.register(
