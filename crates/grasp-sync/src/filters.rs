@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 
 use nostr::{Alphabet, EventId, Filter, Kind, SingleLetterTag, Timestamp};
 
-use crate::model::{RepoRef, SyncItems, SyncLevel, REPO_ANNOUNCEMENT_KIND};
+use crate::model::{RepoRef, SyncItems, REPO_ANNOUNCEMENT_KIND};
 
 /// Kind of a NIP-34 repository state event (addressable by `d`).
 pub const REPO_STATE_KIND: u16 = 30618;
@@ -224,15 +224,7 @@ pub fn build_sync_level_aware_filters(
     since: Option<Timestamp>,
 ) -> Vec<Filter> {
     let mut out = state_filters(items.repos.keys(), limits, since);
-    out.extend(repo_tag_filters(
-        items
-            .repos
-            .iter()
-            .filter(|(_, level)| **level == SyncLevel::Full)
-            .map(|(r, _)| r),
-        limits,
-        since,
-    ));
+    out.extend(repo_tag_filters(items.full_repos(), limits, since));
     out.extend(root_event_tag_filters(&items.root_events, limits, since));
     out
 }
@@ -421,6 +413,7 @@ fn json_string_len(s: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::SyncLevel;
     use proptest::prelude::*;
 
     const PK: &str = "a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1";

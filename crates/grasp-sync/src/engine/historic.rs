@@ -10,7 +10,7 @@ use nostr::{Event, EventId, Filter, SubscriptionId};
 use super::conn::{HistoricKind, HistoricSub, NegentropySupport, PartKind, QueuedPart};
 use super::{Command, NegentropyFailure, SubscriptionMode, SyncEngine};
 use crate::classify::{classify_closed, classify_notice, RelaySignal};
-use crate::filters::ids_filters;
+use crate::filters::{ids_filters, with_page};
 use crate::model::{BatchId, RelayUrl, WallTime};
 use crate::nip34;
 use crate::pagination::{IncompleteReason, PageDecision, PaginationConfig, Paginator};
@@ -91,7 +91,7 @@ impl SyncEngine {
                     self.commands.push_back(Command::Subscribe {
                         relay: relay.clone(),
                         id: id.clone(),
-                        filters: vec![part.filter.clone().limit(limit)],
+                        filters: vec![with_page(part.filter.clone(), None, limit)],
                         mode: SubscriptionMode::Historic,
                     });
                     if let Some(batch) = self.batch_mut(relay, part.batch) {
@@ -275,7 +275,7 @@ impl SyncEngine {
                         self.commands.push_back(Command::Subscribe {
                             relay: relay.clone(),
                             id: id.clone(),
-                            filters: vec![h.filter.clone().until(until).limit(limit)],
+                            filters: vec![with_page(h.filter.clone(), Some(until), limit)],
                             mode: SubscriptionMode::Historic,
                         });
                         if let Some(batch) = self.batch_mut(relay, h.batch) {

@@ -672,7 +672,7 @@ impl SyncEngine {
             {
                 state.status = ConnectionStatus::Connecting;
                 conn.health.on_connect_attempt(now);
-                conn.connect_deadline = Some(now + self.config.health.base_backoff);
+                conn.connect_deadline = Some(now + self.config.health.connection_timeout());
                 self.metrics.connection_attempts += 1;
                 self.commands.push_back(Command::Connect {
                     relay: relay.clone(),

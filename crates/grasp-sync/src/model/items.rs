@@ -28,12 +28,6 @@ impl SyncItems {
         self.repos.len() + self.root_events.len()
     }
 
-    /// Whether `repo` at `level` is covered: a Full entry covers a StateOnly need
-    /// (Full filters include the state filter), not the other way round.
-    pub fn covers_repo(&self, repo: &RepoRef, level: SyncLevel) -> bool {
-        self.repos.get(repo).is_some_and(|have| *have >= level)
-    }
-
     /// Adds everything in `other`, keeping the higher level of a repo present in both.
     pub fn merge(&mut self, other: &SyncItems) {
         for (repo, level) in &other.repos {
@@ -58,14 +52,6 @@ impl SyncItems {
         self.repos
             .iter()
             .filter(|(_, l)| **l == SyncLevel::Full)
-            .map(|(r, _)| r)
-    }
-
-    /// Repos at `StateOnly`, in order.
-    pub fn state_only_repos(&self) -> impl Iterator<Item = &RepoRef> {
-        self.repos
-            .iter()
-            .filter(|(_, l)| **l == SyncLevel::StateOnly)
             .map(|(r, _)| r)
     }
 }
