@@ -294,6 +294,7 @@ mod tests {
                     id: BatchId(n),
                     items: batch_items,
                     outstanding: Default::default(),
+                    awaiting: 0,
                     method: SyncMethod::ReqEose,
                     pagination: Default::default(),
                     failed: false,

@@ -21,9 +21,12 @@ pub const KIND_PULL_REQUEST_UPDATE: Kind = Kind::Custom(1619);
 /// Issue (root event).
 pub const KIND_ISSUE: Kind = Kind::Custom(1621);
 
+/// The kinds that start a thread others tag (layer 3 roots).
+pub const ROOT_KINDS: [Kind; 3] = [KIND_PATCH, KIND_PULL_REQUEST, KIND_ISSUE];
+
 /// True for the kinds that start a thread others tag (layer 3 roots).
 pub fn is_root_kind(kind: Kind) -> bool {
-    matches!(kind.as_u16(), 1617 | 1618 | 1621)
+    ROOT_KINDS.contains(&kind)
 }
 
 /// What sync needs from an announcement.

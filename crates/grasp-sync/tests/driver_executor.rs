@@ -30,8 +30,8 @@ impl EventStore for Have {
         Ok(self.0.clone())
     }
 
-    async fn has(&self, id: &EventId) -> Result<bool, PortError> {
-        Ok(self.0.iter().any(|(have, _)| have == id))
+    async fn stored_events(&self, _filter: &Filter) -> Result<Vec<nostr::Event>, PortError> {
+        Ok(Vec::new())
     }
 }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 use unsigned::event;
 
 use grasp_sync::engine::{
-    Command, Input, NegentropyFailure, SubscriptionMode, SyncConfig, SyncEngine,
+    Command, IngestOutcome, Input, NegentropyFailure, SubscriptionMode, SyncConfig, SyncEngine,
 };
 use grasp_sync::model::{ConnectionStatus, RelayUrl, RepoRef, SyncLevel, WallTime};
 use grasp_sync::ports::{AllowAllRelays, RandomSource, RelayUrlPolicy};
@@ -137,8 +137,27 @@ impl Harness {
         }
     }
 
-    /// Everything the engine wants done right now.
+    /// Everything the engine wants done right now. The harness is also the host: every
+    /// hand-over is stored at once and reported `Accepted` (tests of what waits for the
+    /// host's verdict use `drain_without_host`).
     fn drain(&mut self) -> Vec<Command> {
+        let mut out = Vec::new();
+        while let Some(command) = self.engine.poll_command() {
+            if let Command::Ingest { relay, event } = &command {
+                let input = Input::IngestOutcome {
+                    relay: relay.clone(),
+                    event_id: event.id,
+                    outcome: IngestOutcome::Accepted,
+                };
+                self.engine.handle_input(self.now, input);
+            }
+            out.push(command);
+        }
+        out
+    }
+
+    /// Like `drain`, but hand-overs stay unanswered.
+    fn drain_without_host(&mut self) -> Vec<Command> {
         std::iter::from_fn(|| self.engine.poll_command()).collect()
     }
 

@@ -2,12 +2,23 @@
 //!
 //! Each seed builds a small world (remote relays with their own stores, NIP-77 on or
 //! off, `limit` caps, relays that ignore `until`, heavy timestamp ties, a hostile relay
-//! that floods), drives the engine through a fault phase (disconnects at random
-//! moments, connect failures, rate-limit NOTICEs and CLOSEDs, duplicates, out-of-order
-//! delivery, host restarts from a snapshot, live publishing), then lets time run with no
-//! faults and checks convergence:
-//! - every event the design says we should have is in the host's store,
-//! - every event was handed to the host at most once,
+//! that floods), drives the engine through a fault phase, then lets time run with no
+//! faults and checks convergence. Faults: disconnects at random moments, connect
+//! failures, rate-limit NOTICEs and CLOSEDs, duplicates, out-of-order delivery, lost
+//! messages, live publishing, a host whose ingestion is slow, queued and sometimes
+//! fails, graceful restarts (ingestion drained, then a snapshot) and **crashes at any
+//! moment** (between hand-over and store, mid-batch, mid-pagination, mid-negentropy,
+//! while a snapshot is written): the engine restarts from the last snapshot that was
+//! saved, everything the host had queued but not stored is gone, and the host feeds
+//! what it stores to the new engine, as the driver does.
+//!
+//! The checks, after three quiet hours (the daily sync is 23–25 h away, so whatever
+//! arrives came from quick reconnects and retries):
+//! - every event we should hold is stored or held, where "should" is computed by
+//!   [`Sim::expected`] from the NIP-34/NIP-22 tagging rules and the host's final state,
+//!   without the library's targets or filter builders,
+//! - every event was handed to the host at most once per engine lifetime (a hand-over
+//!   the host failed may be repeated),
 //! - no historic subscription stays open, live subscriptions are exactly the engine's,
 //! - no relay stays in `Syncing`, and nothing panicked.
 //!
@@ -24,7 +35,7 @@ use unsigned::event;
 use grasp_sync::engine::{
     Command, IngestOutcome, Input, NegentropyFailure, SubscriptionMode, SyncConfig, SyncEngine,
 };
-use grasp_sync::filters::{build_sync_level_aware_filters, layer1_filters};
+use grasp_sync::engine::SyncStateSnapshot;
 use grasp_sync::model::{ConnectionStatus, RelayUrl, RepoRef, WallTime};
 use grasp_sync::ports::{AllowAllRelays, RandomSource, SeededRandom};
 use nostr::filter::MatchEventOptions;
@@ -162,7 +173,7 @@ impl Host {
             IngestOutcome::Rejected => {
                 self.rejected.insert(event.id);
             }
-            IngestOutcome::Duplicate => {}
+            IngestOutcome::Duplicate | IngestOutcome::Failed => {}
         }
     }
 }
@@ -180,8 +191,20 @@ struct Faults {
     duplicates: u64,
     floods: u64,
     restarts: u64,
+    crashes: u64,
+    lost_in_crash: u64,
+    host_failures: u64,
+    messages_lost: u64,
     live_published: u64,
     neg_silent: u64,
+    events_checked: u64,
+}
+
+/// Something scheduled: an input for the engine, or the host processing one queued
+/// hand-over.
+enum Due {
+    Input(Input),
+    HostIngest(RelayUrl, Box<Event>),
 }
 
 struct Sim {
@@ -193,9 +216,15 @@ struct Sim {
     relays: BTreeMap<RelayUrl, SimRelay>,
     host: Host,
     inbox: BinaryHeap<Reverse<(WallTime, u64, usize)>>,
-    inputs: HashMap<usize, Input>,
+    inputs: HashMap<usize, Due>,
     seq: u64,
-    last_delivery: HashMap<RelayUrl, WallTime>,
+    /// Per source (a relay, or the host: `None`), when its last message arrives: each
+    /// source's messages stay in order.
+    last_delivery: HashMap<Option<RelayUrl>, WallTime>,
+    /// The host works through hand-overs one at a time: when it is free again.
+    host_free_at: WallTime,
+    /// The last snapshot the state store saved (what a crash restarts from).
+    saved: Option<SyncStateSnapshot>,
     /// Hand-overs per (engine incarnation, id): the engine de-duplicates within its
     /// lifetime; across a restart the host answers `Duplicate`.
     handed: HashMap<(u64, EventId), u32>,
@@ -244,6 +273,8 @@ impl Sim {
             inputs: HashMap::new(),
             seq: 0,
             last_delivery: HashMap::new(),
+            host_free_at: start,
+            saved: None,
             handed: HashMap::new(),
             faults: Faults::default(),
             trail: HashMap::new(),
@@ -431,11 +462,14 @@ impl Sim {
     fn deliver(&mut self, relay: Option<&RelayUrl>, input: Input) {
         let delay = Duration::from_millis(1 + self.rng.below(40));
         let mut at = self.now + delay;
-        if let Some(r) = relay {
-            let last = self.last_delivery.get(r).copied().unwrap_or(WallTime::ZERO);
-            at = at.max(last);
-            self.last_delivery.insert(r.clone(), at);
-        }
+        let source = relay.cloned();
+        let last = self
+            .last_delivery
+            .get(&source)
+            .copied()
+            .unwrap_or(WallTime::ZERO);
+        at = at.max(last);
+        self.last_delivery.insert(source, at);
         if let Input::Event {
             relay,
             subscription,
@@ -447,9 +481,13 @@ impl Sim {
                 .or_default()
                 .push(format!("{} sent by {relay} on {subscription}", self.now.0));
         }
+        self.schedule(at, Due::Input(input));
+    }
+
+    fn schedule(&mut self, at: WallTime, due: Due) {
         self.seq += 1;
         let key = self.seq as usize;
-        self.inputs.insert(key, input);
+        self.inputs.insert(key, due);
         self.inbox.push(Reverse((at, self.seq, key)));
     }
 
@@ -616,63 +654,155 @@ impl Sim {
                 }
             }
             Command::Ingest { relay, event } => {
-                *self
-                    .handed
-                    .entry((self.faults.restarts, event.id))
-                    .or_insert(0) += 1;
-                let outcome = self.host.verdict(&event);
-                self.host.apply(&event, outcome);
+                *self.handed.entry((self.incarnation(), event.id)).or_insert(0) += 1;
+                // The host's queue: one at a time, usually quick, sometimes slow, and now
+                // and then stalled for minutes (a disk, a lock), so a backlog builds up
+                // that outlasts the quick reconnect's overlap.
+                let work = if self.faulty() && self.rng.chance(1) {
+                    Duration::from_secs(60 + self.rng.below(240))
+                } else if self.rng.chance(3) {
+                    Duration::from_millis(500 + self.rng.below(3000))
+                } else {
+                    Duration::from_millis(self.rng.below(15))
+                };
+                let at = self.now.max(self.host_free_at) + work;
+                self.host_free_at = at;
                 self.trail
                     .entry(event.id)
                     .or_default()
-                    .push(format!("{} ingest from {relay}: {outcome:?}", self.now.0));
-                self.deliver(
-                    None,
-                    Input::IngestOutcome {
-                        relay,
-                        event_id: event.id,
-                        outcome,
-                    },
-                );
-                let feeds = matches!(event.kind.as_u16(), 30617 | 1617 | 1618 | 1621);
-                if outcome == IngestOutcome::Accepted && feeds {
-                    self.deliver(None, Input::Accepted { event });
-                }
+                    .push(format!("{} handed over from {relay}", self.now.0));
+                self.schedule(at, Due::HostIngest(relay, event));
             }
             Command::ReadPurgatoryAnnouncements => {
                 let announcements = self.host.purgatory.values().cloned().collect();
                 self.deliver(None, Input::PurgatoryAnnouncements { announcements });
             }
             Command::PersistState => {
-                let snapshot = self.engine.snapshot(self.now);
-                if self.faulty() && self.rng.chance(10) {
-                    self.restart(snapshot);
+                if self.faulty() && self.rng.chance(3) {
+                    // Killed while writing: the store keeps the previous snapshot.
+                    self.crash();
+                    return;
+                }
+                self.saved = Some(self.engine.snapshot(self.now));
+                if self.faulty() && self.rng.chance(5) {
+                    self.graceful_restart();
                 }
             }
         }
     }
 
-    /// The host process restarts: every connection drops, the engine resumes from the
-    /// snapshot, and the host replays what it holds into the accepted feed.
-    fn restart(&mut self, snapshot: grasp_sync::engine::SyncStateSnapshot) {
+    fn incarnation(&self) -> u64 {
+        self.faults.restarts + self.faults.crashes
+    }
+
+    /// The host works through one queued hand-over and reports its verdict.
+    fn host_ingest(&mut self, relay: RelayUrl, event: Box<Event>) {
+        let outcome = if self.faulty() && self.rng.chance(2) {
+            self.faults.host_failures += 1;
+            if let Some(n) = self.handed.get_mut(&(self.incarnation(), event.id)) {
+                *n -= 1;
+            }
+            IngestOutcome::Failed
+        } else {
+            let outcome = self.host.verdict(&event);
+            self.host.apply(&event, outcome);
+            outcome
+        };
+        self.trail
+            .entry(event.id)
+            .or_default()
+            .push(format!("{} ingest from {relay}: {outcome:?}", self.now.0));
+        self.deliver(
+            None,
+            Input::IngestOutcome {
+                relay,
+                event_id: event.id,
+                outcome,
+            },
+        );
+        let feeds = matches!(event.kind.as_u16(), 30617 | 1617 | 1618 | 1621);
+        if outcome == IngestOutcome::Accepted && feeds {
+            self.deliver(None, Input::Accepted { event });
+        }
+    }
+
+    /// A graceful stop and start: the sockets close, the host works through its queue
+    /// and the engine hears every verdict, then the snapshot is saved and the process
+    /// starts again from it.
+    fn graceful_restart(&mut self) {
         self.faults.restarts += 1;
+        self.drop_connections();
+        let queued: Vec<Due> = self.take_inbox();
+        for due in queued {
+            if let Due::HostIngest(relay, event) = due {
+                self.now = self.now.max(self.host_free_at);
+                self.host_ingest(relay, event);
+            }
+        }
+        // Only the host's verdicts reach the engine now.
+        for due in self.take_inbox() {
+            if let Due::Input(input @ Input::IngestOutcome { .. }) = due {
+                self.engine.handle_input(self.now, input);
+            }
+        }
+        while self.engine.poll_command().is_some() {}
+        self.saved = Some(self.engine.snapshot(self.now));
+        self.start_from_saved();
+    }
+
+    /// kill -9: whatever the host had queued is lost, the engine's memory is gone, and
+    /// the next process starts from the last snapshot the store saved.
+    fn crash(&mut self) {
+        self.faults.crashes += 1;
+        self.drop_connections();
+        for due in self.take_inbox() {
+            if let Due::HostIngest(_, event) = due {
+                self.faults.lost_in_crash += 1;
+                self.trail
+                    .entry(event.id)
+                    .or_default()
+                    .push(format!("{} lost in a crash before it was stored", self.now.0));
+            }
+        }
+        // The reference relay keeps refusals in memory only.
+        self.host.rejected.clear();
+        self.start_from_saved();
+    }
+
+    fn drop_connections(&mut self) {
         for r in self.relays.values_mut() {
             r.connected = false;
             r.live.clear();
             r.historic.clear();
         }
-        self.inbox.clear();
-        self.inputs.clear();
+    }
+
+    /// Everything scheduled, in order, leaving the inbox empty.
+    fn take_inbox(&mut self) -> Vec<Due> {
+        let mut out = Vec::new();
+        while let Some(Reverse((_, _, key))) = self.inbox.pop() {
+            if let Some(due) = self.inputs.remove(&key) {
+                out.push(due);
+            }
+        }
         self.last_delivery.clear();
-        self.engine = SyncEngine::restore(
-            self.config.clone(),
-            snapshot,
-            self.now,
-            Arc::new(AllowAllRelays),
-            Box::new(SeededRandom::new(
-                self.seed.wrapping_add(self.faults.restarts),
-            )),
-        );
+        self.host_free_at = self.now;
+        out
+    }
+
+    /// A new process: the engine from the saved snapshot (or empty), then what the
+    /// host stores fed as accepted, exactly as `driver::start` does.
+    fn start_from_saved(&mut self) {
+        let rng = Box::new(SeededRandom::new(
+            self.seed.wrapping_add(self.incarnation()),
+        ));
+        let policy = Arc::new(AllowAllRelays);
+        self.engine = match self.saved.clone() {
+            Some(snapshot) => {
+                SyncEngine::restore(self.config.clone(), snapshot, self.now, policy, rng)
+            }
+            None => SyncEngine::new(self.config.clone(), self.now, policy, rng),
+        };
         let feed: Vec<Event> = self
             .host
             .store
@@ -820,8 +950,8 @@ impl Sim {
     fn inject_fault(&mut self) {
         let urls: Vec<RelayUrl> = self.relays.keys().cloned().collect();
         let relay = self.rng.pick(&urls).clone();
-        match self.rng.below(4) {
-            0 => {
+        match self.rng.below(12) {
+            0 | 1 | 2 => {
                 let r = self.relays.get_mut(&relay).unwrap();
                 if r.connected {
                     r.connected = false;
@@ -836,7 +966,7 @@ impl Sim {
                     );
                 }
             }
-            1 => {
+            3 | 4 | 5 => {
                 if self.relays[&relay].connected {
                     self.faults.rate_limits += 1;
                     self.deliver(
@@ -848,8 +978,41 @@ impl Sim {
                     );
                 }
             }
+            6 => self.crash(),
+            7 => {
+                if self.relays[&relay].connected {
+                    self.faults.messages_lost += 1;
+                    self.lose_messages(&relay);
+                }
+            }
             _ => self.publish_live(&relay),
         }
+    }
+
+    /// The driver's channel from `relay` overflowed: some of what the relay sent is
+    /// dropped, and the engine is told.
+    fn lose_messages(&mut self, relay: &RelayUrl) {
+        let keys: Vec<usize> = self
+            .inbox
+            .iter()
+            .map(|Reverse((_, _, key))| *key)
+            .filter(|key| {
+                matches!(self.inputs.get(key), Some(Due::Input(
+                    Input::Event { relay: r, .. } | Input::Eose { relay: r, .. }
+                )) if r == relay)
+            })
+            .collect();
+        for key in keys {
+            if self.rng.chance(50) {
+                self.inputs.remove(&key);
+            }
+        }
+        self.deliver(
+            Some(relay),
+            Input::RelayMessagesLost {
+                relay: relay.clone(),
+            },
+        );
     }
 
     /// A user publishes a new event about a repo to one of its relays.
@@ -926,12 +1089,16 @@ impl Sim {
             if let Some(Reverse((t, _, key))) = self.inbox.peek().copied() {
                 if t <= self.now {
                     self.inbox.pop();
-                    if let Some(input) = self.inputs.remove(&key) {
-                        if std::env::var("SIM_TRACE").is_ok() {
-                            let text = format!("{input:?}");
-                            eprintln!("{} IN {}", self.now.0, &text[..text.len().min(300)]);
+                    match self.inputs.remove(&key) {
+                        Some(Due::Input(input)) => {
+                            if std::env::var("SIM_TRACE").is_ok() {
+                                let text = format!("{input:?}");
+                                eprintln!("{} IN {}", self.now.0, &text[..text.len().min(300)]);
+                            }
+                            self.engine.handle_input(self.now, input);
                         }
-                        self.engine.handle_input(self.now, input);
+                        Some(Due::HostIngest(relay, event)) => self.host_ingest(relay, event),
+                        None => {}
                     }
                     self.drain_commands();
                     continue;
@@ -949,27 +1116,94 @@ impl Sim {
         }
     }
 
-    /// Events on relay `r` that the design says we should have, given the final state.
+    /// The oracle: every (event, relay it sits on) we must end up holding, from the
+    /// tagging rules alone — no library code. Given the repos the host ends up holding
+    /// (announcement stored: Full; held in purgatory: state only) and the relays each
+    /// announcement lists (ours excepted), an event on relay `u` belongs to us when
+    /// - it is an announcement (30617) or a GRASP list (10317) and `u` lists some repo
+    ///   we hold (layer 1 is asked of every relay we sync with),
+    /// - it is the state (30618) of a repo we hold that lists `u`,
+    /// - it tags a Full repo that lists `u` by `a`, `A` or `q`,
+    /// - it tags, by `e`, `E` or `q`, a root event (1617/1618/1621) of a Full repo
+    ///   that lists `u`, a root being an event of those kinds that tags the repo by `a`,
+    /// and the host's own policy would not refuse it.
     fn expected(&self) -> BTreeSet<(EventId, RelayUrl)> {
-        let mut out = BTreeSet::new();
-        let targets = self.engine.targets();
+        #[derive(PartialEq)]
+        enum Held {
+            Full,
+            StateOnly,
+        }
+        let coordinate = |e: &Event| {
+            format!(
+                "30617:{}:{}",
+                e.pubkey.to_hex(),
+                e.tags.identifier().unwrap_or_default()
+            )
+        };
+        let listed = |ann: &Event| -> BTreeSet<String> {
+            ann.tags
+                .iter()
+                .filter(|t| t.as_slice().first().map(String::as_str) == Some("relays"))
+                .flat_map(|t| t.as_slice()[1..].to_vec())
+                .map(|v| v.trim_end_matches('/').to_string())
+                .filter(|v| v != US)
+                .collect()
+        };
+        // coordinate → (level, relays listed)
+        let mut held: BTreeMap<String, (Held, BTreeSet<String>)> = BTreeMap::new();
+        for ann in self.host.purgatory.values() {
+            held.insert(coordinate(ann), (Held::StateOnly, listed(ann)));
+        }
+        for ann in self.host.store.values().filter(|e| e.kind.as_u16() == 30617) {
+            held.insert(coordinate(ann), (Held::Full, listed(ann)));
+        }
+        let url_of = |u: &RelayUrl| u.as_str().trim_end_matches('/').to_string();
+        // root id → coordinates of the Full repos it belongs to (found on their relays)
+        let mut roots: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for (url, relay) in &self.relays {
-            let mut filters = layer1_filters(None);
-            if let Some(t) = targets.get(url) {
-                filters.extend(build_sync_level_aware_filters(
-                    &t.to_items(),
-                    &self.config.default_limits,
-                    None,
-                ));
-            } else if !self.relays[url].connected {
-                continue;
-            }
+            let u = url_of(url);
             for e in relay.events.values() {
-                if filters
-                    .iter()
-                    .any(|f| f.match_event(e, MatchEventOptions::new()))
-                    && self.host.verdict(e) != IngestOutcome::Rejected
-                {
+                if !matches!(e.kind.as_u16(), 1617 | 1618 | 1621) {
+                    continue;
+                }
+                for c in tag_values(e, "a") {
+                    if held
+                        .get(c)
+                        .is_some_and(|(l, r)| *l == Held::Full && r.contains(&u))
+                    {
+                        roots.entry(e.id.to_hex()).or_default().insert(c.to_string());
+                    }
+                }
+            }
+        }
+        let lists = |coord: &str, u: &str| held.get(coord).is_some_and(|(_, r)| r.contains(u));
+        let full_lists = |coord: &str, u: &str| {
+            held.get(coord)
+                .is_some_and(|(l, r)| *l == Held::Full && r.contains(u))
+        };
+        let mut out = BTreeSet::new();
+        for (url, relay) in &self.relays {
+            let u = url_of(url);
+            let synced_with = held.values().any(|(_, r)| r.contains(&u));
+            for e in relay.events.values() {
+                let k = e.kind.as_u16();
+                let ours = match k {
+                    30617 | 10317 => synced_with,
+                    30618 => lists(&coordinate(e), &u),
+                    _ => {
+                        ["a", "A", "q"]
+                            .iter()
+                            .any(|t| tag_values(e, t).any(|c| full_lists(c, &u)))
+                            || ["e", "E", "q"].iter().any(|t| {
+                                tag_values(e, t).any(|id| {
+                                    roots
+                                        .get(id)
+                                        .is_some_and(|cs| cs.iter().any(|c| full_lists(c, &u)))
+                                })
+                            })
+                    }
+                };
+                if ours && self.host.verdict(e) != IngestOutcome::Rejected {
                     out.insert((e.id, url.clone()));
                 }
             }
@@ -1088,6 +1322,7 @@ fn run_seed(seed: u64) -> Result<Faults, String> {
         sim.run(t);
         extra += 1;
     }
+    sim.faults.events_checked = sim.expected().len() as u64;
     sim.check().map(|()| std::mem::take(&mut sim.faults))
 }
 
@@ -1115,6 +1350,11 @@ fn simulation_converges_under_faults() {
                 totals.duplicates += f.duplicates;
                 totals.floods += f.floods;
                 totals.restarts += f.restarts;
+                totals.crashes += f.crashes;
+                totals.lost_in_crash += f.lost_in_crash;
+                totals.host_failures += f.host_failures;
+                totals.messages_lost += f.messages_lost;
+                totals.events_checked += f.events_checked;
                 totals.live_published += f.live_published;
                 totals.neg_silent += f.neg_silent;
             }

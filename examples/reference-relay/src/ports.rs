@@ -41,17 +41,14 @@ impl EventStore for HostPorts {
         Ok(items)
     }
 
-    async fn has(&self, id: &EventId) -> Result<bool, PortError> {
-        if self.0.held_or_rejected(id) {
-            return Ok(true);
-        }
-        let status = self
+    async fn stored_events(&self, filter: &Filter) -> Result<Vec<Event>, PortError> {
+        let events = self
             .0
             .db
-            .check_id(id)
+            .query(filter.clone())
             .await
             .map_err(|e| PortError::new("event store", e.to_string()))?;
-        Ok(matches!(status, DatabaseEventStatus::Saved))
+        Ok(events.into_iter().collect())
     }
 }
 

@@ -464,7 +464,12 @@ async fn read_relay(
             Ok(_) => None,
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 lagged.fetch_add(n, Ordering::Relaxed);
-                tracing::warn!(relay = %url, lost = n, "relay notifications lagged; messages lost");
+                tracing::warn!(relay = %url, lost = n, "relay notifications lagged; messages lost, asking again");
+                // Events or EOSEs may have been among the lost: the engine asks again.
+                let lost = Input::RelayMessagesLost { relay: url.clone() };
+                if tx.send(lost).await.is_err() {
+                    break;
+                }
                 // Status changes may have been among the lost: re-read the truth.
                 status_change(&url, &mut connected, relay.status())
             }

@@ -76,7 +76,21 @@ pub struct DriverOptions {
     pub metrics: Option<SyncMetrics>,
     /// Seed of the daily-sync jitter; 0 takes one from the clock.
     pub seed: u64,
+    /// Events handed to the host's `Ingestion` port and not yet processed, at most
+    /// (0: [`DEFAULT_INGEST_QUEUE`]). When the host is slower than the relays, the
+    /// driver waits for room here: relay messages then wait in the executor's bounded
+    /// channels, and what overflows is reported as lost and asked again.
+    pub ingest_queue: usize,
+    /// How long a graceful shutdown waits for the ingestion queue to drain before it
+    /// gives up on the rest (0: [`DEFAULT_SHUTDOWN_DRAIN`]). Whatever is given up is
+    /// not confirmed in the persisted state, so the next start asks for it again.
+    pub shutdown_drain: Duration,
 }
+
+/// Default [`DriverOptions::ingest_queue`].
+pub const DEFAULT_INGEST_QUEUE: usize = 1024;
+/// Default [`DriverOptions::shutdown_drain`].
+pub const DEFAULT_SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
 
 impl DriverOptions {
     /// Defaults: NIP-11 on, no metrics.
@@ -141,7 +155,10 @@ impl SyncHandle {
         rx.await.map_err(|_| DriverError::Stopped)
     }
 
-    /// Stops syncing: persists the sync state, closes every connection, ends the task.
+    /// Stops syncing: closes every connection (no more intake), lets the events already
+    /// handed to the host finish (up to [`DriverOptions::shutdown_drain`]), then
+    /// persists a sync state that matches exactly what the host stored, and ends the
+    /// task.
     pub async fn shutdown(&self) -> Result<(), DriverError> {
         let (tx, rx) = oneshot::channel();
         self.tx
@@ -161,7 +178,9 @@ impl SyncHandle {
 }
 
 /// Starts syncing: loads the saved sync state (so a restart within 15 minutes is a
-/// quick reconnect), then runs the engine in a tokio task.
+/// quick reconnect), tells the engine what the host already stores (accepted
+/// announcements and root events: they may be newer than the snapshot, or there may be
+/// no snapshot at all), then runs the engine in a tokio task.
 pub async fn start(
     config: SyncConfig,
     ports: DriverPorts,
@@ -177,17 +196,38 @@ pub async fn start(
         options.seed
     };
     let rng = Box::new(SeededRandom::new(seed));
-    let engine = match ports.state_store.load().await? {
+    let mut engine = match ports.state_store.load().await? {
         Some(snapshot) => {
             SyncEngine::restore(config, snapshot, now, ports.relay_policy.clone(), rng)
         }
         None => SyncEngine::new(config, now, ports.relay_policy.clone(), rng),
     };
+    for kinds in [
+        vec![nip34::KIND_REPO_ANNOUNCEMENT],
+        nip34::ROOT_KINDS.to_vec(),
+    ] {
+        let stored = ports
+            .event_store
+            .stored_events(&nostr::Filter::new().kinds(kinds))
+            .await?;
+        for event in stored {
+            engine.handle_input(
+                now,
+                Input::Accepted {
+                    event: Box::new(event),
+                },
+            );
+        }
+    }
     let (exec, inputs) = PoolExecutor::new(ports.event_store.clone(), options.executor.clone());
     let (tx, rx) = mpsc::unbounded_channel();
     let (side_tx, side_rx) = mpsc::unbounded_channel();
-    let (ingest_tx, ingest_rx) = mpsc::unbounded_channel();
-    tokio::spawn(ingest_in_order(
+    let capacity = match options.ingest_queue {
+        0 => DEFAULT_INGEST_QUEUE,
+        n => n,
+    };
+    let (ingest_tx, ingest_rx) = mpsc::channel(capacity);
+    let ingest_task = tokio::spawn(ingest_in_order(
         ports.ingestion.clone(),
         ingest_rx,
         side_tx.clone(),
@@ -198,7 +238,8 @@ pub async fn start(
         ports,
         options,
         side_tx,
-        ingest_tx,
+        ingest_tx: Some(ingest_tx),
+        ingest_task: Some(ingest_task),
         nip11_asked: BTreeSet::new(),
         events_accepted_reported: 0,
         metrics_at: WallTime::ZERO,
@@ -227,7 +268,9 @@ struct Driver {
     ports: DriverPorts,
     options: DriverOptions,
     side_tx: mpsc::UnboundedSender<Side>,
-    ingest_tx: mpsc::UnboundedSender<(RelayUrl, Box<Event>)>,
+    /// The bounded queue to the ingestion task; `None` once shutdown closed it.
+    ingest_tx: Option<mpsc::Sender<(RelayUrl, Box<Event>)>>,
+    ingest_task: Option<JoinHandle<()>>,
     nip11_asked: BTreeSet<RelayUrl>,
     events_accepted_reported: u64,
     /// Metrics are refreshed at most once a second: status walks every relay.
@@ -236,10 +279,11 @@ struct Driver {
 }
 
 /// Hands synced events to the host one at a time, in the engine's order (announcements
-/// before what depends on them), and reports each outcome.
+/// before what depends on them), and reports each outcome. A port error is `Failed`:
+/// not stored, not refused, asked again later.
 async fn ingest_in_order(
     ingestion: Arc<dyn Ingestion>,
-    mut rx: mpsc::UnboundedReceiver<(RelayUrl, Box<Event>)>,
+    mut rx: mpsc::Receiver<(RelayUrl, Box<Event>)>,
     tx: mpsc::UnboundedSender<Side>,
 ) {
     while let Some((relay, event)) = rx.recv().await {
@@ -248,8 +292,8 @@ async fn ingest_in_order(
         let outcome = match ingestion.ingest((*event).clone(), &relay).await {
             Ok(outcome) => outcome,
             Err(e) => {
-                tracing::warn!(%relay, %event_id, error = %e, "ingestion failed");
-                IngestOutcome::Rejected
+                tracing::warn!(%relay, %event_id, error = %e, "ingestion failed; the event will be asked again");
+                IngestOutcome::Failed
             }
         };
         let _ = tx.send(Side::Input(Input::IngestOutcome {
@@ -288,15 +332,13 @@ impl Driver {
                         let _ = reply.send(self.status());
                     }
                     Some(Control::Shutdown(reply)) => {
-                        let result = self.persist().await;
-                        self.exec.shutdown().await;
+                        let result = self.stop(&mut side).await;
                         let _ = reply.send(result);
                         return;
                     }
                     None => {
                         // Every handle dropped: stop, keeping the state.
-                        let _ = self.persist().await;
-                        self.exec.shutdown().await;
+                        let _ = self.stop(&mut side).await;
                         return;
                     }
                 },
@@ -323,9 +365,7 @@ impl Driver {
     async fn carry_out_commands(&mut self) {
         while let Some(command) = self.engine.poll_command() {
             match command {
-                Command::Ingest { relay, event } => {
-                    let _ = self.ingest_tx.send((relay, event));
-                }
+                Command::Ingest { relay, event } => self.hand_over(relay, event).await,
                 Command::ReadPurgatoryAnnouncements => {
                     let purgatory = self.ports.purgatory.clone();
                     let tx = self.side_tx.clone();
@@ -377,6 +417,69 @@ impl Driver {
                 Err(e) => tracing::debug!(%relay, error = %e, "no NIP-11 limits; using defaults"),
             }
         });
+    }
+
+    /// Queues an event for the ingestion task, waiting while the queue is full (the
+    /// backpressure that keeps a slow host from buffering without bound).
+    async fn hand_over(&mut self, relay: RelayUrl, event: Box<Event>) {
+        let event_id = event.id;
+        let sent = match &self.ingest_tx {
+            Some(tx) => tx.send((relay.clone(), event)).await.is_ok(),
+            None => false,
+        };
+        if !sent {
+            // Shutting down, or the ingestion task is gone: not stored, ask again later.
+            self.feed(Input::IngestOutcome {
+                relay,
+                event_id,
+                outcome: IngestOutcome::Failed,
+            });
+        }
+    }
+
+    /// Graceful stop: no more intake, drain what was handed over, persist.
+    async fn stop(
+        &mut self,
+        side: &mut mpsc::UnboundedReceiver<Side>,
+    ) -> Result<(), DriverError> {
+        self.exec.shutdown().await;
+        // Events received before the sockets closed still go to the host.
+        while let Some(command) = self.engine.poll_command() {
+            if let Command::Ingest { relay, event } = command {
+                self.hand_over(relay, event).await;
+            }
+        }
+        self.ingest_tx = None;
+        if let Some(mut task) = self.ingest_task.take() {
+            let deadline = match self.options.shutdown_drain {
+                Duration::ZERO => DEFAULT_SHUTDOWN_DRAIN,
+                d => d,
+            };
+            let deadline = tokio::time::sleep(deadline);
+            tokio::pin!(deadline);
+            loop {
+                tokio::select! {
+                    _ = &mut task => break,
+                    Some(s) = side.recv() => self.feed_outcome(s),
+                    _ = &mut deadline => {
+                        task.abort();
+                        tracing::warn!("shutdown: ingestion did not drain in time; the rest will be asked again after restart");
+                        break;
+                    }
+                }
+            }
+        }
+        while let Ok(s) = side.try_recv() {
+            self.feed_outcome(s);
+        }
+        self.persist().await
+    }
+
+    /// During shutdown only the host's verdicts still matter.
+    fn feed_outcome(&mut self, side: Side) {
+        if let Side::Input(input @ Input::IngestOutcome { .. }) = side {
+            self.feed(input);
+        }
     }
 
     async fn persist(&mut self) -> Result<(), DriverError> {

@@ -146,7 +146,7 @@ impl SyncEngine {
         }
     }
 
-    fn batch_mut(
+    pub(super) fn batch_mut(
         &mut self,
         relay: &RelayUrl,
         id: BatchId,
@@ -176,8 +176,7 @@ impl SyncEngine {
             // `match_event` ignores `limit`, so the filters are matched as they are
             // (no clone per event).
             if live.filters.iter().any(|f| f.match_event(&event, opts)) {
-                self.ingest(relay, event);
-                let _ = now;
+                self.ingest(relay, event, None, now);
             } else {
                 self.metrics.dropped_unsolicited += 1;
             }
@@ -213,10 +212,17 @@ impl SyncEngine {
         }
     }
 
-    fn ingest_sorted(&mut self, relay: &RelayUrl, mut events: Vec<Event>) {
+    /// Hands over what one page of `batch` brought, in dependency order.
+    fn ingest_sorted(
+        &mut self,
+        relay: &RelayUrl,
+        mut events: Vec<Event>,
+        batch: BatchId,
+        now: WallTime,
+    ) {
         events.sort_by_key(ingest_rank);
         for event in events {
-            self.ingest(relay, event);
+            self.ingest(relay, event, Some(batch), now);
         }
     }
 
@@ -243,7 +249,7 @@ impl SyncEngine {
                     .batch_mut(relay, h.batch)
                     .and_then(|b| b.pagination.remove(sub))
                 else {
-                    self.ingest_sorted(relay, buffer);
+                    self.ingest_sorted(relay, buffer, h.batch, now);
                     self.finish_part(relay, h.batch, sub, false, now);
                     return;
                 };
@@ -255,6 +261,8 @@ impl SyncEngine {
                         .into_iter()
                         .filter(|e| fresh.contains(&e.id))
                         .collect(),
+                    h.batch,
+                    now,
                 );
                 let failed = match outcome.incomplete {
                     // A short page of one timestamp from a relay whose cap we do not
@@ -310,7 +318,7 @@ impl SyncEngine {
                 buffer,
                 retried,
             } => {
-                self.ingest_sorted(relay, buffer);
+                self.ingest_sorted(relay, buffer, h.batch, now);
                 let missing: Vec<EventId> = asked.difference(&got).copied().collect();
                 if missing.is_empty() {
                     self.finish_part(relay, h.batch, sub, false, now);
@@ -359,9 +367,10 @@ impl SyncEngine {
         self.finish_batch_if_done(relay, batch, now);
     }
 
-    /// Confirms a batch whose parts are all done: its items move to confirmed (even if a
-    /// part failed: live subscriptions cover them, the daily fresh start retries the
-    /// history, and re-adding them now would loop).
+    /// Confirms a batch whose parts are all done and whose events all have the host's
+    /// verdict: its items move to confirmed (even if a part failed: live subscriptions
+    /// cover them, failed history is retried with backoff, and re-adding them now would
+    /// loop).
     pub(super) fn finish_batch_if_done(&mut self, relay: &RelayUrl, batch: BatchId, now: WallTime) {
         if self.conns.get(relay).is_some_and(|c| c.batch_busy(batch)) {
             return;
@@ -370,6 +379,9 @@ impl SyncEngine {
         let Some(pos) = batches.iter().position(|b| b.id == batch) else {
             return;
         };
+        if batches[pos].awaiting > 0 {
+            return;
+        }
         let done = batches.remove(pos);
         let state = self.relays.entry(relay);
         if done.layer1 {
@@ -546,7 +558,7 @@ impl SyncEngine {
                 self.finish_part(relay, h.batch, sub, false, now);
             }
             HistoricKind::Req { buffer, .. } | HistoricKind::Fetch { buffer, .. } => {
-                self.ingest_sorted(relay, buffer);
+                self.ingest_sorted(relay, buffer, h.batch, now);
                 let retry = matches!(
                     signal,
                     RelaySignal::RateLimited | RelaySignal::TooManySubscriptions
@@ -578,6 +590,48 @@ impl SyncEngine {
             }
             RelaySignal::NegentropyUnsupported => self.abandon_negentropy(relay, now),
             _ => {}
+        }
+    }
+
+    /// Messages from `relay` were lost on the way in: every historic part open there may
+    /// be missing events or its EOSE, so each starts again from its first page (what it
+    /// already brought is kept); live subscriptions may have missed events too, so the
+    /// relay gets a `since` catch-up from now, as after a closed live subscription.
+    pub(super) fn on_messages_lost(&mut self, relay: &RelayUrl, now: WallTime) {
+        let Some(conn) = self.conns.get_mut(relay) else {
+            return;
+        };
+        self.metrics.messages_lost += 1;
+        conn.live_gap_since.get_or_insert(now);
+        conn.needs_rebuild = true;
+        let open: Vec<SubscriptionId> = conn.historic.keys().cloned().collect();
+        for sub in open {
+            let Some(conn) = self.conns.get_mut(relay) else {
+                return;
+            };
+            let Some(h) = conn.historic.remove(&sub) else {
+                continue;
+            };
+            let (kind, buffer) = match h.kind {
+                HistoricKind::Negentropy => (PartKind::Negentropy, Vec::new()),
+                HistoricKind::Req { buffer, .. } => (PartKind::Req, buffer),
+                HistoricKind::Fetch { buffer, .. } => (PartKind::Fetch { retried: false }, buffer),
+            };
+            conn.queue.push_front(QueuedPart {
+                batch: h.batch,
+                filter: h.filter,
+                kind,
+                attempts: h.attempts,
+            });
+            self.commands.push_back(Command::Unsubscribe {
+                relay: relay.clone(),
+                id: sub.clone(),
+            });
+            self.ingest_sorted(relay, buffer, h.batch, now);
+            if let Some(b) = self.batch_mut(relay, h.batch) {
+                b.outstanding.remove(&sub);
+                b.pagination.remove(&sub);
+            }
         }
     }
 
@@ -613,7 +667,7 @@ impl SyncEngine {
                 if let HistoricKind::Req { buffer, .. } | HistoricKind::Fetch { buffer, .. } =
                     h.kind
                 {
-                    self.ingest_sorted(relay, buffer);
+                    self.ingest_sorted(relay, buffer, h.batch, now);
                 }
                 self.finish_part(relay, h.batch, &sub, true, now);
             }

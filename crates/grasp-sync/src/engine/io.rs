@@ -90,7 +90,16 @@ pub enum Input {
         /// Announcement events (kind 30617).
         announcements: Vec<Event>,
     },
-    /// What the host did with an event handed over by [`Command::Ingest`].
+    /// Messages from `relay` were lost between the socket and the engine (the driver's
+    /// per-relay channel overflowed while the host was slow). Whatever was in flight on
+    /// that relay may be missing events: the engine asks for it again.
+    RelayMessagesLost {
+        /// Which relay.
+        relay: RelayUrl,
+    },
+    /// What the host did with an event handed over by [`Command::Ingest`]. A batch
+    /// counts as synced only once every event it brought has an outcome, so the host
+    /// must answer each hand-over exactly once, after the outcome is durable.
     IngestOutcome {
         /// The relay the event came from.
         relay: RelayUrl,
@@ -115,16 +124,23 @@ pub enum NegentropyFailure {
 
 /// The host's verdict on an event handed over for ingestion. Typed so that no caller
 /// ever parses a rejection message.
+///
+/// Every verdict but `Failed` is *durable*: the host must report it only once it would
+/// survive a crash (stored, or written to a durable purgatory). The engine confirms a
+/// batch only when each of its events has a durable verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum IngestOutcome {
     /// Stored and served: counts as synced.
     Accepted,
-    /// Held in purgatory, waiting for git data.
+    /// Held in a durable purgatory, waiting for git data.
     Purgatory,
-    /// Refused by the host's policy; remembered in the rejected index.
+    /// Refused by the host's policy.
     Rejected,
     /// Already had it.
     Duplicate,
+    /// Not stored and not refused: the host could not process it now (a storage error,
+    /// shutting down). The engine asks for it again later.
+    Failed,
 }
 
 /// Whether a subscription stays open after EOSE.

@@ -54,14 +54,16 @@ impl SyncEngine {
         conn.retry_at = conn.has_failures().then_some(now);
         let daily_due = conn.daily_due.is_some_and(|d| d <= now);
         let state = self.relays.entry(relay);
-        let away = state.disconnected_at.map(|d| now.saturating_since(d));
+        // The cursor, not the disconnect: history is complete only up to the oldest
+        // event that was still waiting for the host's verdict when the connection ended
+        // (or when the snapshot was taken, after a restart).
+        let cursor = state.complete_until;
+        let away = cursor.map(|d| now.saturating_since(d));
         let fresh = daily_due
             || state.last_connected.is_none()
             || away.is_none_or(|d| d > self.config.quick_reconnect_window);
-        let since = state
-            .disconnected_at
-            .map(|d| (d - self.config.since_overlap).as_timestamp());
-        conn.catchup_from = if fresh { None } else { state.disconnected_at };
+        let since = cursor.map(|d| (d - self.config.since_overlap).as_timestamp());
+        conn.catchup_from = if fresh { None } else { cursor };
         state.status = ConnectionStatus::Syncing;
         state.last_connected = Some(now);
         state.disconnected_at = None;
@@ -267,6 +269,7 @@ impl SyncEngine {
             id,
             items,
             outstanding: Default::default(),
+            awaiting: 0,
             method: if use_negentropy {
                 SyncMethod::Negentropy
             } else {
@@ -442,10 +445,15 @@ impl SyncEngine {
             conn.health.on_connect_failed(now);
             self.metrics.connection_failures += 1;
         }
-        conn.reset_wire();
+        // Before the wire state and the pending batches go: they bound the cursor.
+        let cursor = was_connected.then(|| self.cursor(relay, now));
+        if let Some(conn) = self.conns.get_mut(relay) {
+            conn.reset_wire();
+        }
         let state = self.relays.entry(relay);
         if was_connected {
             state.disconnected_at = Some(now);
+            state.complete_until = cursor;
         }
         state.status = ConnectionStatus::Disconnected;
         self.pending.clear(relay);

@@ -12,11 +12,12 @@ mod accepted;
 mod config;
 mod conn;
 mod historic;
+mod ingest;
 mod io;
 mod lifecycle;
 mod state;
 
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use nostr::{Event, EventId, SubscriptionId};
@@ -35,6 +36,7 @@ use crate::model::{
 use crate::ports::{RandomSource, RelayUrlPolicy};
 use crate::targets::{derive_relay_targets, RelayTargets};
 use conn::Conn;
+use ingest::{Dedupe, InFlight};
 
 /// The sync engine. One per host relay; many may live in one process.
 pub struct SyncEngine {
@@ -58,6 +60,8 @@ pub struct SyncEngine {
     metrics: EngineMetrics,
     next_id: u64,
     handed: Dedupe,
+    /// Hand-overs waiting for the host's verdict (see `ingest`).
+    in_flight: InFlight,
     /// Root events whose repo is not known yet, kept until its announcement arrives.
     orphans: BTreeMap<RepoRef, BTreeSet<EventId>>,
     orphan_count: usize,
@@ -71,38 +75,6 @@ impl std::fmt::Debug for SyncEngine {
             .field("relays", &self.relays.len())
             .field("commands", &self.commands.len())
             .finish_non_exhaustive()
-    }
-}
-
-/// Ids already handed to the host, bounded (oldest forgotten first): an event that two
-/// relays deliver is handed over once; past the bound the host answers `Duplicate`.
-struct Dedupe {
-    set: HashSet<EventId>,
-    order: VecDeque<EventId>,
-    capacity: usize,
-}
-
-impl Dedupe {
-    fn new(capacity: usize) -> Self {
-        Self {
-            set: HashSet::new(),
-            order: VecDeque::new(),
-            capacity: capacity.max(1),
-        }
-    }
-
-    /// True if `id` is new (and now remembered).
-    fn insert(&mut self, id: EventId) -> bool {
-        if !self.set.insert(id) {
-            return false;
-        }
-        self.order.push_back(id);
-        if self.order.len() > self.capacity {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
-            }
-        }
-        true
     }
 }
 
@@ -135,6 +107,7 @@ impl SyncEngine {
             metrics: EngineMetrics::default(),
             next_id: 0,
             handed: Dedupe::new(dedupe),
+            in_flight: InFlight::default(),
             orphans: BTreeMap::new(),
             orphan_count: 0,
             events_per_relay: BTreeMap::new(),
@@ -150,9 +123,16 @@ impl SyncEngine {
         engine
     }
 
-    /// An engine resuming from a saved snapshot. Relays that were connected when it was
-    /// taken count as disconnected at `taken_at`, so the 15-minute rule decides between
-    /// quick reconnect and fresh start exactly as for a dropped websocket.
+    /// An engine resuming from a saved snapshot. Each relay resumes from its persisted
+    /// cursor (`complete_until`: how far its history was durably stored when the
+    /// snapshot was taken), so the 15-minute rule decides between quick reconnect and
+    /// fresh start exactly as for a dropped websocket, and a quick reconnect's `since`
+    /// never skips what was received but not yet stored.
+    ///
+    /// A snapshot holds what was *confirmed*; the host's store may hold more (accepted
+    /// announcements and root events stored after the snapshot, or with no snapshot at
+    /// all). Feed those as [`Input::Accepted`] after restoring — the driver does — so the
+    /// restart wants everything the host holds.
     pub fn restore(
         config: SyncConfig,
         snapshot: SyncStateSnapshot,
@@ -188,10 +168,6 @@ impl SyncEngine {
                 continue;
             }
             let mut state = persisted.state;
-            if state.disconnected_at.is_none() {
-                // Connected when the snapshot was taken: history is complete up to then.
-                state.disconnected_at = Some(snapshot.taken_at);
-            }
             state.status = ConnectionStatus::Disconnected;
             state.is_bootstrap = engine.config.bootstrap_relays.contains(&persisted.relay);
             engine.ensure_relay(&persisted.relay);
@@ -241,12 +217,10 @@ impl SyncEngine {
             Input::PurgatoryAnnouncements { announcements } => {
                 self.on_purgatory(announcements, now)
             }
-            Input::IngestOutcome { outcome, .. } => match outcome {
-                IngestOutcome::Accepted => self.metrics.events_accepted += 1,
-                IngestOutcome::Purgatory => self.metrics.events_purgatory += 1,
-                IngestOutcome::Rejected => self.metrics.events_rejected += 1,
-                IngestOutcome::Duplicate => self.metrics.events_duplicate += 1,
-            },
+            Input::IngestOutcome {
+                event_id, outcome, ..
+            } => self.on_ingest_outcome(event_id, outcome, now),
+            Input::RelayMessagesLost { relay } => self.on_messages_lost(&relay, now),
         }
         self.pump(now);
     }
@@ -267,7 +241,7 @@ impl SyncEngine {
             self.check_due = now + self.config.check_interval;
             self.periodic_check(now);
         }
-        if self.dirty && self.persist_due <= now {
+        if self.wants_persist() && self.persist_due <= now {
             self.dirty = false;
             self.persist_due = now + self.config.persist_interval;
             self.commands.push_back(Command::PersistState);
@@ -286,10 +260,17 @@ impl SyncEngine {
         if let Some(t) = self.flush_at {
             next = next.min(t);
         }
-        if self.dirty {
+        if self.wants_persist() {
             next = next.min(self.persist_due);
         }
         next
+    }
+
+    /// A snapshot is due every `persist_interval` when something changed, and always
+    /// while a relay is connected: its cursor moves with time, so a crash after a long
+    /// quiet spell still restarts as a quick reconnect.
+    fn wants_persist(&self) -> bool {
+        self.dirty || self.relays.iter().any(|(_, s)| s.status.is_connected())
     }
 
     /// Sets a relay's limits (from its NIP-11 document). Takes effect for new
@@ -330,6 +311,7 @@ impl SyncEngine {
     /// every relay with something to sync has left `Syncing`: the "converged" test.
     pub fn is_idle(&self) -> bool {
         self.accepted.is_empty()
+            && self.in_flight.is_empty()
             && self.pending.relays().next().is_none()
             && self
                 .relays
@@ -381,8 +363,12 @@ impl SyncEngine {
             .unwrap_or_default()
     }
 
-    /// A snapshot for the sync-state store.
+    /// A snapshot for the sync-state store: what is wanted, what each relay confirmed,
+    /// and each relay's cursor. It never claims more than the host durably holds:
+    /// items whose batch still waits for verdicts are not confirmed, and a cursor stops
+    /// at the oldest event still in flight.
     pub fn snapshot(&self, now: WallTime) -> SyncStateSnapshot {
+        let oldest = self.in_flight.oldest_per_relay();
         SyncStateSnapshot {
             version: SyncStateSnapshot::VERSION,
             taken_at: now,
@@ -401,7 +387,7 @@ impl SyncEngine {
                 .iter()
                 .map(|(relay, state)| PersistedRelay {
                     relay: relay.clone(),
-                    state: self.persisted_state(relay, state),
+                    state: self.persisted_state(relay, state, now, oldest.get(relay).copied()),
                     negentropy: self
                         .conns
                         .get(relay)
@@ -412,23 +398,22 @@ impl SyncEngine {
     }
 
     /// A relay's state as it may be trusted after a restart: history that failed is not
-    /// confirmed (so it is synced in full again), and layer 1 counts as synced only if
-    /// its history succeeded.
+    /// confirmed (so it is synced in full again), layer 1 counts as synced only if its
+    /// history succeeded, and the cursor is where durably stored history ends.
     fn persisted_state(
         &self,
         relay: &RelayUrl,
         state: &crate::model::RelayState,
+        now: WallTime,
+        oldest_in_flight: Option<WallTime>,
     ) -> crate::model::RelayState {
         let mut state = state.clone();
         if let Some(conn) = self.conns.get(relay) {
             state.confirmed.subtract(&conn.failed_items);
             state.announcements_synced &= !conn.failed_layer1;
-            let catching_up = self.pending.batches(relay).iter().any(|b| !b.full_history);
-            if catching_up && state.disconnected_at.is_none() {
-                // A `since` catch-up is still running: after a restart, history is only
-                // known complete up to where that catch-up started.
-                state.disconnected_at = conn.catchup_from;
-            }
+        }
+        if state.status.is_connected() || state.complete_until.is_some() {
+            state.complete_until = Some(self.cursor_with(relay, now, oldest_in_flight));
         }
         state
     }
@@ -454,16 +439,4 @@ impl SyncEngine {
         admitted
     }
 
-    /// Hands an event to the host unless another relay already delivered it.
-    fn ingest(&mut self, relay: &RelayUrl, event: Event) {
-        if self.handed.insert(event.id) {
-            self.metrics.events_handed += 1;
-            self.commands.push_back(Command::Ingest {
-                relay: relay.clone(),
-                event: Box::new(event),
-            });
-        } else {
-            self.metrics.events_deduplicated += 1;
-        }
-    }
 }

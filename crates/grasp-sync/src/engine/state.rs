@@ -25,6 +25,8 @@ pub struct EngineMetrics {
     pub events_rejected: u64,
     /// Host outcomes: already held.
     pub events_duplicate: u64,
+    /// Host outcomes: could not be processed (asked again later).
+    pub events_failed: u64,
     /// Events not handed over because another relay already delivered them.
     pub events_deduplicated: u64,
     /// Events dropped: on a subscription we do not have open.
@@ -57,6 +59,8 @@ pub struct EngineMetrics {
     pub fresh_starts: u64,
     /// Quick reconnects.
     pub quick_reconnects: u64,
+    /// Times messages from a relay were lost on the way in (and asked again).
+    pub messages_lost: u64,
 }
 
 /// One relay as the host's status page shows it.
@@ -121,8 +125,7 @@ pub struct PersistedRelay {
 pub struct SyncStateSnapshot {
     /// Format version, bumped on incompatible change.
     pub version: u32,
-    /// When it was taken. Relays connected at that moment are restored as disconnected
-    /// at this time, so a restart within the quick-reconnect window resumes with `since`.
+    /// When it was taken (for logs; each relay resumes from its own `complete_until`).
     pub taken_at: WallTime,
     /// The repo index.
     pub repos: Vec<PersistedRepo>,
@@ -132,5 +135,7 @@ pub struct SyncStateSnapshot {
 
 impl SyncStateSnapshot {
     /// Current format version.
-    pub const VERSION: u32 = 1;
+    /// Version 2: per-relay `complete_until` cursors; a version-1 snapshot (cursor
+    /// taken from the snapshot time) is ignored, which costs one fresh start.
+    pub const VERSION: u32 = 2;
 }

@@ -1,6 +1,7 @@
 //! `PendingSyncIndex`: what is in flight, per relay. A batch is a set of items whose
 //! historic sync runs over one or more subscriptions; when the last subscription
-//! finishes the batch's items move to confirmed (or the batch is marked failed).
+//! finishes and the host has reported a verdict for every event the batch brought, the
+//! batch's items move to confirmed (or the batch is marked failed).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -39,6 +40,9 @@ pub struct PendingBatch {
     pub items: PendingItems,
     /// Subscriptions (or negentropy sessions) not finished yet.
     pub outstanding: BTreeSet<SubscriptionId>,
+    /// Events this batch brought whose verdict the host has not reported yet: the
+    /// batch is still in flight until it is zero.
+    pub awaiting: usize,
     /// How its historic part runs.
     pub method: SyncMethod,
     /// Pagination per outstanding REQ+EOSE subscription.

@@ -1,6 +1,7 @@
 //! `RelaySyncIndex`: what each relay has confirmed, plus the connection facts the
-//! reconnect rules need (`last_connected`, `disconnected_at`). Confirmed items are the
-//! items whose historic sync finished and whose live subscription is open.
+//! reconnect rules need (`last_connected`, `complete_until`). Confirmed items are the
+//! items whose historic sync finished, with every event it brought durably handled by
+//! the host, and whose live subscription is open.
 
 use std::collections::BTreeMap;
 
@@ -57,8 +58,14 @@ pub struct RelayState {
     pub status: ConnectionStatus,
     /// When the websocket last came up, or when we last knew it was up.
     pub last_connected: Option<WallTime>,
-    /// When it last went down; decides quick reconnect versus fresh start.
+    /// When it last went down.
     pub disconnected_at: Option<WallTime>,
+    /// The relay's cursor: every event it published before this moment (less the
+    /// overlap) that we want has a durable verdict here. Set when the connection ends
+    /// and in every snapshot; never past an event still waiting for the host's verdict.
+    /// Decides quick reconnect versus fresh start, and is the quick reconnect's `since`.
+    #[serde(default)]
+    pub complete_until: Option<WallTime>,
     /// Layer 1 historic sync done on this connection.
     pub announcements_synced: bool,
     /// Historic sync finished on this connection.

@@ -87,9 +87,14 @@ impl EventStore for MemoryEventStore {
             .collect())
     }
 
-    async fn has(&self, id: &EventId) -> Result<bool, PortError> {
+    async fn stored_events(&self, filter: &Filter) -> Result<Vec<Event>, PortError> {
         let inner = self.lock();
-        Ok(inner.events.contains_key(id) || inner.rejected.contains_key(id))
+        Ok(inner
+            .events
+            .values()
+            .filter(|e| filter.match_event(e, MatchEventOptions::new()))
+            .cloned()
+            .collect())
     }
 }
 

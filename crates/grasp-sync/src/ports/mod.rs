@@ -46,8 +46,11 @@ pub trait EventStore: Send + Sync {
         filter: &Filter,
     ) -> Result<Vec<(EventId, Timestamp)>, PortError>;
 
-    /// Whether the host already holds (or refused) this id.
-    async fn has(&self, id: &EventId) -> Result<bool, PortError>;
+    /// Events the host stores and serves that match `filter`. The driver reads the
+    /// accepted announcements and root events once at start, so a restarted engine
+    /// wants everything the host holds even when its last snapshot is older than the
+    /// store, or missing.
+    async fn stored_events(&self, filter: &Filter) -> Result<Vec<Event>, PortError>;
 }
 
 /// The host's write path for events sync brought.
