@@ -118,6 +118,10 @@ impl RelayUrlPolicy for DenyHosts {
 struct Harness {
     now: WallTime,
     engine: SyncEngine,
+    /// Hand-overs are not answered by `drain` (the host is slow).
+    hold_verdicts: bool,
+    /// Hand-overs waiting for a verdict, in order.
+    unanswered: Vec<EventId>,
 }
 
 fn config() -> SyncConfig {
@@ -134,31 +138,49 @@ impl Harness {
         Self {
             now,
             engine: SyncEngine::new(config, now, policy, Box::new(FixedRandom(random))),
+            hold_verdicts: false,
+            unanswered: Vec::new(),
         }
     }
 
     /// Everything the engine wants done right now. The harness is also the host: every
-    /// hand-over is stored at once and reported `Accepted` (tests of what waits for the
-    /// host's verdict use `drain_without_host`).
+    /// hand-over is stored at once and reported `Accepted`, unless `hold_verdicts` is
+    /// set (then hand-overs wait in `unanswered` for `verdict`).
     fn drain(&mut self) -> Vec<Command> {
         let mut out = Vec::new();
         while let Some(command) = self.engine.poll_command() {
-            if let Command::Ingest { relay, event } = &command {
-                let input = Input::IngestOutcome {
-                    relay: relay.clone(),
-                    event_id: event.id,
-                    outcome: IngestOutcome::Accepted,
-                };
-                self.engine.handle_input(self.now, input);
+            if let Command::Ingest { event, .. } = &command {
+                if self.hold_verdicts {
+                    self.unanswered.push(event.id);
+                } else {
+                    // Answered after the commands already queued (which `out` keeps).
+                    self.engine.handle_input(
+                        self.now,
+                        Input::IngestOutcome {
+                            relay: url(A),
+                            event_id: event.id,
+                            outcome: IngestOutcome::Accepted,
+                        },
+                    );
+                }
             }
             out.push(command);
         }
         out
     }
 
-    /// Like `drain`, but hand-overs stay unanswered.
-    fn drain_without_host(&mut self) -> Vec<Command> {
-        std::iter::from_fn(|| self.engine.poll_command()).collect()
+    /// The host reports what it did with a hand-over.
+    fn verdict(&mut self, id: EventId, outcome: IngestOutcome) -> Vec<Command> {
+        self.unanswered.retain(|u| *u != id);
+        self.engine.handle_input(
+            self.now,
+            Input::IngestOutcome {
+                relay: url(A),
+                event_id: id,
+                outcome,
+            },
+        );
+        self.drain()
     }
 
     /// Lets `d` pass, waking the engine exactly when `poll_timeout` asks.
@@ -1226,6 +1248,8 @@ fn restarted(h: &Harness, after: Duration) -> Harness {
             Arc::new(AllowAllRelays),
             Box::new(FixedRandom(0)),
         ),
+        hold_verdicts: false,
+        unanswered: Vec::new(),
     }
 }
 
@@ -1455,4 +1479,134 @@ fn r08b_rate_limit_outlives_a_dropped_connection() {
     );
     h.settle(A, &cmds);
     assert_eq!(h.status(A), ConnectionStatus::Connected);
+}
+
+// ---------------------------------------------------------------------------------------
+// 17–19. Durability: confirmation follows the host's verdicts; cursors stop at what is
+//        still in flight; what the host could not take is asked again.
+// ---------------------------------------------------------------------------------------
+
+/// Answers the historic sync on `relay`: negentropy sessions and REQs whose filter
+/// matches `event` get it (by need, then by REQ by ids), everything else "nothing".
+fn settle_with(h: &mut Harness, relay: &str, cmds: &[Command], event: &Event) -> Vec<Command> {
+    let mut todo: Vec<Command> = cmds.to_vec();
+    let mut all = Vec::new();
+    while !todo.is_empty() {
+        let mut next = Vec::new();
+        for (id, f) in historic(&todo, relay) {
+            let matches = f.match_event(event, nostr::filter::MatchEventOptions::new());
+            let page = if matches { vec![event.clone()] } else { vec![] };
+            next.extend(h.answer(relay, &id, &page));
+        }
+        for (id, f) in negentropy(&todo, relay) {
+            let matches = f.match_event(event, nostr::filter::MatchEventOptions::new());
+            let need = if matches { vec![event.id] } else { vec![] };
+            next.extend(h.neg_result(relay, &id, &need));
+        }
+        all.extend(next.iter().cloned());
+        todo = next;
+    }
+    all
+}
+
+#[test]
+fn r17_items_are_confirmed_only_once_the_host_has_a_verdict_for_what_they_brought() {
+    let (mut h, k, repo) = with_repo(config(), &[A]);
+    h.hold_verdicts = true;
+    let bug = issue(&k, &repo, T0 - 10, "bug");
+    let cmds = h.connect(A);
+    let all = settle_with(&mut h, A, &cmds, &bug);
+    assert_eq!(ingested(&all), vec![bug.id], "the issue is handed over");
+    h.advance(Duration::from_secs(10));
+    let confirmed = |h: &Harness| {
+        h.engine
+            .relay_index()
+            .get(&url(A))
+            .is_some_and(|s| s.confirmed.repos.contains_key(&repo))
+    };
+    assert!(!confirmed(&h), "handed over is not stored: the repo is not confirmed yet");
+    assert_eq!(h.status(A), ConnectionStatus::Syncing);
+    assert!(!h.engine.is_idle());
+    // A snapshot now must not claim the repo either.
+    let snap = h.engine.snapshot(h.now);
+    let a = snap.relays.iter().find(|r| r.relay == url(A)).unwrap();
+    assert!(!a.state.confirmed.repos.contains_key(&repo));
+
+    h.verdict(bug.id, IngestOutcome::Accepted);
+    assert!(confirmed(&h), "stored: now confirmed");
+    h.advance(Duration::from_secs(2));
+    assert_eq!(h.status(A), ConnectionStatus::Connected);
+}
+
+#[test]
+fn r18_a_restart_resumes_from_the_oldest_event_still_in_flight_not_the_snapshot_time() {
+    let (mut h, k, repo) = with_repo(config(), &[A]);
+    h.connect_and_settle(A);
+    h.advance(Duration::from_secs(10));
+    assert_eq!(h.status(A), ConnectionStatus::Connected);
+    let (live_id, _) = h.engine.live_subscriptions(&url(A)).pop().unwrap();
+
+    // A live event arrives; the host is slow and has not stored it five minutes later.
+    h.hold_verdicts = true;
+    let arrived = h.now;
+    let bug = issue(&k, &repo, arrived.as_secs(), "bug");
+    let cmds = h.feed(Input::Event {
+        relay: url(A),
+        subscription: live_id,
+        event: Box::new(bug.clone()),
+    });
+    assert_eq!(ingested(&cmds), vec![bug.id]);
+    h.advance(Duration::from_secs(300));
+    // kill -9: the snapshot taken now is what the next process starts from.
+    let mut h2 = restarted(&h, Duration::from_secs(60));
+    h2.advance(Duration::from_millis(1));
+    let cmds = h2.connect(A);
+    assert!(negentropy(&cmds, A).is_empty(), "a quick reconnect: {cmds:?}");
+    let since = Some((arrived - Duration::from_secs(60)).as_timestamp());
+    let hist = historic(&cmds, A);
+    assert!(!hist.is_empty());
+    assert!(
+        hist.iter().all(|(_, f)| f.since == since),
+        "since = the unstored event's arrival − overlap, not the snapshot time: {hist:?}"
+    );
+
+    // Had the host stored it, the restart would resume from the snapshot time.
+    h.verdict(bug.id, IngestOutcome::Accepted);
+    let taken = h.now;
+    let mut h3 = restarted(&h, Duration::from_secs(60));
+    h3.advance(Duration::from_millis(1));
+    let hist = historic(&h3.connect(A), A);
+    let since = Some((taken - Duration::from_secs(60)).as_timestamp());
+    assert!(hist.iter().all(|(_, f)| f.since == since), "{hist:?}");
+}
+
+#[test]
+fn r19_what_the_host_could_not_take_is_asked_again() {
+    // A live event the host failed: a `since` catch-up from its arrival brings it again.
+    let (mut h, k, repo) = with_repo(config(), &[A]);
+    h.connect_and_settle(A);
+    h.advance(Duration::from_secs(10));
+    let (live_id, _) = h.engine.live_subscriptions(&url(A)).pop().unwrap();
+    h.hold_verdicts = true;
+    let arrived = h.now;
+    let bug = issue(&k, &repo, arrived.as_secs(), "bug");
+    h.feed(Input::Event {
+        relay: url(A),
+        subscription: live_id,
+        event: Box::new(bug.clone()),
+    });
+    h.advance(Duration::from_secs(3));
+    h.hold_verdicts = false;
+    let mut cmds = h.verdict(bug.id, IngestOutcome::Failed);
+    cmds.extend(h.advance(Duration::from_secs(3)));
+    let since = Some((arrived - Duration::from_secs(60)).as_timestamp());
+    let hist = historic(&cmds, A);
+    assert!(
+        hist.iter().any(|(_, f)| f.since == since && kind_of(f) == "#a"),
+        "a catch-up from the failed event's arrival: {cmds:?}"
+    );
+    // It is handed over again when it comes back (the hand-over was forgotten).
+    let (id, _) = hist.iter().find(|(_, f)| kind_of(f) == "#a").unwrap().clone();
+    let again = h.answer(A, &id, &[bug.clone()]);
+    assert_eq!(ingested(&again), vec![bug.id]);
 }

@@ -42,9 +42,8 @@ struct GitDaemon {
 
 impl GitDaemon {
     fn start(base: &Path, port: u16) -> Self {
-        let child = Command::new("git")
+        let child = Command::new(git_support::git_daemon_program())
             .args([
-                "daemon",
                 "--export-all",
                 &format!("--base-path={}", base.display()),
                 &format!("--port={port}"),

@@ -26,7 +26,7 @@ pub struct RelayConfig {
     /// address>`. An announcement is accepted only if its `relays` tag lists one of them.
     pub public_urls: Vec<RelayUrl>,
     /// Data directory: `events/` (LMDB), `git/` (bare repos), `sync-state.json`,
-    /// `purgatory.json`.
+    /// `purgatory/` (held events, one file each).
     pub data_dir: PathBuf,
     /// Event storage.
     pub storage: Storage,

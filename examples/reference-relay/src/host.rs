@@ -14,7 +14,9 @@
 //!   we serve (`e`/`E`/`q`); otherwise `blocked:`.
 //!
 //! Purgatory events are *held, not served*: the event is kept in [`InMemoryPurgatory`]
-//! (plus a map of the events), never written to the database, so no REQ can return it.
+//! (plus a map of the events), never written to the database, so no REQ can return it;
+//! it is written through to the [`HeldStore`] before anyone is told it is held, so a
+//! crash loses no held event.
 //! A user who publishes one gets `OK false "blocked: restricted: held in purgatory until
 //! its git data arrives"` (nostr-relay-builder prefixes every write-policy rejection with
 //! `blocked:`; our own reason follows). When the git hunter finds the data the event is
@@ -38,6 +40,7 @@ use nostr_relay_builder::LocalRelay;
 use tokio::sync::mpsc;
 
 use crate::git_local;
+use crate::held_store::HeldStore;
 
 /// How many refused events are remembered (so sync does not bring them back).
 const REJECTED_CAPACITY: usize = 10_000;
@@ -120,6 +123,8 @@ pub struct Host {
     pub sync: OnceLock<SyncHandle>,
     /// Metrics.
     pub metrics: SyncMetrics,
+    /// Where held events are written through.
+    pub held_store: HeldStore,
     hunt_tx: mpsc::UnboundedSender<HuntMsg>,
     state: Mutex<State>,
 }
@@ -144,6 +149,7 @@ impl Host {
         git_root: PathBuf,
         url_policy: UrlPolicy,
         metrics: SyncMetrics,
+        held_store: HeldStore,
         hunt_tx: mpsc::UnboundedSender<HuntMsg>,
     ) -> Self {
         Self {
@@ -155,6 +161,7 @@ impl Host {
             relay: OnceLock::new(),
             sync: OnceLock::new(),
             metrics,
+            held_store,
             hunt_tx,
             state: Mutex::new(State {
                 purgatory: InMemoryPurgatory::new(PurgatoryConfig::default()),
@@ -435,34 +442,43 @@ impl Host {
         }
     }
 
-    /// Holds an event in purgatory and starts the hunt for its data.
-    fn hold(&self, w: WaitingEvent, event: &Event, from_user: bool) -> bool {
-        let mut st = self.state();
-        let requests = match st.purgatory.admit(w.clone(), (), w.received_at) {
-            Ok(a) => a.hunt,
-            Err(e) => {
-                tracing::debug!(error = %e, "not admitted to purgatory");
-                return false;
+    /// Holds an event in purgatory (written through to the [`HeldStore`] before this
+    /// returns) and starts the hunt for its data. `Ok(false)`: the purgatory refused it
+    /// (full, or expired before); `Err`: it could not be written, so it is not held.
+    async fn hold(&self, w: WaitingEvent, event: &Event, from_user: bool) -> Result<bool, String> {
+        let held = HeldEvent {
+            event: event.clone(),
+            from_user,
+            received_at_ms: w.received_at.0,
+        };
+        self.held_store.put(&held).await?;
+        let admitted = {
+            let mut st = self.state();
+            match st.purgatory.admit(w.clone(), (), w.received_at) {
+                Ok(a) => {
+                    st.held.insert(event.id, held);
+                    if w.kind == WaitKind::Announcement {
+                        let info = st.repos.entry(w.repo.clone()).or_default();
+                        if info.clone_urls.is_empty() {
+                            info.clone_urls = w.clone_urls.clone();
+                        }
+                    }
+                    self.metrics.set_purgatory_waiting(st.held.len());
+                    Ok(a.hunt)
+                }
+                Err(e) => Err(e),
             }
         };
-        st.held.insert(
-            event.id,
-            HeldEvent {
-                event: event.clone(),
-                from_user,
-                received_at_ms: w.received_at.0,
-            },
-        );
-        if w.kind == WaitKind::Announcement {
-            let info = st.repos.entry(w.repo.clone()).or_default();
-            if info.clone_urls.is_empty() {
-                info.clone_urls = w.clone_urls.clone();
+        let requests = match admitted {
+            Ok(requests) => requests,
+            Err(e) => {
+                tracing::debug!(error = %e, "not admitted to purgatory");
+                self.held_store.remove(&event.id).await;
+                return Ok(false);
             }
-        }
-        self.metrics.set_purgatory_waiting(st.held.len());
-        drop(st);
+        };
         let _ = self.hunt_tx.send(HuntMsg::Add(requests));
-        true
+        Ok(true)
     }
 
     fn remember_rejected(&self, event: &Event) {
@@ -530,13 +546,14 @@ impl Host {
             Verdict::Accept | Verdict::Duplicate => {
                 Err("restricted: held in purgatory until its git data arrives".into())
             }
-            Verdict::Hold(w) => {
-                if self.hold(w, event, true) {
-                    Err("restricted: held in purgatory until its git data arrives".into())
-                } else {
-                    Err("restricted: its git data did not arrive in time".into())
+            Verdict::Hold(w) => match self.hold(w, event, true).await {
+                Ok(true) => Err("restricted: held in purgatory until its git data arrives".into()),
+                Ok(false) => Err("restricted: its git data did not arrive in time".into()),
+                Err(e) => {
+                    tracing::warn!(id = %event.id, error = %e, "cannot hold an event");
+                    Err("error: could not hold the event; try again".into())
                 }
-            }
+            },
             Verdict::Reject { reason, remember } => {
                 if remember {
                     self.remember_rejected(event);
@@ -558,7 +575,7 @@ impl Host {
             }
             Verdict::Duplicate => IngestOutcome::Duplicate,
             Verdict::Hold(w) => {
-                if self.hold(w, event, false) {
+                if self.hold(w, event, false).await? {
                     IngestOutcome::Purgatory
                 } else {
                     IngestOutcome::Rejected
@@ -589,14 +606,17 @@ impl Host {
         for held in released {
             let event = held.event;
             match self.store(&event).await {
-                Ok(true) => {
-                    tracing::info!(id = %event.id, kind = event.kind.as_u16(), %repo, "released from purgatory: git data arrived");
-                    if let Some(sync) = self.sync.get() {
-                        sync.accepted(event);
+                Ok(stored) => {
+                    self.held_store.remove(&event.id).await;
+                    if stored {
+                        tracing::info!(id = %event.id, kind = event.kind.as_u16(), %repo, "released from purgatory: git data arrived");
+                        if let Some(sync) = self.sync.get() {
+                            sync.accepted(event);
+                        }
                     }
                 }
-                Ok(false) => {}
                 Err(e) => {
+                    // Its file stays: the next start holds it again and hunts again.
                     tracing::warn!(id = %event.id, error = %e, "could not store a released event")
                 }
             }
@@ -604,25 +624,46 @@ impl Host {
     }
 
     /// Expiry: the purgatory's own rules (30 min; announcements soft-expire for 24 h).
-    pub fn tick_purgatory(&self) {
-        let mut st = self.state();
-        let expiry = st.purgatory.tick(now());
-        for (id, ()) in expiry.dropped {
-            if st.held.remove(&id).is_some() {
-                tracing::info!(%id, "dropped from purgatory: git data never arrived");
-            }
+    pub async fn tick_purgatory(&self) {
+        let dropped: Vec<EventId> = {
+            let mut st = self.state();
+            let expiry = st.purgatory.tick(now());
+            let dropped = expiry
+                .dropped
+                .into_iter()
+                .filter_map(|(id, ())| st.held.remove(&id).map(|_| id))
+                .collect();
+            self.metrics.set_purgatory_waiting(st.held.len());
+            dropped
+        };
+        for id in dropped {
+            tracing::info!(%id, "dropped from purgatory: git data never arrived");
+            self.held_store.remove(&id).await;
         }
-        self.metrics.set_purgatory_waiting(st.held.len());
     }
 
-    /// Re-admits events saved at the last shutdown (their deadline restarts).
-    pub async fn restore_held(&self, held: Vec<HeldEvent>) {
-        for h in held {
-            if let Verdict::Hold(w) = self.decide(&h.event, h.from_user).await {
-                self.hold(w, &h.event, h.from_user);
-            } else if !h.from_user {
-                let _ = self.apply_sync(&h.event).await;
+    /// Re-admits the held events the [`HeldStore`] kept (after a stop or a crash):
+    /// each is decided again — its data may have arrived meanwhile — and held again
+    /// (its hunt and its deadline start over), stored, or forgotten.
+    pub async fn restore_held(&self) {
+        for h in self.held_store.load() {
+            match self.decide(&h.event, h.from_user).await {
+                Verdict::Hold(w) => {
+                    if let Err(e) = self.hold(w, &h.event, h.from_user).await {
+                        tracing::warn!(id = %h.event.id, error = %e, "cannot hold a restored event");
+                    }
+                    continue;
+                }
+                Verdict::Accept => {
+                    if let Err(e) = self.store(&h.event).await {
+                        // Keep the file: the next start tries again.
+                        tracing::warn!(id = %h.event.id, error = %e, "cannot store a restored event");
+                        continue;
+                    }
+                }
+                Verdict::Duplicate | Verdict::Reject { .. } => {}
             }
+            self.held_store.remove(&h.event.id).await;
         }
     }
 }

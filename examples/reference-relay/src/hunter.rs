@@ -43,7 +43,7 @@ pub async fn run(
                 }
             }
         }
-        host.tick_purgatory();
+        host.tick_purgatory().await;
         *metrics.lock().unwrap_or_else(|p| p.into_inner()) = scheduler.metrics();
         let wake = scheduler
             .poll_timeout()

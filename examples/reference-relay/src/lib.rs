@@ -11,6 +11,7 @@
 
 pub mod config;
 mod git_local;
+pub mod held_store;
 pub mod host;
 pub mod http;
 pub mod hunter;
@@ -35,7 +36,8 @@ use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::host::{HeldEvent, Host};
+use crate::held_store::HeldStore;
+use crate::host::Host;
 use crate::http::HttpCtx;
 use crate::ports::{FeedingDatabase, GraspWritePolicy, HostPorts, JsonStateStore};
 
@@ -125,7 +127,11 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
     let mut registry = Registry::default();
     let metrics = SyncMetrics::register(&mut registry, driver::metrics::DEFAULT_PREFIX);
 
-    // The host: acceptance rules, purgatory, repos.
+    // The host: acceptance rules, purgatory (written through next to the events, so a
+    // crash loses no held event), repos.
+    let persistent = config.storage == Storage::Lmdb;
+    let held_store = HeldStore::open(persistent.then(|| config.data_dir.join("purgatory")))
+        .map_err(|e| io("cannot create the purgatory directory", &e))?;
     let (hunt_tx, hunt_rx) = mpsc::unbounded_channel();
     let host = Arc::new(Host::new(
         db.clone(),
@@ -133,6 +139,7 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
         git_root.clone(),
         config.url_policy(),
         metrics.clone(),
+        held_store,
         hunt_tx,
     ));
     let repos = host.load_repos().await.map_err(RelayError::Database)?;
@@ -153,17 +160,8 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
     let relay = LocalRelay::new(builder);
     let _ = host.relay.set(relay);
 
-    // Held events from the last run.
-    let persistent = config.storage == Storage::Lmdb;
-    let purgatory_file = config.data_dir.join("purgatory.json");
-    if persistent {
-        if let Ok(bytes) = std::fs::read(&purgatory_file) {
-            match serde_json::from_slice::<Vec<HeldEvent>>(&bytes) {
-                Ok(held) => host.restore_held(held).await,
-                Err(e) => tracing::warn!(error = %e, "ignoring unreadable purgatory.json"),
-            }
-        }
-    }
+    // Held events from the last run (stopped or killed): held again, hunts resumed.
+    host.restore_held().await;
 
     // Sync engine.
     let mut sync_config = SyncConfig::default();
@@ -360,8 +358,9 @@ impl RunningRelay {
         self.host.locator.locate(repo)
     }
 
-    /// Graceful shutdown: stops accepting, closes connections, persists the sync state
-    /// and (with LMDB storage) the purgatory.
+    /// Graceful shutdown: stops accepting, closes connections, lets the sync engine
+    /// drain what it handed over and persist its state. (Held events are on disk
+    /// already: the purgatory is written through.)
     pub async fn shutdown(self) -> Result<(), RelayError> {
         let _ = self.stop.send(true);
         if let Some(relay) = self.host.relay.get() {
@@ -371,14 +370,7 @@ impl RunningRelay {
         for task in self.tasks {
             let _ = task.await;
         }
-        if self.config.storage == Storage::Lmdb {
-            let held = self.host.held_events();
-            let bytes = serde_json::to_vec(&held).map_err(|e| RelayError::Io(e.to_string()))?;
-            ports::write_atomically(&self.config.data_dir.join("purgatory.json"), &bytes)
-                .await
-                .map_err(|e| RelayError::Io(format!("cannot write purgatory.json: {e}")))?;
-        }
-        tracing::info!("relay stopped; sync state and purgatory saved");
+        tracing::info!("relay stopped; sync state saved");
         sync_result.map_err(RelayError::from)
     }
 }

@@ -83,9 +83,10 @@ impl GitDaemon {
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new("git")
+        // The daemon itself, not the `git` wrapper (which would leave it orphaned).
+        let exec_path = git(base, &["--exec-path"]);
+        let child = Command::new(Path::new(&exec_path).join("git-daemon"))
             .args([
-                "daemon",
                 "--export-all",
                 &format!("--base-path={}", base.display()),
                 &format!("--port={port}"),

@@ -33,6 +33,18 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// The `git-daemon` program itself. `git daemon` runs it as a *child* of the `git`
+/// wrapper, so killing the wrapper would orphan a listening daemon: tests spawn the
+/// daemon directly, and killing it on drop leaves nothing behind.
+#[allow(dead_code)] // not every test binary starts a daemon
+pub fn git_daemon_program() -> std::path::PathBuf {
+    let out = Command::new("git")
+        .arg("--exec-path")
+        .output()
+        .expect("git runs");
+    std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("git-daemon")
+}
+
 /// Creates `<base>/<name>` with `commits` commits on `main`, returns their ids.
 pub fn source_repo(base: &Path, name: &str, commits: usize) -> Vec<Oid> {
     let dir = base.join(name);

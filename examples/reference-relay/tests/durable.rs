@@ -1,0 +1,317 @@
+//! Process-level durability, all on 127.0.0.1: relay B (the `grasp-reference-relay`
+//! binary, LMDB storage) syncs a repository's history from relay A while the test
+//! kills it with SIGKILL or stops it with SIGINT at random moments and starts it
+//! again. After the last restart B must hold every event A holds, each once, within a
+//! bound, although nothing (announcement, issue or comment) is published again: what
+//! was stored survives, and what was not is asked for again by the restart, not by the
+//! daily sync 23–25 h later.
+//!
+//! Seeds: `DURABLE_SEEDS=1,2,3` (default `1,2`). Each run prints one line of figures.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use grasp_reference_relay::{start, RelayConfig, RunningRelay};
+use nostr::{Event, EventBuilder, EventId, Filter, Keys, Kind, Tag, TagKind, Timestamp};
+use nostr_relay_pool::relay::{RelayOptions, ReqExitPolicy};
+use nostr_relay_pool::RelayPool;
+
+/// Issues in the repository; each gets `COMMENTS` comments.
+const ISSUES: usize = 150;
+const COMMENTS: usize = 6;
+/// After the last restart, B must hold everything within this.
+const CONVERGE: Duration = Duration::from_secs(120);
+/// Interruptions per seed.
+const KILLS: usize = 5;
+
+/// SplitMix64: the test's only randomness, so a seed replays the same moments.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// The repository's whole history: announcement, issues, comments.
+fn history(keys: &Keys, relays: &[String]) -> Vec<Event> {
+    let d = "durable";
+    let coordinate = format!("30617:{}:{d}", keys.public_key());
+    let base = Timestamp::now().as_secs() - 86_400;
+    let mut events = vec![EventBuilder::new(Kind::Custom(30617), "")
+        .tags([
+            Tag::identifier(d),
+            Tag::custom(TagKind::custom("name"), [d]),
+            Tag::custom(TagKind::custom("relays"), relays.iter().cloned()),
+        ])
+        .custom_created_at(Timestamp::from_secs(base))
+        .sign_with_keys(keys)
+        .unwrap()];
+    let mut n = 0u64;
+    // Timestamps in threes: ties cross page boundaries.
+    let mut at = || {
+        n += 1;
+        Timestamp::from_secs(base + 1 + n / 3)
+    };
+    for i in 0..ISSUES {
+        let issue = EventBuilder::new(Kind::Custom(1621), format!("issue {i}"))
+            .tags([
+                Tag::custom(TagKind::a(), [coordinate.clone()]),
+                Tag::custom(TagKind::custom("subject"), [format!("issue {i}")]),
+            ])
+            .custom_created_at(at())
+            .sign_with_keys(keys)
+            .unwrap();
+        for c in 0..COMMENTS {
+            let root = issue.id.to_hex();
+            events.push(
+                EventBuilder::new(Kind::Custom(1111), format!("comment {c} on {i}"))
+                    .tags([
+                        Tag::custom(TagKind::custom("E"), [root.clone()]),
+                        Tag::custom(TagKind::custom("K"), ["1621"]),
+                        Tag::custom(TagKind::e(), [root]),
+                        Tag::custom(TagKind::custom("k"), ["1621"]),
+                    ])
+                    .custom_created_at(at())
+                    .sign_with_keys(keys)
+                    .unwrap(),
+            );
+        }
+        events.push(issue);
+    }
+    events
+}
+
+async fn client(url: &str) -> RelayPool {
+    let pool = RelayPool::new();
+    pool.add_relay(url, RelayOptions::new().reconnect(false))
+        .await
+        .unwrap();
+    let _ = pool.try_connect_relay(url, Duration::from_secs(5)).await;
+    pool
+}
+
+/// Publishes every event on one connection; panics on a refusal.
+async fn publish_all(url: &str, events: &[Event]) {
+    let pool = client(url).await;
+    for e in events {
+        let out = pool.send_event_to([url], e).await.expect("publish");
+        assert_eq!(out.success.len(), 1, "{url} refused kind {}: {:?}", e.kind, out.failed);
+    }
+    pool.shutdown().await;
+}
+
+/// Every event `url` serves by `author`, as a list (duplicates would show).
+async fn served_by(url: &str, author: &Keys) -> Option<Vec<EventId>> {
+    let pool = client(url).await;
+    let events = pool
+        .fetch_events(
+            Filter::new().author(author.public_key()).limit(5_000),
+            Duration::from_secs(5),
+            ReqExitPolicy::ExitOnEOSE,
+        )
+        .await
+        .ok()
+        .map(|e| e.into_iter().map(|e| e.id).collect());
+    pool.shutdown().await;
+    events
+}
+
+/// Relay B as a child process on a fixed address (its URL is in the announcement).
+struct RelayB {
+    bind: String,
+    data: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl RelayB {
+    fn url(&self) -> String {
+        format!("ws://{}", self.bind)
+    }
+
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_grasp-reference-relay"))
+            .args([
+                "--bind",
+                &self.bind,
+                "--data-dir",
+                &self.data.display().to_string(),
+                "--allow-private-urls",
+                "--fast-timers",
+                "--status-log-secs",
+                "3600",
+                "--log-level",
+                "warn,grasp_sync=info",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("the relay binary starts");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&self.bind).is_err() {
+            assert!(Instant::now() < deadline, "B did not listen; log: {}", self.log_tail());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL (`graceful == false`) or SIGINT, then wait for the process to end.
+    fn stop(&mut self, graceful: bool) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if graceful {
+            let _ = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while child.try_wait().ok().flatten().is_none() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!("B ignored SIGINT for 30 s; log: {}", self.log_tail());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let status = child.wait().unwrap();
+            assert!(status.success(), "B exited with {status} after SIGINT; log: {}", self.log_tail());
+        } else {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for RelayB {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn tmp(root: &Path, name: &str) -> PathBuf {
+    let p = root.join(name);
+    std::fs::create_dir_all(&p).unwrap();
+    p
+}
+
+async fn run_seed(seed: u64) {
+    let root = tempfile::tempdir().unwrap();
+    let mut rng = Rng(seed);
+    let a: RunningRelay = start(RelayConfig::for_tests(tmp(root.path(), "a")))
+        .await
+        .expect("relay A starts");
+    let mut b = RelayB {
+        bind: format!("127.0.0.1:{}", free_port()),
+        data: tmp(root.path(), "b"),
+        log: root.path().join("b.log"),
+        child: None,
+    };
+    let keys = Keys::generate();
+    let events = history(&keys, &[a.url(), b.url()]);
+    publish_all(&a.url(), &events).await;
+    let total = events.len();
+
+    // B learns of the repository the way a user would tell it: the announcement.
+    b.start();
+    publish_all(&b.url(), &events[..1]).await;
+
+    let mut kills = 0;
+    let mut sigints = 0;
+    let mut counts = Vec::new();
+    for round in 0..KILLS {
+        // Interrupt at a random moment: after a random share of what is missing has
+        // arrived, or after a random time, whichever comes first.
+        let have = served_by(&b.url(), &keys).await.map_or(0, |v| v.len());
+        let target = have + (rng.below(70) as usize + 5) * (total - have) / 100;
+        let deadline = Instant::now() + Duration::from_millis(300 + rng.below(4_000));
+        let mut now_have = have;
+        while Instant::now() < deadline && now_have < target {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            now_have = served_by(&b.url(), &keys).await.map_or(now_have, |v| v.len());
+        }
+        let graceful = round % 2 == 1 || rng.below(3) == 0;
+        if graceful {
+            sigints += 1;
+        } else {
+            kills += 1;
+        }
+        b.stop(graceful);
+        counts.push(now_have);
+        b.start();
+    }
+
+    let started = Instant::now();
+    let expected: std::collections::BTreeSet<EventId> = events.iter().map(|e| e.id).collect();
+    let mut last = Vec::new();
+    while started.elapsed() < CONVERGE {
+        if let Some(ids) = served_by(&b.url(), &keys).await {
+            if ids.len() == total {
+                last = ids;
+                break;
+            }
+            last = ids;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let converge = started.elapsed();
+    let got: std::collections::BTreeSet<EventId> = last.iter().copied().collect();
+    assert_eq!(got.len(), last.len(), "B serves an event twice");
+    let missing = expected.difference(&got).count();
+    println!(
+        "durable: seed={seed} events={total} sigkills={kills} sigints={sigints} held_at_interruptions={counts:?} converged_s={:.1} missing={missing}",
+        converge.as_secs_f64()
+    );
+    assert_eq!(
+        missing,
+        0,
+        "seed {seed}: B holds {} of {total} events {CONVERGE:?} after its last restart; log:\n{}",
+        got.len(),
+        b.log_tail()
+    );
+    assert!(got.is_subset(&expected), "B serves events nobody published");
+    b.stop(true);
+    a.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn durable_sigkill_and_sigint_mid_sync_lose_nothing() {
+    grasp_reference_relay::install_crypto_provider();
+    let seeds: Vec<u64> = std::env::var("DURABLE_SEEDS")
+        .ok()
+        .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 2]);
+    for seed in seeds {
+        run_seed(seed).await;
+    }
+}
