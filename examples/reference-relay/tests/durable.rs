@@ -18,8 +18,8 @@ use nostr_relay_pool::relay::{RelayOptions, ReqExitPolicy};
 use nostr_relay_pool::RelayPool;
 
 /// Issues in the repository; each gets `COMMENTS` comments.
-const ISSUES: usize = 150;
-const COMMENTS: usize = 6;
+const ISSUES: usize = 300;
+const COMMENTS: usize = 8;
 /// After the last restart, B must hold everything within this.
 const CONVERGE: Duration = Duration::from_secs(120);
 /// Interruptions per seed.
@@ -71,8 +71,10 @@ fn history(keys: &Keys, relays: &[String]) -> Vec<Event> {
             .custom_created_at(at())
             .sign_with_keys(keys)
             .unwrap();
+        let root = issue.id.to_hex();
+        events.push(issue);
         for c in 0..COMMENTS {
-            let root = issue.id.to_hex();
+            let root = root.clone();
             events.push(
                 EventBuilder::new(Kind::Custom(1111), format!("comment {c} on {i}"))
                     .tags([
@@ -86,7 +88,6 @@ fn history(keys: &Keys, relays: &[String]) -> Vec<Event> {
                     .unwrap(),
             );
         }
-        events.push(issue);
     }
     events
 }
@@ -254,7 +255,7 @@ async fn run_seed(seed: u64) {
         // arrived, or after a random time, whichever comes first.
         let have = served_by(&b.url(), &keys).await.map_or(0, |v| v.len());
         let target = have + (rng.below(70) as usize + 5) * (total - have) / 100;
-        let deadline = Instant::now() + Duration::from_millis(300 + rng.below(4_000));
+        let deadline = Instant::now() + Duration::from_millis(200 + rng.below(2_500));
         let mut now_have = have;
         while Instant::now() < deadline && now_have < target {
             tokio::time::sleep(Duration::from_millis(50)).await;
