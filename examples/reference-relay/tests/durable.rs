@@ -8,6 +8,7 @@
 //!
 //! Seeds: `DURABLE_SEEDS=1,2,3` (default `1,2`). Each run prints one line of figures.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,6 +17,9 @@ use grasp_reference_relay::{start, RelayConfig, RunningRelay};
 use nostr::{Event, EventBuilder, EventId, Filter, Keys, Kind, Tag, TagKind, Timestamp};
 use nostr_relay_pool::relay::{RelayOptions, ReqExitPolicy};
 use nostr_relay_pool::RelayPool;
+
+mod support;
+use support::{source_repo, GitDaemon};
 
 /// Issues in the repository; each gets `COMMENTS` comments.
 const ISSUES: usize = 300;
@@ -42,17 +46,20 @@ impl Rng {
     }
 }
 
-/// The repository's whole history: announcement, issues, comments.
-fn history(keys: &Keys, relays: &[String]) -> Vec<Event> {
+/// The repository's whole history: announcement (with a clone URL, if given), issues,
+/// comments.
+fn history(keys: &Keys, relays: &[String], clone: Option<&str>) -> Vec<Event> {
     let d = "durable";
     let coordinate = format!("30617:{}:{d}", keys.public_key());
     let base = Timestamp::now().as_secs() - 86_400;
+    let mut tags = vec![
+        Tag::identifier(d),
+        Tag::custom(TagKind::custom("name"), [d]),
+        Tag::custom(TagKind::custom("relays"), relays.iter().cloned()),
+    ];
+    tags.extend(clone.map(|c| Tag::custom(TagKind::custom("clone"), [c])));
     let mut events = vec![EventBuilder::new(Kind::Custom(30617), "")
-        .tags([
-            Tag::identifier(d),
-            Tag::custom(TagKind::custom("name"), [d]),
-            Tag::custom(TagKind::custom("relays"), relays.iter().cloned()),
-        ])
+        .tags(tags)
         .custom_created_at(Timestamp::from_secs(base))
         .sign_with_keys(keys)
         .unwrap()];
@@ -101,6 +108,17 @@ async fn client(url: &str) -> RelayPool {
     pool
 }
 
+/// Publishes one event: `Ok(())` or the relay's refusal.
+async fn publish(url: &str, event: &Event) -> Result<(), String> {
+    let pool = client(url).await;
+    let out = pool.send_event_to([url], event).await.map_err(|e| e.to_string());
+    pool.shutdown().await;
+    match out? {
+        out if out.success.len() == 1 => Ok(()),
+        out => Err(format!("{:?}", out.failed)),
+    }
+}
+
 /// Publishes every event on one connection; panics on a refusal.
 async fn publish_all(url: &str, events: &[Event]) {
     let pool = client(url).await;
@@ -133,6 +151,7 @@ struct RelayB {
     data: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    extra: Vec<String>,
 }
 
 impl RelayB {
@@ -159,6 +178,7 @@ impl RelayB {
                 "--log-level",
                 "warn,grasp_sync=info",
             ])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -237,9 +257,10 @@ async fn run_seed(seed: u64) {
         data: tmp(root.path(), "b"),
         log: root.path().join("b.log"),
         child: None,
+        extra: Vec::new(),
     };
     let keys = Keys::generate();
-    let events = history(&keys, &[a.url(), b.url()]);
+    let events = history(&keys, &[a.url(), b.url()], None);
     publish_all(&a.url(), &events).await;
     let total = events.len();
 
@@ -272,37 +293,44 @@ async fn run_seed(seed: u64) {
         b.start();
     }
 
-    let started = Instant::now();
-    let expected: std::collections::BTreeSet<EventId> = events.iter().map(|e| e.id).collect();
-    let mut last = Vec::new();
-    while started.elapsed() < CONVERGE {
-        if let Some(ids) = served_by(&b.url(), &keys).await {
-            if ids.len() == total {
-                last = ids;
-                break;
-            }
-            last = ids;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    let converge = started.elapsed();
-    let got: std::collections::BTreeSet<EventId> = last.iter().copied().collect();
-    assert_eq!(got.len(), last.len(), "B serves an event twice");
-    let missing = expected.difference(&got).count();
+    let (converge, missing) = converge(&b, &keys, &events).await;
     println!(
         "durable: seed={seed} events={total} sigkills={kills} sigints={sigints} held_at_interruptions={counts:?} converged_s={:.1} missing={missing}",
         converge.as_secs_f64()
     );
+    b.stop(true);
+    a.shutdown().await.unwrap();
+}
+
+/// Waits (at most [`CONVERGE`]) until B serves exactly `events`, each once; panics
+/// with B's log otherwise. Returns how long it took (and 0 missing).
+async fn converge(b: &RelayB, keys: &Keys, events: &[Event]) -> (Duration, usize) {
+    let started = Instant::now();
+    let expected: BTreeSet<EventId> = events.iter().map(|e| e.id).collect();
+    let mut last = Vec::new();
+    while started.elapsed() < CONVERGE {
+        if let Some(ids) = served_by(&b.url(), keys).await {
+            let done = ids.len() == events.len();
+            last = ids;
+            if done {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let got: BTreeSet<EventId> = last.iter().copied().collect();
+    assert_eq!(got.len(), last.len(), "B serves an event twice");
+    assert!(got.is_subset(&expected), "B serves events nobody published");
+    let missing = expected.difference(&got).count();
     assert_eq!(
         missing,
         0,
-        "seed {seed}: B holds {} of {total} events {CONVERGE:?} after its last restart; log:\n{}",
+        "B holds {} of {} events {CONVERGE:?} after its last restart; log:\n{}",
         got.len(),
+        events.len(),
         b.log_tail()
     );
-    assert!(got.is_subset(&expected), "B serves events nobody published");
-    b.stop(true);
-    a.shutdown().await.unwrap();
+    (started.elapsed(), missing)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -315,4 +343,66 @@ async fn durable_sigkill_and_sigint_mid_sync_lose_nothing() {
     for seed in seeds {
         run_seed(seed).await;
     }
+}
+
+/// kill -9 while the announcement waits in B's purgatory for git data that is not
+/// reachable yet: the restart must hold it again (the purgatory is written through),
+/// resume the hunt, and — once the data is there — sync the whole history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn durable_sigkill_while_the_announcement_waits_for_git_data() {
+    grasp_reference_relay::install_crypto_provider();
+    let root = tempfile::tempdir().unwrap();
+    let serve = tmp(root.path(), "serve");
+    source_repo(&serve);
+    let port = free_port();
+    let clone = format!("git://127.0.0.1:{port}/repo.git");
+    let a: RunningRelay = start(RelayConfig::for_tests(tmp(root.path(), "a")))
+        .await
+        .expect("relay A starts");
+    let mut b = RelayB {
+        bind: format!("127.0.0.1:{}", free_port()),
+        data: tmp(root.path(), "b"),
+        log: root.path().join("b.log"),
+        child: None,
+        extra: vec!["--user-hunt-delay-secs".into(), "0".into()],
+    };
+    let keys = Keys::generate();
+    let events = history(&keys, &[a.url(), b.url()], Some(&clone));
+
+    // A takes the repository while its git data is served, then the server goes away.
+    let daemon = GitDaemon::start_on(&serve, port);
+    let _ = publish(&a.url(), &events[0]).await; // held until A has fetched the data
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !a.serves(&events[0].id).await {
+        assert!(Instant::now() < deadline, "A never fetched the git data");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    publish_all(&a.url(), &events[1..]).await;
+    drop(daemon);
+
+    // B holds the announcement: nothing to fetch from.
+    b.start();
+    let held = publish(&b.url(), &events[0]).await;
+    assert!(
+        held.as_ref().is_err_and(|e| e.contains("held in purgatory")),
+        "B holds the announcement: {held:?}"
+    );
+    let file = b
+        .data
+        .join("purgatory")
+        .join(format!("{}.json", events[0].id.to_hex()));
+    assert!(file.exists(), "held means written: {}", file.display());
+    b.stop(false);
+
+    // The git server is back; so is B, which must remember what it held.
+    let _daemon = GitDaemon::start_on(&serve, port);
+    b.start();
+    let (took, _) = converge(&b, &keys, &events).await;
+    println!(
+        "durable: purgatory sigkill events={} converged_s={:.1}",
+        events.len(),
+        took.as_secs_f64()
+    );
+    b.stop(true);
+    a.shutdown().await.unwrap();
 }

@@ -15,6 +15,9 @@ use nostr_relay_builder::{LocalRelay, RelayBuilder};
 use nostr_relay_pool::relay::{RelayOptions, ReqExitPolicy};
 use nostr_relay_pool::RelayPool;
 
+mod support;
+use support::{git, source_repo, GitDaemon};
+
 const WAIT: Duration = Duration::from_secs(30);
 
 fn init_tracing() {
@@ -25,99 +28,6 @@ fn init_tracing() {
 }
 
 // ---------------------------------------------------------------- git fixtures
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args([
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-/// A source repo served as `<base>/repo.git`: `main` with two commits and a `pr-1`
-/// branch with one more. Returns (main tip, pr tip).
-fn source_repo(base: &Path) -> (String, String) {
-    let work = base.join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    git(&work, &["init", "-q"]);
-    for i in 0..2 {
-        std::fs::write(work.join("file.txt"), format!("line {i}\n")).unwrap();
-        git(&work, &["add", "."]);
-        git(&work, &["commit", "-q", "-m", &format!("commit {i}")]);
-    }
-    let main = git(&work, &["rev-parse", "HEAD"]);
-    git(&work, &["checkout", "-q", "-b", "pr-1"]);
-    std::fs::write(work.join("pr.txt"), "a change\n").unwrap();
-    git(&work, &["add", "."]);
-    git(&work, &["commit", "-q", "-m", "pr"]);
-    let pr = git(&work, &["rev-parse", "HEAD"]);
-    git(base, &["clone", "-q", "--bare", "work", "repo.git"]);
-    (main, pr)
-}
-
-struct GitDaemon {
-    child: Child,
-    port: u16,
-}
-
-impl GitDaemon {
-    fn start(base: &Path) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        // The daemon itself, not the `git` wrapper (which would leave it orphaned).
-        let exec_path = git(base, &["--exec-path"]);
-        let child = Command::new(Path::new(&exec_path).join("git-daemon"))
-            .args([
-                "--export-all",
-                &format!("--base-path={}", base.display()),
-                &format!("--port={port}"),
-                "--listen=127.0.0.1",
-                "--reuseaddr",
-            ])
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("git daemon starts");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "git daemon did not listen");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Self { child, port }
-    }
-
-    fn url(&self) -> String {
-        format!("git://127.0.0.1:{}/repo.git", self.port)
-    }
-}
-
-impl Drop for GitDaemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn has_object(bare: &Path, oid: &str) -> bool {
     Command::new("git")
