@@ -1610,3 +1610,30 @@ fn r19_what_the_host_could_not_take_is_asked_again() {
     let again = h.answer(A, &id, &[bug.clone()]);
     assert_eq!(ingested(&again), vec![bug.id]);
 }
+
+#[test]
+fn r20_a_connected_relay_is_persisted_while_quiet_so_a_crash_stays_a_quick_reconnect() {
+    let (mut h, _k, _repo) = with_repo(config(), &[A]);
+    h.connect_and_settle(A);
+    h.advance(Duration::from_secs(60));
+    assert_eq!(h.status(A), ConnectionStatus::Connected);
+    let cmds = h.advance(Duration::from_secs(2 * 3600));
+    let persisted = cmds
+        .iter()
+        .filter(|c| matches!(c, Command::PersistState))
+        .count();
+    // Every 5 minutes although nothing changed: the cursor moves with time.
+    assert!(
+        (20..=25).contains(&persisted),
+        "{persisted} snapshots in two quiet hours"
+    );
+    // Disconnected (and never answered again): one snapshot for the change, then none.
+    h.disconnect(A);
+    let quiet = h.advance(Duration::from_secs(3600));
+    assert!(!h.status(A).is_connected());
+    let persisted = quiet
+        .iter()
+        .filter(|c| matches!(c, Command::PersistState))
+        .count();
+    assert!(persisted <= 1, "{persisted} snapshots while disconnected");
+}

@@ -62,6 +62,10 @@ pub struct SyncConfig {
     pub max_history_retries: u32,
     /// How often a snapshot of the sync state is requested, when it changed.
     pub persist_interval: Duration,
+    /// How often a snapshot is requested when nothing changed but a relay is connected
+    /// (its cursor moves with time): a crash after a quiet spell then restarts as a
+    /// quick reconnect. Keep it well under `quick_reconnect_window`.
+    pub idle_persist_interval: Duration,
 }
 
 impl Default for SyncConfig {
@@ -89,6 +93,7 @@ impl Default for SyncConfig {
             max_orphan_root_events: 10_000,
             max_history_retries: 8,
             persist_interval: Duration::from_secs(30),
+            idle_persist_interval: Duration::from_secs(5 * 60),
         }
     }
 }
@@ -106,8 +111,9 @@ impl SyncConfig {
         self
     }
 
-    /// Shrinks every timer by `factor`, for tests that want the design's behaviour in
-    /// less wall time. Rules keyed to real durations (15 min, 24 h) keep their ratios.
+    /// Shorter batch window, purgatory and check intervals, for tests that want the
+    /// design's behaviour in less wall time. Rules keyed to real durations (15 min,
+    /// 24 h) are unchanged.
     pub fn with_fast_timers(mut self) -> Self {
         self.batch_window = Duration::from_millis(100);
         self.purgatory_interval = Duration::from_millis(200);

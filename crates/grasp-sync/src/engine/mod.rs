@@ -53,6 +53,7 @@ pub struct SyncEngine {
     purgatory_outstanding: bool,
     check_due: WallTime,
     persist_due: WallTime,
+    persisted_at: WallTime,
     dirty: bool,
     commands: VecDeque<Command>,
     rng: Box<dyn RandomSource>,
@@ -100,6 +101,7 @@ impl SyncEngine {
             purgatory_outstanding: false,
             check_due: now,
             persist_due: now + config.persist_interval,
+            persisted_at: now,
             dirty: false,
             commands: VecDeque::new(),
             rng,
@@ -241,9 +243,10 @@ impl SyncEngine {
             self.check_due = now + self.config.check_interval;
             self.periodic_check(now);
         }
-        if self.wants_persist() && self.persist_due <= now {
+        if self.persist_deadline().is_some_and(|t| t <= now) {
             self.dirty = false;
             self.persist_due = now + self.config.persist_interval;
+            self.persisted_at = now;
             self.commands.push_back(Command::PersistState);
         }
         self.pump(now);
@@ -260,17 +263,24 @@ impl SyncEngine {
         if let Some(t) = self.flush_at {
             next = next.min(t);
         }
-        if self.wants_persist() {
-            next = next.min(self.persist_due);
+        if let Some(t) = self.persist_deadline() {
+            next = next.min(t);
         }
         next
     }
 
-    /// A snapshot is due every `persist_interval` when something changed, and always
-    /// while a relay is connected: its cursor moves with time, so a crash after a long
-    /// quiet spell still restarts as a quick reconnect.
-    fn wants_persist(&self) -> bool {
-        self.dirty || self.relays.iter().any(|(_, s)| s.status.is_connected())
+    /// When the next snapshot is due: `persist_interval` after the last one when
+    /// something changed; `idle_persist_interval` after it while a relay is connected
+    /// (its cursor moves with time, so a crash after a long quiet spell still restarts
+    /// as a quick reconnect); never otherwise.
+    fn persist_deadline(&self) -> Option<WallTime> {
+        if self.dirty {
+            Some(self.persist_due)
+        } else if self.relays.iter().any(|(_, s)| s.status.is_connected()) {
+            Some(self.persisted_at + self.config.idle_persist_interval)
+        } else {
+            None
+        }
     }
 
     /// Sets a relay's limits (from its NIP-11 document). Takes effect for new
