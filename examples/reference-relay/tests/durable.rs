@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use grasp_reference_relay::{start, RelayConfig, RunningRelay};
+use grasp_sync::ports::{RandomSource, SeededRandom};
 use nostr::{Event, EventBuilder, EventId, Filter, Keys, Kind, Tag, TagKind, Timestamp};
 use nostr_relay_pool::relay::{RelayOptions, ReqExitPolicy};
 use nostr_relay_pool::RelayPool;
@@ -29,20 +30,12 @@ const CONVERGE: Duration = Duration::from_secs(120);
 /// Interruptions per seed.
 const KILLS: usize = 5;
 
-/// SplitMix64: the test's only randomness, so a seed replays the same moments.
-struct Rng(u64);
+/// The test's only randomness, so a seed replays the same moments.
+struct Rng(SeededRandom);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
     fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.0.next_u64() % n.max(1)
     }
 }
 
@@ -155,6 +148,17 @@ struct RelayB {
 }
 
 impl RelayB {
+    /// Not started yet; on a free port, data and log under `root`.
+    fn new(root: &Path, extra: &[&str]) -> Self {
+        Self {
+            bind: format!("127.0.0.1:{}", free_port()),
+            data: tmp(root, "b"),
+            log: root.join("b.log"),
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
     fn url(&self) -> String {
         format!("ws://{}", self.bind)
     }
@@ -248,17 +252,11 @@ fn tmp(root: &Path, name: &str) -> PathBuf {
 
 async fn run_seed(seed: u64) {
     let root = tempfile::tempdir().unwrap();
-    let mut rng = Rng(seed);
+    let mut rng = Rng(SeededRandom::new(seed));
     let a: RunningRelay = start(RelayConfig::for_tests(tmp(root.path(), "a")))
         .await
         .expect("relay A starts");
-    let mut b = RelayB {
-        bind: format!("127.0.0.1:{}", free_port()),
-        data: tmp(root.path(), "b"),
-        log: root.path().join("b.log"),
-        child: None,
-        extra: Vec::new(),
-    };
+    let mut b = RelayB::new(root.path(), &[]);
     let keys = Keys::generate();
     let events = history(&keys, &[a.url(), b.url()], None);
     publish_all(&a.url(), &events).await;
@@ -359,13 +357,7 @@ async fn durable_sigkill_while_the_announcement_waits_for_git_data() {
     let a: RunningRelay = start(RelayConfig::for_tests(tmp(root.path(), "a")))
         .await
         .expect("relay A starts");
-    let mut b = RelayB {
-        bind: format!("127.0.0.1:{}", free_port()),
-        data: tmp(root.path(), "b"),
-        log: root.path().join("b.log"),
-        child: None,
-        extra: vec!["--user-hunt-delay-secs".into(), "0".into()],
-    };
+    let mut b = RelayB::new(root.path(), &["--user-hunt-delay-secs", "0"]);
     let keys = Keys::generate();
     let events = history(&keys, &[a.url(), b.url()], Some(&clone));
 
