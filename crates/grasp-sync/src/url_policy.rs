@@ -4,10 +4,11 @@
 //! `git://10.0.0.5/x` or a relay of `ws://127.0.0.1:6379` would make the relay open
 //! connections *inside its own network* (SSRF). One policy object guards both kinds of
 //! URL so that the rules cannot drift apart:
-//! - relay websocket URLs get a **syntactic** check ([`UrlPolicy::check_relay_url`]): IP
-//!   literals in forbidden ranges and `localhost` names are refused; resolving every relay
-//!   name on the engine's hot path would be too slow, and the websocket stack resolves on
-//!   its own anyway;
+//! - relay websocket URLs get a **syntactic** check when they are learnt
+//!   ([`UrlPolicy::check_relay_url`]: IP literals in forbidden ranges and `localhost`
+//!   names are refused; the engine's hot path does no DNS), and every connection to a
+//!   relay — websocket and NIP-11 — checks every address the name resolves to and
+//!   connects to a checked one (`driver::dial`, through `RelayUrlPolicy::check_address`);
 //! - clone URLs get the syntactic check when they are learnt
 //!   ([`UrlPolicy::check_clone_url`]) and a **resolving** check right before a fetch
 //!   ([`UrlPolicy::resolve_clone_url`]), which looks at every address the name resolves
@@ -411,6 +412,10 @@ impl fmt::Debug for CloneUrl {
 impl crate::ports::RelayUrlPolicy for UrlPolicy {
     fn permits_relay(&self, url: &RelayUrl) -> bool {
         self.check_relay_url(url).is_ok()
+    }
+
+    fn check_address(&self, host: &str, addr: IpAddr) -> Result<(), String> {
+        self.check_ip(host, addr).map_err(|e| e.to_string())
     }
 }
 

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use grasp_sync::driver::{ExecuteError, ExecutorConfig, PoolExecutor};
-use grasp_sync::ports::{EventStore, PortError};
+use grasp_sync::driver::{Dialer, ExecuteError, ExecutorConfig, PoolExecutor, SystemResolver};
+use grasp_sync::ports::{AllowAllRelays, EventStore, PortError};
 use grasp_sync::{Command, Input, NegentropyFailure, RelayUrl, SubscriptionMode};
 use nostr::{Event, EventId, Filter, Kind, SubscriptionId, Timestamp};
 use tokio::sync::mpsc;
@@ -48,7 +48,8 @@ impl Harness {
     }
 
     fn with_config(have: Vec<(EventId, Timestamp)>, config: ExecutorConfig) -> Self {
-        let (exec, rx) = PoolExecutor::new(Arc::new(Have(have)), config);
+        let dialer = Dialer::new(Arc::new(AllowAllRelays), Arc::new(SystemResolver));
+        let (exec, rx) = PoolExecutor::new(Arc::new(Have(have)), dialer, config);
         Self {
             exec,
             rx,

@@ -109,6 +109,10 @@ impl RelayUrlPolicy for DenyHosts {
     fn permits_relay(&self, url: &RelayUrl) -> bool {
         !self.0.contains(&url.host())
     }
+
+    fn check_address(&self, _host: &str, _addr: std::net::IpAddr) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::Instrument;
 
+use super::dial::{Dialer, PinnedTransport};
 use crate::engine::{Command, Input, NegentropyFailure};
 use crate::model::RelayUrl;
 use crate::ports::EventStore;
@@ -59,6 +60,9 @@ pub struct ExecutorConfig {
     pub input_channel_capacity: usize,
     /// Size of each relay's broadcast channel inside the pool (pool default: 2048).
     pub relay_notification_channel_size: usize,
+    /// Largest websocket message accepted from a relay; a bigger one ends the
+    /// connection (and counts against the relay's health).
+    pub max_message_bytes: usize,
 }
 
 impl Default for ExecutorConfig {
@@ -69,6 +73,7 @@ impl Default for ExecutorConfig {
             negentropy_total_timeout: Duration::from_secs(60),
             input_channel_capacity: 65_536,
             relay_notification_channel_size: 8_192,
+            max_message_bytes: super::dial::DEFAULT_MAX_MESSAGE_BYTES,
         }
     }
 }
@@ -138,16 +143,19 @@ impl std::fmt::Debug for PoolExecutor {
 
 impl PoolExecutor {
     /// A new executor with its own pool, and the receiving end of its input channel.
-    /// `store` supplies the negentropy have-set (stored ∪ purgatory ∪ rejected).
+    /// `store` supplies the negentropy have-set (stored ∪ purgatory ∪ rejected);
+    /// every websocket goes through `dialer` (resolve once, check, pin).
     ///
     /// Must be called inside a tokio runtime (the pool spawns tasks).
     pub fn new(
         store: Arc<dyn EventStore>,
+        dialer: Dialer,
         config: ExecutorConfig,
     ) -> (Self, mpsc::Receiver<Input>) {
         let (tx, rx) = mpsc::channel(config.input_channel_capacity.max(1));
+        let transport = PinnedTransport::new(dialer, config.max_message_bytes);
         let executor = Self {
-            pool: RelayPool::new(),
+            pool: RelayPool::builder().websocket_transport(transport).build(),
             relays: HashMap::new(),
             store,
             inputs: tx,

@@ -124,9 +124,9 @@ impl SyncMetrics {
             .set(value);
     }
 
-    /// Counts one connect attempt.
-    pub fn record_connection_attempt(&self, success: bool) {
-        let result = if success { "success" } else { "failure" };
+    /// Counts one connect attempt: `success`, `failure`, or `refused` (the relay policy
+    /// refused an address the relay's name resolves to; nothing was dialled).
+    pub fn record_connection_attempt(&self, result: &'static str) {
         self.connection_attempts
             .get_or_create(&ResultLabel {
                 result: result.into(),
@@ -209,8 +209,8 @@ mod tests {
         let m = SyncMetrics::register(&mut registry, DEFAULT_PREFIX);
         let r = RelayUrl::parse("wss://relay.example.com").unwrap();
         m.set_relay_connected(&r, 3);
-        m.record_connection_attempt(true);
-        m.record_connection_attempt(false);
+        m.record_connection_attempt("success");
+        m.record_connection_attempt("failure");
         m.set_relay_status(&r, 1);
         m.set_relay_failures(&r, 2);
         m.add_events_synced(7);

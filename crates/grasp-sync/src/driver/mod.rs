@@ -4,12 +4,15 @@
 //! - [`executor`]: [`PoolExecutor`] runs `Connect`, `Disconnect`, `Subscribe`,
 //!   `Unsubscribe` and `Negentropy` on nostr-relay-pool and reports [`crate::Input`]s.
 //! - [`nip11`]: fetches a relay's NIP-11 document (for its limits).
+//! - [`dial`]: every relay connection resolved once, checked address by address with
+//!   the relay policy, and pinned to a checked address.
 //! - [`metrics`]: the Prometheus metrics of the design, registered in the host's registry.
 //!
 //! The loop around them (sketch; the engine decides, the loop only moves data):
 //!
 //! ```text
-//! let (mut exec, mut inputs) = PoolExecutor::new(event_store, ExecutorConfig::default());
+//! let dialer = Dialer::new(relay_policy, Arc::new(SystemResolver));
+//! let (mut exec, mut inputs) = PoolExecutor::new(event_store, dialer, ExecutorConfig::default());
 //! loop {
 //!     while let Some(cmd) = engine.poll_command() {
 //!         if PoolExecutor::is_pool_command(&cmd) {
@@ -30,11 +33,13 @@
 //! }
 //! ```
 
+pub mod dial;
 pub mod executor;
 pub mod metrics;
 pub mod nip11;
 mod runner;
 
+pub use dial::{DialError, Dialer, PinnedTransport, Resolver, SystemResolver};
 pub use executor::{ExecuteError, ExecutorConfig, PoolExecutor};
 pub use metrics::SyncMetrics;
 pub use nip11::{fetch_nip11, Nip11Error};

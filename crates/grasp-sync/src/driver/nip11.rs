@@ -16,9 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_rustls::rustls;
 
+use super::dial::{DialError, Dialer};
 use crate::model::RelayUrl;
 
 /// Largest NIP-11 response we accept (headers included). Real documents are a few KiB.
@@ -30,7 +30,10 @@ pub enum Nip11Error {
     /// The relay URL did not give a usable HTTP URL.
     #[error("cannot derive an HTTP URL from {0}")]
     Url(String),
-    /// TCP connect, write or read failed.
+    /// Refused by the relay policy, unresolvable, or the connect failed.
+    #[error(transparent)]
+    Dial(#[from] DialError),
+    /// Write or read failed.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
     /// The whole fetch took longer than the timeout.
@@ -53,17 +56,19 @@ pub enum Nip11Error {
     Json(#[from] serde_json::Error),
 }
 
-/// Fetches `relay`'s NIP-11 document, all within `timeout`.
+/// Fetches `relay`'s NIP-11 document, all within `timeout`, connecting through `dialer`
+/// (the relay policy checks every address the name resolves to, as for the websocket).
 pub async fn fetch_nip11(
     relay: &RelayUrl,
+    dialer: &Dialer,
     timeout: Duration,
 ) -> Result<serde_json::Value, Nip11Error> {
-    tokio::time::timeout(timeout, fetch(relay))
+    tokio::time::timeout(timeout, fetch(relay, dialer))
         .await
         .map_err(|_| Nip11Error::Timeout)?
 }
 
-async fn fetch(relay: &RelayUrl) -> Result<serde_json::Value, Nip11Error> {
+async fn fetch(relay: &RelayUrl, dialer: &Dialer) -> Result<serde_json::Value, Nip11Error> {
     let http_url = relay.nip11_http_url();
     let url = nostr::Url::parse(&http_url).map_err(|_| Nip11Error::Url(http_url.clone()))?;
     let host = url
@@ -90,7 +95,7 @@ async fn fetch(relay: &RelayUrl) -> Result<serde_json::Value, Nip11Error> {
          User-Agent: grasp-sync\r\nConnection: close\r\n\r\n"
     );
     let bare_host = host.trim_start_matches('[').trim_end_matches(']');
-    let tcp = TcpStream::connect((bare_host, port)).await?;
+    let tcp = dialer.dial(bare_host, port).await?;
     let raw = if url.scheme() == "https" {
         let tls = tls_connector()?;
         let name = rustls::pki_types::ServerName::try_from(bare_host.to_owned())
@@ -255,13 +260,20 @@ mod tests {
         )
     }
 
+    fn test_dialer() -> Dialer {
+        Dialer::new(
+            Arc::new(crate::ports::AllowAllRelays),
+            Arc::new(crate::driver::dial::SystemResolver),
+        )
+    }
+
     #[tokio::test]
     async fn fetches_document_with_content_length() {
         let (url, server) = serve_once(
             b"HTTP/1.1 200 OK\r\nContent-Type: application/nostr+json\r\nContent-Length: 44\r\n\r\n{\"name\":\"t\",\"limitation\":{\"max_filters\":10}}",
         )
         .await;
-        let doc = fetch_nip11(&url, Duration::from_secs(5)).await.unwrap();
+        let doc = fetch_nip11(&url, &test_dialer(), Duration::from_secs(5)).await.unwrap();
         assert_eq!(doc["limitation"]["max_filters"], 10);
         let req = server.await.unwrap();
         assert!(req.starts_with("GET / HTTP/1.1\r\n"));
@@ -274,7 +286,7 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"a\":\r\n2\r\n1}\r\n0\r\n\r\n",
         )
         .await;
-        let doc = fetch_nip11(&url, Duration::from_secs(5)).await.unwrap();
+        let doc = fetch_nip11(&url, &test_dialer(), Duration::from_secs(5)).await.unwrap();
         assert_eq!(doc["a"], 1);
     }
 
@@ -282,12 +294,12 @@ mod tests {
     async fn non_200_and_junk_are_errors() {
         let (url, _s) = serve_once(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n").await;
         assert!(matches!(
-            fetch_nip11(&url, Duration::from_secs(5)).await,
+            fetch_nip11(&url, &test_dialer(), Duration::from_secs(5)).await,
             Err(Nip11Error::Status(404))
         ));
         let (url, _s) = serve_once(b"HTTP/1.1 200 OK\r\n\r\n<html>").await;
         assert!(matches!(
-            fetch_nip11(&url, Duration::from_secs(5)).await,
+            fetch_nip11(&url, &test_dialer(), Duration::from_secs(5)).await,
             Err(Nip11Error::Json(_))
         ));
     }
@@ -299,8 +311,8 @@ mod tests {
         drop(listener);
         let url = RelayUrl::parse(&format!("ws://127.0.0.1:{port}")).unwrap();
         assert!(matches!(
-            fetch_nip11(&url, Duration::from_secs(5)).await,
-            Err(Nip11Error::Io(_))
+            fetch_nip11(&url, &test_dialer(), Duration::from_secs(5)).await,
+            Err(Nip11Error::Dial(DialError::Connect(_)))
         ));
     }
 }

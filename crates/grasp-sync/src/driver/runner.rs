@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use super::dial::{Dialer, Resolver, SystemResolver, REFUSED_BY_POLICY};
 use super::executor::{ExecutorConfig, PoolExecutor};
 use super::metrics::SyncMetrics;
 use super::nip11::fetch_nip11;
@@ -81,6 +82,9 @@ pub struct DriverOptions {
     /// driver waits for room here: relay messages then wait in the executor's bounded
     /// channels, and what overflows is reported as lost and asked again.
     pub ingest_queue: usize,
+    /// Resolves relay host names for the policy's address check (`None`: the system
+    /// resolver). Tests pass their own, so no real DNS is needed.
+    pub resolver: Option<Arc<dyn Resolver>>,
     /// How long a graceful shutdown waits for the ingestion queue to drain before it
     /// gives up on the rest (0: [`DEFAULT_SHUTDOWN_DRAIN`]). Whatever is given up is
     /// not confirmed in the persisted state, so the next start asks for it again.
@@ -219,7 +223,16 @@ pub async fn start(
             );
         }
     }
-    let (exec, inputs) = PoolExecutor::new(ports.event_store.clone(), options.executor.clone());
+    let resolver = options
+        .resolver
+        .clone()
+        .unwrap_or_else(|| Arc::new(SystemResolver));
+    let dialer = Dialer::new(ports.relay_policy.clone(), resolver);
+    let (exec, inputs) = PoolExecutor::new(
+        ports.event_store.clone(),
+        dialer.clone(),
+        options.executor.clone(),
+    );
     let (tx, rx) = mpsc::unbounded_channel();
     let (side_tx, side_rx) = mpsc::unbounded_channel();
     let capacity = match options.ingest_queue {
@@ -238,6 +251,7 @@ pub async fn start(
         ports,
         options,
         side_tx,
+        dialer,
         ingest_tx: Some(ingest_tx),
         ingest_task: Some(ingest_task),
         nip11_asked: BTreeSet::new(),
@@ -268,6 +282,7 @@ struct Driver {
     ports: DriverPorts,
     options: DriverOptions,
     side_tx: mpsc::UnboundedSender<Side>,
+    dialer: Dialer,
     /// The bounded queue to the ingestion task; `None` once shutdown closed it.
     ingest_tx: Option<mpsc::Sender<(RelayUrl, Box<Event>)>>,
     ingest_task: Option<JoinHandle<()>>,
@@ -351,10 +366,20 @@ impl Driver {
     }
 
     fn feed(&mut self, input: Input) {
+        let refused = match &input {
+            Input::RelayConnectFailed { relay, reason } if reason.contains(REFUSED_BY_POLICY) => {
+                tracing::warn!(%relay, %reason, "relay not dialled");
+                true
+            }
+            _ => false,
+        };
         if let Some(metrics) = &self.options.metrics {
             match &input {
-                Input::RelayConnected { .. } => metrics.record_connection_attempt(true),
-                Input::RelayConnectFailed { .. } => metrics.record_connection_attempt(false),
+                Input::RelayConnected { .. } => metrics.record_connection_attempt("success"),
+                Input::RelayConnectFailed { .. } if refused => {
+                    metrics.record_connection_attempt("refused")
+                }
+                Input::RelayConnectFailed { .. } => metrics.record_connection_attempt("failure"),
                 _ => {}
             }
         }
@@ -409,8 +434,9 @@ impl Driver {
         }
         let relay = relay.clone();
         let tx = self.side_tx.clone();
+        let dialer = self.dialer.clone();
         tokio::spawn(async move {
-            match fetch_nip11(&relay, Duration::from_secs(5)).await {
+            match fetch_nip11(&relay, &dialer, Duration::from_secs(5)).await {
                 Ok(doc) => {
                     let _ = tx.send(Side::Limits(relay.clone(), RelayLimits::from_nip11(&doc)));
                 }

@@ -118,6 +118,8 @@ pub(super) struct Conn {
     pub deferred: bool,
     /// Live subscriptions must be rebuilt when subscribing is allowed again.
     pub needs_rebuild: bool,
+    /// Why the last connect attempt failed, for status.
+    pub last_error: Option<String>,
 }
 
 impl Conn {
@@ -141,6 +143,7 @@ impl Conn {
             catchup_from: None,
             deferred: false,
             needs_rebuild: false,
+            last_error: None,
         }
     }
 

@@ -47,6 +47,7 @@ impl SyncEngine {
             return;
         };
         conn.health.on_connected(now);
+        conn.last_error = None;
         conn.reset_wire();
         conn.live_resubscribes = 0;
         conn.live_failed = false;

@@ -188,7 +188,12 @@ impl SyncEngine {
     pub fn handle_input(&mut self, now: WallTime, input: Input) {
         match input {
             Input::RelayConnected { relay } => self.on_connected(&relay, now),
-            Input::RelayConnectFailed { relay, .. } => self.on_connect_failed(&relay, now),
+            Input::RelayConnectFailed { relay, reason } => {
+                if let Some(conn) = self.conns.get_mut(&relay) {
+                    conn.last_error = Some(reason);
+                }
+                self.on_connect_failed(&relay, now)
+            }
             Input::RelayDisconnected { relay } => self.on_disconnected(&relay, now),
             Input::Event {
                 relay,
@@ -351,6 +356,7 @@ impl SyncEngine {
                     confirmed_root_events: state.confirmed.root_events.len(),
                     events_received: self.events_per_relay.get(relay).copied().unwrap_or(0),
                     negentropy: conn.map_or(NegentropySupport::Unknown, |c| c.negentropy),
+                    last_error: conn.and_then(|c| c.last_error.clone()),
                     historic_sync_completed: state.historic_sync_completed,
                 }
             })

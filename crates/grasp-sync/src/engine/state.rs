@@ -94,6 +94,9 @@ pub struct RelayStatusSnapshot {
     pub negentropy: NegentropySupport,
     /// Historic sync finished on this connection.
     pub historic_sync_completed: bool,
+    /// Why the last connect attempt failed (a policy refusal names the address and its
+    /// range); cleared by a successful connect.
+    pub last_error: Option<String>,
 }
 
 /// A repo as persisted.

@@ -104,11 +104,20 @@ impl RandomSource for SeededRandom {
     }
 }
 
-/// Which relay URLs the engine may dial. Announcements come from strangers: without a
-/// policy one could make the relay connect inside its own network.
+/// Which relays may be contacted. Announcements come from strangers: without a policy
+/// one could make the relay connect inside its own network.
+///
+/// Two checks: the engine asks [`RelayUrlPolicy::permits_relay`] of every URL it learns
+/// (syntax: scheme, literal addresses, `localhost`); the driver asks
+/// [`RelayUrlPolicy::check_address`] of every address a relay's name resolves to, right
+/// before each connection, and connects only to an address that passed.
 pub trait RelayUrlPolicy: Send + Sync {
     /// Whether `url` may be contacted.
     fn permits_relay(&self, url: &RelayUrl) -> bool;
+
+    /// Whether `addr`, one address `host` resolved to, may be connected to; the
+    /// reason when not (shown in status and logs).
+    fn check_address(&self, host: &str, addr: std::net::IpAddr) -> Result<(), String>;
 }
 
 /// A clock, for drivers that need "now".
