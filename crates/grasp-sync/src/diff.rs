@@ -295,6 +295,7 @@ mod tests {
                     items: batch_items,
                     outstanding: Default::default(),
                     awaiting: 0,
+                    also_covers: Default::default(),
                     method: SyncMethod::ReqEose,
                     pagination: Default::default(),
                     failed: false,

@@ -1611,7 +1611,7 @@ fn r19_what_the_host_could_not_take_is_asked_again() {
     );
     // It is handed over again when it comes back (the hand-over was forgotten).
     let (id, _) = hist.iter().find(|(_, f)| kind_of(f) == "#a").unwrap().clone();
-    let again = h.answer(A, &id, &[bug.clone()]);
+    let again = h.answer(A, &id, std::slice::from_ref(&bug));
     assert_eq!(ingested(&again), vec![bug.id]);
 }
 

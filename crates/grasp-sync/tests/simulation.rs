@@ -225,6 +225,8 @@ struct Sim {
     host_free_at: WallTime,
     /// The last snapshot the state store saved (what a crash restarts from).
     saved: Option<SyncStateSnapshot>,
+    /// Unsound snapshots seen (see `check_snapshot`).
+    violations: Vec<String>,
     /// Hand-overs per (engine incarnation, id): the engine de-duplicates within its
     /// lifetime; across a restart the host answers `Duplicate`.
     handed: HashMap<(u64, EventId), u32>,
@@ -275,6 +277,7 @@ impl Sim {
             last_delivery: HashMap::new(),
             host_free_at: start,
             saved: None,
+            violations: Vec::new(),
             handed: HashMap::new(),
             faults: Faults::default(),
             trail: HashMap::new(),
@@ -683,9 +686,74 @@ impl Sim {
                     self.crash();
                     return;
                 }
-                self.saved = Some(self.engine.snapshot(self.now));
+                let snapshot = self.engine.snapshot(self.now);
+                self.check_snapshot(&snapshot);
+                self.saved = Some(snapshot);
                 if self.faulty() && self.rng.chance(5) {
                     self.graceful_restart();
+                }
+            }
+        }
+    }
+
+    /// Soundness of a snapshot, checked the moment it is saved: for every relay with a
+    /// cursor, every event there that matches something the snapshot calls confirmed
+    /// (by the tagging rules, written here) and was created before the cursor (less
+    /// the overlap) must already be durable at the host — stored, held, or one it
+    /// refuses. Anything else would be lost by a crash right now.
+    fn check_snapshot(&mut self, snapshot: &SyncStateSnapshot) {
+        let overlap = self.config.since_overlap;
+        for persisted in &snapshot.relays {
+            let state = &persisted.state;
+            let Some(cursor) = state.complete_until else {
+                continue;
+            };
+            let Some(relay) = self.relays.get(&persisted.relay) else {
+                continue;
+            };
+            let before = (cursor - overlap).as_secs();
+            let confirmed = &state.confirmed;
+            let covered = |e: &Event| -> bool {
+                let k = e.kind.as_u16();
+                if matches!(k, 30617 | 10317) {
+                    return state.announcements_synced;
+                }
+                let coord = format!(
+                    "30617:{}:{}",
+                    e.pubkey.to_hex(),
+                    e.tags.identifier().unwrap_or_default()
+                );
+                if k == 30618 {
+                    return confirmed.repos.keys().any(|r| r.as_str() == coord);
+                }
+                let full: Vec<&str> = confirmed.full_repos().map(|r| r.as_str()).collect();
+                ["a", "A", "q"]
+                    .iter()
+                    .any(|t| tag_values(e, t).any(|v| full.contains(&v)))
+                    || ["e", "E", "q"].iter().any(|t| {
+                        tag_values(e, t).any(|v| {
+                            confirmed.root_events.iter().any(|id| id.to_hex() == v)
+                        })
+                    })
+            };
+            for e in relay.events.values() {
+                if e.created_at.as_secs() >= before || !covered(e) {
+                    continue;
+                }
+                let durable = self.host.store.contains_key(&e.id)
+                    || self.host.purgatory.values().any(|p| p.id == e.id)
+                    || self.host.verdict(e) == IngestOutcome::Rejected;
+                if !durable {
+                    self.violations.push(format!(
+                        "{}: snapshot claims {} complete until {} but event {} (kind {}, created {}) is not durable; trail {:?}",
+                        self.now.0,
+                        persisted.relay,
+                        cursor.0,
+                        e.id,
+                        e.kind,
+                        e.created_at.as_secs(),
+                        self.trail.get(&e.id)
+                    ));
                 }
             }
         }
@@ -951,7 +1019,7 @@ impl Sim {
         let urls: Vec<RelayUrl> = self.relays.keys().cloned().collect();
         let relay = self.rng.pick(&urls).clone();
         match self.rng.below(12) {
-            0 | 1 | 2 => {
+            0..=2 => {
                 let r = self.relays.get_mut(&relay).unwrap();
                 if r.connected {
                     r.connected = false;
@@ -966,7 +1034,7 @@ impl Sim {
                     );
                 }
             }
-            3 | 4 | 5 => {
+            3..=5 => {
                 if self.relays[&relay].connected {
                     self.faults.rate_limits += 1;
                     self.deliver(
@@ -1011,6 +1079,8 @@ impl Sim {
             Some(relay),
             Input::RelayMessagesLost {
                 relay: relay.clone(),
+                // What was dropped was sent at most a delivery delay ago.
+                since: self.now - Duration::from_secs(1),
             },
         );
     }
@@ -1126,6 +1196,7 @@ impl Sim {
     /// - it tags a Full repo that lists `u` by `a`, `A` or `q`,
     /// - it tags, by `e`, `E` or `q`, a root event (1617/1618/1621) of a Full repo
     ///   that lists `u`, a root being an event of those kinds that tags the repo by `a`,
+    ///
     /// and the host's own policy would not refuse it.
     fn expected(&self) -> BTreeSet<(EventId, RelayUrl)> {
         #[derive(PartialEq)]
@@ -1212,6 +1283,9 @@ impl Sim {
     }
 
     fn check(&self) -> Result<(), String> {
+        if let Some(v) = self.violations.first() {
+            return Err(format!("unsound snapshot: {v}"));
+        }
         for ((epoch, id), n) in &self.handed {
             if *n > 1 {
                 return Err(format!(

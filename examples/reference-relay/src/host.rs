@@ -646,7 +646,10 @@ impl Host {
     /// each is decided again — its data may have arrived meanwhile — and held again
     /// (its hunt and its deadline start over), stored, or forgotten.
     pub async fn restore_held(&self) {
-        for h in self.held_store.load() {
+        let mut held = self.held_store.load();
+        // Announcements first: a held state event is decided against its repo.
+        held.sort_by_key(|h| h.event.kind != nip34::KIND_REPO_ANNOUNCEMENT);
+        for h in held {
             match self.decide(&h.event, h.from_user).await {
                 Verdict::Hold(w) => {
                     if let Err(e) = self.hold(w, &h.event, h.from_user).await {

@@ -16,7 +16,7 @@ use nostr_relay_pool::relay::{RelayOptions, ReqExitPolicy};
 use nostr_relay_pool::RelayPool;
 
 mod support;
-use support::{git, source_repo, GitDaemon};
+use support::{source_repo, GitDaemon};
 
 const WAIT: Duration = Duration::from_secs(30);
 

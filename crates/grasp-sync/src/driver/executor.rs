@@ -38,7 +38,7 @@ use tracing::Instrument;
 use super::dial::{Dialer, PinnedTransport};
 use crate::engine::{Command, Input, NegentropyFailure};
 use crate::model::RelayUrl;
-use crate::ports::EventStore;
+use crate::ports::{Clock, EventStore, SystemClock};
 
 /// Tunables of the executor. The defaults follow the design (connection timeout = base
 /// backoff of 5 s; a short negentropy probe so a relay without NIP-77 costs seconds,
@@ -463,9 +463,14 @@ async fn read_relay(
     lagged: Arc<AtomicU64>,
 ) {
     let mut connected = false;
+    // When the last message got through (what a lag lost came after it).
+    let mut last_ok = SystemClock.now();
     loop {
         let input = match notifications.recv().await {
-            Ok(RelayNotification::Message { message }) => message_to_input(&url, message),
+            Ok(RelayNotification::Message { message }) => {
+                last_ok = SystemClock.now();
+                message_to_input(&url, message)
+            }
             Ok(RelayNotification::RelayStatus { status }) => {
                 status_change(&url, &mut connected, status)
             }
@@ -474,7 +479,10 @@ async fn read_relay(
                 lagged.fetch_add(n, Ordering::Relaxed);
                 tracing::warn!(relay = %url, lost = n, "relay notifications lagged; messages lost, asking again");
                 // Events or EOSEs may have been among the lost: the engine asks again.
-                let lost = Input::RelayMessagesLost { relay: url.clone() };
+                let lost = Input::RelayMessagesLost {
+                    relay: url.clone(),
+                    since: last_ok,
+                };
                 if tx.send(lost).await.is_err() {
                     break;
                 }

@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use nostr::Event;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -252,6 +253,7 @@ pub async fn start(
         options,
         side_tx,
         dialer,
+        inputs_seen_until: now,
         ingest_tx: Some(ingest_tx),
         ingest_task: Some(ingest_task),
         nip11_asked: BTreeSet::new(),
@@ -283,6 +285,8 @@ struct Driver {
     options: DriverOptions,
     side_tx: mpsc::UnboundedSender<Side>,
     dialer: Dialer,
+    /// The last time the relay input channel was seen empty.
+    inputs_seen_until: WallTime,
     /// The bounded queue to the ingestion task; `None` once shutdown closed it.
     ingest_tx: Option<mpsc::Sender<(RelayUrl, Box<Event>)>>,
     ingest_task: Option<JoinHandle<()>>,
@@ -304,10 +308,15 @@ async fn ingest_in_order(
     while let Some((relay, event)) = rx.recv().await {
         let event_id = event.id;
         let feeds = event.kind == nip34::KIND_REPO_ANNOUNCEMENT || nip34::is_root_kind(event.kind);
-        let outcome = match ingestion.ingest((*event).clone(), &relay).await {
-            Ok(outcome) => outcome,
-            Err(e) => {
+        let call = std::panic::AssertUnwindSafe(ingestion.ingest((*event).clone(), &relay));
+        let outcome = match call.catch_unwind().await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(e)) => {
                 tracing::warn!(%relay, %event_id, error = %e, "ingestion failed; the event will be asked again");
+                IngestOutcome::Failed
+            }
+            Err(_) => {
+                tracing::error!(%relay, %event_id, "the host's ingestion panicked; the event will be asked again");
                 IngestOutcome::Failed
             }
         };
@@ -333,6 +342,10 @@ impl Driver {
             self.carry_out_commands().await;
             self.update_metrics();
             let now = self.ports.clock.now();
+            if inputs.is_empty() {
+                // Every relay message that arrived before now has been fed.
+                self.inputs_seen_until = now;
+            }
             let wake = self.engine.poll_timeout();
             let sleep = Duration::from_millis(wake.0.saturating_sub(now.0));
             tokio::select! {
@@ -469,10 +482,22 @@ impl Driver {
         side: &mut mpsc::UnboundedReceiver<Side>,
     ) -> Result<(), DriverError> {
         self.exec.shutdown().await;
-        // Events received before the sockets closed still go to the host.
+        // Events received before the sockets closed still go to the host, as far as
+        // the queue has room: the rest stay unconfirmed and are asked again.
         while let Some(command) = self.engine.poll_command() {
             if let Command::Ingest { relay, event } = command {
-                self.hand_over(relay, event).await;
+                let event_id = event.id;
+                let queued = self
+                    .ingest_tx
+                    .as_ref()
+                    .is_some_and(|tx| tx.try_send((relay.clone(), event)).is_ok());
+                if !queued {
+                    self.feed(Input::IngestOutcome {
+                        relay,
+                        event_id,
+                        outcome: IngestOutcome::Failed,
+                    });
+                }
             }
         }
         self.ingest_tx = None;
@@ -508,8 +533,12 @@ impl Driver {
         }
     }
 
+    /// Saves a snapshot. Its "now" is the last moment the relay input channel was seen
+    /// empty: messages still queued there arrived after it, so no cursor may claim
+    /// them (under backpressure that moment can be minutes old).
     async fn persist(&mut self) -> Result<(), DriverError> {
-        let snapshot = self.engine.snapshot(self.ports.clock.now());
+        let now = self.ports.clock.now().min(self.inputs_seen_until);
+        let snapshot = self.engine.snapshot(now);
         self.ports.state_store.save(&snapshot).await?;
         Ok(())
     }

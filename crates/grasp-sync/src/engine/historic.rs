@@ -400,6 +400,8 @@ impl SyncEngine {
                 conn.failed_layer1 = true;
             } else {
                 conn.failed_items.merge(&done.items);
+                // A catch-up also covered pending items: their gap was not filled either.
+                conn.failed_items.merge(&done.also_covers);
             }
             if conn.retry_round < max_rounds && conn.retry_at.is_none() {
                 // 30 s, 1 min, 2 min ... capped at an hour: a relay that keeps failing
@@ -593,16 +595,19 @@ impl SyncEngine {
         }
     }
 
-    /// Messages from `relay` were lost on the way in: every historic part open there may
-    /// be missing events or its EOSE, so each starts again from its first page (what it
-    /// already brought is kept); live subscriptions may have missed events too, so the
-    /// relay gets a `since` catch-up from now, as after a closed live subscription.
-    pub(super) fn on_messages_lost(&mut self, relay: &RelayUrl, now: WallTime) {
+    /// Messages from `relay` were lost on the way in (after `since`): every historic
+    /// part open there may be missing events or its EOSE, so each starts again from its
+    /// first page (what it already brought is kept; a part that keeps losing fails its
+    /// batch, which is then retried with backoff); live subscriptions may have missed
+    /// events too, so the relay gets a `since` catch-up, as after a closed live
+    /// subscription.
+    pub(super) fn on_messages_lost(&mut self, relay: &RelayUrl, since: WallTime, now: WallTime) {
         let Some(conn) = self.conns.get_mut(relay) else {
             return;
         };
         self.metrics.messages_lost += 1;
-        conn.live_gap_since.get_or_insert(now);
+        let gap = conn.live_gap_since.map_or(since, |g| g.min(since));
+        conn.live_gap_since = Some(gap);
         conn.needs_rebuild = true;
         let open: Vec<SubscriptionId> = conn.historic.keys().cloned().collect();
         for sub in open {
@@ -617,21 +622,21 @@ impl SyncEngine {
                 HistoricKind::Req { buffer, .. } => (PartKind::Req, buffer),
                 HistoricKind::Fetch { buffer, .. } => (PartKind::Fetch { retried: false }, buffer),
             };
-            conn.queue.push_front(QueuedPart {
-                batch: h.batch,
-                filter: h.filter,
-                kind,
-                attempts: h.attempts,
-            });
+            let again = h.attempts < MAX_PART_ATTEMPTS;
+            if again {
+                conn.queue.push_front(QueuedPart {
+                    batch: h.batch,
+                    filter: h.filter,
+                    kind,
+                    attempts: h.attempts + 1,
+                });
+            }
             self.commands.push_back(Command::Unsubscribe {
                 relay: relay.clone(),
                 id: sub.clone(),
             });
             self.ingest_sorted(relay, buffer, h.batch, now);
-            if let Some(b) = self.batch_mut(relay, h.batch) {
-                b.outstanding.remove(&sub);
-                b.pagination.remove(&sub);
-            }
+            self.finish_part(relay, h.batch, &sub, !again, now);
         }
     }
 

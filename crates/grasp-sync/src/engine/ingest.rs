@@ -53,8 +53,10 @@ impl Dedupe {
         true
     }
 
-    /// Forgets `id` so that the next copy is handed over again. (Its slot in `order`
-    /// stays until it ages out; removing a forgotten id there is harmless.)
+    /// Forgets `id` so that the next copy is handed over again. Its slot in `order`
+    /// stays until it ages out; if the id was handed over again meanwhile, aging out
+    /// forgets that hand-over early, which costs at most one more hand-over (the host
+    /// answers `Duplicate`): in-flight copies are tracked apart, never overwritten.
     fn forget(&mut self, id: &EventId) {
         self.set.remove(id);
     }
@@ -118,7 +120,11 @@ impl SyncEngine {
             at: now,
             batch,
         };
-        if self.handed.insert(id) {
+        if let Some(copies) = self.in_flight.copies.get_mut(&id) {
+            // Handed over already; wait for that verdict.
+            self.metrics.events_deduplicated += 1;
+            copies.push(copy);
+        } else if self.handed.insert(id) {
             self.metrics.events_handed += 1;
             self.commands.push_back(Command::Ingest {
                 relay: relay.clone(),
@@ -126,12 +132,9 @@ impl SyncEngine {
             });
             self.in_flight.copies.insert(id, vec![copy]);
         } else {
+            // The verdict is in already: nothing to wait for.
             self.metrics.events_deduplicated += 1;
-            match self.in_flight.copies.get_mut(&id) {
-                Some(copies) => copies.push(copy),
-                // The verdict is in already: nothing to wait for.
-                None => return,
-            }
+            return;
         }
         if let Some(b) = batch.and_then(|b| self.batch_mut(relay, b)) {
             b.awaiting += 1;

@@ -96,6 +96,8 @@ pub enum Input {
     RelayMessagesLost {
         /// Which relay.
         relay: RelayUrl,
+        /// When the last message from it got through: what was lost came after.
+        since: crate::model::WallTime,
     },
     /// What the host did with an event handed over by [`Command::Ingest`]. A batch
     /// counts as synced only once every event it brought has an outcome, so the host

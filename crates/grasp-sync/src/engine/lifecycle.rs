@@ -266,11 +266,14 @@ impl SyncEngine {
                 attempts: 0,
             });
         }
+        let mut also_covers = cover.clone();
+        also_covers.subtract(&items);
         self.pending.batches_mut(relay).push(PendingBatch {
             id,
             items,
             outstanding: Default::default(),
             awaiting: 0,
+            also_covers,
             method: if use_negentropy {
                 SyncMethod::Negentropy
             } else {
@@ -335,7 +338,10 @@ impl SyncEngine {
         }
         let gap = conn.live_gap_since.take();
         if let Some(gap) = gap {
-            conn.catchup_from = Some(conn.catchup_from.map_or(gap, |c| c.min(gap)));
+            // Keep an earlier start only while its catch-up is still running.
+            let running = self.pending.batches(relay).iter().any(|b| !b.full_history);
+            let earlier = conn.catchup_from.filter(|_| running);
+            conn.catchup_from = Some(earlier.map_or(gap, |c| c.min(gap)));
         }
         let mut filters = live(layer1_filters(None));
         filters.extend(live(build_sync_level_aware_filters(

@@ -227,7 +227,9 @@ impl SyncEngine {
             Input::IngestOutcome {
                 event_id, outcome, ..
             } => self.on_ingest_outcome(event_id, outcome, now),
-            Input::RelayMessagesLost { relay } => self.on_messages_lost(&relay, now),
+            Input::RelayMessagesLost { relay, since } => {
+                self.on_messages_lost(&relay, since.min(now), now)
+            }
         }
         self.pump(now);
     }

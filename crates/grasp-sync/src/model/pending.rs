@@ -43,6 +43,9 @@ pub struct PendingBatch {
     /// Events this batch brought whose verdict the host has not reported yet: the
     /// batch is still in flight until it is zero.
     pub awaiting: usize,
+    /// Items a `since` catch-up covers without confirming them (they are pending in
+    /// their own full-history batch): if the catch-up fails, they are retried too.
+    pub also_covers: PendingItems,
     /// How its historic part runs.
     pub method: SyncMethod,
     /// Pagination per outstanding REQ+EOSE subscription.
