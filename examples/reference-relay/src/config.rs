@@ -1,6 +1,7 @@
 //! Configuration: clap flags with environment variables, validated into a
 //! [`RelayConfig`]. A bad value is a [`ConfigError`] with a clear message, never a panic.
 
+use crate::gate::Caps;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -39,9 +40,9 @@ pub struct RelayConfig {
     pub user_hunt_delay: Duration,
     /// Shrink the sync engine's timers (tests).
     pub fast_timers: bool,
-    /// Events a connection may publish per minute (nostr-relay-builder's default of 60
-    /// is far too low for sync between relays).
-    pub events_per_minute: u32,
+    /// What a client may make the relay spend: message and event sizes, tags, filters,
+    /// subscriptions, connections, events per IP per minute (see `gate.rs`).
+    pub caps: Caps,
     /// How often the sync summary is logged.
     pub status_log_interval: Duration,
 }
@@ -58,7 +59,7 @@ impl RelayConfig {
             allow_private_urls: false,
             user_hunt_delay: Duration::from_secs(180),
             fast_timers: false,
-            events_per_minute: 6_000,
+            caps: Caps::default(),
             status_log_interval: Duration::from_secs(5),
         }
     }
@@ -96,8 +97,24 @@ impl RelayConfig {
                 ))
             })?;
         }
-        if self.events_per_minute == 0 {
-            return Err(ConfigError("--events-per-minute must be at least 1".into()));
+        let c = &self.caps;
+        for (flag, value) in [
+            ("--events-per-minute", c.events_per_ip_per_minute as usize),
+            ("--max-message-bytes", c.max_message_bytes),
+            ("--max-event-bytes", c.max_event_bytes),
+            ("--max-filters", c.max_filters),
+            ("--max-subscriptions", c.max_subscriptions),
+            ("--max-connections", c.max_connections),
+            ("--max-connections-per-ip", c.max_connections_per_ip),
+        ] {
+            if value == 0 {
+                return Err(ConfigError(format!("{flag} must be at least 1")));
+            }
+        }
+        if c.max_event_bytes > c.max_message_bytes {
+            return Err(ConfigError(
+                "--max-event-bytes cannot exceed --max-message-bytes".into(),
+            ));
         }
         if self.status_log_interval.is_zero() {
             return Err(ConfigError("--status-log-secs must be at least 1".into()));
@@ -152,9 +169,30 @@ pub struct Cli {
     /// Seconds to wait before hunting git data for a user-submitted event.
     #[arg(long, env = "GRASP_RELAY_USER_HUNT_DELAY_SECS", default_value_t = 180)]
     pub user_hunt_delay_secs: u64,
-    /// Events one connection may publish per minute.
-    #[arg(long, env = "GRASP_RELAY_EVENTS_PER_MINUTE", default_value_t = 6000)]
+    /// Events one IP address may publish per minute (over all its connections).
+    #[arg(long, env = "GRASP_RELAY_EVENTS_PER_MINUTE", default_value_t = Caps::default().events_per_ip_per_minute)]
     pub events_per_minute: u32,
+    /// Largest websocket message a client may send, in bytes.
+    #[arg(long, env = "GRASP_RELAY_MAX_MESSAGE_BYTES", default_value_t = Caps::default().max_message_bytes)]
+    pub max_message_bytes: usize,
+    /// Largest event a client may publish (its JSON), in bytes.
+    #[arg(long, env = "GRASP_RELAY_MAX_EVENT_BYTES", default_value_t = Caps::default().max_event_bytes)]
+    pub max_event_bytes: usize,
+    /// Most tags on one published event.
+    #[arg(long, env = "GRASP_RELAY_MAX_EVENT_TAGS", default_value_t = Caps::default().max_event_tags)]
+    pub max_event_tags: usize,
+    /// Most filters in one REQ.
+    #[arg(long, env = "GRASP_RELAY_MAX_FILTERS", default_value_t = Caps::default().max_filters)]
+    pub max_filters: usize,
+    /// Most subscriptions open on one connection.
+    #[arg(long, env = "GRASP_RELAY_MAX_SUBSCRIPTIONS", default_value_t = Caps::default().max_subscriptions)]
+    pub max_subscriptions: usize,
+    /// Most websocket connections open at once.
+    #[arg(long, env = "GRASP_RELAY_MAX_CONNECTIONS", default_value_t = Caps::default().max_connections)]
+    pub max_connections: usize,
+    /// Most websocket connections open at once from one IP address.
+    #[arg(long, env = "GRASP_RELAY_MAX_CONNECTIONS_PER_IP", default_value_t = Caps::default().max_connections_per_ip)]
+    pub max_connections_per_ip: usize,
     /// Seconds between sync summary log lines.
     #[arg(long, env = "GRASP_RELAY_STATUS_LOG_SECS", default_value_t = 5)]
     pub status_log_secs: u64,
@@ -197,7 +235,16 @@ impl Cli {
             allow_private_urls: self.allow_private_urls,
             user_hunt_delay: Duration::from_secs(self.user_hunt_delay_secs),
             fast_timers: self.fast_timers,
-            events_per_minute: self.events_per_minute,
+            caps: Caps {
+                max_message_bytes: self.max_message_bytes,
+                max_event_bytes: self.max_event_bytes,
+                max_event_tags: self.max_event_tags,
+                max_filters: self.max_filters,
+                max_subscriptions: self.max_subscriptions,
+                max_connections: self.max_connections,
+                max_connections_per_ip: self.max_connections_per_ip,
+                events_per_ip_per_minute: self.events_per_minute,
+            },
             status_log_interval: Duration::from_secs(self.status_log_secs),
         };
         config.validate()?;

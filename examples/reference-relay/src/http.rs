@@ -1,6 +1,7 @@
 //! One port for everything: each TCP connection's HTTP request head is read here; a
 //! websocket upgrade is answered (101) and handed to nostr-relay-builder with
-//! `LocalRelay::take_connection`; anything else is plain HTTP: the NIP-11 document
+//! `LocalRelay::take_connection` through the client gate (`gate.rs`: connection, message
+//! and subscription caps); anything else is plain HTTP: the NIP-11 document
 //! (`Accept: application/nostr+json`), `/metrics` (Prometheus text), `/status` (JSON)
 //! and a short text page at `/`.
 
@@ -16,6 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::gate::{Gate, Refusal};
 use crate::host::Host;
 
 /// What the HTTP side needs.
@@ -30,6 +32,8 @@ pub struct HttpCtx {
     pub hunt: Arc<Mutex<HuntMetrics>>,
     /// Start time.
     pub started: Instant,
+    /// Connection and message caps (every websocket goes through it).
+    pub gate: Arc<Gate>,
 }
 
 /// Accepts connections until `stop` flips; then aborts the open ones.
@@ -95,6 +99,17 @@ async fn handle(stream: TcpStream, addr: SocketAddr, ctx: Arc<HttpCtx>) -> std::
         .get("upgrade")
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     if upgrade {
+        let slot = match ctx.gate.admit(addr.ip()) {
+            Ok(slot) => slot,
+            Err(Refusal::Full(max)) => {
+                let body = format!("the relay is full ({max} connections); try again later");
+                return respond(reader.get_mut(), 503, "text/plain", body.as_bytes()).await;
+            }
+            Err(Refusal::TooManyFromIp(max)) => {
+                let body = format!("too many connections from your address (max {max})");
+                return respond(reader.get_mut(), 429, "text/plain", body.as_bytes()).await;
+            }
+        };
         let Some(key) = headers.get("sec-websocket-key") else {
             return respond(
                 reader.get_mut(),
@@ -112,10 +127,7 @@ async fn handle(stream: TcpStream, addr: SocketAddr, ctx: Arc<HttpCtx>) -> std::
         let Some(relay) = ctx.host.relay.get().cloned() else {
             return Ok(());
         };
-        return relay
-            .take_connection(reader, addr)
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()));
+        return ctx.gate.clone().serve(reader, addr, relay, slot).await;
     }
     if method != "GET" && method != "HEAD" {
         return respond(reader.get_mut(), 405, "text/plain", b"method not allowed").await;
@@ -174,6 +186,8 @@ async fn respond(
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        429 => "Too Many Requests",
+        503 => "Service Unavailable",
         _ => "Internal Server Error",
     };
     let head = format!(

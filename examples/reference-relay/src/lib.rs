@@ -10,6 +10,7 @@
 //! - [`http`]: one port for the websocket, NIP-11, `/metrics`, `/status`.
 
 pub mod config;
+pub mod gate;
 mod git_local;
 pub mod held_store;
 pub mod host;
@@ -45,8 +46,6 @@ use crate::ports::{FeedingDatabase, GraspWritePolicy, HostPorts, JsonStateStore}
 pub const MAX_FILTER_LIMIT: usize = 5_000;
 /// Longest subscription id (also in NIP-11).
 pub const MAX_SUBID_LENGTH: usize = 64;
-/// Open REQs per connection (also in NIP-11).
-pub const MAX_SUBSCRIPTIONS: usize = 500;
 
 /// Why the relay could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -152,8 +151,9 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
         })
         .write_policy(GraspWritePolicy(Arc::downgrade(&host)))
         .rate_limit(RateLimit {
-            max_reqs: MAX_SUBSCRIPTIONS,
-            notes_per_minute: config.events_per_minute,
+            // The gate enforces the real caps first (per IP, with reasons).
+            max_reqs: config.caps.max_subscriptions,
+            notes_per_minute: config.caps.events_per_ip_per_minute,
         })
         .max_filter_limit(MAX_FILTER_LIMIT)
         .max_subid_length(MAX_SUBID_LENGTH);
@@ -220,6 +220,7 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
         nip11: nip11_document(&config),
         hunt: hunt_metrics,
         started: Instant::now(),
+        gate: gate::Gate::new(config.caps),
     });
     tasks.push(tokio::spawn(http::serve(
         listener,
@@ -261,13 +262,21 @@ pub fn nip11_document(config: &RelayConfig) -> serde_json::Value {
         "supported_nips": [1, 11, 34, 77],
         "supported_grasps": ["GRASP-01", "GRASP-02"],
         "limitation": {
-            "max_subscriptions": MAX_SUBSCRIPTIONS,
+            "max_message_length": config.caps.max_message_bytes,
+            "max_content_length": config.caps.max_event_bytes,
+            "max_event_tags": config.caps.max_event_tags,
+            "max_filters": config.caps.max_filters,
+            "max_subscriptions": config.caps.max_subscriptions,
             "max_limit": MAX_FILTER_LIMIT,
             "max_subid_length": MAX_SUBID_LENGTH,
+            // Not in NIP-11; this relay's own caps, named as its flags.
+            "max_event_bytes": config.caps.max_event_bytes,
+            "max_connections": config.caps.max_connections,
+            "max_connections_per_ip": config.caps.max_connections_per_ip,
             "auth_required": false,
             "payment_required": false,
             "restricted_writes": true,
-            "events_per_minute": config.events_per_minute,
+            "events_per_ip_per_minute": config.caps.events_per_ip_per_minute,
         },
     })
 }
