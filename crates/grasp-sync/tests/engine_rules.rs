@@ -1528,7 +1528,10 @@ fn r17_items_are_confirmed_only_once_the_host_has_a_verdict_for_what_they_brough
             .get(&url(A))
             .is_some_and(|s| s.confirmed.repos.contains_key(&repo))
     };
-    assert!(!confirmed(&h), "handed over is not stored: the repo is not confirmed yet");
+    assert!(
+        !confirmed(&h),
+        "handed over is not stored: the repo is not confirmed yet"
+    );
     assert_eq!(h.status(A), ConnectionStatus::Syncing);
     assert!(!h.engine.is_idle());
     // A snapshot now must not claim the repo either.
@@ -1565,7 +1568,10 @@ fn r18_a_restart_resumes_from_the_oldest_event_still_in_flight_not_the_snapshot_
     let mut h2 = restarted(&h, Duration::from_secs(60));
     h2.advance(Duration::from_millis(1));
     let cmds = h2.connect(A);
-    assert!(negentropy(&cmds, A).is_empty(), "a quick reconnect: {cmds:?}");
+    assert!(
+        negentropy(&cmds, A).is_empty(),
+        "a quick reconnect: {cmds:?}"
+    );
     let since = Some((arrived - Duration::from_secs(60)).as_timestamp());
     let hist = historic(&cmds, A);
     assert!(!hist.is_empty());
@@ -1606,11 +1612,16 @@ fn r19_what_the_host_could_not_take_is_asked_again() {
     let since = Some((arrived - Duration::from_secs(60)).as_timestamp());
     let hist = historic(&cmds, A);
     assert!(
-        hist.iter().any(|(_, f)| f.since == since && kind_of(f) == "#a"),
+        hist.iter()
+            .any(|(_, f)| f.since == since && kind_of(f) == "#a"),
         "a catch-up from the failed event's arrival: {cmds:?}"
     );
     // It is handed over again when it comes back (the hand-over was forgotten).
-    let (id, _) = hist.iter().find(|(_, f)| kind_of(f) == "#a").unwrap().clone();
+    let (id, _) = hist
+        .iter()
+        .find(|(_, f)| kind_of(f) == "#a")
+        .unwrap()
+        .clone();
     let again = h.answer(A, &id, std::slice::from_ref(&bug));
     assert_eq!(ingested(&again), vec![bug.id]);
 }

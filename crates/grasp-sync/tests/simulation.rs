@@ -32,10 +32,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use unsigned::event;
 
+use grasp_sync::engine::SyncStateSnapshot;
 use grasp_sync::engine::{
     Command, IngestOutcome, Input, NegentropyFailure, SubscriptionMode, SyncConfig, SyncEngine,
 };
-use grasp_sync::engine::SyncStateSnapshot;
 use grasp_sync::model::{ConnectionStatus, RelayUrl, RepoRef, WallTime};
 use grasp_sync::ports::{AllowAllRelays, RandomSource, SeededRandom};
 use nostr::filter::MatchEventOptions;
@@ -657,7 +657,10 @@ impl Sim {
                 }
             }
             Command::Ingest { relay, event } => {
-                *self.handed.entry((self.incarnation(), event.id)).or_insert(0) += 1;
+                *self
+                    .handed
+                    .entry((self.incarnation(), event.id))
+                    .or_insert(0) += 1;
                 // The host's queue: one at a time, usually quick, sometimes slow, and now
                 // and then stalled for minutes (a disk, a lock), so a backlog builds up
                 // that outlasts the quick reconnect's overlap.
@@ -731,9 +734,8 @@ impl Sim {
                     .iter()
                     .any(|t| tag_values(e, t).any(|v| full.contains(&v)))
                     || ["e", "E", "q"].iter().any(|t| {
-                        tag_values(e, t).any(|v| {
-                            confirmed.root_events.iter().any(|id| id.to_hex() == v)
-                        })
+                        tag_values(e, t)
+                            .any(|v| confirmed.root_events.iter().any(|id| id.to_hex() == v))
                     })
             };
             for e in relay.events.values() {
@@ -826,10 +828,10 @@ impl Sim {
         for due in self.take_inbox() {
             if let Due::HostIngest(_, event) = due {
                 self.faults.lost_in_crash += 1;
-                self.trail
-                    .entry(event.id)
-                    .or_default()
-                    .push(format!("{} lost in a crash before it was stored", self.now.0));
+                self.trail.entry(event.id).or_default().push(format!(
+                    "{} lost in a crash before it was stored",
+                    self.now.0
+                ));
             }
         }
         // The reference relay keeps refusals in memory only.
@@ -1225,7 +1227,12 @@ impl Sim {
         for ann in self.host.purgatory.values() {
             held.insert(coordinate(ann), (Held::StateOnly, listed(ann)));
         }
-        for ann in self.host.store.values().filter(|e| e.kind.as_u16() == 30617) {
+        for ann in self
+            .host
+            .store
+            .values()
+            .filter(|e| e.kind.as_u16() == 30617)
+        {
             held.insert(coordinate(ann), (Held::Full, listed(ann)));
         }
         let url_of = |u: &RelayUrl| u.as_str().trim_end_matches('/').to_string();
@@ -1242,7 +1249,10 @@ impl Sim {
                         .get(c)
                         .is_some_and(|(l, r)| *l == Held::Full && r.contains(&u))
                     {
-                        roots.entry(e.id.to_hex()).or_default().insert(c.to_string());
+                        roots
+                            .entry(e.id.to_hex())
+                            .or_default()
+                            .insert(c.to_string());
                     }
                 }
             }

@@ -133,8 +133,11 @@ async fn ssrf_names_resolving_to_internal_addresses_are_never_dialled() {
     );
     let policy: Arc<dyn RelayUrlPolicy> = Arc::new(UrlPolicy::default());
     let dialer = Dialer::new(policy.clone(), resolver.clone());
-    let (mut exec, mut rx) =
-        PoolExecutor::new(Arc::new(NoEvents), dialer.clone(), ExecutorConfig::default());
+    let (mut exec, mut rx) = PoolExecutor::new(
+        Arc::new(NoEvents),
+        dialer.clone(),
+        ExecutorConfig::default(),
+    );
     for (name, range) in [
         ("internal.test", "loopback"),
         ("private.test", "private"),
@@ -173,8 +176,11 @@ async fn ssrf_numeric_and_mapped_spellings_of_loopback_are_refused() {
     let port = trap.local_addr().unwrap().port();
     let policy: Arc<dyn RelayUrlPolicy> = Arc::new(UrlPolicy::default());
     let dialer = Dialer::new(policy.clone(), Arc::new(TestResolver::default()));
-    let (mut exec, mut rx) =
-        PoolExecutor::new(Arc::new(NoEvents), dialer.clone(), ExecutorConfig::default());
+    let (mut exec, mut rx) = PoolExecutor::new(
+        Arc::new(NoEvents),
+        dialer.clone(),
+        ExecutorConfig::default(),
+    );
     for spelling in [
         "127.0.0.1",
         "2130706433",
@@ -249,15 +255,16 @@ async fn ssrf_rebinding_name_only_reaches_the_checked_address() {
     // The same port on 127.0.0.3: where a rebinding answer would lead.
     let inside = TcpListener::bind(("127.0.0.3", port)).unwrap();
     inside.set_nonblocking(true).unwrap();
-    let resolver = Arc::new(
-        TestResolver::default().with(
-            "rebind.test",
-            &[&["127.0.0.1"], &["127.0.0.1"], &["127.0.0.3"]],
-        ),
-    );
+    let resolver = Arc::new(TestResolver::default().with(
+        "rebind.test",
+        &[&["127.0.0.1"], &["127.0.0.1"], &["127.0.0.3"]],
+    ));
     let dialer = Dialer::new(Arc::new(OnlyLoopbackOne), resolver.clone());
-    let (mut exec, mut rx) =
-        PoolExecutor::new(Arc::new(NoEvents), dialer.clone(), ExecutorConfig::default());
+    let (mut exec, mut rx) = PoolExecutor::new(
+        Arc::new(NoEvents),
+        dialer.clone(),
+        ExecutorConfig::default(),
+    );
     let url = RelayUrl::parse(&format!("ws://rebind.test:{port}")).unwrap();
 
     let mut connected = 0;
@@ -281,13 +288,15 @@ async fn ssrf_rebinding_name_only_reaches_the_checked_address() {
             }
         }
         // NIP-11 either reaches 127.0.0.1 (whatever it answers there) or is refused.
-        if let Err(Nip11Error::Dial(DialError::Refused(r))) =
-            fetch_nip11(&url, &dialer, STEP).await
+        if let Err(Nip11Error::Dial(DialError::Refused(r))) = fetch_nip11(&url, &dialer, STEP).await
         {
             assert!(r.contains("127.0.0.3"), "{r}");
         }
     }
-    assert!(connected >= 1 && refused >= 1, "{connected} connected, {refused} refused");
+    assert!(
+        connected >= 1 && refused >= 1,
+        "{connected} connected, {refused} refused"
+    );
     // One lookup per dial (websocket and NIP-11 alike), never a second one to connect.
     assert_eq!(resolver.lookups.load(Ordering::SeqCst), 6);
     assert_untouched(&inside);

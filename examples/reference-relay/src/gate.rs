@@ -176,8 +176,7 @@ impl Gate {
         let relay_task = tokio::spawn(async move {
             let _ = relay.take_connection(inner_relay_end, addr).await;
         });
-        let inner =
-            WebSocketStream::from_raw_socket(inner_client_end, Role::Client, None).await;
+        let inner = WebSocketStream::from_raw_socket(inner_client_end, Role::Client, None).await;
         let result = self.pump(client, inner, addr.ip()).await;
         relay_task.abort();
         result
@@ -237,6 +236,10 @@ impl Gate {
                         if let Some(id) = closed_subscription(&t) {
                             subs.remove(&id);
                         }
+                        let t = match single_prefix(&t) {
+                            Some(fixed) => fixed.into(),
+                            None => t,
+                        };
                         to_client.send(Message::Text(t)).await.map_err(io)?;
                     }
                     Some(Ok(Message::Close(_))) | None => return Ok(()),
@@ -260,9 +263,7 @@ impl Gate {
         };
         match msg {
             ClientMessage::Event(event) => {
-                let refuse = |why: String| {
-                    Verdict::Answer(RelayMessage::ok(event.id, false, why))
-                };
+                let refuse = |why: String| Verdict::Answer(RelayMessage::ok(event.id, false, why));
                 let size = event.as_json().len();
                 if size > caps.max_event_bytes {
                     return refuse(format!(
@@ -341,4 +342,36 @@ fn closed_subscription(text: &str) -> Option<SubscriptionId> {
         }) => Some(subscription_id.into_owned()),
         _ => None,
     }
+}
+
+/// nostr-relay-builder puts `blocked: ` before every write-policy refusal, and ours
+/// already start with their own NIP-01 prefix (`restricted:`, `invalid:`, ...): an `OK`
+/// that reads `blocked: restricted: …` goes out as `restricted: …`.
+fn single_prefix(text: &str) -> Option<String> {
+    if !text.trim_start().starts_with("[\"OK\"") {
+        return None;
+    }
+    let Ok(RelayMessage::Ok {
+        event_id,
+        status,
+        message,
+    }) = RelayMessage::from_json(text)
+    else {
+        return None;
+    };
+    let rest = message.strip_prefix("blocked: ")?;
+    const PREFIXES: [&str; 8] = [
+        "blocked:",
+        "restricted:",
+        "invalid:",
+        "error:",
+        "rate-limited:",
+        "duplicate:",
+        "pow:",
+        "auth-required:",
+    ];
+    if !PREFIXES.iter().any(|p| rest.starts_with(p)) {
+        return None;
+    }
+    Some(RelayMessage::ok(event_id, status, rest.to_owned()).as_json())
 }

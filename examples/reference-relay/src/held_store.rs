@@ -57,7 +57,9 @@ impl HeldStore {
         match tokio::fs::remove_file(&path).await {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove a held event's file"),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove a held event's file")
+            }
         }
     }
 

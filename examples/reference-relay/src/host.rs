@@ -17,10 +17,10 @@
 //! (plus a map of the events), never written to the database, so no REQ can return it;
 //! it is written through to the [`HeldStore`] before anyone is told it is held, so a
 //! crash loses no held event.
-//! A user who publishes one gets `OK false "blocked: restricted: held in purgatory until
-//! its git data arrives"` (nostr-relay-builder prefixes every write-policy rejection with
-//! `blocked:`; our own reason follows). When the git hunter finds the data the event is
-//! saved, broadcast to live subscribers and fed to the sync engine.
+//! A user who publishes one gets `OK false "restricted: held in purgatory until its git
+//! data arrives"` (nostr-relay-builder prefixes every write-policy rejection with
+//! `blocked:`; the client gate drops that second prefix). When the git hunter finds the
+//! data the event is saved, broadcast to live subscribers and fed to the sync engine.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
@@ -371,10 +371,14 @@ impl Host {
                         )
                     }
                 };
-                let oids = state_refs(event)
-                    .into_iter()
-                    .map(|(_, o)| o)
-                    .collect::<BTreeSet<_>>();
+                let refs = match state_refs(event) {
+                    Ok(refs) => refs,
+                    Err(why) => return reject(why, true),
+                };
+                if let Some(why) = self.same_second_state(event).await {
+                    return reject(why, false);
+                }
+                let oids = refs.into_iter().map(|(_, o)| o).collect::<BTreeSet<_>>();
                 let present = self.present(&repo, oids.clone()).await;
                 let missing: BTreeSet<Oid> = oids.difference(&present).copied().collect();
                 if missing.is_empty() {
@@ -440,6 +444,23 @@ impl Host {
                 )
             }
         }
+    }
+
+    /// A stored state of the same repository with the same `created_at` (and another
+    /// id): NIP-01 would keep the lower id, which makes a same-second update a coin
+    /// toss; refuse it with a reason instead of the store's bare error.
+    async fn same_second_state(&self, event: &Event) -> Option<String> {
+        let d = event.tags.identifier()?;
+        let filter = Filter::new()
+            .kind(nip34::KIND_REPO_STATE)
+            .author(event.pubkey)
+            .identifier(d)
+            .since(event.created_at)
+            .until(event.created_at);
+        let stored = self.db.query(filter).await.ok()?;
+        stored.into_iter().find(|s| s.id != event.id).map(|_| {
+            "invalid: a state of this repository with the same created_at is already stored; publish the update with a later created_at".to_owned()
+        })
     }
 
     /// Holds an event in purgatory (written through to the [`HeldStore`] before this
@@ -514,7 +535,7 @@ impl Host {
                 .identifier()
                 .and_then(|d| RepoRef::new(&event.pubkey, d).ok())
             {
-                let refs = state_refs(event);
+                let refs = state_refs(event).unwrap_or_default();
                 let locator = self.locator.clone();
                 let _ = tokio::task::spawn_blocking(move || {
                     git_local::apply_state_refs(&locator, &repo, &refs)
@@ -671,18 +692,61 @@ impl Host {
     }
 }
 
-/// `(ref name, oid)` pairs a state event names (`refs/...` tags with a 40-hex value).
-pub fn state_refs(event: &Event) -> Vec<(String, Oid)> {
-    event
-        .tags
-        .iter()
-        .filter_map(|t| match t.as_slice() {
-            [name, value, ..] if name.starts_with("refs/") => {
-                Oid::from_hex(value).ok().map(|o| (name.clone(), o))
-            }
-            _ => None,
-        })
-        .collect()
+/// `(ref name, oid)` pairs a state event names: every `refs/...` tag, whose name must be
+/// a valid git ref name and whose value a 40-hex object id; at least one. The error is
+/// the reason a client is told.
+pub fn state_refs(event: &Event) -> Result<Vec<(String, Oid)>, String> {
+    let mut refs = Vec::new();
+    for t in event.tags.iter() {
+        let [name, rest @ ..] = t.as_slice() else {
+            continue;
+        };
+        if !name.starts_with("refs/") {
+            continue;
+        }
+        if let Err(why) = check_ref_name(name) {
+            return Err(format!("invalid: ref name {name:?} {why}"));
+        }
+        let oid = rest
+            .first()
+            .and_then(|v| Oid::from_hex(v).ok())
+            .ok_or_else(|| format!("invalid: ref {name:?} does not name a 40-hex object id"))?;
+        refs.push((name.clone(), oid));
+    }
+    if refs.is_empty() {
+        return Err(
+            "invalid: a state event must name at least one ref (`refs/...` with a 40-hex object id)"
+                .into(),
+        );
+    }
+    Ok(refs)
+}
+
+/// git's ref-name rules (`git check-ref-format`), as far as a relay needs them: what
+/// it writes into a bare repository must be a name git accepts.
+fn check_ref_name(name: &str) -> Result<(), &'static str> {
+    let Some(rest) = name.strip_prefix("refs/") else {
+        return Err("does not start with refs/");
+    };
+    if rest.is_empty() || name.ends_with('/') || name.ends_with('.') {
+        return Err("is incomplete");
+    }
+    if name.contains("..") || name.contains("//") || name.contains("@{") {
+        return Err("contains `..`, `//` or `@{`");
+    }
+    if name
+        .chars()
+        .any(|c| c.is_ascii_control() || " ~^:?*[\\".contains(c))
+    {
+        return Err("contains a space, a control character or one of ~^:?*[\\");
+    }
+    if name
+        .split('/')
+        .any(|c| c.starts_with('.') || c.ends_with(".lock"))
+    {
+        return Err("has a component starting with `.` or ending with `.lock`");
+    }
+    Ok(())
 }
 
 /// Repos (`a`/`A`/`q` coordinates) and events (`e`/`E`/`q` ids) an event tags.
@@ -706,4 +770,48 @@ fn references(event: &Event) -> (Vec<RepoRef>, Vec<EventId>) {
         }
     }
     (repos, ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nostr::{EventBuilder, Keys, Tag, TagKind};
+
+    fn state(tags: &[(&str, &str)]) -> Event {
+        let mut all = vec![Tag::identifier("r")];
+        all.extend(
+            tags.iter()
+                .map(|(n, v)| Tag::custom(TagKind::custom(*n), [v.to_string()])),
+        );
+        EventBuilder::new(Kind::Custom(30618), "")
+            .tags(all)
+            .sign_with_keys(&Keys::generate())
+            .unwrap()
+    }
+
+    const OID: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    #[test]
+    fn state_refs_need_valid_names_and_ids() {
+        let ok = state(&[("refs/heads/main", OID), ("HEAD", "ref: refs/heads/main")]);
+        assert_eq!(state_refs(&ok).unwrap().len(), 1);
+        for (name, value, why) in [
+            ("refs/heads/main", "not-an-oid", "40-hex"),
+            ("refs/heads/a..b", OID, ".."),
+            ("refs/heads/x y", OID, "space"),
+            ("refs/heads/x.lock", OID, ".lock"),
+            ("refs/heads/.hidden", OID, "starting with `.`"),
+            ("refs/", OID, "incomplete"),
+            ("refs/heads/x@{1}", OID, "@{"),
+        ] {
+            let e = state(&[(name, value)]);
+            let err = state_refs(&e).unwrap_err();
+            assert!(
+                err.starts_with("invalid:") && err.contains(why),
+                "{name}: {err}"
+            );
+        }
+        let none = state(&[("HEAD", "ref: refs/heads/main")]);
+        assert!(state_refs(&none).unwrap_err().contains("at least one ref"));
+    }
 }

@@ -53,7 +53,10 @@ async fn send(ws: &mut Ws, v: Value) {
 /// The next text message as JSON; `None` when the connection closed.
 async fn next(ws: &mut Ws) -> Option<Value> {
     loop {
-        match tokio::time::timeout(STEP, ws.next()).await.expect("an answer in time") {
+        match tokio::time::timeout(STEP, ws.next())
+            .await
+            .expect("an answer in time")
+        {
             Some(Ok(Message::Text(t))) => return Some(serde_json::from_str(&t).unwrap()),
             Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
             Some(Ok(_)) => {}
@@ -88,7 +91,10 @@ async fn publish(ws: &mut Ws, event: &nostr::Event) -> (bool, String) {
     loop {
         let m = next(ws).await.expect("an OK");
         if m[0] == "OK" && m[1] == event.id.to_hex() {
-            return (m[2].as_bool().unwrap(), m[3].as_str().unwrap_or("").to_owned());
+            return (
+                m[2].as_bool().unwrap(),
+                m[3].as_str().unwrap_or("").to_owned(),
+            );
         }
     }
 }
@@ -100,10 +106,16 @@ async fn caps_oversized_event_and_too_many_tags_get_ok_false() {
     let keys = Keys::generate();
     let big = note(&keys, &"x".repeat(20 * 1024), 0);
     let (ok, why) = publish(&mut ws, &big).await;
-    assert!(!ok && why.starts_with("invalid:") && why.contains("max_event_bytes is 16384"), "{why}");
+    assert!(
+        !ok && why.starts_with("invalid:") && why.contains("max_event_bytes is 16384"),
+        "{why}"
+    );
     let tagged = note(&keys, "tags", 51);
     let (ok, why) = publish(&mut ws, &tagged).await;
-    assert!(!ok && why.contains("51 tags") && why.contains("max_event_tags is 50"), "{why}");
+    assert!(
+        !ok && why.contains("51 tags") && why.contains("max_event_tags is 50"),
+        "{why}"
+    );
     // Within the caps the relay's own policy answers (this note tags no repository).
     let (ok, why) = publish(&mut ws, &note(&keys, "small", 50)).await;
     assert!(!ok && why.contains("does not tag a repository"), "{why}");
@@ -131,7 +143,11 @@ async fn caps_too_many_filters_and_subscriptions_get_closed() {
     send(&mut ws, json!(["REQ", "s4", {"kinds": [1]}])).await;
     let m = next(&mut ws).await.unwrap();
     assert_eq!(m[0], "CLOSED");
-    assert!(m[2].as_str().unwrap().starts_with("blocked:") && m[2].as_str().unwrap().contains("max_subscriptions is 3"), "{m}");
+    assert!(
+        m[2].as_str().unwrap().starts_with("blocked:")
+            && m[2].as_str().unwrap().contains("max_subscriptions is 3"),
+        "{m}"
+    );
     // Closing one makes room.
     send(&mut ws, json!(["CLOSE", "s1"])).await;
     send(&mut ws, json!(["REQ", "s4", {"kinds": [1]}])).await;
@@ -157,12 +173,20 @@ async fn caps_malformed_message_gets_a_notice_and_the_connection_stays() {
 async fn caps_oversized_message_gets_a_notice_then_close() {
     let (relay, _dir) = relay().await;
     let mut ws = client(&relay).await;
-    ws.send(Message::text(format!("[\"REQ\",\"x\",{{\"search\":\"{}\"}}]", "y".repeat(100 * 1024))))
-        .await
-        .unwrap();
+    ws.send(Message::text(format!(
+        "[\"REQ\",\"x\",{{\"search\":\"{}\"}}]",
+        "y".repeat(100 * 1024)
+    )))
+    .await
+    .unwrap();
     let m = next(&mut ws).await.expect("a NOTICE before the close");
     assert_eq!(m[0], "NOTICE");
-    assert!(m[1].as_str().unwrap().contains("max_message_length is 65536"), "{m}");
+    assert!(
+        m[1].as_str()
+            .unwrap()
+            .contains("max_message_length is 65536"),
+        "{m}"
+    );
     assert!(next(&mut ws).await.is_none(), "then the connection closes");
     // Others are not affected.
     let mut other = client(&relay).await;
@@ -227,15 +251,23 @@ async fn caps_relay_stays_responsive_while_one_client_hits_every_cap() {
         .chain((0..1_000).map(|i| json!({"kinds": [i], "#t": ["x"]})))
         .collect();
     let wide = Value::Array(wide).to_string();
-    let big = format!("[\"EVENT\",{}]", note(&keys, &"z".repeat(20 * 1024), 0).as_json());
+    let big = format!(
+        "[\"EVENT\",{}]",
+        note(&keys, &"z".repeat(20 * 1024), 0).as_json()
+    );
     let tagged = format!("[\"EVENT\",{}]", note(&keys, "t", 1_000).as_json());
     let flood = tokio::spawn(async move {
         let mut refused = 0;
         for _ in 0..100 {
             for m in [&wide, &big, &tagged] {
                 abuser.send(Message::text(m.clone())).await.unwrap();
-                let answer = next(&mut abuser).await.expect("abuser answered, not dropped");
-                assert!(matches!(answer[0].as_str(), Some("CLOSED" | "OK")), "{answer}");
+                let answer = next(&mut abuser)
+                    .await
+                    .expect("abuser answered, not dropped");
+                assert!(
+                    matches!(answer[0].as_str(), Some("CLOSED" | "OK")),
+                    "{answer}"
+                );
                 refused += 1;
             }
         }
@@ -245,7 +277,11 @@ async fn caps_relay_stays_responsive_while_one_client_hits_every_cap() {
     for i in 0..20 {
         still_serves(&mut polite, &format!("p{i}")).await;
     }
-    assert_eq!(flood.await.unwrap(), 300, "every abusive message got its refusal");
+    assert_eq!(
+        flood.await.unwrap(),
+        300,
+        "every abusive message got its refusal"
+    );
     relay.shutdown().await.unwrap();
 }
 

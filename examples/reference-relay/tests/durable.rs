@@ -104,7 +104,10 @@ async fn client(url: &str) -> RelayPool {
 /// Publishes one event: `Ok(())` or the relay's refusal.
 async fn publish(url: &str, event: &Event) -> Result<(), String> {
     let pool = client(url).await;
-    let out = pool.send_event_to([url], event).await.map_err(|e| e.to_string());
+    let out = pool
+        .send_event_to([url], event)
+        .await
+        .map_err(|e| e.to_string());
     pool.shutdown().await;
     match out? {
         out if out.success.len() == 1 => Ok(()),
@@ -117,7 +120,13 @@ async fn publish_all(url: &str, events: &[Event]) {
     let pool = client(url).await;
     for e in events {
         let out = pool.send_event_to([url], e).await.expect("publish");
-        assert_eq!(out.success.len(), 1, "{url} refused kind {}: {:?}", e.kind, out.failed);
+        assert_eq!(
+            out.success.len(),
+            1,
+            "{url} refused kind {}: {:?}",
+            e.kind,
+            out.failed
+        );
     }
     pool.shutdown().await;
 }
@@ -190,7 +199,11 @@ impl RelayB {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(&self.bind).is_err() {
-            assert!(Instant::now() < deadline, "B did not listen; log: {}", self.log_tail());
+            assert!(
+                Instant::now() < deadline,
+                "B did not listen; log: {}",
+                self.log_tail()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -213,7 +226,11 @@ impl RelayB {
                 std::thread::sleep(Duration::from_millis(20));
             }
             let status = child.wait().unwrap();
-            assert!(status.success(), "B exited with {status} after SIGINT; log: {}", self.log_tail());
+            assert!(
+                status.success(),
+                "B exited with {status} after SIGINT; log: {}",
+                self.log_tail()
+            );
         } else {
             let _ = child.kill();
             let _ = child.wait();
@@ -278,7 +295,9 @@ async fn run_seed(seed: u64) {
         let mut now_have = have;
         while Instant::now() < deadline && now_have < target {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            now_have = served_by(&b.url(), &keys).await.map_or(now_have, |v| v.len());
+            now_have = served_by(&b.url(), &keys)
+                .await
+                .map_or(now_have, |v| v.len());
         }
         let graceful = round % 2 == 1 || rng.below(3) == 0;
         if graceful {
@@ -376,7 +395,8 @@ async fn durable_sigkill_while_the_announcement_waits_for_git_data() {
     b.start();
     let held = publish(&b.url(), &events[0]).await;
     assert!(
-        held.as_ref().is_err_and(|e| e.contains("held in purgatory")),
+        held.as_ref()
+            .is_err_and(|e| e.contains("\"restricted: held in purgatory")),
         "B holds the announcement: {held:?}"
     );
     let file = b

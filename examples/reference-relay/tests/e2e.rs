@@ -472,6 +472,27 @@ async fn restarted_relay_catches_up_what_it_missed() {
     let issue = repo.issue("before the restart");
     publish_ok(&a.url(), &state).await;
     publish_ok(&a.url(), &issue).await;
+    // A second state in the same second: refused with a reason, not the store's error.
+    let same_second = EventBuilder::new(Kind::Custom(30618), "")
+        .tags([
+            Tag::identifier(repo.d.clone()),
+            Tag::custom(TagKind::custom("refs/heads/main"), [main_tip.clone()]),
+        ])
+        .custom_created_at(state.created_at)
+        .sign_with_keys(&repo.keys)
+        .unwrap();
+    let e = publish(&a.url(), &same_second).await.unwrap_err();
+    assert!(e.contains("same created_at"), "{e}");
+    // A state naming no valid ref.
+    let refless = EventBuilder::new(Kind::Custom(30618), "")
+        .tags([
+            Tag::identifier(repo.d.clone()),
+            Tag::custom(TagKind::custom("refs/heads/main"), ["not-a-commit"]),
+        ])
+        .sign_with_keys(&repo.keys)
+        .unwrap();
+    let e = publish(&a.url(), &refless).await.unwrap_err();
+    assert!(e.contains("invalid: ref") && e.contains("40-hex"), "{e}");
     let before = [ann.id, state.id, issue.id];
     wait_until("B has the repo", WAIT, || async {
         served(&b_url, &before).await.len() == before.len()

@@ -26,9 +26,7 @@ use async_wsocket::{ConnectionMode, Message};
 use nostr::util::BoxedFuture;
 use nostr::Url;
 use nostr_relay_pool::transport::error::TransportError;
-use nostr_relay_pool::transport::websocket::{
-    WebSocketSink, WebSocketStream, WebSocketTransport,
-};
+use nostr_relay_pool::transport::websocket::{WebSocketSink, WebSocketStream, WebSocketTransport};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -115,17 +113,16 @@ impl Dialer {
         port: u16,
     ) -> Result<Vec<SocketAddr>, DialError> {
         let bare = host.trim_start_matches('[').trim_end_matches(']');
-        let addrs = match bare.parse::<IpAddr>() {
-            Ok(ip) => vec![SocketAddr::new(ip, port)],
-            Err(_) => self
-                .resolver
-                .resolve(bare, port)
-                .await
-                .map_err(|e| DialError::Unresolvable {
-                    host: bare.to_owned(),
-                    reason: e.to_string(),
+        let addrs =
+            match bare.parse::<IpAddr>() {
+                Ok(ip) => vec![SocketAddr::new(ip, port)],
+                Err(_) => self.resolver.resolve(bare, port).await.map_err(|e| {
+                    DialError::Unresolvable {
+                        host: bare.to_owned(),
+                        reason: e.to_string(),
+                    }
                 })?,
-        };
+            };
         if addrs.is_empty() {
             return Err(DialError::Unresolvable {
                 host: bare.to_owned(),

@@ -273,7 +273,9 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nContent-Type: application/nostr+json\r\nContent-Length: 44\r\n\r\n{\"name\":\"t\",\"limitation\":{\"max_filters\":10}}",
         )
         .await;
-        let doc = fetch_nip11(&url, &test_dialer(), Duration::from_secs(5)).await.unwrap();
+        let doc = fetch_nip11(&url, &test_dialer(), Duration::from_secs(5))
+            .await
+            .unwrap();
         assert_eq!(doc["limitation"]["max_filters"], 10);
         let req = server.await.unwrap();
         assert!(req.starts_with("GET / HTTP/1.1\r\n"));
@@ -286,7 +288,9 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"a\":\r\n2\r\n1}\r\n0\r\n\r\n",
         )
         .await;
-        let doc = fetch_nip11(&url, &test_dialer(), Duration::from_secs(5)).await.unwrap();
+        let doc = fetch_nip11(&url, &test_dialer(), Duration::from_secs(5))
+            .await
+            .unwrap();
         assert_eq!(doc["a"], 1);
     }
 

@@ -477,10 +477,7 @@ impl Driver {
     }
 
     /// Graceful stop: no more intake, drain what was handed over, persist.
-    async fn stop(
-        &mut self,
-        side: &mut mpsc::UnboundedReceiver<Side>,
-    ) -> Result<(), DriverError> {
+    async fn stop(&mut self, side: &mut mpsc::UnboundedReceiver<Side>) -> Result<(), DriverError> {
         self.exec.shutdown().await;
         // Events received before the sockets closed still go to the host, as far as
         // the queue has room: the rest stay unconfirmed and are asked again.

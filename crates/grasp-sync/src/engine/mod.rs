@@ -456,5 +456,4 @@ impl SyncEngine {
         self.metrics.relays_refused += (total - admitted.len()) as u64;
         admitted
     }
-
 }

@@ -110,4 +110,3 @@ impl Drop for GitDaemon {
         let _ = self.child.wait();
     }
 }
-
