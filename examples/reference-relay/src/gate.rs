@@ -256,14 +256,15 @@ impl Gate {
         let msg = match ClientMessage::from_json(text) {
             Ok(m) => m,
             Err(e) => {
-                return Verdict::Answer(RelayMessage::notice(format!(
+                return Verdict::Answer(Box::new(RelayMessage::notice(format!(
                     "invalid: could not parse the message ({e})"
-                )))
+                ))))
             }
         };
         match msg {
             ClientMessage::Event(event) => {
-                let refuse = |why: String| Verdict::Answer(RelayMessage::ok(event.id, false, why));
+                let refuse =
+                    |why: String| Verdict::Answer(Box::new(RelayMessage::ok(event.id, false, why)));
                 let size = event.as_json().len();
                 if size > caps.max_event_bytes {
                     return refuse(format!(
@@ -292,24 +293,24 @@ impl Gate {
             } => {
                 let id = subscription_id.into_owned();
                 if filters.len() > caps.max_filters {
-                    return Verdict::Answer(RelayMessage::closed(
+                    return Verdict::Answer(Box::new(RelayMessage::closed(
                         id,
                         format!(
                             "invalid: {} filters; max_filters is {}",
                             filters.len(),
                             caps.max_filters
                         ),
-                    ));
+                    )));
                 }
                 if !subs.contains(&id) && subs.len() >= caps.max_subscriptions {
-                    return Verdict::Answer(RelayMessage::closed(
+                    return Verdict::Answer(Box::new(RelayMessage::closed(
                         id,
                         format!(
                             "blocked: {} subscriptions open; max_subscriptions is {}",
                             subs.len(),
                             caps.max_subscriptions
                         ),
-                    ));
+                    )));
                 }
                 subs.insert(id);
                 Verdict::Forward
@@ -328,7 +329,7 @@ enum Verdict {
     /// Pass it to the relay.
     Forward,
     /// Answer the client ourselves; the relay never sees it.
-    Answer(RelayMessage<'static>),
+    Answer(Box<RelayMessage<'static>>),
 }
 
 /// The subscription a relay's `CLOSED` ends (cheap prefix test first).
