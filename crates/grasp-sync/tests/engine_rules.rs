@@ -1652,3 +1652,46 @@ fn r20_a_connected_relay_is_persisted_while_quiet_so_a_crash_stays_a_quick_recon
         .count();
     assert!(persisted <= 1, "{persisted} snapshots while disconnected");
 }
+
+// ---------------------------------------------------------------------------------------
+// 21. Misbehaviour counts against a relay's health, and only its own.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn r21_a_relay_flooding_unsolicited_events_or_notices_is_dropped_and_backed_off() {
+    let (mut h, k, _repo) = with_repo(config(), &[A, B]);
+    h.connect_and_settle(A);
+    h.connect_and_settle(B);
+    h.advance(Duration::from_secs(10));
+    let (live_id, _) = h.engine.live_subscriptions(&url(A)).pop().unwrap();
+    // Events no filter asked for (another repo's issues): 999 are tolerated.
+    let other = coord(&k, "unrelated");
+    for i in 0..999u64 {
+        let cmds = h.feed(Input::Event {
+            relay: url(A),
+            subscription: live_id.clone(),
+            event: Box::new(issue(&k, &other, T0 + i, &format!("junk {i}"))),
+        });
+        assert!(disconnects(&cmds).is_empty(), "dropped after {i}");
+    }
+    assert!(h.status(A).is_connected());
+    // The next one (a NOTICE counts too) drops A, as a failure.
+    let cmds = h.notice(A, "spam");
+    assert_eq!(disconnects(&cmds), BTreeSet::from([url(A)]));
+    assert_eq!(h.status(A), ConnectionStatus::Disconnected);
+    let status = h.engine.status(h.now);
+    let a = status.iter().find(|s| s.relay == url(A)).unwrap();
+    assert!(a.failures >= 1, "{a:?}");
+    assert!(
+        a.last_error.as_deref().is_some_and(|e| e.contains("misbehaving")),
+        "{a:?}"
+    );
+    assert_eq!(h.engine.metrics().relays_misbehaving, 1);
+    // Nothing is ingested from it, and B is untouched.
+    assert!(h.status(B).is_connected());
+    let b = status.iter().find(|s| s.relay == url(B)).unwrap();
+    assert_eq!(b.failures, 0);
+    // It is dialled again only after a backoff.
+    let cmds = h.advance(Duration::from_secs(1));
+    assert!(!connects(&cmds).contains(&url(A)), "backed off");
+}

@@ -62,6 +62,10 @@ pub struct SyncConfig {
     pub max_history_retries: u32,
     /// How often a snapshot of the sync state is requested, when it changed.
     pub persist_interval: Duration,
+    /// Messages on one connection that break the protocol (events that match no
+    /// filter asked, events beyond the page asked or on unknown subscriptions,
+    /// NOTICEs) before the relay is dropped and backed off as a failure.
+    pub max_misbehaviour_per_connection: u32,
     /// How often a snapshot is requested when nothing changed but a relay is connected
     /// (its cursor moves with time): a crash after a quiet spell then restarts as a
     /// quick reconnect. Keep it well under `quick_reconnect_window`.
@@ -94,6 +98,7 @@ impl Default for SyncConfig {
             max_history_retries: 8,
             persist_interval: Duration::from_secs(30),
             idle_persist_interval: Duration::from_secs(5 * 60),
+            max_misbehaviour_per_connection: 1_000,
         }
     }
 }

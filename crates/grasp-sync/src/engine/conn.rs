@@ -118,8 +118,10 @@ pub(super) struct Conn {
     pub deferred: bool,
     /// Live subscriptions must be rebuilt when subscribing is allowed again.
     pub needs_rebuild: bool,
-    /// Why the last connect attempt failed, for status.
+    /// Why the last connect attempt failed, or why we dropped the relay, for status.
     pub last_error: Option<String>,
+    /// Protocol-breaking messages on this connection (see `SyncEngine::strike`).
+    pub misbehaviour: u32,
 }
 
 impl Conn {
@@ -144,6 +146,7 @@ impl Conn {
             deferred: false,
             needs_rebuild: false,
             last_error: None,
+            misbehaviour: 0,
         }
     }
 

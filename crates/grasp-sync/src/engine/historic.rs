@@ -170,6 +170,10 @@ impl SyncEngine {
             self.metrics.dropped_unknown_subscription += 1;
             return;
         };
+        if conn.misbehaviour >= self.config.max_misbehaviour_per_connection {
+            // Dropped already; what is still in the pipe is ignored.
+            return;
+        }
         let opts = MatchEventOptions::new();
         if let Some(live) = conn.live.get(sub) {
             // Live filters carry `limit: 0`, which says nothing about matching:
@@ -179,36 +183,43 @@ impl SyncEngine {
                 self.ingest(relay, event, None, now);
             } else {
                 self.metrics.dropped_unsolicited += 1;
+                self.strike(relay, now);
             }
             return;
         }
         let Some(h) = conn.historic.get_mut(sub) else {
             self.metrics.dropped_unknown_subscription += 1;
+            self.strike(relay, now);
             return;
         };
         if !h.filter.match_event(&event, opts) {
             self.metrics.dropped_unsolicited += 1;
+            self.strike(relay, now);
             return;
         }
         h.received += 1;
-        match &mut h.kind {
-            HistoricKind::Negentropy => self.metrics.dropped_unsolicited += 1,
+        let kept = match &mut h.kind {
+            HistoricKind::Negentropy => false,
             HistoricKind::Req { buffer, limit, .. } => {
-                if h.received > *limit {
-                    self.metrics.dropped_flood += 1;
-                } else {
+                let within = h.received <= *limit;
+                if within {
                     buffer.push(event);
                 }
+                within
             }
             HistoricKind::Fetch {
                 asked, got, buffer, ..
             } => {
-                if got.insert(event.id) && asked.contains(&event.id) {
+                let wanted = got.insert(event.id) && asked.contains(&event.id);
+                if wanted {
                     buffer.push(event);
-                } else {
-                    self.metrics.dropped_flood += 1;
                 }
+                wanted
             }
+        };
+        if !kept {
+            self.metrics.dropped_flood += 1;
+            self.strike(relay, now);
         }
     }
 
@@ -581,6 +592,7 @@ impl SyncEngine {
     }
 
     pub(super) fn on_notice(&mut self, relay: &RelayUrl, message: &str, now: WallTime) {
+        self.strike(relay, now);
         let Some(conn) = self.conns.get_mut(relay) else {
             return;
         };

@@ -48,6 +48,7 @@ impl SyncEngine {
         };
         conn.health.on_connected(now);
         conn.last_error = None;
+        conn.misbehaviour = 0;
         conn.reset_wire();
         conn.live_resubscribes = 0;
         conn.live_failed = false;
@@ -430,6 +431,32 @@ impl SyncEngine {
         let state = self.relays.entry(relay);
         if state.status == ConnectionStatus::Connecting {
             state.status = ConnectionStatus::Disconnected;
+        }
+    }
+
+    /// Counts one protocol-breaking message from `relay`. Past
+    /// `max_misbehaviour_per_connection` the relay is dropped and backed off as a
+    /// failure (it degrades, then dies, like a relay that refuses connections); other
+    /// relays are not touched.
+    pub(super) fn strike(&mut self, relay: &RelayUrl, now: WallTime) {
+        let max = self.config.max_misbehaviour_per_connection;
+        let Some(conn) = self.conns.get_mut(relay) else {
+            return;
+        };
+        conn.misbehaviour = conn.misbehaviour.saturating_add(1);
+        if conn.misbehaviour != max {
+            return;
+        }
+        self.metrics.relays_misbehaving += 1;
+        self.commands.push_back(Command::Disconnect {
+            relay: relay.clone(),
+        });
+        self.on_disconnected(relay, now);
+        if let Some(conn) = self.conns.get_mut(relay) {
+            conn.health.on_connect_failed(now);
+            conn.last_error = Some(format!(
+                "dropped for misbehaving: {max} unsolicited or flooding messages on one connection"
+            ));
         }
     }
 

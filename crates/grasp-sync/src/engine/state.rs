@@ -61,6 +61,8 @@ pub struct EngineMetrics {
     pub quick_reconnects: u64,
     /// Times messages from a relay were lost on the way in (and asked again).
     pub messages_lost: u64,
+    /// Times a relay was dropped for misbehaving (unsolicited events, floods, NOTICEs).
+    pub relays_misbehaving: u64,
 }
 
 /// One relay as the host's status page shows it.
