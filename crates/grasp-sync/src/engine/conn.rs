@@ -101,6 +101,9 @@ pub(super) struct Conn {
     pub failed_items: SyncItems,
     /// Layer 1 history failed; retried with the items.
     pub failed_layer1: bool,
+    /// When the last failure was recorded: only a full-history batch started after
+    /// it may clear it.
+    pub last_failure_at: Option<WallTime>,
     /// Live subscriptions the relay kept closing beyond the resubscribe budget.
     pub live_failed: bool,
     /// When the relay first closed a live subscription since the last rebuild: events
@@ -138,6 +141,7 @@ impl Conn {
             live_resubscribes: 0,
             failed_items: SyncItems::default(),
             failed_layer1: false,
+            last_failure_at: None,
             live_failed: false,
             retry_at: None,
             retry_round: 0,
@@ -164,6 +168,7 @@ impl Conn {
     pub fn clear_failures(&mut self) {
         self.failed_items = SyncItems::default();
         self.failed_layer1 = false;
+        self.last_failure_at = None;
         self.live_failed = false;
         self.retry_at = None;
         self.retry_round = 0;

@@ -407,6 +407,7 @@ impl SyncEngine {
         };
         if done.failed {
             self.metrics.batches_failed += 1;
+            conn.last_failure_at = Some(now);
             if done.layer1 {
                 conn.failed_layer1 = true;
             } else {
@@ -424,9 +425,15 @@ impl SyncEngine {
             }
         } else if done.full_history {
             self.metrics.batches_completed += 1;
-            if done.layer1 {
+            // A success clears only failures older than the batch: its parts may have
+            // run before a later failure (a gap whose catch-up failed) and say nothing
+            // about it.
+            let clears = conn
+                .last_failure_at
+                .is_none_or(|failed| failed <= done.started_at);
+            if clears && done.layer1 {
                 conn.failed_layer1 = false;
-            } else {
+            } else if clears {
                 conn.failed_items.subtract(&done.items);
             }
         } else {

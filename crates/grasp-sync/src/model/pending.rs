@@ -58,7 +58,7 @@ pub struct PendingBatch {
     /// False for a `since`-limited batch (quick reconnect, live gap): its success says
     /// nothing about older history, so it does not clear an earlier failure.
     pub full_history: bool,
-    /// When it started, for the batch timeout.
+    /// When it started: a success clears only failures recorded before it.
     pub started_at: WallTime,
 }
 
