@@ -520,3 +520,45 @@ fn bare_repo_layout_refuses_path_escapes() {
     assert!(loc.locate(&repo("a/b")).is_none());
     assert!(loc.locate(&repo(".hidden")).is_none());
 }
+
+/// A process killed while creating a bare repository used to leave a non-empty
+/// directory that every later fetch refused to initialise ("Refusing to initialize the
+/// non-empty directory"): the repository was never fetched again. Creation is now
+/// atomic, and whatever is in the way is moved aside, not deleted.
+#[test]
+fn durable_a_half_made_bare_repository_does_not_block_later_fetches() {
+    let root = tempfile::tempdir().unwrap();
+    let loc = BareRepoLocator::grasp_layout(root.path());
+    let r = repo("half-made");
+    let path = loc.locate(&r).unwrap();
+    let parent = path.parent().unwrap().to_path_buf();
+    // What a kill in the middle of `gix::init_bare` leaves: a directory, not a repository.
+    std::fs::create_dir_all(path.join("refs")).unwrap();
+    std::fs::write(path.join("description"), "half").unwrap();
+    // And a staging directory from a kill in the middle of the new, atomic creation.
+    std::fs::create_dir_all(parent.join(".half-made.git.creating/objects")).unwrap();
+
+    let opened = loc.open_or_create(&r).expect("the repository is created");
+    assert_eq!(opened, path);
+    assert!(gix::open(&path).is_ok(), "a bare repository now");
+    let names: Vec<String> = std::fs::read_dir(&parent)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let aside: Vec<&String> = names
+        .iter()
+        .filter(|n| n.starts_with("half-made.git.unreadable-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "the old directory is kept aside: {names:?}");
+    assert_eq!(
+        std::fs::read_to_string(parent.join(aside[0]).join("description")).unwrap(),
+        "half"
+    );
+    assert!(
+        !names.iter().any(|n| n.ends_with(".creating")),
+        "no staging left: {names:?}"
+    );
+    // Opening again changes nothing.
+    assert_eq!(loc.open_or_create(&r).unwrap(), path);
+    assert_eq!(std::fs::read_dir(&parent).unwrap().count(), 2);
+}

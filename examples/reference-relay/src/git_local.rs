@@ -13,22 +13,10 @@ fn to_gix(oid: &Oid) -> gix::ObjectId {
     gix::ObjectId::from_bytes_or_panic(oid.as_bytes())
 }
 
-/// Creates the bare repository for `repo` if it does not exist yet.
+/// Creates the bare repository for `repo` if it does not exist yet (atomically: see
+/// [`BareRepoLocator::open_or_create`]).
 pub fn ensure_bare(locator: &BareRepoLocator, repo: &RepoRef) -> Result<PathBuf, String> {
-    let path = locator
-        .locate(repo)
-        .ok_or_else(|| format!("no local path for {repo} (unsafe identifier?)"))?;
-    if gix::open(&path).is_ok() {
-        return Ok(path);
-    }
-    std::fs::create_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    match gix::init_bare(&path) {
-        Ok(_) => Ok(path),
-        // The fetcher may have created it at the same moment.
-        Err(e) => gix::open(&path)
-            .map(|_| path.clone())
-            .map_err(|_| format!("{}: {e}", path.display())),
-    }
+    locator.open_or_create(repo).map_err(|e| e.to_string())
 }
 
 /// Which of `oids` are present in `repo`'s bare repository.

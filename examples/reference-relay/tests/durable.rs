@@ -189,7 +189,7 @@ impl RelayB {
                 "--status-log-secs",
                 "3600",
                 "--log-level",
-                "warn,grasp_sync=info",
+                "info,nostr_relay_pool=warn,nostr_relay_builder=warn,nostr_lmdb=warn",
             ])
             .args(&self.extra)
             .stdout(Stdio::null())
@@ -325,8 +325,13 @@ async fn converge(b: &RelayB, keys: &Keys, events: &[Event]) -> (Duration, usize
     let started = Instant::now();
     let expected: BTreeSet<EventId> = events.iter().map(|e| e.id).collect();
     let mut last = Vec::new();
+    let mut unanswered = 0;
     while started.elapsed() < CONVERGE {
-        if let Some(ids) = served_by(&b.url(), keys).await {
+        let answer = served_by(&b.url(), keys).await;
+        if answer.is_none() {
+            unanswered += 1;
+        }
+        if let Some(ids) = answer {
             let done = ids.len() == events.len();
             last = ids;
             if done {
@@ -342,7 +347,8 @@ async fn converge(b: &RelayB, keys: &Keys, events: &[Event]) -> (Duration, usize
     assert_eq!(
         missing,
         0,
-        "B holds {} of {} events {CONVERGE:?} after its last restart; log:\n{}",
+        "B holds {} of {} events {CONVERGE:?} after its last restart ({unanswered} queries \
+         unanswered); log:\n{}",
         got.len(),
         events.len(),
         b.log_tail()

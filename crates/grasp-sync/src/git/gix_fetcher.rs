@@ -108,6 +108,61 @@ impl BareRepoLocator {
     pub fn locate(&self, repo: &RepoRef) -> Option<PathBuf> {
         (self.0)(repo)
     }
+
+    /// Opens `repo`'s bare repository, creating it if it does not exist.
+    ///
+    /// Creation is atomic: the repository is initialised in a staging directory beside
+    /// it (`.<name>.creating`, a name no repository can have) and renamed into place, so
+    /// a process killed mid-creation leaves no half-made repository that every later
+    /// fetch would trip over. A directory at the path that does not open as a repository
+    /// (left by an older version, or by hand) is renamed aside to
+    /// `<name>.unreadable-<unix seconds>`, never deleted.
+    pub fn open_or_create(&self, repo: &RepoRef) -> Result<PathBuf, FetchError> {
+        let path = self
+            .locate(repo)
+            .ok_or_else(|| FetchError::Local(format!("no local path for {repo}")))?;
+        open_or_create_bare(&path)?;
+        Ok(path)
+    }
+}
+
+/// See [`BareRepoLocator::open_or_create`].
+fn open_or_create_bare(path: &Path) -> Result<gix::Repository, FetchError> {
+    let local = |e: &dyn std::fmt::Display| FetchError::Local(format!("{}: {e}", path.display()));
+    if let Ok(r) = gix::open(path) {
+        return Ok(r);
+    }
+    // Two jobs for one repo (on two hosts) may race to create it: serialise creation.
+    let _guard = CREATE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    if let Ok(r) = gix::open(path) {
+        return Ok(r);
+    }
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(local(&"not a repository path"));
+    };
+    let name = name.to_string_lossy();
+    std::fs::create_dir_all(parent).map_err(|e| local(&e))?;
+    if path.exists() {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let aside = parent.join(format!("{name}.unreadable-{secs}"));
+        std::fs::rename(path, &aside).map_err(|e| local(&e))?;
+        tracing::warn!(
+            path = %path.display(),
+            moved_to = %aside.display(),
+            "a directory that is not a git repository was in the way; moved aside"
+        );
+    }
+    let staging = parent.join(format!(".{name}.creating"));
+    if staging.exists() {
+        // Left by a process killed mid-creation.
+        std::fs::remove_dir_all(&staging).map_err(|e| local(&e))?;
+    }
+    std::fs::create_dir_all(&staging).map_err(|e| local(&e))?;
+    gix::init_bare(&staging).map_err(|e| local(&e))?;
+    std::fs::rename(&staging, path).map_err(|e| local(&e))?;
+    gix::open(path).map_err(|e| local(&e))
 }
 
 impl std::fmt::Debug for BareRepoLocator {
@@ -186,8 +241,6 @@ impl GixFetcher {
             .locator
             .locate(repo)
             .ok_or_else(|| FetchError::Local(format!("no local path for {repo}")))?;
-        let local =
-            |e: &dyn std::fmt::Display| FetchError::Local(format!("{}: {e}", path.display()));
         if let Ok(r) = gix::open(&path) {
             return Ok((path, r));
         }
@@ -197,14 +250,7 @@ impl GixFetcher {
                 path.display()
             )));
         }
-        // Two jobs for one repo (on two hosts) may race to create it: serialise creation.
-        let _guard = CREATE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-        if let Ok(r) = gix::open(&path) {
-            return Ok((path, r));
-        }
-        // gix creates the repository inside an existing (empty) directory.
-        std::fs::create_dir_all(&path).map_err(|e| local(&e))?;
-        let r = gix::init_bare(&path).map_err(|e| local(&e))?;
+        let r = open_or_create_bare(&path)?;
         Ok((path, r))
     }
 
