@@ -6,7 +6,20 @@
 //! time injected), ports for what the host provides, and thin adapters (a tokio driver on
 //! nostr-relay-pool, a gix git-data fetcher).
 //!
-//! See `docs/architecture.md` for where things live and why.
+//! # Embedding
+//!
+//! Implement the [`ports`] on your relay (in-memory versions exist for tests and small
+//! hosts), start the [`driver`], and tell it what your relay accepts:
+//!
+//! ```no_run
+#![doc = include_str!("../examples/embed.rs")]
+//! ```
+//!
+//! Without the `tokio` feature, drive the sans-IO [`SyncEngine`] yourself:
+//! `handle_input`, `handle_timeout`, `poll_command`, `poll_timeout`.
+//!
+//! The repository's `docs/architecture.md` says where things live and why;
+//! `docs/grasp-02-sync-design.md` has every rule and constant.
 //!
 //! # TLS: install the crypto provider at start-up
 //!

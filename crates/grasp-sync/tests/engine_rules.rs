@@ -1683,7 +1683,9 @@ fn r21_a_relay_flooding_unsolicited_events_or_notices_is_dropped_and_backed_off(
     let a = status.iter().find(|s| s.relay == url(A)).unwrap();
     assert!(a.failures >= 1, "{a:?}");
     assert!(
-        a.last_error.as_deref().is_some_and(|e| e.contains("misbehaving")),
+        a.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("misbehaving")),
         "{a:?}"
     );
     assert_eq!(h.engine.metrics().relays_misbehaving, 1);

@@ -226,6 +226,12 @@ impl Host {
         self.state().held.values().cloned().collect()
     }
 
+    /// What each held event waits for: its repo, the git data it needs and where it is
+    /// hunted (for the status page).
+    pub fn waiting(&self) -> Vec<WaitingEvent> {
+        Purgatory::waiting(&self.state().purgatory)
+    }
+
     /// Held announcements (the `PurgatoryView` port).
     pub fn held_announcements(&self) -> Vec<Event> {
         self.state()
@@ -352,6 +358,19 @@ impl Host {
                     || self.has_any_data(&ann.repo).await
                 {
                     return Verdict::Accept;
+                }
+                if urls.is_empty() {
+                    // Holding it would wait 30 minutes for data that can never come.
+                    let why = ann
+                        .clone_urls
+                        .iter()
+                        .find_map(|u| self.url_policy.check_clone_url(u).err())
+                        .map(|e| e.to_string())
+                        .unwrap_or_default();
+                    return reject(
+                        format!("blocked: none of its clone URLs may be fetched from here ({why})"),
+                        false,
+                    );
                 }
                 waiting(ann.repo, WaitKind::Announcement, Want::AnyData, urls)
             }

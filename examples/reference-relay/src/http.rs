@@ -2,8 +2,9 @@
 //! websocket upgrade is answered (101) and handed to nostr-relay-builder with
 //! `LocalRelay::take_connection` through the client gate (`gate.rs`: connection, message
 //! and subscription caps); anything else is plain HTTP: the NIP-11 document
-//! (`Accept: application/nostr+json`), `/metrics` (Prometheus text), `/status` (JSON)
-//! and a short text page at `/`.
+//! (`Accept: application/nostr+json`), `/metrics` (Prometheus text), `/status` (JSON),
+//! the operator's page `/status.html` (also `/` for browsers) and a short text page at
+//! `/` for everyone else.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use tokio::task::JoinSet;
 
 use crate::gate::{Gate, Refusal};
 use crate::host::Host;
+use crate::status_page;
 
 /// What the HTTP side needs.
 pub struct HttpCtx {
@@ -133,9 +135,9 @@ async fn handle(stream: TcpStream, addr: SocketAddr, ctx: Arc<HttpCtx>) -> std::
         return respond(reader.get_mut(), 405, "text/plain", b"method not allowed").await;
     }
     let route = path.split('?').next().unwrap_or("/");
-    let wants_nip11 = headers
-        .get("accept")
-        .is_some_and(|v| v.contains("application/nostr+json"));
+    let accept = headers.get("accept").map(String::as_str).unwrap_or("");
+    let wants_nip11 = accept.contains("application/nostr+json");
+    let wants_html = accept.contains("text/html");
     let stream = reader.get_mut();
     match route {
         "/" if wants_nip11 => {
@@ -159,9 +161,13 @@ async fn handle(stream: TcpStream, addr: SocketAddr, ctx: Arc<HttpCtx>) -> std::
             let body = serde_json::to_vec_pretty(&status_json(&ctx).await).unwrap_or_default();
             respond(stream, 200, "application/json", &body).await
         }
+        "/status.html" | "/" if route != "/" || wants_html => {
+            let page = status_page(&ctx).await;
+            respond(stream, 200, "text/html; charset=utf-8", page.as_bytes()).await
+        }
         "/" => {
             let text = format!(
-                "grasp-reference-relay: a Nostr git relay with GRASP-02 sync.\n\nwebsocket: {}\nNIP-11:    curl -H 'Accept: application/nostr+json' http://{addr}/\nstatus:    http://{addr}/status\nmetrics:   http://{addr}/metrics\n",
+                "grasp-reference-relay: a Nostr git relay with GRASP-02 sync.\n\nwebsocket: {}\nNIP-11:    curl -H 'Accept: application/nostr+json' http://{addr}/\nstatus:    http://{addr}/status (JSON), http://{addr}/status.html (page)\nmetrics:   http://{addr}/metrics\n",
                 ctx.host
                     .public_urls
                     .first()
@@ -199,6 +205,31 @@ async fn respond(
     stream.flush().await?;
     let _ = stream.shutdown().await;
     Ok(())
+}
+
+/// The operator's page (`status_page.rs`), from the same sources as `/status`.
+async fn status_page(ctx: &HttpCtx) -> String {
+    let now = grasp_sync::ports::Clock::now(&grasp_sync::ports::SystemClock);
+    let (sync, repos) = match ctx.host.sync.get() {
+        Some(handle) => match (
+            handle.status().await,
+            handle.repo_status(status_page::REPOS_LISTED).await,
+        ) {
+            (Ok(s), Ok(r)) => (Ok(s), r),
+            (Err(e), _) | (_, Err(e)) => (Err(format!("stopped: {e}")), Vec::new()),
+        },
+        None => (Err("starting".to_owned()), Vec::new()),
+    };
+    status_page::render(&status_page::PageData {
+        public_urls: ctx.host.public_urls.iter().map(|u| u.to_string()).collect(),
+        uptime_secs: ctx.started.elapsed().as_secs(),
+        sync,
+        repos: &repos,
+        held: &ctx.host.held_events(),
+        waiting: &ctx.host.waiting(),
+        hunt: *ctx.hunt.lock().unwrap_or_else(|p| p.into_inner()),
+        now,
+    })
 }
 
 /// The `/status` document.

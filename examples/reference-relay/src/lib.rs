@@ -7,7 +7,8 @@
 //!   writes, synced writes and releases.
 //! - [`ports`]: grasp-sync's ports on the host, the write policy, the accepted-event feed.
 //! - [`hunter`]: the git hunt (HuntScheduler + GixFetcher) into the local bare repos.
-//! - [`http`]: one port for the websocket, NIP-11, `/metrics`, `/status`.
+//! - [`http`]: one port for the websocket, NIP-11, `/metrics`, `/status`; the
+//!   operator's page is [`status_page`].
 
 pub mod config;
 pub mod gate;
@@ -17,6 +18,7 @@ pub mod host;
 pub mod http;
 pub mod hunter;
 pub mod ports;
+pub mod status_page;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -281,7 +283,13 @@ pub fn nip11_document(config: &RelayConfig) -> serde_json::Value {
     })
 }
 
+/// A `sync status` line every `every` (zero: never), only when something changed.
 async fn log_status(ctx: Arc<HttpCtx>, every: Duration, mut stop: watch::Receiver<bool>) {
+    if every.is_zero() {
+        let _ = stop.changed().await;
+        return;
+    }
+    let mut last = String::new();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
@@ -308,13 +316,17 @@ async fn log_status(ctx: Arc<HttpCtx>, every: Duration, mut stop: watch::Receive
                 )
             })
             .collect();
-        tracing::info!(
-            repos = s.repos,
-            synced = s.metrics.events_accepted,
-            purgatory = ctx.host.held_events().len(),
-            relays = %relays.join("; "),
-            "sync status"
+        let line = format!(
+            "repos={} synced={} purgatory={} relays=[{}]",
+            s.repos,
+            s.metrics.events_accepted,
+            ctx.host.held_events().len(),
+            relays.join("; ")
         );
+        if line != last {
+            tracing::info!("sync status: {line}");
+            last = line;
+        }
     }
 }
 

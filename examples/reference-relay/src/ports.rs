@@ -122,15 +122,21 @@ impl WritePolicy for GraspWritePolicy {
     fn admit_event<'a>(
         &'a self,
         event: &'a Event,
-        _addr: &'a SocketAddr,
+        addr: &'a SocketAddr,
     ) -> BoxedFuture<'a, PolicyResult> {
         Box::pin(async move {
             let Some(host) = self.0.upgrade() else {
                 return PolicyResult::Reject("error: relay shutting down".into());
             };
             match host.admit_user(event).await {
-                Ok(()) => PolicyResult::Accept,
-                Err(reason) => PolicyResult::Reject(reason),
+                Ok(()) => {
+                    tracing::info!(id = %event.id, kind = event.kind.as_u16(), from = %addr, "accepted an event from a client");
+                    PolicyResult::Accept
+                }
+                Err(reason) => {
+                    tracing::info!(id = %event.id, kind = event.kind.as_u16(), from = %addr, %reason, "refused or held an event from a client");
+                    PolicyResult::Reject(reason)
+                }
             }
         })
     }

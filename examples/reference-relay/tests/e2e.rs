@@ -514,3 +514,203 @@ async fn restarted_relay_catches_up_what_it_missed() {
     assert_eq!(served(&b_url, &before).await.len(), before.len());
     a.shutdown().await.unwrap();
 }
+
+// The operator's status page, rendered by a real browser (Debian's `chromium`, which
+// `.ci/run` installs and names in CHROMIUM). With CHROMIUM or CI set a missing browser
+// fails the test; elsewhere it is skipped with a line saying so.
+
+fn chromium() -> Option<PathBuf> {
+    // Named explicitly (`.ci/run` does) or running under CI: it must be there.
+    let required = std::env::var_os("CHROMIUM").is_some() || std::env::var_os("CI").is_some();
+    let path =
+        PathBuf::from(std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()));
+    if path.exists() {
+        return Some(path);
+    }
+    assert!(
+        !required,
+        "no Chromium at {} (install Debian's chromium, or unset CHROMIUM and CI to skip)",
+        path.display()
+    );
+    eprintln!(
+        "skipped: no Chromium at {} (install Debian's chromium, or set CHROMIUM)",
+        path.display()
+    );
+    None
+}
+
+/// Runs headless Chromium with `args`, bounded in time; kills its whole process group on
+/// timeout so no browser process outlives the test. Returns stdout.
+fn run_chromium(browser: &Path, profile: &Path, args: &[String]) -> String {
+    use std::os::unix::process::CommandExt;
+    let mut child = Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("chromium starts");
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut out);
+        out
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = Command::new("kill")
+                .args(["-9", &format!("-{}", child.id())])
+                .status();
+            let _ = child.wait();
+            panic!("chromium did not finish within 60 s: {args:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "chromium {args:?} exited with {status}");
+    reader.join().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chromium_status_page_shows_relays_repos_and_purgatory() {
+    init_tracing();
+    let Some(browser) = chromium() else { return };
+    let root = tempfile::tempdir().unwrap();
+    let (main_tip, pr_tip) = source_repo(&tmp(root.path(), "serve"));
+    let daemon = GitDaemon::start(&root.path().join("serve"));
+    let a = start(RelayConfig::for_tests(tmp(root.path(), "a")))
+        .await
+        .unwrap();
+    let b = start(RelayConfig::for_tests(tmp(root.path(), "b")))
+        .await
+        .unwrap();
+    // A relay that is never up: B keeps failing to reach it.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("ws://{}", l.local_addr().unwrap())
+    };
+
+    // A repo on both A and B, its events on A: B syncs them.
+    let repo = Repo {
+        keys: Keys::generate(),
+        d: "status-demo".into(),
+    };
+    let ann = repo.announcement(&[a.url(), b.url(), dead.clone()], &daemon.url());
+    let _ = publish(&a.url(), &ann).await;
+    let _ = publish(&b.url(), &ann).await;
+    wait_served(&a, &[ann.id], "A accepts the announcement").await;
+    wait_served(&b, &[ann.id], "B accepts the announcement").await;
+    let state = repo.state(&main_tip, &pr_tip);
+    let issue = repo.issue("an issue B syncs from A");
+    for e in [&state, &issue] {
+        publish_ok(&a.url(), e).await;
+    }
+    wait_served(&b, &[state.id, issue.id], "B syncs the state and issue").await;
+
+    // An announcement whose git data exists nowhere: held in B's purgatory.
+    let orphan = Repo {
+        keys: Keys::generate(),
+        d: "no-data-yet".into(),
+    };
+    let missing = format!("{}/missing.git", daemon.url().rsplit_once('/').unwrap().0);
+    let held = orphan.announcement(&[b.url(), a.url()], &missing);
+    let answer = publish(&b.url(), &held).await;
+    assert!(answer.is_err_and(|r| r.contains("held in purgatory")));
+
+    // Wait until the dead relay has failed at least once (its error shows).
+    wait_until("B records the dead relay's failure", WAIT, || async {
+        b.status().await["sync"]["relays"]
+            .as_array()
+            .is_some_and(|rs| {
+                rs.iter()
+                    .any(|r| r["relay"] == dead.as_str() && !r["last_error"].is_null())
+            })
+    })
+    .await;
+
+    let profile = tmp(root.path(), "chromium-profile");
+    // A browser asking for `/` gets the page; the DOM is read after it rendered.
+    let dom = run_chromium(
+        &browser,
+        &profile,
+        &["--dump-dom".into(), format!("{}/", b.http_url())],
+    );
+    let table = |id: &str| -> String {
+        let start = dom
+            .find(&format!("<table id=\"{id}\""))
+            .unwrap_or_else(|| panic!("no table {id} in the rendered page:\n{dom}"));
+        let end = dom[start..].find("</table>").unwrap() + start;
+        dom[start..end].to_owned()
+    };
+    let relays = table("relays");
+    assert!(relays.contains(&a.url()), "A listed: {relays}");
+    assert!(relays.contains(&dead), "the dead relay listed: {relays}");
+    let dead_row = relays.split("<tr").find(|row| row.contains(&dead)).unwrap();
+    assert!(
+        dead_row.contains("class=\"bad\""),
+        "its failure is flagged: {dead_row}"
+    );
+    assert!(
+        dead_row.contains(">in "),
+        "its next retry is shown: {dead_row}"
+    );
+    let repos = table("repos");
+    let synced_row = repos
+        .split("<tr")
+        .find(|row| row.contains("status-demo"))
+        .unwrap_or_else(|| panic!("the synced repo listed: {repos}"));
+    assert!(synced_row.contains("Full"), "{synced_row}");
+    assert!(
+        synced_row.contains("1 of 2"),
+        "confirmed on A, not the dead relay: {synced_row}"
+    );
+    assert!(
+        repos.contains("no-data-yet") && repos.contains("StateOnly"),
+        "{repos}"
+    );
+    let purgatory = table("purgatory");
+    assert!(purgatory.contains("no-data-yet"), "{purgatory}");
+    assert!(purgatory.contains("any git data from"), "{purgatory}");
+    assert!(purgatory.contains("missing.git"), "{purgatory}");
+    assert!(purgatory.contains("a user"), "{purgatory}");
+    let summary = table("summary");
+    assert!(summary.contains("events synced"), "{summary}");
+
+    // And a screenshot for a human to look at.
+    let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
+    let _ = std::fs::remove_file(&shot);
+    run_chromium(
+        &browser,
+        &profile,
+        &[
+            format!("--screenshot={}", shot.display()),
+            "--window-size=1400,1000".into(),
+            format!("{}/status.html", b.http_url()),
+        ],
+    );
+    let png = std::fs::read(&shot).expect("screenshot written");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "a real screenshot"
+    );
+    eprintln!("status page screenshot: {}", shot.display());
+
+    b.shutdown().await.unwrap();
+    a.shutdown().await.unwrap();
+    drop(daemon);
+}

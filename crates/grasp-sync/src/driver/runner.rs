@@ -18,7 +18,8 @@ use super::executor::{ExecutorConfig, PoolExecutor};
 use super::metrics::SyncMetrics;
 use super::nip11::fetch_nip11;
 use crate::engine::{
-    Command, EngineMetrics, IngestOutcome, Input, RelayStatusSnapshot, SyncConfig, SyncEngine,
+    Command, EngineMetrics, IngestOutcome, Input, RelayStatusSnapshot, RepoStatusSnapshot,
+    SyncConfig, SyncEngine,
 };
 use crate::filters::RelayLimits;
 use crate::health::HealthState;
@@ -134,6 +135,7 @@ pub struct DriverStatus {
 enum Control {
     Accepted(Box<Event>),
     Status(oneshot::Sender<DriverStatus>),
+    RepoStatus(usize, oneshot::Sender<Vec<RepoStatusSnapshot>>),
     Shutdown(oneshot::Sender<Result<(), DriverError>>),
 }
 
@@ -156,6 +158,16 @@ impl SyncHandle {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Control::Status(tx))
+            .map_err(|_| DriverError::Stopped)?;
+        rx.await.map_err(|_| DriverError::Stopped)
+    }
+
+    /// Up to `limit` repos, in order, with their sync level and how many of their relays
+    /// confirmed them: what a status page lists (bounded, as a relay may hold 100k).
+    pub async fn repo_status(&self, limit: usize) -> Result<Vec<RepoStatusSnapshot>, DriverError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Control::RepoStatus(limit, tx))
             .map_err(|_| DriverError::Stopped)?;
         rx.await.map_err(|_| DriverError::Stopped)
     }
@@ -358,6 +370,9 @@ impl Driver {
                     Some(Control::Accepted(event)) => self.feed(Input::Accepted { event }),
                     Some(Control::Status(reply)) => {
                         let _ = reply.send(self.status());
+                    }
+                    Some(Control::RepoStatus(limit, reply)) => {
+                        let _ = reply.send(self.engine.repo_status(limit));
                     }
                     Some(Control::Shutdown(reply)) => {
                         let result = self.stop(&mut side).await;

@@ -26,7 +26,8 @@ pub use config::SyncConfig;
 pub use conn::NegentropySupport;
 pub use io::{Command, IngestOutcome, Input, NegentropyFailure, SubscriptionMode};
 pub use state::{
-    EngineMetrics, PersistedRelay, PersistedRepo, RelayStatusSnapshot, SyncStateSnapshot,
+    EngineMetrics, PersistedRelay, PersistedRepo, RelayStatusSnapshot, RepoStatusSnapshot,
+    SyncStateSnapshot,
 };
 
 use crate::filters::RelayLimits;
@@ -360,7 +361,33 @@ impl SyncEngine {
                     negentropy: conn.map_or(NegentropySupport::Unknown, |c| c.negentropy),
                     last_error: conn.and_then(|c| c.last_error.clone()),
                     historic_sync_completed: state.historic_sync_completed,
+                    next_retry: conn
+                        .map(|c| c.health.next_attempt_at(now))
+                        .filter(|at| *at > now),
                 }
+            })
+            .collect()
+    }
+
+    /// Up to `limit` repos, in order, with how far each is synced (for status pages).
+    pub fn repo_status(&self, limit: usize) -> Vec<RepoStatusSnapshot> {
+        self.repos
+            .iter()
+            .take(limit)
+            .map(|(repo, needs)| RepoStatusSnapshot {
+                repo: repo.clone(),
+                sync_level: needs.sync_level,
+                relays: needs.relays.len(),
+                confirmed_on: needs
+                    .relays
+                    .iter()
+                    .filter(|r| {
+                        self.relays
+                            .get(r)
+                            .is_some_and(|s| s.confirmed.repos.contains_key(repo))
+                    })
+                    .count(),
+                root_events: needs.root_events.len(),
             })
             .collect()
     }

@@ -99,6 +99,24 @@ pub struct RelayStatusSnapshot {
     /// Why the last connect attempt failed (a policy refusal names the address and its
     /// range); cleared by a successful connect.
     pub last_error: Option<String>,
+    /// When the next connect attempt is due, while disconnected and waiting out a
+    /// backoff, a rate-limit cooldown or the dead-relay interval.
+    pub next_retry: Option<WallTime>,
+}
+
+/// One repo as the host's status page shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RepoStatusSnapshot {
+    /// The repo.
+    pub repo: RepoRef,
+    /// `Full` (accepted) or `StateOnly` (announcement held in purgatory).
+    pub sync_level: SyncLevel,
+    /// Relays its announcement lists (ours excluded).
+    pub relays: usize,
+    /// Of those, the relays that confirmed its layer-2 sync (its state for `StateOnly`).
+    pub confirmed_on: usize,
+    /// Root events (patches, PRs, issues) known for it.
+    pub root_events: usize,
 }
 
 /// A repo as persisted.

@@ -7,12 +7,13 @@ use async_trait::async_trait;
 use nostr::filter::MatchEventOptions;
 use nostr::{Event, EventId, Filter, Timestamp};
 
-use super::{EventStore, Ingestion, PortError, SyncStateStore};
+use super::{EventStore, Ingestion, PortError, PurgatoryView, SyncStateStore};
 use crate::engine::{IngestOutcome, SyncStateSnapshot};
 use crate::model::RelayUrl;
 
-/// Events in a map, plus the ids refused. Accepts every event it is handed (a host with
-/// a policy wraps or replaces it); refused ids can be added for the have-set.
+/// Events in a map, plus the ids refused: both the [`EventStore`] and the [`Ingestion`]
+/// port (pass the same `Arc` twice). Accepts every event it is handed (a host with a
+/// policy wraps or replaces it); refused ids can be added for the have-set.
 #[derive(Debug, Default)]
 pub struct MemoryEventStore {
     inner: Mutex<MemoryInner>,
@@ -110,6 +111,51 @@ impl Ingestion for MemoryEventStore {
         }
         inner.events.insert(event.id, event);
         Ok(IngestOutcome::Accepted)
+    }
+}
+
+/// The announcements a host holds back until their git data arrives, in memory: a
+/// host without a purgatory uses it empty (every repo is synced in full), one with a
+/// purgatory keeps it in step with [`MemoryPurgatoryView::hold`] and
+/// [`MemoryPurgatoryView::release`].
+#[derive(Debug, Default)]
+pub struct MemoryPurgatoryView {
+    held: Mutex<BTreeMap<EventId, Event>>,
+}
+
+impl MemoryPurgatoryView {
+    /// Nothing held.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An announcement now waits for its git data (synced at state level meanwhile).
+    pub fn hold(&self, announcement: Event) {
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(announcement.id, announcement);
+    }
+
+    /// It left purgatory (accepted: tell the sync handle; or expired).
+    pub fn release(&self, id: &EventId) {
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(id);
+    }
+}
+
+#[async_trait]
+impl PurgatoryView for MemoryPurgatoryView {
+    async fn announcements(&self) -> Result<Vec<Event>, PortError> {
+        Ok(self
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect())
     }
 }
 

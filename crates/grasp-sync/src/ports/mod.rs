@@ -12,7 +12,7 @@ use crate::engine::IngestOutcome;
 use crate::engine::SyncStateSnapshot;
 use crate::model::{RelayUrl, WallTime};
 
-pub use memory::{AllowAllRelays, MemoryEventStore, MemorySyncStateStore};
+pub use memory::{AllowAllRelays, MemoryEventStore, MemoryPurgatoryView, MemorySyncStateStore};
 
 /// A port call that failed. Ports are the host's code; the library only needs to know
 /// that it failed and why, for logs.
