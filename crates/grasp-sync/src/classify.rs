@@ -6,6 +6,7 @@
 
 /// What a NOTICE or CLOSED message means for the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum RelaySignal {
     /// Too many subscriptions open ("too many concurrent REQs"): consolidate live
     /// subscriptions and send fewer REQs. Checked before rate limiting, because a relay

@@ -56,27 +56,22 @@ pub mod ports;
 pub mod targets;
 pub mod url_policy;
 
-pub use classify::{classify_closed, classify_notice, RelaySignal};
-pub use diff::{compute_actions, compute_actions_for_relay, Actions, AddFilters, RemoveItems};
+// The root holds what an embedder uses: the engine and its inputs and commands, its
+// configuration, the ports a host implements, the driver, URL and repository types,
+// errors. The algorithms (targets, diff, filters, pagination, health, classification)
+// stay in their modules, public for tests, benches and the curious.
 pub use engine::{
-    Command, IngestOutcome, Input, NegentropyFailure, SubscriptionMode, SyncConfig, SyncEngine,
-};
-pub use filters::{
-    build_sync_level_aware_filters, ids_filters, layer1_filters, live, repo_tag_filters,
-    root_event_tag_filters, split_into_reqs, state_filters, with_page, Nip11Limitation,
-    RelayLimits,
+    Command, IngestOutcome, Input, NegentropyFailure, RelayStatusSnapshot, RepoStatusSnapshot,
+    SubscriptionMode, SyncConfig, SyncEngine, SyncStateSnapshot,
 };
 #[cfg(feature = "git")]
 pub use git::{BareRepoLocator, GixFetcher, GixFetcherConfig};
-pub use git::{
-    FetchError, FetchReport, FetchWant, GitFetcher, HuntConfig, HuntEvent, HuntJob, HuntMetrics,
-    HuntRequest, HuntScheduler, InMemoryPurgatory, JobId, JobResult, Oid, OidError, Origin,
-    Purgatory, PurgatoryConfig, WaitKind, WaitingEvent, Want,
+pub use git::{FetchError, GitFetcher, Oid, OidError};
+pub use health::HealthConfig;
+pub use model::{
+    ConnectionStatus, RelayUrl, RelayUrlError, RepoRef, RepoRefError, SyncLevel, WallTime,
 };
-pub use health::{HealthConfig, HealthState, RelayHealth};
-pub use model::*;
-pub use pagination::{IncompleteReason, PageDecision, PageOutcome, PaginationConfig, Paginator};
-pub use targets::{derive_relay_targets, RelayTarget, RelayTargets};
+pub use ports::{EventStore, Ingestion, PortError, PurgatoryView, RelayUrlPolicy, SyncStateStore};
 pub use url_policy::{CloneUrl, UrlPolicy, UrlPolicyError};
 
 /// Installs rustls's *ring* provider as the process-level default `CryptoProvider`, unless

@@ -45,6 +45,7 @@ pub struct Announcement {
 
 /// Why an event could not be read as an announcement.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum AnnouncementError {
     /// Not kind 30617.
     #[error("not a repository announcement (kind {0})")]

@@ -33,6 +33,7 @@ impl Default for PaginationConfig {
 /// Why a paginated subscription may have missed events. Reported, never swallowed, so
 /// the batch can be marked failed and retried later.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum IncompleteReason {
     /// More events share `timestamp` than the relay returns in one page (even with the
     /// largest limit we ask); we moved on to older events without all of them.

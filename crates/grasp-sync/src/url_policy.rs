@@ -30,6 +30,7 @@ use crate::model::RelayUrl;
 
 /// Why a URL may not be contacted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum UrlPolicyError {
     /// The string is not a URL this crate understands.
     #[error("not a usable URL: {0:?}")]

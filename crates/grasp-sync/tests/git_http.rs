@@ -18,10 +18,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use grasp_sync::git::{
+    FetchWant, HuntConfig, HuntEvent, HuntRequest, HuntScheduler, Origin, WaitKind, Want,
+};
 use grasp_sync::{
-    BareRepoLocator, CloneUrl, FetchError, FetchWant, GitFetcher, GixFetcher, GixFetcherConfig,
-    HuntConfig, HuntEvent, HuntRequest, HuntScheduler, Oid, Origin, RepoRef, UrlPolicy,
-    UrlPolicyError, WaitKind, WallTime, Want,
+    BareRepoLocator, CloneUrl, FetchError, GitFetcher, GixFetcher, GixFetcherConfig, Oid, RepoRef,
+    UrlPolicy, UrlPolicyError, WallTime,
 };
 use nostr::EventId;
 

@@ -14,10 +14,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use grasp_sync::git::{
+    FetchWant, HuntConfig, HuntEvent, HuntJob, HuntRequest, HuntScheduler, JobResult, Origin,
+    WaitKind, Want,
+};
 use grasp_sync::{
-    BareRepoLocator, CloneUrl, FetchError, FetchWant, GitFetcher, GixFetcher, GixFetcherConfig,
-    HuntConfig, HuntEvent, HuntJob, HuntRequest, HuntScheduler, JobResult, Oid, Origin, RepoRef,
-    UrlPolicy, UrlPolicyError, WaitKind, WallTime, Want,
+    BareRepoLocator, CloneUrl, FetchError, GitFetcher, GixFetcher, GixFetcherConfig, Oid, RepoRef,
+    UrlPolicy, UrlPolicyError, WallTime,
 };
 use nostr::EventId;
 

@@ -5,10 +5,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use grasp_sync::{
-    CloneUrl, FetchError, FetchReport, HuntConfig, HuntEvent, HuntJob, HuntRequest, HuntScheduler,
-    Oid, Origin, RepoRef, WaitKind, WallTime, Want,
+use grasp_sync::git::{
+    FetchReport, HuntConfig, HuntEvent, HuntJob, HuntRequest, HuntScheduler, Origin, WaitKind, Want,
 };
+use grasp_sync::{CloneUrl, FetchError, Oid, RepoRef, WallTime};
 use nostr::EventId;
 use proptest::prelude::*;
 

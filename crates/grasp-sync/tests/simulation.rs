@@ -174,6 +174,7 @@ impl Host {
                 self.rejected.insert(event.id);
             }
             IngestOutcome::Duplicate | IngestOutcome::Failed => {}
+            other => unreachable!("the simulated host never answers {other:?}"),
         }
     }
 }

@@ -27,11 +27,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use grasp_sync::driver::{SyncHandle, SyncMetrics};
+use grasp_sync::git::{
+    HuntRequest, InMemoryPurgatory, Origin, Purgatory, PurgatoryConfig, WaitKind, WaitingEvent,
+    Want,
+};
 use grasp_sync::nip34::{self, parse_announcement};
 use grasp_sync::{
-    BareRepoLocator, CloneUrl, HuntRequest, InMemoryPurgatory, IngestOutcome, Oid, Origin,
-    Purgatory, PurgatoryConfig, RelayUrl, RepoRef, UrlPolicy, WaitKind, WaitingEvent, WallTime,
-    Want,
+    BareRepoLocator, CloneUrl, IngestOutcome, Oid, RelayUrl, RepoRef, UrlPolicy, WallTime,
 };
 use nostr::filter::MatchEventOptions;
 use nostr::{Event, EventId, Filter, Kind, Timestamp};

@@ -6,10 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use grasp_sync::git::fetch_blocking_task;
+use grasp_sync::git::{HuntEvent, HuntMetrics, HuntScheduler, JobId, JobResult};
 use grasp_sync::ports::{Clock, SystemClock};
-use grasp_sync::{
-    FetchError, GixFetcher, HuntEvent, HuntMetrics, HuntScheduler, JobId, JobResult, WallTime,
-};
+use grasp_sync::{FetchError, GixFetcher, WallTime};
 use tokio::sync::{mpsc, watch};
 
 use crate::host::{Host, HuntMsg};

@@ -27,10 +27,9 @@ use std::time::{Duration, Instant};
 
 pub use config::{Cli, ConfigError, RelayConfig, Storage};
 use grasp_sync::driver::{self, DriverOptions, DriverPorts, SyncHandle, SyncMetrics};
+use grasp_sync::git::{HuntConfig, HuntScheduler};
 use grasp_sync::ports::{MemorySyncStateStore, SyncStateStore};
-use grasp_sync::{
-    GixFetcher, GixFetcherConfig, HuntConfig, HuntScheduler, RelayUrl, RepoRef, SyncConfig,
-};
+use grasp_sync::{GixFetcher, GixFetcherConfig, RelayUrl, RepoRef, SyncConfig};
 use nostr::EventId;
 use nostr_database::{MemoryDatabase, MemoryDatabaseOptions, NostrDatabase};
 use nostr_relay_builder::builder::RateLimit;
@@ -205,7 +204,7 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
     let fetcher = Arc::new(GixFetcher::new(
         GixFetcherConfig::new(host.locator.clone()).with_policy(config.url_policy()),
     ));
-    let hunt_metrics = Arc::new(Mutex::new(grasp_sync::HuntMetrics::default()));
+    let hunt_metrics = Arc::new(Mutex::new(grasp_sync::git::HuntMetrics::default()));
     let mut tasks = vec![tokio::spawn(hunter::run(
         host.clone(),
         HuntScheduler::new(hunt_config),

@@ -11,7 +11,8 @@ use std::fmt::Write as _;
 
 use grasp_sync::driver::DriverStatus;
 use grasp_sync::engine::{NegentropySupport, RepoStatusSnapshot};
-use grasp_sync::{HuntMetrics, WaitKind, WaitingEvent, WallTime, Want};
+use grasp_sync::git::{HuntMetrics, WaitKind, WaitingEvent, Want};
+use grasp_sync::WallTime;
 
 use crate::host::HeldEvent;
 

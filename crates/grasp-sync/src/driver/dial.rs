@@ -68,6 +68,7 @@ pub const REFUSED_BY_POLICY: &str = "refused by the URL policy";
 
 /// Why a relay was not dialled, or the dial failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum DialError {
     /// The policy refuses an address the name resolves to (or the literal address).
     #[error("refused by the URL policy: {0}")]

@@ -83,6 +83,7 @@ impl Default for ExecutorConfig {
 /// when a command fails with [`ExecuteError::NotConnected`]), so the loop logs and goes
 /// on.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ExecuteError {
     /// `Ingest`, `ReadPurgatoryAnnouncements` and `PersistState` are for the host's
     /// ports, not for the relay pool: the driver loop carries them out.

@@ -12,7 +12,12 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::model::RelayUrl;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use crate::engine::{EngineMetrics, Input, RelayStatusSnapshot};
+use crate::health::HealthState;
+use crate::model::{RelayUrl, WallTime};
 
 /// The prefix used when the host does not choose one.
 pub const DEFAULT_PREFIX: &str = "grasp_sync_";
@@ -52,7 +57,7 @@ impl SyncMetrics {
     ///
     /// Counters are registered without their `_total` suffix because
     /// prometheus-client appends it; the gauges whose design names end in `_total`
-    /// (`relays_tracked_total`, ...) are registered with it.
+    /// (`relays_tracked`, ...) are registered with it.
     pub fn register(registry: &mut Registry, prefix: &str) -> Self {
         let m = Self::default();
         let name = |n: &str| format!("{prefix}{n}");
@@ -82,17 +87,17 @@ impl SyncMetrics {
             m.events_synced.clone(),
         );
         registry.register(
-            name("relays_tracked_total"),
+            name("relays_tracked"),
             "Relays known to sync",
             m.relays_tracked.clone(),
         );
         registry.register(
-            name("relays_connected_total"),
+            name("relays_connected"),
             "Relays with an open websocket",
             m.relays_connected.clone(),
         );
         registry.register(
-            name("relays_dead_total"),
+            name("relays_dead"),
             "Relays marked dead",
             m.relays_dead.clone(),
         );
@@ -193,6 +198,74 @@ fn to_i64(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// Keeps a [`SyncMetrics`] up to date from the driver loop: connection attempts as they
+/// happen, per-relay gauges from the engine's status at most once a second (the status
+/// walks every relay), and the events-synced counter from the engine's running total.
+pub(crate) struct MetricsReporter {
+    metrics: SyncMetrics,
+    refreshed_at: WallTime,
+    relays: BTreeSet<RelayUrl>,
+    accepted_reported: u64,
+}
+
+impl MetricsReporter {
+    pub(crate) fn new(metrics: SyncMetrics) -> Self {
+        Self {
+            metrics,
+            refreshed_at: WallTime::ZERO,
+            relays: BTreeSet::new(),
+            accepted_reported: 0,
+        }
+    }
+
+    /// Counts a connection attempt's result (`refused`: by the URL policy, not dialled).
+    pub(crate) fn record_connection(&self, input: &Input, refused: bool) {
+        match input {
+            Input::RelayConnected { .. } => self.metrics.record_connection_attempt("success"),
+            Input::RelayConnectFailed { .. } if refused => {
+                self.metrics.record_connection_attempt("refused")
+            }
+            Input::RelayConnectFailed { .. } => self.metrics.record_connection_attempt("failure"),
+            _ => {}
+        }
+    }
+
+    /// Refreshes the gauges from `status` (called only when a second has passed).
+    pub(crate) fn update(
+        &mut self,
+        now: WallTime,
+        status: impl FnOnce() -> Vec<RelayStatusSnapshot>,
+        engine: &EngineMetrics,
+    ) {
+        if now < self.refreshed_at + Duration::from_secs(1) {
+            return;
+        }
+        self.refreshed_at = now;
+        let status = status();
+        let current: BTreeSet<RelayUrl> = status.iter().map(|s| s.relay.clone()).collect();
+        for gone in self.relays.difference(&current) {
+            self.metrics.remove_relay(gone);
+        }
+        self.relays = current;
+        let mut connected = 0;
+        let mut dead = 0;
+        for s in &status {
+            self.metrics
+                .set_relay_connected(&s.relay, s.status.metric_value());
+            self.metrics
+                .set_relay_status(&s.relay, i64::from(s.health.metric_value()));
+            self.metrics.set_relay_failures(&s.relay, s.failures);
+            connected += usize::from(s.status.is_connected());
+            dead += usize::from(s.health == HealthState::Dead);
+        }
+        self.metrics.set_relay_totals(status.len(), connected, dead);
+        let accepted = engine.events_accepted;
+        self.metrics
+            .add_events_synced(accepted.saturating_sub(self.accepted_reported));
+        self.accepted_reported = accepted;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,9 +298,9 @@ mod tests {
             "grasp_sync_relay_status{relay=\"wss://relay.example.com\"} 1",
             "grasp_sync_relay_failures{relay=\"wss://relay.example.com\"} 2",
             "grasp_sync_events_synced_total 7",
-            "grasp_sync_relays_tracked_total 5",
-            "grasp_sync_relays_connected_total 4",
-            "grasp_sync_relays_dead_total 1",
+            "grasp_sync_relays_tracked 5",
+            "grasp_sync_relays_connected 4",
+            "grasp_sync_relays_dead 1",
             "grasp_sync_hunts_total{result=\"found\"} 1",
             "grasp_sync_purgatory_waiting 9",
         ] {

@@ -6,7 +6,8 @@
 //! - [`nip11`]: fetches a relay's NIP-11 document (for its limits).
 //! - [`dial`]: every relay connection resolved once, checked address by address with
 //!   the relay policy, and pinned to a checked address.
-//! - [`metrics`]: the Prometheus metrics of the design, registered in the host's registry.
+//! - `metrics` (feature `metrics`): the Prometheus metrics of the design, registered in
+//!   the host's registry.
 //!
 //! The loop around them (sketch; the engine decides, the loop only moves data):
 //!
@@ -35,12 +36,14 @@
 
 pub mod dial;
 pub mod executor;
+#[cfg(feature = "metrics")]
 pub mod metrics;
 pub mod nip11;
 mod runner;
 
 pub use dial::{DialError, Dialer, PinnedTransport, Resolver, SystemResolver};
 pub use executor::{ExecuteError, ExecutorConfig, PoolExecutor};
+#[cfg(feature = "metrics")]
 pub use metrics::SyncMetrics;
 pub use nip11::{fetch_nip11, Nip11Error};
 pub use runner::{start, DriverError, DriverOptions, DriverPorts, DriverStatus, SyncHandle};

@@ -26,6 +26,7 @@ pub const MAX_RESPONSE_BYTES: usize = 256 * 1024;
 
 /// Why a NIP-11 document could not be had.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Nip11Error {
     /// The relay URL did not give a usable HTTP URL.
     #[error("cannot derive an HTTP URL from {0}")]

@@ -15,14 +15,14 @@ use tracing::Instrument;
 
 use super::dial::{Dialer, Resolver, SystemResolver, REFUSED_BY_POLICY};
 use super::executor::{ExecutorConfig, PoolExecutor};
-use super::metrics::SyncMetrics;
+#[cfg(feature = "metrics")]
+use super::metrics::{MetricsReporter, SyncMetrics};
 use super::nip11::fetch_nip11;
 use crate::engine::{
     Command, EngineMetrics, IngestOutcome, Input, RelayStatusSnapshot, RepoStatusSnapshot,
     SyncConfig, SyncEngine,
 };
 use crate::filters::RelayLimits;
-use crate::health::HealthState;
 use crate::model::{RelayUrl, WallTime};
 use crate::nip34;
 use crate::ports::{
@@ -75,7 +75,8 @@ pub struct DriverOptions {
     /// Fetch each relay's NIP-11 document for its limits (on by default via
     /// [`DriverOptions::new`]).
     pub fetch_nip11: bool,
-    /// Metrics to keep up to date, if the host exposes them.
+    /// Metrics to keep up to date, if the host exposes them (feature `metrics`).
+    #[cfg(feature = "metrics")]
     pub metrics: Option<SyncMetrics>,
     /// Seed of the daily-sync jitter; 0 takes one from the clock.
     pub seed: u64,
@@ -110,6 +111,7 @@ impl DriverOptions {
 
 /// Why the driver could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum DriverError {
     /// A port failed (loading or saving sync state).
     #[error(transparent)]
@@ -262,16 +264,15 @@ pub async fn start(
         engine,
         exec,
         ports,
-        options,
         side_tx,
         dialer,
         inputs_seen_until: now,
         ingest_tx: Some(ingest_tx),
         ingest_task: Some(ingest_task),
         nip11_asked: BTreeSet::new(),
-        events_accepted_reported: 0,
-        metrics_at: WallTime::ZERO,
-        metric_relays: BTreeSet::new(),
+        #[cfg(feature = "metrics")]
+        reporter: options.metrics.clone().map(MetricsReporter::new),
+        options,
     };
     let task = tokio::spawn(
         driver
@@ -303,10 +304,8 @@ struct Driver {
     ingest_tx: Option<mpsc::Sender<(RelayUrl, Box<Event>)>>,
     ingest_task: Option<JoinHandle<()>>,
     nip11_asked: BTreeSet<RelayUrl>,
-    events_accepted_reported: u64,
-    /// Metrics are refreshed at most once a second: status walks every relay.
-    metrics_at: WallTime,
-    metric_relays: BTreeSet<RelayUrl>,
+    #[cfg(feature = "metrics")]
+    reporter: Option<MetricsReporter>,
 }
 
 /// Hands synced events to the host one at a time, in the engine's order (announcements
@@ -352,7 +351,11 @@ impl Driver {
     ) {
         loop {
             self.carry_out_commands().await;
-            self.update_metrics();
+            #[cfg(feature = "metrics")]
+            if let Some(reporter) = &mut self.reporter {
+                let now = self.ports.clock.now();
+                reporter.update(now, || self.engine.status(now), self.engine.metrics());
+            }
             let now = self.ports.clock.now();
             if inputs.is_empty() {
                 // Every relay message that arrived before now has been fed.
@@ -401,16 +404,12 @@ impl Driver {
             }
             _ => false,
         };
-        if let Some(metrics) = &self.options.metrics {
-            match &input {
-                Input::RelayConnected { .. } => metrics.record_connection_attempt("success"),
-                Input::RelayConnectFailed { .. } if refused => {
-                    metrics.record_connection_attempt("refused")
-                }
-                Input::RelayConnectFailed { .. } => metrics.record_connection_attempt("failure"),
-                _ => {}
-            }
+        #[cfg(feature = "metrics")]
+        if let Some(reporter) = &self.reporter {
+            reporter.record_connection(&input, refused);
         }
+        #[cfg(not(feature = "metrics"))]
+        let _ = refused;
         let now = self.ports.clock.now();
         self.engine.handle_input(now, input);
     }
@@ -562,35 +561,5 @@ impl Driver {
             repos: self.engine.repo_index().len(),
             lagged_messages: self.exec.lagged_messages(),
         }
-    }
-
-    fn update_metrics(&mut self) {
-        let Some(metrics) = &self.options.metrics else {
-            return;
-        };
-        let now: WallTime = self.ports.clock.now();
-        if now < self.metrics_at + Duration::from_secs(1) {
-            return;
-        }
-        self.metrics_at = now;
-        let status = self.engine.status(now);
-        let current: BTreeSet<RelayUrl> = status.iter().map(|s| s.relay.clone()).collect();
-        for gone in self.metric_relays.difference(&current) {
-            metrics.remove_relay(gone);
-        }
-        self.metric_relays = current;
-        let mut connected = 0;
-        let mut dead = 0;
-        for s in &status {
-            metrics.set_relay_connected(&s.relay, s.status.metric_value());
-            metrics.set_relay_status(&s.relay, i64::from(s.health.metric_value()));
-            metrics.set_relay_failures(&s.relay, s.failures);
-            connected += usize::from(s.status.is_connected());
-            dead += usize::from(s.health == HealthState::Dead);
-        }
-        metrics.set_relay_totals(status.len(), connected, dead);
-        let accepted = self.engine.metrics().events_accepted;
-        metrics.add_events_synced(accepted.saturating_sub(self.events_accepted_reported));
-        self.events_accepted_reported = accepted;
     }
 }

@@ -9,6 +9,7 @@ use crate::model::RelayUrl;
 /// Something that happened, fed to [`super::SyncEngine::handle_input`] with the time it
 /// happened.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum Input {
     /// The websocket to `relay` is up.
     RelayConnected {
@@ -115,6 +116,7 @@ pub enum Input {
 /// Why a negentropy session failed. Every variant makes the engine fall back to
 /// REQ+EOSE; `Unsupported` also makes it stop trying negentropy on this connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum NegentropyFailure {
     /// The relay does not speak NIP-77 (NOTICE on NEG-OPEN, CLOSED, unknown command).
     Unsupported,
@@ -131,6 +133,7 @@ pub enum NegentropyFailure {
 /// survive a crash (stored, or written to a durable purgatory). The engine confirms a
 /// batch only when each of its events has a durable verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum IngestOutcome {
     /// Stored and served: counts as synced.
     Accepted,
@@ -159,6 +162,7 @@ pub enum SubscriptionMode {
 /// carried out in order too (announcements are handed over before the events that
 /// depend on them).
 #[derive(Debug, Clone, PartialEq)]
+// Deliberately exhaustive: a driver must carry out every command, so a new one is meant to break its `match`.
 pub enum Command {
     /// Open a websocket (the driver applies its connection timeout).
     Connect {

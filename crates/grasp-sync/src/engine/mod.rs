@@ -261,11 +261,13 @@ impl SyncEngine {
     }
 
     /// The next command to carry out, in order.
+    #[must_use]
     pub fn poll_command(&mut self) -> Option<Command> {
         self.commands.pop_front()
     }
 
     /// When the engine next wants `handle_timeout` called.
+    #[must_use]
     pub fn poll_timeout(&self) -> WallTime {
         let mut next = self.check_due.min(self.purgatory_due);
         if let Some(t) = self.flush_at {

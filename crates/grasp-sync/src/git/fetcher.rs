@@ -56,6 +56,7 @@ pub struct FetchReport {
 /// Why a fetch failed as a whole. A server that lacks some objects is *not* an error:
 /// the report simply omits them.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum FetchError {
     /// The URL policy refused the URL (before any connection).
     #[error("refused by URL policy: {0}")]

@@ -10,6 +10,7 @@ use std::str::FromStr;
 
 /// Why a string is not an object id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum OidError {
     /// Not 40 hexadecimal characters.
     #[error("object id must be 40 hex characters, got {0:?}")]

@@ -59,6 +59,7 @@ pub trait Purgatory {
 
 /// Why an event was not admitted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PurgatoryError {
     /// The event expired here before.
     #[error("event {0} expired in purgatory before")]

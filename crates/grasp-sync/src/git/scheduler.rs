@@ -165,6 +165,7 @@ pub type JobResult = Result<FetchReport, FetchError>;
 
 /// What the hunt concluded about waiting events.
 #[derive(Debug, Clone, PartialEq, Eq)]
+// Deliberately exhaustive: a host must act on every hunt event, so a new one is meant to break its `match`.
 pub enum HuntEvent {
     /// The data these events need is present: release them from purgatory.
     Satisfied {
@@ -403,6 +404,7 @@ impl HuntScheduler {
 
     /// Expires events past their deadline, starts rounds that are due, and returns the
     /// fetch jobs to start now within the per-host limits.
+    #[must_use]
     pub fn poll_jobs(&mut self, now: WallTime) -> Vec<HuntJob> {
         self.expire(now);
         while let Some((t, repo)) = self.due.first().cloned() {
@@ -418,6 +420,7 @@ impl HuntScheduler {
     /// The next instant [`poll_jobs`](Self::poll_jobs) has work to do without any other
     /// input: a round falling due, an event expiring, or a rate-limited host's window
     /// reopening. `None` means: only new inputs can create work.
+    #[must_use]
     pub fn poll_timeout(&self) -> Option<WallTime> {
         let mut t = self.due.first().map(|(t, _)| *t);
         if let Some((e, _)) = self.expiry.first() {
@@ -438,6 +441,7 @@ impl HuntScheduler {
     }
 
     /// The next outcome to act on (release or give up), if any.
+    #[must_use]
     pub fn poll_event(&mut self) -> Option<HuntEvent> {
         self.events.pop_front()
     }

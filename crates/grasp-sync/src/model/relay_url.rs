@@ -10,6 +10,7 @@ use nostr::Url;
 
 /// Why a string is not a usable relay URL.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RelayUrlError {
     /// The string is not a URL at all.
     #[error("not a URL: {0:?}")]

@@ -13,6 +13,7 @@ pub const REPO_ANNOUNCEMENT_KIND: u16 = 30617;
 
 /// Why a string is not a repo ref.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RepoRefError {
     /// The string does not have the three `:`-separated parts.
     #[error("repo ref must be `30617:<pubkey>:<identifier>`, got {0:?}")]
