@@ -155,7 +155,9 @@ pub struct Cli {
     )]
     pub bootstrap_relays: Vec<String>,
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `grasp_sync=debug,info`.
-    #[arg(long, env = "GRASP_RELAY_LOG", default_value = "info")]
+    /// The default keeps LMDB's set-up chatter (a "migration" on every fresh directory)
+    /// out.
+    #[arg(long, env = "GRASP_RELAY_LOG", default_value = "info,nostr_lmdb=warn")]
     pub log_level: String,
     /// Allow private and loopback addresses for relays and clone URLs (local testing).
     #[arg(long, env = "GRASP_RELAY_ALLOW_PRIVATE_URLS")]

@@ -15,13 +15,44 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use nostr::{ClientMessage, JsonUtil, RelayMessage, SubscriptionId};
 use nostr_relay_builder::LocalRelay;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
+
+/// A relay that stops (shutdown, or the relay side ending) says so to the client with a
+/// close frame (1001 "going away") and waits a moment for the answer, so peers see a
+/// normal close, not a connection reset.
+async fn going_away<C>(
+    mut from_client: SplitStream<WebSocketStream<C>>,
+    mut to_client: SplitSink<WebSocketStream<C>, Message>,
+) where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let close = Message::Close(Some(CloseFrame {
+        code: CloseCode::Away,
+        reason: "relay shutting down".into(),
+    }));
+    if to_client.send(close).await.is_ok() {
+        let _ = tokio::time::timeout(CLOSE_WAIT, async {
+            while let Some(Ok(msg)) = from_client.next().await {
+                if msg.is_close() {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// How long a closing relay waits for a client to answer its close frame.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// The caps, each with its default (see docs/security.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,6 +195,7 @@ impl Gate {
         addr: SocketAddr,
         relay: LocalRelay,
         _slot: Slot,
+        stop: watch::Receiver<bool>,
     ) -> std::io::Result<()>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -177,7 +209,7 @@ impl Gate {
             let _ = relay.take_connection(inner_relay_end, addr).await;
         });
         let inner = WebSocketStream::from_raw_socket(inner_client_end, Role::Client, None).await;
-        let result = self.pump(client, inner, addr.ip()).await;
+        let result = self.pump(client, inner, addr.ip(), stop).await;
         relay_task.abort();
         result
     }
@@ -187,6 +219,7 @@ impl Gate {
         client: WebSocketStream<C>,
         inner: WebSocketStream<R>,
         ip: IpAddr,
+        mut stop: watch::Receiver<bool>,
     ) -> std::io::Result<()>
     where
         C: AsyncRead + AsyncWrite + Unpin,
@@ -196,8 +229,17 @@ impl Gate {
         let (mut to_relay, mut from_relay) = inner.split();
         let mut subs: HashSet<SubscriptionId> = HashSet::new();
         let io = |e: tokio_tungstenite::tungstenite::Error| std::io::Error::other(e.to_string());
+        if *stop.borrow() {
+            going_away(from_client, to_client).await;
+            return Ok(());
+        }
         loop {
             tokio::select! {
+                _ = stop.changed() => {
+                    let _ = to_relay.send(Message::Close(None)).await;
+                    going_away(from_client, to_client).await;
+                    return Ok(());
+                }
                 msg = from_client.next() => {
                     let text = match msg {
                         Some(Ok(Message::Text(t))) => t,
@@ -242,9 +284,15 @@ impl Gate {
                         };
                         to_client.send(Message::Text(t)).await.map_err(io)?;
                     }
-                    Some(Ok(Message::Close(_))) | None => return Ok(()),
+                    Some(Ok(Message::Close(_))) | None => {
+                        going_away(from_client, to_client).await;
+                        return Ok(());
+                    }
                     Some(Ok(_)) => {}
-                    Some(Err(e)) => return Err(io(e)),
+                    Some(Err(e)) => {
+                        going_away(from_client, to_client).await;
+                        return Err(io(e));
+                    }
                 },
             }
         }

@@ -36,9 +36,12 @@ pub struct HttpCtx {
     pub started: Instant,
     /// Connection and message caps (every websocket goes through it).
     pub gate: Arc<Gate>,
+    /// Flips at shutdown: open websockets close with 1001 "going away".
+    pub stop: watch::Receiver<bool>,
 }
 
-/// Accepts connections until `stop` flips; then aborts the open ones.
+/// Accepts connections until `stop` flips; then gives the open ones [`CLOSE_GRACE`] to
+/// close (websockets send their close frame) and aborts the rest.
 pub async fn serve(listener: TcpListener, ctx: Arc<HttpCtx>, mut stop: watch::Receiver<bool>) {
     let mut conns = JoinSet::new();
     loop {
@@ -61,8 +64,15 @@ pub async fn serve(listener: TcpListener, ctx: Arc<HttpCtx>, mut stop: watch::Re
             _ = stop.changed() => break,
         }
     }
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
     conns.shutdown().await;
 }
+
+/// How long shutdown waits for open connections to close cleanly.
+const CLOSE_GRACE: Duration = Duration::from_secs(3);
 
 async fn read_head(
     reader: &mut BufReader<TcpStream>,
@@ -129,7 +139,11 @@ async fn handle(stream: TcpStream, addr: SocketAddr, ctx: Arc<HttpCtx>) -> std::
         let Some(relay) = ctx.host.relay.get().cloned() else {
             return Ok(());
         };
-        return ctx.gate.clone().serve(reader, addr, relay, slot).await;
+        return ctx
+            .gate
+            .clone()
+            .serve(reader, addr, relay, slot, ctx.stop.clone())
+            .await;
     }
     if method != "GET" && method != "HEAD" {
         return respond(reader.get_mut(), 405, "text/plain", b"method not allowed").await;

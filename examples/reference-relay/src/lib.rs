@@ -142,7 +142,7 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
         held_store,
         hunt_tx,
     ));
-    let repos = host.load_repos().await.map_err(RelayError::Database)?;
+    let accepted_repos = host.load_repos().await.map_err(RelayError::Database)?;
 
     // The nostr relay, served through our own accept loop (see http.rs).
     let builder = RelayBuilder::default()
@@ -222,6 +222,7 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
         hunt: hunt_metrics,
         started: Instant::now(),
         gate: gate::Gate::new(config.caps),
+        stop: stop_rx.clone(),
     });
     tasks.push(tokio::spawn(http::serve(
         listener,
@@ -239,7 +240,8 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
         http = %format!("http://{local_addr}"),
         data = %config.data_dir.display(),
         storage = ?config.storage,
-        repos,
+        accepted_repos,
+        held_events = host.held_events().len(),
         "relay listening"
     );
     Ok(RunningRelay {
@@ -258,7 +260,6 @@ pub fn nip11_document(config: &RelayConfig) -> serde_json::Value {
     serde_json::json!({
         "name": "grasp-reference-relay",
         "description": "A GRASP relay for Nostr git repositories, with GRASP-02 proactive sync (grasp-sync reference relay).",
-        "software": "https://example.invalid/grasp-sync",
         "version": env!("CARGO_PKG_VERSION"),
         "supported_nips": [1, 11, 34, 77],
         "supported_grasps": ["GRASP-01", "GRASP-02"],

@@ -145,7 +145,19 @@ fn relays(h: &mut String, s: &DriverStatus, now: WallTime) {
             esc(r.last_error.as_deref().unwrap_or("")),
         );
     }
+    if s.relays.is_empty() {
+        none_row(
+            h,
+            9,
+            "none yet: remote relays come from accepted announcements and bootstrap relays",
+        );
+    }
     h.push_str("</table>");
+}
+
+/// The one row of an empty table, saying why it is empty.
+fn none_row(h: &mut String, columns: usize, why: &str) {
+    let _ = write!(h, "<tr><td colspan=\"{columns}\">{}</td></tr>", esc(why));
 }
 
 fn repos(h: &mut String, total: usize, list: &[RepoStatusSnapshot]) {
@@ -170,6 +182,13 @@ fn repos(h: &mut String, total: usize, list: &[RepoStatusSnapshot]) {
             r.relays,
             r.root_events,
             owner = r.repo.pubkey_hex(),
+        );
+    }
+    if list.is_empty() {
+        none_row(
+            h,
+            5,
+            "none yet: a repo is synced once this relay accepts or holds its announcement",
         );
     }
     h.push_str("</table>");
@@ -225,6 +244,9 @@ fn held(h: &mut String, d: &PageData<'_>) {
             esc(&why),
             id = e.event.id.to_hex(),
         );
+    }
+    if d.held.is_empty() {
+        none_row(h, 6, "nothing waits for git data");
     }
     h.push_str("</table>");
 }

@@ -329,3 +329,33 @@ async fn caps_connections_in_total_are_refused_over_the_cap() {
     }
     relay.shutdown().await.unwrap();
 }
+
+/// A relay shutting down closes its websockets with 1001 "going away", not a reset: a
+/// peer's sync (nostr-relay-pool) logs a reset as an ERROR.
+#[tokio::test]
+async fn caps_shutdown_closes_websockets_with_going_away() {
+    let (relay, _dir) = relay().await;
+    let mut ws = client(&relay).await;
+    send(&mut ws, json!(["REQ", "live", {"kinds": [1]}])).await;
+    assert_eq!(next(&mut ws).await, Some(json!(["EOSE", "live"])));
+    let stopping = tokio::spawn(relay.shutdown());
+    let frame = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => break Ok(frame),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => break Err(e.to_string()),
+                None => break Err("ended without a close frame".into()),
+            }
+        }
+    })
+    .await
+    .expect("the relay closes within 10 s");
+    let frame = frame
+        .expect("a close frame, not a reset")
+        .expect("with a code");
+    assert_eq!(u16::from(frame.code), 1001, "going away: {frame:?}");
+    // Answer it, as a client does; the relay then stops cleanly.
+    let _ = ws.close(None).await;
+    stopping.await.unwrap().expect("clean shutdown");
+}

@@ -377,10 +377,17 @@ async fn http_endpoints_answer() {
         serde_json::json!(["GRASP-01", "GRASP-02"])
     );
     assert_eq!(body["supported_nips"], serde_json::json!([1, 11, 34, 77]));
+    assert!(body.get("software").is_none(), "no placeholder URL: {body}");
     let metrics = get("/metrics", "*/*").await;
     assert!(metrics.contains("grasp_sync_events_synced"), "{metrics}");
     let status = get("/status", "*/*").await;
     assert!(status.contains("\"purgatory\""), "{status}");
+    // A fresh relay's status page says why each table is empty.
+    let page = get("/", "text/html").await;
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(page.contains("none yet: remote relays come from"), "{page}");
+    assert!(page.contains("none yet: a repo is synced once"), "{page}");
+    assert!(page.contains("nothing waits for git data"), "{page}");
     a.shutdown().await.unwrap();
 }
 
