@@ -18,8 +18,19 @@
 //! Without the `tokio` feature, drive the sans-IO [`SyncEngine`] yourself:
 //! `handle_input`, `handle_timeout`, `poll_command`, `poll_timeout`.
 //!
-//! The repository's `docs/architecture.md` says where things live and why;
-//! `docs/grasp-02-sync-design.md` has every rule and constant.
+//! # Where things live
+//!
+//! - [`engine`]: the sans-IO state machine ([`SyncEngine`]): what to ask which relay,
+//!   when, and what counts as synced.
+//! - [`ports`]: the traits the host implements, and in-memory versions.
+//! - `driver` (feature `tokio`): runs the engine on tokio and nostr-relay-pool.
+//! - [`git`]: hunting git data for held events; `GixFetcher` (feature `git`).
+//! - [`model`], [`targets`], [`diff`], [`filters`], [`pagination`], [`health`],
+//!   [`classify`], [`nip34`], [`url_policy`]: the data model and the algorithms the
+//!   engine is built from, one concern each.
+//!
+//! The source repository's `docs/` folder has the architecture, the GRASP-02 sync
+//! design with every rule and constant, and the security notes.
 //!
 //! # TLS: install the crypto provider at start-up
 //!

@@ -172,8 +172,18 @@ impl Paginator {
         }
 
         let ignores_until = until_asked.is_some_and(|u| page.iter().any(|(_, t)| *t > u));
+        let ceiling = self
+            .known_cap
+            .map_or(self.config.max_limit, |c| c.min(self.config.max_limit));
         if ignores_until {
             if new_ids.is_empty() {
+                // The same newest page again: on such a relay only a larger page reaches
+                // further back. Ask the largest it allows, once; whatever it still
+                // withholds is reported.
+                if n >= asked && asked < ceiling {
+                    let until = until_asked.map_or(oldest, |u| u.min(oldest));
+                    return self.next(new_ids, until, ceiling, None);
+                }
                 return self.finish(new_ids, Some(IncompleteReason::RelayIgnoresUntil));
             }
             // New ids despite ignoring `until` (events arriving meanwhile): keep going
@@ -195,9 +205,6 @@ impl Paginator {
         // Every event sits at the `until` asked: asking the same again returns the same
         // page. Get past the tie group: a larger limit if the page was full, else move
         // one second older.
-        let ceiling = self
-            .known_cap
-            .map_or(self.config.max_limit, |c| c.min(self.config.max_limit));
         if n >= asked && asked < ceiling {
             let doubled = asked.saturating_mul(2).min(ceiling);
             return self.next(new_ids, tie, doubled, None);
@@ -418,7 +425,7 @@ mod tests {
     }
 
     #[test]
-    fn relay_ignoring_until_is_reported() {
+    fn relay_ignoring_until_gets_one_larger_page_and_is_still_reported_without_a_known_cap() {
         let stamps: Vec<u64> = (0..100).collect();
         let r = run(
             &SimRelay::new(&stamps, 1000, false),
@@ -426,7 +433,36 @@ mod tests {
             None,
             PaginationConfig::default(),
         );
-        assert_eq!(r.collected.len(), 10);
+        assert_eq!(r.collected.len(), 100, "the larger page brought them all");
+        // Without a known cap, "fewer than asked" cannot prove there is nothing more.
+        assert_eq!(r.incomplete, vec![IncompleteReason::RelayIgnoresUntil]);
+    }
+
+    #[test]
+    fn relay_ignoring_until_is_paged_up_to_its_advertised_max_limit() {
+        // NIP-11 max_limit 5000, no cap at or below 500, `until` ignored: 1,200 events.
+        let stamps: Vec<u64> = (0..1200).collect();
+        let r = run(
+            &SimRelay::new(&stamps, 5000, false),
+            500,
+            Some(5000),
+            PaginationConfig::default(),
+        );
+        assert_eq!(r.collected.len(), 1200);
+        assert!(r.incomplete.is_empty(), "{:?}", r.incomplete);
+        assert!(r.pages <= 4, "pages: {}", r.pages);
+    }
+
+    #[test]
+    fn relay_ignoring_until_and_capping_below_the_larger_page_is_reported() {
+        let stamps: Vec<u64> = (0..1200).collect();
+        let r = run(
+            &SimRelay::new(&stamps, 500, false),
+            500,
+            None,
+            PaginationConfig::default(),
+        );
+        assert_eq!(r.collected.len(), 500);
         assert_eq!(r.incomplete, vec![IncompleteReason::RelayIgnoresUntil]);
     }
 

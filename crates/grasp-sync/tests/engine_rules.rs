@@ -946,6 +946,90 @@ fn r08_rate_limit_notice_holds_subscriptions_for_65_seconds() {
     assert_eq!(h.status(A), ConnectionStatus::Connected);
 }
 
+/// A history of more pages than a relay's REQ rate allows at once: every page after the
+/// first is refused once (CLOSED "rate-limited", or only a NOTICE naming nothing). Each
+/// refused page waits out the cooldown and is asked again *as it was* — same `until`,
+/// same `limit`, ids seen kept — not from the newest page; refusals count only in a row,
+/// so the history completes and nothing is reported failed.
+#[test]
+fn r08c_rate_limited_pages_resume_where_they_were_after_the_cooldown() {
+    let mut cfg = config();
+    cfg.default_limits.page_limit = 3;
+    let (mut h, k, repo) = with_repo(cfg, &[A]);
+    h.connect_and_settle(A);
+    let root = issue(&k, &repo, T0 - 10_000, "bug");
+    let cmds = accept_root(&mut h, &root);
+    let reqs = historic(&cmds, A);
+    let (mut sub, filter) = reqs
+        .iter()
+        .find(|(_, f)| kind_of(f) == "#e")
+        .unwrap()
+        .clone();
+    for (id, _) in reqs.iter().filter(|(id, _)| *id != sub) {
+        h.answer(A, id, &[]);
+    }
+    // 12 replies, newest first, 4 full pages of 3.
+    let replies: Vec<Event> = (0..12u64)
+        .map(|i| reply(&k, &root.id, T0 - 1000 - 10 * i, &format!("r{i}")))
+        .collect();
+    let mut ingested_total = 0;
+    let mut until: Option<Timestamp> = None;
+    for (n, page) in replies.chunks(3).enumerate() {
+        if n > 0 {
+            // The relay refuses this page once: by CLOSED on odd pages, NOTICE on even.
+            let refused = if n % 2 == 1 {
+                h.feed(Input::Closed {
+                    relay: url(A),
+                    subscription: sub.clone(),
+                    message: "rate-limited: slow down".into(),
+                })
+            } else {
+                let cmds = h.notice(A, "rate-limited: too many requests");
+                assert!(
+                    unsubscribes(&cmds, A).contains(&sub),
+                    "the unanswered REQ is taken as refused and closed: {cmds:?}"
+                );
+                cmds
+            };
+            assert!(historic(&refused, A).is_empty(), "not during the cooldown");
+            let cmds = h.advance(Duration::from_secs(60));
+            assert!(historic(&cmds, A).is_empty(), "not during the cooldown");
+            let cmds = h.advance(Duration::from_secs(10));
+            let again = historic(&cmds, A);
+            assert_eq!(again.len(), 1, "the refused page, once: {cmds:?}");
+            assert_eq!(
+                again[0].1,
+                filter.clone().remove_limit().until(until.unwrap()).limit(3),
+                "page {n} asked again where it was"
+            );
+            sub = again[0].0.clone();
+        }
+        let cmds = h.answer(A, &sub, page);
+        ingested_total += ingested(&cmds).len();
+        until = Some(page.last().unwrap().created_at);
+        let next = historic(&cmds, A);
+        assert_eq!(next.len(), 1, "a full page asks the next at once: {cmds:?}");
+        assert_eq!(
+            next[0].1,
+            filter.clone().remove_limit().until(until.unwrap()).limit(3)
+        );
+        sub = next[0].0.clone();
+    }
+    // The last, short page ends it.
+    let cmds = h.answer(A, &sub, &replies[11..]);
+    assert!(historic(&cmds, A).is_empty());
+    assert_eq!(ingested_total, 12, "every reply, each once");
+    assert_eq!(h.status(A), ConnectionStatus::Connected, "nothing failed");
+    assert!(h
+        .engine
+        .relay_index()
+        .get(&url(A))
+        .unwrap()
+        .confirmed
+        .root_events
+        .contains(&root.id));
+}
+
 // ---------------------------------------------------------------------------------------
 // 9. Consolidation above max_live_filters, without historic re-sync.
 // ---------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ use nostr::{Event, EventId, Filter, SubscriptionId, Timestamp};
 use crate::filters::RelayLimits;
 use crate::health::RelayHealth;
 use crate::model::{BatchId, SyncItems, WallTime};
+use crate::pagination::Paginator;
 
 /// Whether a relay speaks NIP-77, as learnt on this connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -75,14 +76,28 @@ pub(super) enum PartKind {
     },
 }
 
-/// Work of a batch waiting for a free historic slot.
+/// Work of a batch waiting for a free historic slot (and for the end of a rate-limit
+/// cooldown: nothing is opened during one).
 #[derive(Debug, Clone)]
 pub(super) struct QueuedPart {
     pub batch: BatchId,
     pub filter: Filter,
     pub kind: PartKind,
-    /// Times this part was cut short by a rate limit and queued again.
+    /// Times in a row this part was refused by a rate limit and queued again (a page
+    /// that arrives resets it: a long history under a REQ rate completes page by page).
     pub attempts: u32,
+    /// For a REQ part past its first page: where to resume.
+    pub resume: Option<Box<PageResume>>,
+}
+
+/// Where a paginated REQ part stands between two pages — the next page waiting its turn,
+/// or a page a rate limit refused: the planner (with the ids it has seen) and the page
+/// to ask, so the part resumes there instead of from the newest page.
+#[derive(Debug, Clone)]
+pub(super) struct PageResume {
+    pub paginator: Paginator,
+    pub until: Option<Timestamp>,
+    pub limit: usize,
 }
 
 /// Runtime state of one relay.

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use nostr::filter::MatchEventOptions;
 use nostr::{Event, EventId, Filter, SubscriptionId};
 
-use super::conn::{HistoricKind, HistoricSub, NegentropySupport, PartKind, QueuedPart};
+use super::conn::{HistoricKind, HistoricSub, NegentropySupport, PageResume, PartKind, QueuedPart};
 use super::{Command, NegentropyFailure, SubscriptionMode, SyncEngine};
 use crate::classify::{classify_closed, classify_notice, RelaySignal};
 use crate::filters::{ids_filters, with_page};
@@ -53,7 +53,7 @@ impl SyncEngine {
             {
                 return;
             }
-            let Some(part) = conn.queue.pop_front() else {
+            let Some(mut part) = conn.queue.pop_front() else {
                 return;
             };
             let kind = match part.kind {
@@ -81,29 +81,40 @@ impl SyncEngine {
                     )
                 }
                 PartKind::Req => {
-                    let paginator = Paginator::new(
-                        limits.page_limit,
-                        limits.max_limit,
-                        PaginationConfig::default(),
-                    );
-                    let limit = paginator.limit();
+                    let PageResume {
+                        paginator,
+                        until,
+                        limit,
+                    } = match part.resume.take() {
+                        Some(resume) => *resume,
+                        None => {
+                            let paginator = Paginator::new(
+                                limits.page_limit,
+                                limits.max_limit,
+                                PaginationConfig::default(),
+                            );
+                            let limit = paginator.limit();
+                            PageResume {
+                                paginator,
+                                until: None,
+                                limit,
+                            }
+                        }
+                    };
                     self.metrics.reqs_sent += 1;
                     self.commands.push_back(Command::Subscribe {
                         relay: relay.clone(),
                         id: id.clone(),
-                        filters: vec![with_page(part.filter.clone(), None, limit)],
+                        filters: vec![with_page(part.filter.clone(), until, limit)],
                         mode: SubscriptionMode::Historic,
                     });
                     if let Some(batch) = self.batch_mut(relay, part.batch) {
-                        batch.pagination.insert(
-                            id.clone(),
-                            Paginator::new(limit, limits.max_limit, PaginationConfig::default()),
-                        );
+                        batch.pagination.insert(id.clone(), paginator);
                     }
                     (
                         HistoricKind::Req {
                             buffer: Vec::new(),
-                            until: None,
+                            until,
                             limit,
                         },
                         now + self.config.subscription_timeout,
@@ -289,37 +300,24 @@ impl SyncEngine {
                 match outcome.decision {
                     PageDecision::Done => self.finish_part(relay, h.batch, sub, failed, now),
                     PageDecision::Next { until, limit } => {
-                        let id = self.next_subscription_id();
-                        self.metrics.reqs_sent += 1;
-                        self.commands.push_back(Command::Subscribe {
-                            relay: relay.clone(),
-                            id: id.clone(),
-                            filters: vec![with_page(h.filter.clone(), Some(until), limit)],
-                            mode: SubscriptionMode::Historic,
-                        });
-                        if let Some(batch) = self.batch_mut(relay, h.batch) {
-                            batch.outstanding.remove(sub);
-                            batch.outstanding.insert(id.clone());
-                            batch.pagination.insert(id.clone(), state);
-                            batch.failed |= failed;
-                        }
+                        // The next page waits its turn like any part: a free slot and
+                        // no rate-limit cooldown. A page arrived: the refusals count
+                        // starts again.
                         if let Some(conn) = self.conns.get_mut(relay) {
-                            let kind = HistoricKind::Req {
-                                buffer: Vec::new(),
-                                until: Some(until),
-                                limit,
-                            };
-                            let deadline = now + self.config.subscription_timeout;
-                            conn.historic.insert(
-                                id,
-                                HistoricSub {
-                                    kind,
-                                    deadline,
-                                    received: 0,
-                                    ..h
-                                },
-                            );
+                            conn.queue.push_front(QueuedPart {
+                                batch: h.batch,
+                                filter: h.filter,
+                                kind: PartKind::Req,
+                                attempts: 0,
+                                resume: Some(Box::new(PageResume {
+                                    paginator: state,
+                                    until: Some(until),
+                                    limit,
+                                })),
+                            });
                         }
+                        self.finish_part(relay, h.batch, sub, failed, now);
+                        self.open_queued(relay, now);
                     }
                 }
             }
@@ -348,6 +346,7 @@ impl SyncEngine {
                                 filter,
                                 kind,
                                 attempts: h.attempts,
+                                resume: None,
                             });
                         }
                     }
@@ -451,6 +450,7 @@ impl SyncEngine {
                 filter,
                 kind: PartKind::Req,
                 attempts,
+                resume: None,
             });
         }
     }
@@ -485,6 +485,7 @@ impl SyncEngine {
                 filter,
                 kind: PartKind::Fetch { retried: false },
                 attempts: 0,
+                resume: None,
             });
         }
         self.finish_part(relay, h.batch, session, false, now);
@@ -577,24 +578,95 @@ impl SyncEngine {
                 self.requeue_as_req(relay, h.batch, h.filter, h.attempts);
                 self.finish_part(relay, h.batch, sub, false, now);
             }
-            HistoricKind::Req { buffer, .. } | HistoricKind::Fetch { buffer, .. } => {
-                self.ingest_sorted(relay, buffer, h.batch, now);
-                let retry = matches!(
+            HistoricKind::Req { .. } | HistoricKind::Fetch { .. } => {
+                let refused = matches!(
                     signal,
                     RelaySignal::RateLimited | RelaySignal::TooManySubscriptions
-                ) && h.attempts < MAX_PART_ATTEMPTS;
-                if retry {
-                    if let Some(conn) = self.conns.get_mut(relay) {
-                        conn.queue.push_back(QueuedPart {
-                            batch: h.batch,
-                            filter: h.filter,
-                            kind: PartKind::Req,
-                            attempts: h.attempts + 1,
-                        });
-                    }
-                }
-                self.finish_part(relay, h.batch, sub, !retry, now);
+                );
+                self.end_part(relay, sub, h, refused, now);
             }
+        }
+    }
+
+    /// Ends historic part `h` (subscription `sub`, already removed from the relay's
+    /// open set) that did not reach EOSE: what it brought is handed over; a part
+    /// `refused` by a rate limit is queued again — a REQ from the page it was on, with
+    /// the ids it has seen — until it was refused [`MAX_PART_ATTEMPTS`] times in a row;
+    /// otherwise its batch counts as failed (retried with backoff).
+    fn end_part(
+        &mut self,
+        relay: &RelayUrl,
+        sub: &SubscriptionId,
+        h: HistoricSub,
+        refused: bool,
+        now: WallTime,
+    ) {
+        let again = refused && h.attempts < MAX_PART_ATTEMPTS;
+        let (kind, buffer, resume) = match h.kind {
+            HistoricKind::Negentropy => (PartKind::Negentropy, Vec::new(), None),
+            HistoricKind::Req {
+                buffer,
+                until,
+                limit,
+            } => {
+                let resume = self
+                    .batch_mut(relay, h.batch)
+                    .and_then(|b| b.pagination.remove(sub))
+                    .map(|paginator| {
+                        Box::new(PageResume {
+                            paginator,
+                            until,
+                            limit,
+                        })
+                    });
+                (PartKind::Req, buffer, resume)
+            }
+            HistoricKind::Fetch { buffer, .. } => {
+                (PartKind::Fetch { retried: false }, buffer, None)
+            }
+        };
+        self.ingest_sorted(relay, buffer, h.batch, now);
+        if again {
+            if let Some(conn) = self.conns.get_mut(relay) {
+                conn.queue.push_front(QueuedPart {
+                    batch: h.batch,
+                    filter: h.filter,
+                    kind,
+                    attempts: h.attempts + 1,
+                    resume,
+                });
+            }
+        }
+        self.finish_part(relay, h.batch, sub, !again, now);
+    }
+
+    /// A rate-limit NOTICE names no subscription: the historic REQs open on `relay` that
+    /// have brought nothing yet are taken as the refused ones, closed, and queued again
+    /// to resume after the cooldown (one that was being served meanwhile is only asked
+    /// again). Parts already bringing events go on.
+    fn requeue_unanswered(&mut self, relay: &RelayUrl, now: WallTime) {
+        let Some(conn) = self.conns.get_mut(relay) else {
+            return;
+        };
+        let unanswered: Vec<SubscriptionId> = conn
+            .historic
+            .iter()
+            .filter(|(_, h)| h.received == 0 && !matches!(h.kind, HistoricKind::Negentropy))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for sub in unanswered {
+            let Some(h) = self
+                .conns
+                .get_mut(relay)
+                .and_then(|c| c.historic.remove(&sub))
+            else {
+                continue;
+            };
+            self.commands.push_back(Command::Unsubscribe {
+                relay: relay.clone(),
+                id: sub.clone(),
+            });
+            self.end_part(relay, &sub, h, true, now);
         }
     }
 
@@ -604,7 +676,10 @@ impl SyncEngine {
             return;
         };
         match classify_notice(message) {
-            RelaySignal::RateLimited => conn.health.on_rate_limited(now),
+            RelaySignal::RateLimited => {
+                conn.health.on_rate_limited(now);
+                self.requeue_unanswered(relay, now);
+            }
             RelaySignal::TooManySubscriptions => {
                 conn.health.on_rate_limited(now);
                 conn.needs_rebuild = true;
@@ -648,6 +723,7 @@ impl SyncEngine {
                     filter: h.filter,
                     kind,
                     attempts: h.attempts + 1,
+                    resume: None,
                 });
             }
             self.commands.push_back(Command::Unsubscribe {

@@ -265,6 +265,7 @@ impl SyncEngine {
                 filter,
                 kind,
                 attempts: 0,
+                resume: None,
             });
         }
         let mut also_covers = cover.clone();
