@@ -499,6 +499,22 @@ async fn metrics_appear_in_the_prometheus_text() {
         "{text}"
     );
     assert!(text.contains("grasp_sync_relays_connected 1"), "{text}");
+    // The work and event counters follow the engine's totals.
+    for series in [
+        "grasp_sync_historic_total{what=\"req\"}",
+        "grasp_sync_historic_total{what=\"batch_completed\"}",
+        "grasp_sync_events_total{what=\"received\"}",
+        "grasp_sync_relay_events_received_total{relay=",
+    ] {
+        assert!(text.contains(series), "{series} in {text}");
+    }
+    let reqs: u64 = text
+        .lines()
+        .find(|l| l.starts_with("grasp_sync_historic_total{what=\"req\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .expect("a REQ count");
+    assert!(reqs > 0, "REQs counted: {text}");
 
     handle.shutdown().await.expect("clean shutdown");
 }

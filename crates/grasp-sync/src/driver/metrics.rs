@@ -49,6 +49,20 @@ pub struct SyncMetrics {
     hunts: Family<ResultLabel, Counter>,
     purgatory_waiting: Gauge,
     notifications_lagged: Counter,
+    historic: Family<WhatLabel, Counter>,
+    events: Family<WhatLabel, Counter>,
+    relay_events_received: Family<RelayLabel, Counter>,
+}
+
+/// Label set naming what a counter of a family counts.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WhatLabel {
+    what: &'static str,
+}
+
+/// Brings `counter` up to `total` (the engine keeps running totals; counters only go up).
+fn sync_counter(counter: &Counter, total: u64) {
+    counter.inc_by(total.saturating_sub(counter.get()));
 }
 
 impl SyncMetrics {
@@ -108,6 +122,26 @@ impl SyncMetrics {
             m.purgatory_waiting.clone(),
         );
         registry.register(
+            name("historic"),
+            "Historic sync work: req (REQs sent, live and historic), neg_open (NIP-77 \
+             sessions), neg_fallback (sessions that fell back to REQ), batch_completed, \
+             batch_failed",
+            m.historic.clone(),
+        );
+        registry.register(
+            name("events"),
+            "Events by what became of them: received, accepted, purgatory, rejected, \
+             duplicate, failed (asked again), deduplicated (another relay was first), \
+             dropped_unsolicited, dropped_flood, dropped_unknown_subscription, \
+             dropped_malformed",
+            m.events.clone(),
+        );
+        registry.register(
+            name("relay_events_received"),
+            "Events received per relay",
+            m.relay_events_received.clone(),
+        );
+        registry.register(
             name("relay_notifications_lagged"),
             "Relay messages lost because the driver fell behind (lag, not disconnect)",
             m.notifications_lagged.clone(),
@@ -160,11 +194,53 @@ impl SyncMetrics {
         self.relay_connected.remove(&label);
         self.relay_status.remove(&label);
         self.relay_failures.remove(&label);
+        self.relay_events_received.remove(&label);
     }
 
     /// Adds newly accepted synced events.
     pub fn add_events_synced(&self, n: u64) {
         self.events_synced.inc_by(n);
+    }
+
+    /// Brings the work and event counters up to the engine's running totals.
+    pub fn set_engine_totals(&self, m: &EngineMetrics) {
+        for (what, total) in [
+            ("req", m.reqs_sent),
+            ("neg_open", m.negentropy_sessions),
+            ("neg_fallback", m.negentropy_fallbacks),
+            ("batch_completed", m.batches_completed),
+            ("batch_failed", m.batches_failed),
+        ] {
+            sync_counter(&self.historic.get_or_create(&WhatLabel { what }), total);
+        }
+        for (what, total) in [
+            ("received", m.events_received),
+            ("accepted", m.events_accepted),
+            ("purgatory", m.events_purgatory),
+            ("rejected", m.events_rejected),
+            ("duplicate", m.events_duplicate),
+            ("failed", m.events_failed),
+            ("deduplicated", m.events_deduplicated),
+            ("dropped_unsolicited", m.dropped_unsolicited),
+            ("dropped_flood", m.dropped_flood),
+            (
+                "dropped_unknown_subscription",
+                m.dropped_unknown_subscription,
+            ),
+            ("dropped_malformed", m.dropped_malformed),
+        ] {
+            sync_counter(&self.events.get_or_create(&WhatLabel { what }), total);
+        }
+    }
+
+    /// Brings one relay's received-events counter up to `total`.
+    pub fn set_relay_events_received(&self, relay: &RelayUrl, total: u64) {
+        sync_counter(
+            &self
+                .relay_events_received
+                .get_or_create(&Self::relay(relay)),
+            total,
+        );
     }
 
     /// Totals over all relays.
@@ -255,10 +331,13 @@ impl MetricsReporter {
             self.metrics
                 .set_relay_status(&s.relay, i64::from(s.health.metric_value()));
             self.metrics.set_relay_failures(&s.relay, s.failures);
+            self.metrics
+                .set_relay_events_received(&s.relay, s.events_received);
             connected += usize::from(s.status.is_connected());
             dead += usize::from(s.health == HealthState::Dead);
         }
         self.metrics.set_relay_totals(status.len(), connected, dead);
+        self.metrics.set_engine_totals(engine);
         let accepted = engine.events_accepted;
         self.metrics
             .add_events_synced(accepted.saturating_sub(self.accepted_reported));

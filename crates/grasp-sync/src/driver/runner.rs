@@ -308,6 +308,33 @@ struct Driver {
     reporter: Option<MetricsReporter>,
 }
 
+/// What a relay said that changes what we do, with its reason, at `info` (a refusal, a
+/// rate limit, a fallback from NIP-77) or `debug` (a CLOSED the engine expects):
+/// without these an operator sees only a relay's status change.
+fn log_relay_words(input: &Input) {
+    use crate::classify::{classify_closed, classify_notice, RelaySignal};
+    match input {
+        Input::Notice { relay, message } => match classify_notice(message) {
+            RelaySignal::Other => tracing::debug!(%relay, %message, "NOTICE"),
+            signal => tracing::info!(%relay, %message, ?signal, "NOTICE"),
+        },
+        Input::Closed {
+            relay,
+            subscription,
+            message,
+        } => match classify_closed(message) {
+            RelaySignal::Other => tracing::debug!(%relay, %subscription, %message, "CLOSED"),
+            signal => tracing::info!(%relay, %subscription, %message, ?signal, "CLOSED"),
+        },
+        Input::NegentropyFailed {
+            relay,
+            session,
+            reason,
+        } => tracing::info!(%relay, %session, ?reason, "negentropy session failed; REQ instead"),
+        _ => {}
+    }
+}
+
 /// Hands synced events to the host one at a time, in the engine's order (announcements
 /// before what depends on them), and reports each outcome. A port error is `Failed`:
 /// not stored, not refused, asked again later.
@@ -404,6 +431,7 @@ impl Driver {
             }
             _ => false,
         };
+        log_relay_words(&input);
         #[cfg(feature = "metrics")]
         if let Some(reporter) = &self.reporter {
             reporter.record_connection(&input, refused);
