@@ -223,6 +223,7 @@ impl PoolExecutor {
                 // Live and historic subscriptions are sent alike: a raw REQ stays open
                 // until the engine sends CLOSE, which is what both modes need.
                 let handle = self.connected_relay(&relay)?;
+                tracing::trace!(%relay, %id, filters = %serde_json::to_string(&filters).unwrap_or_default(), "REQ");
                 handle
                     .send_msg(ClientMessage::req(id, filters))
                     .map_err(|e| ExecuteError::Pool(e.to_string()))
