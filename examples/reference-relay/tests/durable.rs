@@ -15,12 +15,10 @@ use std::time::{Duration, Instant};
 
 use grasp_reference_relay::{start, RelayConfig, RunningRelay};
 use grasp_sync::ports::{RandomSource, SeededRandom};
-use nostr::{Event, EventBuilder, EventId, Filter, Keys, Kind, Tag, TagKind, Timestamp};
-use nostr_relay_pool::relay::{RelayOptions, ReqExitPolicy};
-use nostr_relay_pool::RelayPool;
+use nostr::{Event, EventId, Keys};
 
 mod support;
-use support::{source_repo, GitDaemon};
+use support::{client, free_port, history, publish_all, served_by, source_repo, tmp, GitDaemon};
 
 /// Issues in the repository; each gets `COMMENTS` comments.
 const ISSUES: usize = 300;
@@ -39,68 +37,6 @@ impl Rng {
     }
 }
 
-/// The repository's whole history: announcement (with a clone URL, if given), issues,
-/// comments.
-fn history(keys: &Keys, relays: &[String], clone: Option<&str>) -> Vec<Event> {
-    let d = "durable";
-    let coordinate = format!("30617:{}:{d}", keys.public_key());
-    let base = Timestamp::now().as_secs() - 86_400;
-    let mut tags = vec![
-        Tag::identifier(d),
-        Tag::custom(TagKind::custom("name"), [d]),
-        Tag::custom(TagKind::custom("relays"), relays.iter().cloned()),
-    ];
-    tags.extend(clone.map(|c| Tag::custom(TagKind::custom("clone"), [c])));
-    let mut events = vec![EventBuilder::new(Kind::Custom(30617), "")
-        .tags(tags)
-        .custom_created_at(Timestamp::from_secs(base))
-        .sign_with_keys(keys)
-        .unwrap()];
-    let mut n = 0u64;
-    // Timestamps in threes: ties cross page boundaries.
-    let mut at = || {
-        n += 1;
-        Timestamp::from_secs(base + 1 + n / 3)
-    };
-    for i in 0..ISSUES {
-        let issue = EventBuilder::new(Kind::Custom(1621), format!("issue {i}"))
-            .tags([
-                Tag::custom(TagKind::a(), [coordinate.clone()]),
-                Tag::custom(TagKind::custom("subject"), [format!("issue {i}")]),
-            ])
-            .custom_created_at(at())
-            .sign_with_keys(keys)
-            .unwrap();
-        let root = issue.id.to_hex();
-        events.push(issue);
-        for c in 0..COMMENTS {
-            let root = root.clone();
-            events.push(
-                EventBuilder::new(Kind::Custom(1111), format!("comment {c} on {i}"))
-                    .tags([
-                        Tag::custom(TagKind::custom("E"), [root.clone()]),
-                        Tag::custom(TagKind::custom("K"), ["1621"]),
-                        Tag::custom(TagKind::e(), [root]),
-                        Tag::custom(TagKind::custom("k"), ["1621"]),
-                    ])
-                    .custom_created_at(at())
-                    .sign_with_keys(keys)
-                    .unwrap(),
-            );
-        }
-    }
-    events
-}
-
-async fn client(url: &str) -> RelayPool {
-    let pool = RelayPool::new();
-    pool.add_relay(url, RelayOptions::new().reconnect(false))
-        .await
-        .unwrap();
-    let _ = pool.try_connect_relay(url, Duration::from_secs(5)).await;
-    pool
-}
-
 /// Publishes one event: `Ok(())` or the relay's refusal.
 async fn publish(url: &str, event: &Event) -> Result<(), String> {
     let pool = client(url).await;
@@ -113,38 +49,6 @@ async fn publish(url: &str, event: &Event) -> Result<(), String> {
         out if out.success.len() == 1 => Ok(()),
         out => Err(format!("{:?}", out.failed)),
     }
-}
-
-/// Publishes every event on one connection; panics on a refusal.
-async fn publish_all(url: &str, events: &[Event]) {
-    let pool = client(url).await;
-    for e in events {
-        let out = pool.send_event_to([url], e).await.expect("publish");
-        assert_eq!(
-            out.success.len(),
-            1,
-            "{url} refused kind {}: {:?}",
-            e.kind,
-            out.failed
-        );
-    }
-    pool.shutdown().await;
-}
-
-/// Every event `url` serves by `author`, as a list (duplicates would show).
-async fn served_by(url: &str, author: &Keys) -> Option<Vec<EventId>> {
-    let pool = client(url).await;
-    let events = pool
-        .fetch_events(
-            Filter::new().author(author.public_key()).limit(5_000),
-            Duration::from_secs(5),
-            ReqExitPolicy::ExitOnEOSE,
-        )
-        .await
-        .ok()
-        .map(|e| e.into_iter().map(|e| e.id).collect());
-    pool.shutdown().await;
-    events
 }
 
 /// Relay B as a child process on a fixed address (its URL is in the announcement).
@@ -253,20 +157,6 @@ impl Drop for RelayB {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn tmp(root: &Path, name: &str) -> PathBuf {
-    let p = root.join(name);
-    std::fs::create_dir_all(&p).unwrap();
-    p
-}
-
 async fn run_seed(seed: u64) {
     let root = tempfile::tempdir().unwrap();
     let mut rng = Rng(SeededRandom::new(seed));
@@ -275,13 +165,24 @@ async fn run_seed(seed: u64) {
         .expect("relay A starts");
     let mut b = RelayB::new(root.path(), &[]);
     let keys = Keys::generate();
-    let events = history(&keys, &[a.url(), b.url()], None);
-    publish_all(&a.url(), &events).await;
+    let events = history(
+        &keys,
+        "durable",
+        &[a.url(), b.url()],
+        None,
+        ISSUES,
+        COMMENTS,
+    );
+    publish_all(&a.url(), &events)
+        .await
+        .expect("A takes the history");
     let total = events.len();
 
     // B learns of the repository the way a user would tell it: the announcement.
     b.start();
-    publish_all(&b.url(), &events[..1]).await;
+    publish_all(&b.url(), &events[..1])
+        .await
+        .expect("B takes the announcement");
 
     let mut kills = 0;
     let mut sigints = 0;
@@ -384,7 +285,14 @@ async fn durable_sigkill_while_the_announcement_waits_for_git_data() {
         .expect("relay A starts");
     let mut b = RelayB::new(root.path(), &["--user-hunt-delay-secs", "0"]);
     let keys = Keys::generate();
-    let events = history(&keys, &[a.url(), b.url()], Some(&clone));
+    let events = history(
+        &keys,
+        "durable",
+        &[a.url(), b.url()],
+        Some(&clone),
+        ISSUES,
+        COMMENTS,
+    );
 
     // A takes the repository while its git data is served, then the server goes away.
     let daemon = GitDaemon::start_on(&serve, port);
@@ -394,7 +302,9 @@ async fn durable_sigkill_while_the_announcement_waits_for_git_data() {
         assert!(Instant::now() < deadline, "A never fetched the git data");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    publish_all(&a.url(), &events[1..]).await;
+    publish_all(&a.url(), &events[1..])
+        .await
+        .expect("A takes the history");
     drop(daemon);
 
     // B holds the announcement: nothing to fetch from.

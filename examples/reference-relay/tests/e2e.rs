@@ -16,7 +16,7 @@ use nostr_relay_pool::relay::{RelayOptions, ReqExitPolicy};
 use nostr_relay_pool::RelayPool;
 
 mod support;
-use support::{source_repo, GitDaemon};
+use support::{source_repo, tmp, GitDaemon};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -222,12 +222,6 @@ async fn plain_relay() -> (LocalRelay, String) {
         .trim_end_matches('/')
         .to_owned();
     (relay, url)
-}
-
-fn tmp(root: &Path, name: &str) -> PathBuf {
-    let p = root.join(name);
-    std::fs::create_dir_all(&p).unwrap();
-    p
 }
 
 // ---------------------------------------------------------------- tests

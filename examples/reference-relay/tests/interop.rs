@@ -16,12 +16,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use grasp_reference_relay::{start, RelayConfig, RunningRelay, Storage};
-use nostr::{Event, EventBuilder, EventId, Filter, Keys, Kind, Tag, TagKind, Timestamp};
-use nostr_relay_pool::relay::{RelayOptions, ReqExitPolicy};
-use nostr_relay_pool::RelayPool;
+use nostr::{Event, EventId, Keys, Timestamp};
 
 mod support;
-use support::{source_repo, GitDaemon};
+use support::{comment, free_port, history, publish_all, served_by, source_repo, tmp, GitDaemon};
 
 /// How long B may take to hold what it should.
 const WAIT: Duration = Duration::from_secs(90);
@@ -31,20 +29,6 @@ fn init_tracing() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn tmp(root: &Path, name: &str) -> PathBuf {
-    let p = root.join(name);
-    std::fs::create_dir_all(&p).unwrap();
-    p
 }
 
 fn nostr_rs_relay_binary() -> Option<PathBuf> {
@@ -135,57 +119,13 @@ impl Drop for NostrRsRelay {
     }
 }
 
-async fn client(url: &str) -> RelayPool {
-    let pool = RelayPool::new();
-    pool.add_relay(url, RelayOptions::new().reconnect(false))
-        .await
-        .unwrap();
-    let _ = pool.try_connect_relay(url, Duration::from_secs(5)).await;
-    pool
-}
-
-/// Publishes every event on one connection: `Err` with the relay's refusals.
-async fn publish_all(url: &str, events: &[Event]) -> Result<(), String> {
-    let pool = client(url).await;
-    let mut refused = Vec::new();
-    for e in events {
-        match pool.send_event_to([url], e).await {
-            Ok(out) if out.success.len() == 1 => {}
-            Ok(out) => refused.push(format!("{}: {:?}", e.id, out.failed)),
-            Err(err) => refused.push(format!("{}: {err}", e.id)),
-        }
-    }
-    pool.shutdown().await;
-    if refused.is_empty() {
-        Ok(())
-    } else {
-        Err(refused.join("; "))
-    }
-}
-
-/// Every event `url` serves by `author` (a list: a duplicate would show).
-async fn served_by(url: &str, author: &Keys) -> Vec<EventId> {
-    let pool = client(url).await;
-    let events = pool
-        .fetch_events(
-            Filter::new().author(author.public_key()).limit(5_000),
-            Duration::from_secs(5),
-            ReqExitPolicy::ExitOnEOSE,
-        )
-        .await
-        .map(|e| e.into_iter().map(|e| e.id).collect())
-        .unwrap_or_default();
-    pool.shutdown().await;
-    events
-}
-
 /// Waits until B serves exactly `expected` (by their author); panics with what is
 /// missing after [`WAIT`]. Returns how long it took.
 async fn wait_holds(b: &str, author: &Keys, expected: &[Event], what: &str) -> Duration {
     let started = Instant::now();
     let want: BTreeSet<EventId> = expected.iter().map(|e| e.id).collect();
     loop {
-        let got = served_by(b, author).await;
+        let got = served_by(b, author).await.unwrap_or_default();
         let set: BTreeSet<EventId> = got.iter().copied().collect();
         assert_eq!(set.len(), got.len(), "{what}: B serves an event twice");
         if want.is_subset(&set) {
@@ -199,66 +139,6 @@ async fn wait_holds(b: &str, author: &Keys, expected: &[Event], what: &str) -> D
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-}
-
-/// The repository: its announcement (listing both relays, cloned from `clone`), and
-/// `issues` issues with `comments` comments each, on timestamps shared in threes (ties
-/// across page boundaries).
-fn history(
-    keys: &Keys,
-    relays: &[&str],
-    clone: &str,
-    issues: usize,
-    comments: usize,
-) -> Vec<Event> {
-    let d = "interop";
-    let coordinate = format!("30617:{}:{d}", keys.public_key());
-    let base = Timestamp::now().as_secs() - 86_400;
-    let mut events = vec![EventBuilder::new(Kind::Custom(30617), "")
-        .tags([
-            Tag::identifier(d),
-            Tag::custom(TagKind::custom("name"), [d]),
-            Tag::custom(TagKind::custom("relays"), relays.iter().copied()),
-            Tag::custom(TagKind::custom("clone"), [clone]),
-        ])
-        .custom_created_at(Timestamp::from_secs(base))
-        .sign_with_keys(keys)
-        .unwrap()];
-    let mut n = 0u64;
-    let mut at = || {
-        n += 1;
-        Timestamp::from_secs(base + 1 + n / 3)
-    };
-    for i in 0..issues {
-        let issue = EventBuilder::new(Kind::Custom(1621), format!("issue {i}"))
-            .tags([
-                Tag::custom(TagKind::a(), [coordinate.clone()]),
-                Tag::custom(TagKind::custom("subject"), [format!("issue {i}")]),
-            ])
-            .custom_created_at(at())
-            .sign_with_keys(keys)
-            .unwrap();
-        let root = issue.id;
-        events.push(issue);
-        for c in 0..comments {
-            events.push(comment(keys, &root, &format!("comment {c} on {i}"), at()));
-        }
-    }
-    events
-}
-
-/// A NIP-22 comment on `root` (an issue).
-fn comment(keys: &Keys, root: &EventId, text: &str, at: Timestamp) -> Event {
-    EventBuilder::new(Kind::Custom(1111), text)
-        .tags([
-            Tag::custom(TagKind::custom("E"), [root.to_hex()]),
-            Tag::custom(TagKind::custom("K"), ["1621"]),
-            Tag::custom(TagKind::e(), [root.to_hex()]),
-            Tag::custom(TagKind::custom("k"), ["1621"]),
-        ])
-        .custom_created_at(at)
-        .sign_with_keys(keys)
-        .unwrap()
 }
 
 /// Reference relay B on a fixed address with LMDB under `data` (so a restart is the
@@ -288,7 +168,14 @@ async fn interop_nostr_rs_relay_history_live_and_restart() {
     let b_url = format!("ws://{b_addr}");
     let b_data = tmp(root.path(), "b");
     let keys = Keys::generate();
-    let mut events = history(&keys, &[&a.url, &b_url], &daemon.url(), 100, 4);
+    let mut events = history(
+        &keys,
+        "interop",
+        &[a.url.clone(), b_url.clone()],
+        Some(&daemon.url()),
+        100,
+        4,
+    );
     publish_all(&a.url, &events)
         .await
         .expect("nostr-rs-relay takes the history");
@@ -351,7 +238,14 @@ async fn interop_nostr_rs_relay_300_events_on_one_timestamp() {
     let b_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let b_url = format!("ws://{b_addr}");
     let keys = Keys::generate();
-    let mut events = history(&keys, &[&a.url, &b_url], &daemon.url(), 1, 0);
+    let mut events = history(
+        &keys,
+        "interop",
+        &[a.url.clone(), b_url.clone()],
+        Some(&daemon.url()),
+        1,
+        0,
+    );
     let tie = Timestamp::from_secs(Timestamp::now().as_secs() - 3_600);
     let issue = events[1].id;
     events.extend((0..300).map(|i| comment(&keys, &issue, &format!("tied {i}"), tie)));
