@@ -341,7 +341,7 @@ async fn negentropy_on_silent_relay_times_out_after_the_initial_timeout() {
     let relay = support::start_plain_relay(NegOpenAnswer::Silent).await;
     let r = url(&relay.url);
     let config = ExecutorConfig {
-        negentropy_initial_timeout: Duration::from_millis(500),
+        negentropy_idle_timeout: Duration::from_millis(500),
         ..ExecutorConfig::default()
     };
     let mut h = Harness::with_config(vec![], config);

@@ -768,16 +768,22 @@ fn r05c_silent_negentropy_times_out_into_req() {
     let negs = negentropy(&cmds, A);
     assert_eq!(negs.len(), 5);
 
-    let cmds = h.advance(Duration::from_secs(9));
+    // The executor watches the sessions and reports the relay's silence (its idle
+    // timeout, shared with the engine); the engine itself does not cut a slow but
+    // progressing reconciliation short.
+    let cmds = h.advance(Duration::from_secs(60));
+    assert!(historic(&cmds, A).is_empty(), "no fallback of its own yet");
+    let mut cmds = Vec::new();
+    for (id, _) in &negs {
+        cmds.extend(h.feed(Input::NegentropyFailed {
+            relay: url(A),
+            session: id.clone(),
+            reason: NegentropyFailure::Timeout,
+        }));
+    }
     assert!(
-        historic(&cmds, A).is_empty(),
-        "not before negentropy_timeout"
-    );
-    let cmds = h.advance(Duration::from_secs(3));
-    let closed = unsubscribes(&cmds, A);
-    assert!(
-        negs.iter().all(|(id, _)| closed.contains(id)),
-        "sessions closed"
+        unsubscribes(&cmds, A).is_empty(),
+        "no CLOSE for a negentropy session: it is no REQ subscription"
     );
     assert_eq!(
         historic(&cmds, A)
@@ -788,6 +794,29 @@ fn r05c_silent_negentropy_times_out_into_req() {
     );
     h.settle(A, &cmds);
     assert_eq!(h.status(A), ConnectionStatus::Connected);
+}
+
+/// An executor that never answers about a session: the engine falls back on its own
+/// once the shared total timeout and a grace period have passed.
+#[test]
+fn r05d_a_session_nobody_answers_falls_back_after_the_total_timeout() {
+    let cfg = config();
+    let total = cfg.negentropy_total_timeout;
+    let (mut h, _k, _repo) = with_repo(cfg, &[A]);
+    let cmds = h.connect(A);
+    let negs = negentropy(&cmds, A);
+    let cmds = h.advance(total);
+    assert!(
+        historic(&cmds, A).is_empty(),
+        "not before the total timeout"
+    );
+    let cmds = h.advance(grasp_sync::engine::NEGENTROPY_ANSWER_GRACE + Duration::from_secs(3));
+    assert_eq!(
+        historic(&cmds, A).len(),
+        negs.len(),
+        "REQ instead: {cmds:?}"
+    );
+    assert!(unsubscribes(&cmds, A).is_empty());
 }
 
 // ---------------------------------------------------------------------------------------

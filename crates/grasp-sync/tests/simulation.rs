@@ -637,7 +637,18 @@ impl Sim {
                         },
                     );
                 } else if r.behaviour.silent_neg {
+                    // The relay never answers; the driver's executor reports that after
+                    // the idle timeout it shares with the engine.
                     self.faults.neg_silent += 1;
+                    let at = self.now + self.config.negentropy_idle_timeout;
+                    self.schedule(
+                        at,
+                        Due::Input(Input::NegentropyFailed {
+                            relay: relay.clone(),
+                            session,
+                            reason: NegentropyFailure::Timeout,
+                        }),
+                    );
                 } else if self.rng.chance(50) {
                     self.deliver(
                         Some(&relay),

@@ -41,17 +41,18 @@ use crate::model::RelayUrl;
 use crate::ports::{Clock, EventStore, SystemClock};
 
 /// Tunables of the executor. The defaults follow the design (connection timeout = base
-/// backoff of 5 s; a short negentropy probe so a relay without NIP-77 costs seconds,
-/// not the pool's default 10 s).
+/// backoff of 5 s; negentropy given up after 10 s without a message from the relay).
 #[derive(Debug, Clone)]
 pub struct ExecutorConfig {
     /// How long one connect attempt may take before it is reported as failed.
     pub connect_timeout: Duration,
-    /// How long to wait for the relay's first answer to NEG-OPEN. A relay that stays
-    /// silent this long is reported as `NegentropyFailed(Timeout)`.
-    pub negentropy_initial_timeout: Duration,
-    /// Upper bound for a whole reconciliation. The pool has no such bound after the
-    /// first answer, so a relay that stops answering mid-way would hang the session.
+    /// A negentropy session with no message from the relay for this long — its first
+    /// answer to NEG-OPEN included — is given up (NEG-CLOSE sent) and reported as
+    /// `NegentropyFailed(Timeout)`. A slow reconciliation that keeps answering goes on.
+    /// The driver sets it from [`crate::SyncConfig::negentropy_idle_timeout`].
+    pub negentropy_idle_timeout: Duration,
+    /// Upper bound for a whole reconciliation, however lively (driver: from
+    /// [`crate::SyncConfig::negentropy_total_timeout`]).
     pub negentropy_total_timeout: Duration,
     /// Capacity of the [`Input`] channel handed back by [`PoolExecutor::new`]. Bounded
     /// on purpose: a loop that falls behind makes the per-relay readers wait, the
@@ -69,8 +70,8 @@ impl Default for ExecutorConfig {
     fn default() -> Self {
         Self {
             connect_timeout: Duration::from_secs(5),
-            negentropy_initial_timeout: Duration::from_secs(5),
-            negentropy_total_timeout: Duration::from_secs(60),
+            negentropy_idle_timeout: Duration::from_secs(10),
+            negentropy_total_timeout: Duration::from_secs(600),
             input_channel_capacity: 65_536,
             relay_notification_channel_size: 8_192,
             max_message_bytes: super::dial::DEFAULT_MAX_MESSAGE_BYTES,
@@ -263,7 +264,7 @@ impl PoolExecutor {
                     handle,
                     store: Arc::clone(&self.store),
                     tx: self.inputs.clone(),
-                    initial_timeout: self.config.negentropy_initial_timeout,
+                    idle_timeout: self.config.negentropy_idle_timeout,
                     total_timeout: self.config.negentropy_total_timeout,
                 };
                 self.jobs.spawn(job.run().instrument(span));
@@ -535,7 +536,7 @@ struct NegentropyJob {
     handle: Relay,
     store: Arc<dyn EventStore>,
     tx: mpsc::Sender<Input>,
-    initial_timeout: Duration,
+    idle_timeout: Duration,
     total_timeout: Duration,
 }
 
@@ -572,8 +573,9 @@ impl NegentropyJob {
         // "unsupported"; others (nostr-rs-relay: "could not parse command") would
         // otherwise cost the whole initial timeout.
         let notices = self.handle.notifications();
+        let progress = self.handle.notifications();
         let opts = SyncOptions::new()
-            .initial_timeout(self.initial_timeout)
+            .initial_timeout(self.idle_timeout)
             .dry_run();
         let sync = self
             .handle
@@ -588,6 +590,37 @@ impl NegentropyJob {
                 Err(e) => Err(map_sync_error(e)),
             },
             () = wait_unsupported_notice(notices) => Err(NegentropyFailure::Unsupported),
+            () = wait_idle(progress, self.idle_timeout) => Err(NegentropyFailure::Timeout),
+        }
+    }
+}
+
+/// Resolves once the relay has sent no negentropy message (NEG-MSG, NEG-ERR) for
+/// `idle`: the reconciliation stalled. Progress is counted per relay, not per session
+/// (the pool does not tell which of its subscription ids is ours): a session stalled
+/// beside lively ones ends at the total timeout instead.
+async fn wait_idle(mut notifications: broadcast::Receiver<RelayNotification>, idle: Duration) {
+    loop {
+        match tokio::time::timeout(idle, next_negentropy_message(&mut notifications)).await {
+            Ok(true) => {}
+            // The relay is gone: the sync future reports that.
+            Ok(false) => std::future::pending::<()>().await,
+            Err(_) => return,
+        }
+    }
+}
+
+/// Waits for the relay's next negentropy message; `false` when the channel closed.
+async fn next_negentropy_message(
+    notifications: &mut broadcast::Receiver<RelayNotification>,
+) -> bool {
+    loop {
+        match notifications.recv().await {
+            Ok(RelayNotification::Message {
+                message: RelayMessage::NegMsg { .. } | RelayMessage::NegErr { .. },
+            }) => return true,
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => return false,
         }
     }
 }

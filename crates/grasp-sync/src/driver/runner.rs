@@ -208,6 +208,12 @@ pub async fn start(
     // Before any websocket or NIP-11 TLS connection: one rustls provider for the process
     // (see the crate docs, "TLS").
     crate::install_default_crypto_provider();
+    // One negentropy timeout for engine and executor: the engine's.
+    let executor = ExecutorConfig {
+        negentropy_idle_timeout: config.negentropy_idle_timeout,
+        negentropy_total_timeout: config.negentropy_total_timeout,
+        ..options.executor.clone()
+    };
     let now = ports.clock.now();
     let seed = if options.seed == 0 {
         now.0 ^ 0x6772_6173_702d_7379
@@ -243,11 +249,7 @@ pub async fn start(
         .clone()
         .unwrap_or_else(|| Arc::new(SystemResolver));
     let dialer = Dialer::new(ports.relay_policy.clone(), resolver);
-    let (exec, inputs) = PoolExecutor::new(
-        ports.event_store.clone(),
-        dialer.clone(),
-        options.executor.clone(),
-    );
+    let (exec, inputs) = PoolExecutor::new(ports.event_store.clone(), dialer.clone(), executor);
     let (tx, rx) = mpsc::unbounded_channel();
     let (side_tx, side_rx) = mpsc::unbounded_channel();
     let capacity = match options.ingest_queue {

@@ -9,6 +9,10 @@ use crate::filters::RelayLimits;
 use crate::health::HealthConfig;
 use crate::model::RelayUrl;
 
+/// How long past [`SyncConfig::negentropy_total_timeout`] the engine waits for the
+/// executor's answer about a negentropy session before it falls back on its own.
+pub const NEGENTROPY_ANSWER_GRACE: Duration = Duration::from_secs(10);
+
 /// Engine configuration. Build with `SyncConfig::default()` and the `with_*` methods.
 #[derive(Debug, Clone)]
 pub struct SyncConfig {
@@ -33,8 +37,15 @@ pub struct SyncConfig {
     pub daily_min: Duration,
     /// Longest delay of the daily fresh start (jitter is uniform in between).
     pub daily_max: Duration,
-    /// A negentropy session with no answer for this long falls back to REQ+EOSE.
-    pub negentropy_timeout: Duration,
+    /// A negentropy session with no message from the relay for this long (the first
+    /// answer to NEG-OPEN included) falls back to REQ+EOSE. The driver's executor
+    /// enforces it, watching the session's messages, so a slow but progressing
+    /// reconciliation is never cut short.
+    pub negentropy_idle_timeout: Duration,
+    /// Upper bound of one whole negentropy session (the executor's backstop against a
+    /// relay that keeps a reconciliation going for ever). The engine gives the executor
+    /// this plus [`NEGENTROPY_ANSWER_GRACE`] before it gives up on an answer.
+    pub negentropy_total_timeout: Duration,
     /// A historic subscription with no EOSE for this long fails its part of the batch.
     pub subscription_timeout: Duration,
     /// Backoff, dead-relay and rate-limit rules.
@@ -84,7 +95,8 @@ impl Default for SyncConfig {
             since_overlap: Duration::from_secs(60),
             daily_min: Duration::from_secs(23 * 3600),
             daily_max: Duration::from_secs(25 * 3600),
-            negentropy_timeout: Duration::from_secs(10),
+            negentropy_idle_timeout: Duration::from_secs(10),
+            negentropy_total_timeout: Duration::from_secs(600),
             subscription_timeout: Duration::from_secs(120),
             health: HealthConfig::default(),
             default_limits: RelayLimits::default(),

@@ -77,7 +77,8 @@ impl SyncEngine {
                     });
                     (
                         HistoricKind::Negentropy,
-                        now + self.config.negentropy_timeout,
+                        now + self.config.negentropy_total_timeout
+                            + super::config::NEGENTROPY_ANSWER_GRACE,
                     )
                 }
                 PartKind::Req => {
@@ -726,10 +727,12 @@ impl SyncEngine {
                     resume: None,
                 });
             }
-            self.commands.push_back(Command::Unsubscribe {
-                relay: relay.clone(),
-                id: sub.clone(),
-            });
+            if kind != PartKind::Negentropy {
+                self.commands.push_back(Command::Unsubscribe {
+                    relay: relay.clone(),
+                    id: sub.clone(),
+                });
+            }
             self.ingest_sorted(relay, buffer, h.batch, now);
             self.finish_part(relay, h.batch, &sub, !again, now);
         }
@@ -754,10 +757,9 @@ impl SyncEngine {
                 continue;
             };
             if matches!(h.kind, HistoricKind::Negentropy) {
-                self.commands.push_back(Command::Unsubscribe {
-                    relay: relay.clone(),
-                    id: sub.clone(),
-                });
+                // No CLOSE: a negentropy session is no REQ subscription, and the executor
+                // ends it itself (idle or total timeout) — this is only the backstop
+                // for an answer that never came.
                 self.on_negentropy_failed(relay, &sub, &NegentropyFailure::Timeout, now);
             } else if let Some(h) = conn.historic.remove(&sub) {
                 self.commands.push_back(Command::Unsubscribe {

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use nostr::{Event, EventId, SubscriptionId};
 
-pub use config::SyncConfig;
+pub use config::{SyncConfig, NEGENTROPY_ANSWER_GRACE};
 pub use conn::NegentropySupport;
 pub use io::{Command, IngestOutcome, Input, NegentropyFailure, SubscriptionMode};
 pub use state::{
