@@ -78,6 +78,12 @@ const NEGENTROPY_UNSUPPORTED: &[&str] = &[
     "could not parse command",
     "unknown message type",
     "unsupported message",
+    // khatru without NIP-77 answers NEG-OPEN so.
+    "failed to parse envelope",
+    "nip77 disabled",
+    "nip-77 disabled",
+    "nip77 not supported",
+    "nip-77 not supported",
 ];
 
 const RATE_LIMITED: &[&str] = &[
@@ -218,6 +224,15 @@ mod tests {
         // nostr-rs-relay
         assert_eq!(
             classify_notice("could not parse command"),
+            NegentropyUnsupported
+        );
+        // khatru, and a CLOSED for the NEG-OPEN's id
+        assert_eq!(
+            classify_notice("failed to parse envelope"),
+            NegentropyUnsupported
+        );
+        assert_eq!(
+            classify_closed("closed: nip77 disabled"),
             NegentropyUnsupported
         );
         // nostr-relay-builder's rate limiter and other relays

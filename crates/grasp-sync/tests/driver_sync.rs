@@ -526,3 +526,115 @@ fn synced_total(text: &str) -> f64 {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0)
 }
+
+// ---------------------------------------------------------------------------------------
+// Quirks: each answer to NEG-OPEN seen from real relays without (usable) NIP-77. The
+// history must still arrive, by REQ, and without waiting out the negentropy idle
+// timeout when the answer says "no".
+// ---------------------------------------------------------------------------------------
+
+/// A plain relay answering NEG-OPEN with `answer` holds a repo's history: it all arrives
+/// by REQ, the relay ends Connected with its historic sync complete. Returns how long
+/// the history took.
+async fn refusal_falls_back_to_req(answer: NegOpenAnswer) -> Duration {
+    let b = support::start_plain_relay(answer).await;
+    let rb = url(&b.url);
+    let repo = Repo::new("quirk");
+    let events = fixtures(&repo, 30);
+    for e in &events {
+        b.insert(e.clone());
+    }
+    let host = Host::new();
+    let started = Instant::now();
+    let handle = host.start(config(), None).await;
+    host.accept(&handle, &repo.announcement(&[&b.url]));
+    let wanted: Vec<&Event> = events.iter().collect();
+    host.wait_for_events(&handle, &format!("history despite {answer:?}"), &wanted)
+        .await;
+    let took = started.elapsed();
+    let status = wait_status(&handle, "B Connected, history complete", |s| {
+        is_connected(s, &rb) && relay(s, &rb).is_some_and(|r| r.historic_sync_completed)
+    })
+    .await;
+    let sb = relay(&status, &rb).expect("B");
+    assert_ne!(
+        sb.negentropy,
+        NegentropySupport::Supported,
+        "{answer:?}: {sb:#?}"
+    );
+    assert!(!b.reqs().is_empty(), "{answer:?}: history came by REQ");
+    handle.shutdown().await.expect("clean shutdown");
+    took
+}
+
+/// Refusals that say "no" must not cost the idle timeout (10 s).
+fn fast(took: Duration, answer: &str) {
+    assert!(
+        took < SyncConfig::default().negentropy_idle_timeout,
+        "{answer}: the refusal was waited out ({took:?})"
+    );
+}
+
+#[tokio::test]
+async fn quirks_strfry_neg_err_too_many_query_results() {
+    let took =
+        refusal_falls_back_to_req(NegOpenAnswer::NegErr("blocked: too many query results")).await;
+    fast(took, "NEG-ERR blocked: too many query results");
+}
+
+#[tokio::test]
+async fn quirks_strfry_neg_err_query_matches_too_many_records() {
+    let took = refusal_falls_back_to_req(NegOpenAnswer::NegErr(
+        "blocked: query matches too many records (3000 > 1000)",
+    ))
+    .await;
+    fast(took, "NEG-ERR query matches too many records");
+}
+
+#[tokio::test]
+async fn quirks_strfry_notice_negentropy_disabled() {
+    let took =
+        refusal_falls_back_to_req(NegOpenAnswer::Notice("ERROR: bad msg: negentropy disabled"))
+            .await;
+    fast(took, "NOTICE negentropy disabled");
+}
+
+#[tokio::test]
+async fn quirks_nostr_rs_relay_notice_could_not_parse_command() {
+    let took = refusal_falls_back_to_req(NegOpenAnswer::Notice("could not parse command")).await;
+    fast(took, "NOTICE could not parse command");
+}
+
+#[tokio::test]
+async fn quirks_khatru_notice_failed_to_parse_envelope() {
+    let took = refusal_falls_back_to_req(NegOpenAnswer::Notice("failed to parse envelope")).await;
+    fast(took, "NOTICE failed to parse envelope");
+}
+
+#[tokio::test]
+async fn quirks_khatru_bare_neg_err_closed() {
+    let took = refusal_falls_back_to_req(NegOpenAnswer::NegErr("CLOSED")).await;
+    fast(took, "NEG-ERR CLOSED");
+}
+
+#[tokio::test]
+async fn quirks_closed_nip77_disabled() {
+    let took = refusal_falls_back_to_req(NegOpenAnswer::Closed("closed: nip77 disabled")).await;
+    fast(took, "CLOSED nip77 disabled");
+}
+
+#[tokio::test]
+async fn quirks_one_byte_version_reply() {
+    let took = refusal_falls_back_to_req(NegOpenAnswer::VersionOnly("60")).await;
+    fast(took, "NEG-MSG of another protocol version");
+}
+
+/// Silence is the one answer that is waited out: the idle timeout, then REQ.
+#[tokio::test]
+async fn quirks_silence_is_waited_out_then_req() {
+    let took = refusal_falls_back_to_req(NegOpenAnswer::Silent).await;
+    assert!(
+        took >= SyncConfig::default().negentropy_idle_timeout,
+        "fell back before the idle timeout: {took:?}"
+    );
+}

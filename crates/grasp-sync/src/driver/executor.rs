@@ -36,6 +36,7 @@ use tokio::task::{AbortHandle, JoinSet};
 use tracing::Instrument;
 
 use super::dial::{Dialer, PinnedTransport};
+use crate::classify::{classify_notice, RelaySignal};
 use crate::engine::{Command, Input, NegentropyFailure};
 use crate::model::RelayUrl;
 use crate::ports::{Clock, EventStore, SystemClock};
@@ -625,27 +626,19 @@ async fn next_negentropy_message(
     }
 }
 
-/// Resolves when the relay sends a NOTICE that says it does not understand NIP-77.
-/// Never resolves otherwise (the sync future wins the race).
+/// Resolves when the relay says it does not understand NIP-77 — a NOTICE, or a CLOSED
+/// (for the session's id, which only the pool knows), whose text the classifier reads
+/// as "no negentropy". Never resolves otherwise (the sync future wins the race).
 async fn wait_unsupported_notice(mut notifications: broadcast::Receiver<RelayNotification>) {
     loop {
         match notifications.recv().await {
             Ok(RelayNotification::Message {
-                message: RelayMessage::Notice(text),
-            }) if is_unsupported_notice(&text) => return,
+                message: RelayMessage::Notice(text) | RelayMessage::Closed { message: text, .. },
+            }) if classify_notice(&text) == RelaySignal::NegentropyUnsupported => return,
             Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
             Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
         }
     }
-}
-
-/// NOTICE texts seen from relays without NIP-77 in answer to NEG-OPEN.
-fn is_unsupported_notice(text: &str) -> bool {
-    let t = text.to_ascii_lowercase();
-    (t.contains("bad msg") && (t.contains("unknown cmd") || t.contains("neg")))
-        || t.contains("could not parse command")
-        || t.contains("unknown command")
-        || t.contains("unsupported") && t.contains("neg")
 }
 
 /// Maps the pool's sync errors to the engine's three failure kinds.
@@ -670,14 +663,6 @@ fn map_sync_error(e: RelayError) -> NegentropyFailure {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn unsupported_notices_are_recognised() {
-        assert!(is_unsupported_notice("bad msg: unknown cmd"));
-        assert!(is_unsupported_notice("could not parse command"));
-        assert!(is_unsupported_notice("ERROR: bad msg: negentropy disabled"));
-        assert!(!is_unsupported_notice("rate-limited: slow down"));
-    }
 
     #[test]
     fn status_transitions_only() {

@@ -97,6 +97,17 @@ pub enum NegOpenAnswer {
     UnknownCmdNotice,
     /// No answer at all (some relays drop unknown commands silently).
     Silent,
+    /// A NOTICE with this text (khatru: "failed to parse envelope"; strfry with NIP-77
+    /// off: "ERROR: bad msg: negentropy disabled").
+    Notice(&'static str),
+    /// NEG-ERR with this reason (strfry over `maxSyncEvents`: "blocked: too many query
+    /// results"; khatru after 7 s idle: a bare "CLOSED").
+    NegErr(&'static str),
+    /// CLOSED for the session id with this reason ("closed: nip77 disabled").
+    Closed(&'static str),
+    /// NEG-MSG holding only a protocol version byte other than ours (a relay speaking
+    /// another negentropy version), hex-encoded.
+    VersionOnly(&'static str),
 }
 
 /// One REQ as the plain relay received it.
@@ -249,11 +260,25 @@ async fn serve_plain(
                 state.events.lock().expect("lock").push(event);
                 vec![RelayMessage::ok(id, true, "")]
             }
-            Ok(ClientMessage::NegOpen { .. }) => match answer {
+            Ok(ClientMessage::NegOpen {
+                subscription_id, ..
+            }) => match answer {
                 NegOpenAnswer::UnknownCmdNotice => {
                     vec![RelayMessage::notice("bad msg: unknown cmd")]
                 }
                 NegOpenAnswer::Silent => vec![],
+                NegOpenAnswer::Notice(text) => vec![RelayMessage::notice(text)],
+                NegOpenAnswer::NegErr(reason) => vec![RelayMessage::NegErr {
+                    subscription_id: std::borrow::Cow::Owned(subscription_id.into_owned()),
+                    message: std::borrow::Cow::Borrowed(reason),
+                }],
+                NegOpenAnswer::Closed(reason) => {
+                    vec![RelayMessage::closed(subscription_id.into_owned(), reason)]
+                }
+                NegOpenAnswer::VersionOnly(hex) => vec![RelayMessage::NegMsg {
+                    subscription_id: std::borrow::Cow::Owned(subscription_id.into_owned()),
+                    message: std::borrow::Cow::Borrowed(hex),
+                }],
             },
             Ok(_) => vec![],
             Err(_) => vec![RelayMessage::notice("could not parse command")],
