@@ -150,36 +150,74 @@ async fn start_b(bind: SocketAddr, data: &Path) -> RunningRelay {
     start(config).await.expect("B starts")
 }
 
+/// What both tests start from: nostr-rs-relay A, a `git daemon` with the repository's
+/// data, B's address (fixed: the announcement lists it), and the repository's history
+/// (`issues` issues with `comments` comments each) published to A.
+struct Scene {
+    root: tempfile::TempDir,
+    a: NostrRsRelay,
+    _daemon: GitDaemon,
+    b_addr: SocketAddr,
+    b_url: String,
+    keys: Keys,
+    events: Vec<Event>,
+}
+
+impl Scene {
+    /// `None` when nostr-rs-relay is not installed (and not required).
+    async fn new(issues: usize, comments: usize) -> Option<Self> {
+        grasp_reference_relay::install_crypto_provider();
+        init_tracing();
+        let root = tempfile::tempdir().unwrap();
+        let a = NostrRsRelay::start(root.path())?;
+        let serve = tmp(root.path(), "serve");
+        source_repo(&serve);
+        let daemon = GitDaemon::start(&serve);
+        let b_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let b_url = format!("ws://{b_addr}");
+        let keys = Keys::generate();
+        let relays = [a.url.clone(), b_url.clone()];
+        let events = history(
+            &keys,
+            "interop",
+            &relays,
+            Some(&daemon.url()),
+            issues,
+            comments,
+        );
+        publish_all(&a.url, &events)
+            .await
+            .expect("nostr-rs-relay takes the history");
+        Some(Self {
+            root,
+            a,
+            _daemon: daemon,
+            b_addr,
+            b_url,
+            keys,
+            events,
+        })
+    }
+}
+
 /// B takes the announcement from a user (fetching its git data), then syncs the
 /// history from nostr-rs-relay, hears a new comment live, and after a restart catches
 /// up what was published while it was down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interop_nostr_rs_relay_history_live_and_restart() {
-    grasp_reference_relay::install_crypto_provider();
-    init_tracing();
-    let root = tempfile::tempdir().unwrap();
-    let Some(a) = NostrRsRelay::start(root.path()) else {
+    let Some(Scene {
+        root,
+        a,
+        b_addr,
+        b_url,
+        keys,
+        mut events,
+        _daemon,
+    }) = Scene::new(100, 4).await
+    else {
         return;
     };
-    let serve = tmp(root.path(), "serve");
-    source_repo(&serve);
-    let daemon = GitDaemon::start(&serve);
-    let b_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let b_url = format!("ws://{b_addr}");
     let b_data = tmp(root.path(), "b");
-    let keys = Keys::generate();
-    let mut events = history(
-        &keys,
-        "interop",
-        &[a.url.clone(), b_url.clone()],
-        Some(&daemon.url()),
-        100,
-        4,
-    );
-    publish_all(&a.url, &events)
-        .await
-        .expect("nostr-rs-relay takes the history");
-
     let b = start_b(b_addr, &b_data).await;
     // Held until B has fetched the git data, then accepted.
     let _ = publish_all(&b_url, &events[..1]).await;
@@ -226,32 +264,27 @@ async fn interop_nostr_rs_relay_history_live_and_restart() {
 /// each once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interop_nostr_rs_relay_300_events_on_one_timestamp() {
-    grasp_reference_relay::install_crypto_provider();
-    init_tracing();
-    let root = tempfile::tempdir().unwrap();
-    let Some(a) = NostrRsRelay::start(root.path()) else {
+    let Some(Scene {
+        root,
+        a,
+        b_addr,
+        b_url,
+        keys,
+        mut events,
+        _daemon,
+    }) = Scene::new(1, 0).await
+    else {
         return;
     };
-    let serve = tmp(root.path(), "serve");
-    source_repo(&serve);
-    let daemon = GitDaemon::start(&serve);
-    let b_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let b_url = format!("ws://{b_addr}");
-    let keys = Keys::generate();
-    let mut events = history(
-        &keys,
-        "interop",
-        &[a.url.clone(), b_url.clone()],
-        Some(&daemon.url()),
-        1,
-        0,
-    );
     let tie = Timestamp::from_secs(Timestamp::now().as_secs() - 3_600);
     let issue = events[1].id;
-    events.extend((0..300).map(|i| comment(&keys, &issue, &format!("tied {i}"), tie)));
-    publish_all(&a.url, &events)
+    let tied: Vec<Event> = (0..300)
+        .map(|i| comment(&keys, &issue, &format!("tied {i}"), tie))
+        .collect();
+    publish_all(&a.url, &tied)
         .await
         .expect("nostr-rs-relay takes them");
+    events.extend(tied);
 
     let mut config = RelayConfig::for_tests(tmp(root.path(), "b"));
     config.bind = b_addr;
