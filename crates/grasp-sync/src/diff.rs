@@ -298,7 +298,7 @@ mod tests {
                     also_covers: Default::default(),
                     method: SyncMethod::ReqEose,
                     pagination: Default::default(),
-                    failed: false,
+                    failure: Default::default(),
                     layer1: false,
                     full_history: true,
                     started_at: WallTime::ZERO,

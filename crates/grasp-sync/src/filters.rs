@@ -309,6 +309,42 @@ fn with_since(f: Filter, since: Option<Timestamp>) -> Filter {
     }
 }
 
+/// The inverse of the builders above: which of `items` a filter names — repos by `#d`
+/// (state), `#a`/`#A`/`#q` (coordinates), root events by `#e`/`#E`/`#q`. `None` when it
+/// names none of them (a layer-1 filter, an ids fetch): a failure of it concerns all.
+pub fn items_named_by(filter: &Filter, items: &SyncItems) -> Option<SyncItems> {
+    let values = |letters: &[SingleLetterTag]| -> BTreeSet<&str> {
+        letters
+            .iter()
+            .filter_map(|t| filter.generic_tags.get(t))
+            .flatten()
+            .map(String::as_str)
+            .collect()
+    };
+    let lower = SingleLetterTag::lowercase;
+    let upper = SingleLetterTag::uppercase;
+    let identifiers = values(&[lower(Alphabet::D)]);
+    let coordinates = values(&[lower(Alphabet::A), upper(Alphabet::A), lower(Alphabet::Q)]);
+    let events = values(&[lower(Alphabet::E), upper(Alphabet::E), lower(Alphabet::Q)]);
+    let named = SyncItems {
+        repos: items
+            .repos
+            .iter()
+            .filter(|(r, _)| {
+                identifiers.contains(r.identifier()) || coordinates.contains(r.as_str())
+            })
+            .map(|(r, l)| (r.clone(), *l))
+            .collect(),
+        root_events: items
+            .root_events
+            .iter()
+            .filter(|id| events.contains(id.to_hex().as_str()))
+            .copied()
+            .collect(),
+    };
+    (!named.is_empty()).then_some(named)
+}
+
 /// Per chunk of `values`, three filters: lowercase `letter`, uppercase `letter`, `#q`.
 fn tag_triples<'a>(
     values: impl IntoIterator<Item = &'a str>,
@@ -424,6 +460,34 @@ mod tests {
 
     fn eid(n: u8) -> EventId {
         EventId::from_byte_array([n; 32])
+    }
+
+    #[test]
+    fn items_named_by_inverts_the_builders() {
+        let mut items = SyncItems::default();
+        items.repos.insert(repo("full"), SyncLevel::Full);
+        items.repos.insert(repo("state-only"), SyncLevel::StateOnly);
+        items.root_events.extend([eid(1), eid(2), eid(3)]);
+        let limits = RelayLimits {
+            chunk_size: 2,
+            ..RelayLimits::default()
+        };
+        let filters = build_sync_level_aware_filters(&items, &limits, None);
+        let mut union = SyncItems::default();
+        for f in &filters {
+            let named = items_named_by(f, &items).expect("every item filter names items");
+            // A filter names only what it was built from: a root chunk names no repo,
+            // a repo filter no root.
+            assert!(
+                named.repos.is_empty() || named.root_events.is_empty(),
+                "{f:?}"
+            );
+            union.merge(&named);
+        }
+        assert_eq!(union, items, "together they name everything");
+        // Layer 1 and an ids fetch name nothing: their failure concerns all.
+        assert_eq!(items_named_by(&layer1_filters(None)[0], &items), None);
+        assert_eq!(items_named_by(&Filter::new().id(eid(1)), &items), None);
     }
 
     fn tag_values(f: &Filter, tag: SingleLetterTag) -> Vec<String> {

@@ -922,6 +922,50 @@ fn r07_closed_instead_of_eose_fails_the_batch_then_retry_recovers() {
     assert_eq!(h.status(A), ConnectionStatus::Connected);
 }
 
+/// A batch whose parts cover different items: when one part fails, the retry asks
+/// only what that part named, not the whole batch again.
+#[test]
+fn r07c_a_retry_asks_only_what_the_failed_part_named() {
+    let mut cfg = config();
+    cfg.default_limits.chunk_size = 1; // one root event per filter
+    let (mut h, k, repo) = with_repo(cfg, &[A]);
+    h.connect_and_settle(A);
+    let bug = issue(&k, &repo, T0 - 1000, "bug");
+    let other = issue(&k, &repo, T0 - 900, "other");
+    h.accept(&bug);
+    let cmds = accept_root(&mut h, &other);
+    let reqs = historic(&cmds, A);
+    assert_eq!(reqs.len(), 6, "#e, #E, #q for each root: {reqs:?}");
+    let names =
+        |f: &Filter, id: &EventId| f.generic_tags.values().any(|v| v.contains(&id.to_hex()));
+    let (failing, _) = reqs
+        .iter()
+        .find(|(_, f)| kind_of(f) == "#e" && names(f, &bug.id))
+        .unwrap()
+        .clone();
+    h.feed(Input::Closed {
+        relay: url(A),
+        subscription: failing.clone(),
+        message: "error: shutting down".into(),
+    });
+    for (id, _) in reqs.iter().filter(|(id, _)| *id != failing) {
+        h.answer(A, id, &[]);
+    }
+    assert_eq!(h.status(A), ConnectionStatus::ConnectedHistoricSyncFailures);
+
+    let cmds = h.advance(Duration::from_secs(32));
+    let retry = historic(&cmds, A);
+    assert!(!retry.is_empty(), "the failed part is retried: {cmds:?}");
+    assert!(
+        retry
+            .iter()
+            .all(|(_, f)| names(f, &bug.id) && !names(f, &other.id)),
+        "only the failed part's root again: {retry:?}"
+    );
+    h.settle(A, &cmds);
+    assert_eq!(h.status(A), ConnectionStatus::Connected);
+}
+
 #[test]
 fn r07b_historic_req_without_any_answer_times_out() {
     let (mut h, k, repo) = with_repo(config(), &[A]);

@@ -10,7 +10,7 @@ use nostr::{Event, EventId, Filter, SubscriptionId};
 use super::conn::{HistoricKind, HistoricSub, NegentropySupport, PageResume, PartKind, QueuedPart};
 use super::{Command, NegentropyFailure, SubscriptionMode, SyncEngine};
 use crate::classify::{classify_closed, classify_notice, RelaySignal};
-use crate::filters::{ids_filters, with_page};
+use crate::filters::{ids_filters, items_named_by, with_page};
 use crate::model::{BatchId, RelayUrl, WallTime};
 use crate::nip34;
 use crate::pagination::{IncompleteReason, PageDecision, PaginationConfig, Paginator};
@@ -264,7 +264,7 @@ impl SyncEngine {
             HistoricKind::Negentropy => {
                 // EOSE is not part of NIP-77; a relay sending it is confused. Fall back.
                 self.requeue_as_req(relay, h.batch, h.filter, h.attempts);
-                self.finish_part(relay, h.batch, sub, false, now);
+                self.finish_part(relay, h.batch, sub, None, now);
             }
             HistoricKind::Req { buffer, until, .. } => {
                 let page: Vec<_> = buffer.iter().map(|e| (e.id, e.created_at)).collect();
@@ -273,7 +273,7 @@ impl SyncEngine {
                     .and_then(|b| b.pagination.remove(sub))
                 else {
                     self.ingest_sorted(relay, buffer, h.batch, now);
-                    self.finish_part(relay, h.batch, sub, false, now);
+                    self.finish_part(relay, h.batch, sub, None, now);
                     return;
                 };
                 let outcome = state.on_page(until, &page);
@@ -299,7 +299,9 @@ impl SyncEngine {
                     None => false,
                 };
                 match outcome.decision {
-                    PageDecision::Done => self.finish_part(relay, h.batch, sub, failed, now),
+                    PageDecision::Done => {
+                        self.finish_part(relay, h.batch, sub, failed.then_some(&h.filter), now)
+                    }
                     PageDecision::Next { until, limit } => {
                         // The next page waits its turn like any part: a free slot and
                         // no rate-limit cooldown. A page arrived: the refusals count
@@ -307,7 +309,7 @@ impl SyncEngine {
                         if let Some(conn) = self.conns.get_mut(relay) {
                             conn.queue.push_front(QueuedPart {
                                 batch: h.batch,
-                                filter: h.filter,
+                                filter: h.filter.clone(),
                                 kind: PartKind::Req,
                                 attempts: 0,
                                 resume: Some(Box::new(PageResume {
@@ -317,7 +319,7 @@ impl SyncEngine {
                                 })),
                             });
                         }
-                        self.finish_part(relay, h.batch, sub, failed, now);
+                        self.finish_part(relay, h.batch, sub, failed.then_some(&h.filter), now);
                         self.open_queued(relay, now);
                     }
                 }
@@ -331,7 +333,7 @@ impl SyncEngine {
                 self.ingest_sorted(relay, buffer, h.batch, now);
                 let missing: Vec<EventId> = asked.difference(&got).copied().collect();
                 if missing.is_empty() {
-                    self.finish_part(relay, h.batch, sub, false, now);
+                    self.finish_part(relay, h.batch, sub, None, now);
                 } else if !got.is_empty() || !retried {
                     // Progress (a relay capping `limit` below the chunk) or a first
                     // miss: ask again for what is missing. The set shrinks or the next
@@ -351,10 +353,10 @@ impl SyncEngine {
                             });
                         }
                     }
-                    self.finish_part(relay, h.batch, sub, false, now);
+                    self.finish_part(relay, h.batch, sub, None, now);
                 } else {
                     // A retry that brought none of the ids asked: the relay will not.
-                    self.finish_part(relay, h.batch, sub, true, now);
+                    self.finish_part(relay, h.batch, sub, Some(&h.filter), now);
                 }
             }
         }
@@ -362,18 +364,26 @@ impl SyncEngine {
 
     /// One subscription of a batch ended (failed or not); the batch finishes when none
     /// is left open or queued.
+    ///
+    /// `failed`: the filter of a part that failed — what it names of the batch's items
+    /// is asked again later; a filter that names none (layer 1, an ids fetch) fails the
+    /// whole batch.
     fn finish_part(
         &mut self,
         relay: &RelayUrl,
         batch: BatchId,
         sub: &SubscriptionId,
-        failed: bool,
+        failed: Option<&Filter>,
         now: WallTime,
     ) {
         if let Some(b) = self.batch_mut(relay, batch) {
             b.outstanding.remove(sub);
             b.pagination.remove(sub);
-            b.failed |= failed;
+            if let Some(filter) = failed {
+                let mut scope = b.items.clone();
+                scope.merge(&b.also_covers);
+                b.failure.add(items_named_by(filter, &scope).as_ref());
+            }
         }
         self.finish_batch_if_done(relay, batch, now);
     }
@@ -405,15 +415,18 @@ impl SyncEngine {
         let Some(conn) = self.conns.get_mut(relay) else {
             return;
         };
-        if done.failed {
+        if done.failure.is_failed() {
             self.metrics.batches_failed += 1;
             conn.last_failure_at = Some(now);
             if done.layer1 {
                 conn.failed_layer1 = true;
             } else {
-                conn.failed_items.merge(&done.items);
+                // Only what the failed parts named is asked again (all of it when a
+                // failure named nothing).
+                conn.failed_items.merge(&done.failure.to_retry(&done.items));
                 // A catch-up also covered pending items: their gap was not filled either.
-                conn.failed_items.merge(&done.also_covers);
+                conn.failed_items
+                    .merge(&done.failure.to_retry(&done.also_covers));
             }
             if conn.retry_round < max_rounds && conn.retry_at.is_none() {
                 // 30 s, 1 min, 2 min ... capped at an hour: a relay that keeps failing
@@ -489,7 +502,7 @@ impl SyncEngine {
                 resume: None,
             });
         }
-        self.finish_part(relay, h.batch, session, false, now);
+        self.finish_part(relay, h.batch, session, None, now);
     }
 
     pub(super) fn on_negentropy_failed(
@@ -518,7 +531,7 @@ impl SyncEngine {
             conn.negentropy = NegentropySupport::Unsupported;
         }
         self.requeue_as_req(relay, h.batch, h.filter, h.attempts);
-        self.finish_part(relay, h.batch, session, false, now);
+        self.finish_part(relay, h.batch, session, None, now);
     }
 
     /// Every negentropy session on `relay` falls back to REQ+EOSE (the relay said it does
@@ -577,7 +590,7 @@ impl SyncEngine {
             HistoricKind::Negentropy => {
                 conn.negentropy = NegentropySupport::Unsupported;
                 self.requeue_as_req(relay, h.batch, h.filter, h.attempts);
-                self.finish_part(relay, h.batch, sub, false, now);
+                self.finish_part(relay, h.batch, sub, None, now);
             }
             HistoricKind::Req { .. } | HistoricKind::Fetch { .. } => {
                 let refused = matches!(
@@ -637,8 +650,10 @@ impl SyncEngine {
                     resume,
                 });
             }
+            self.finish_part(relay, h.batch, sub, None, now);
+        } else {
+            self.finish_part(relay, h.batch, sub, Some(&h.filter), now);
         }
-        self.finish_part(relay, h.batch, sub, !again, now);
     }
 
     /// A rate-limit NOTICE names no subscription: the historic REQs open on `relay` that
@@ -721,7 +736,7 @@ impl SyncEngine {
             if again {
                 conn.queue.push_front(QueuedPart {
                     batch: h.batch,
-                    filter: h.filter,
+                    filter: h.filter.clone(),
                     kind,
                     attempts: h.attempts + 1,
                     resume: None,
@@ -734,7 +749,8 @@ impl SyncEngine {
                 });
             }
             self.ingest_sorted(relay, buffer, h.batch, now);
-            self.finish_part(relay, h.batch, &sub, !again, now);
+            let failed = (!again).then_some(&h.filter);
+            self.finish_part(relay, h.batch, &sub, failed, now);
         }
     }
 
@@ -771,7 +787,7 @@ impl SyncEngine {
                 {
                     self.ingest_sorted(relay, buffer, h.batch, now);
                 }
-                self.finish_part(relay, h.batch, &sub, true, now);
+                self.finish_part(relay, h.batch, &sub, Some(&h.filter), now);
             }
         }
     }

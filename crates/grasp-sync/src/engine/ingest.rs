@@ -165,7 +165,10 @@ impl SyncEngine {
                 Some(batch) => {
                     if let Some(b) = self.batch_mut(&copy.relay, batch) {
                         b.awaiting = b.awaiting.saturating_sub(1);
-                        b.failed |= failed;
+                        if failed {
+                            // Which item the event was for is not known here: all.
+                            b.failure.add(None);
+                        }
                     }
                     self.finish_batch_if_done(&copy.relay, batch, now);
                 }

@@ -282,7 +282,7 @@ impl SyncEngine {
                 SyncMethod::ReqEose
             },
             pagination: Default::default(),
-            failed: false,
+            failure: Default::default(),
             layer1: cover.is_empty(),
             full_history: since.is_none(),
             started_at: now,

@@ -12,7 +12,8 @@ mod time;
 
 pub use items::SyncItems;
 pub use pending::{
-    BatchId, PaginationState, PendingBatch, PendingItems, PendingSyncIndex, SyncMethod,
+    BatchFailure, BatchId, PaginationState, PendingBatch, PendingItems, PendingSyncIndex,
+    SyncMethod,
 };
 pub use relay_index::{ConnectionStatus, RelayState, RelaySyncIndex};
 pub use relay_url::{RelayUrl, RelayUrlError};

@@ -31,6 +31,54 @@ pub enum SyncMethod {
 /// state, kept with the batch it belongs to.
 pub type PaginationState = crate::pagination::Paginator;
 
+/// Which of a batch's items must be asked again because something failed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum BatchFailure {
+    /// Nothing failed.
+    #[default]
+    None,
+    /// Parts failed whose filters named these items (of the batch's items and of what
+    /// it also covers): only they are asked again.
+    Items(PendingItems),
+    /// Something failed that names no item (an event the host could not take, an ids
+    /// fetch, a connection-level part): all of the batch again.
+    Whole,
+}
+
+impl BatchFailure {
+    /// True when anything failed.
+    pub fn is_failed(&self) -> bool {
+        *self != Self::None
+    }
+
+    /// Records a failure of a part covering `items` (`None`: it names none).
+    pub fn add(&mut self, items: Option<&PendingItems>) {
+        *self = match (std::mem::take(self), items) {
+            (Self::Whole, _) | (_, None) => Self::Whole,
+            (Self::None, Some(new)) => Self::Items(new.clone()),
+            (Self::Items(mut had), Some(new)) => {
+                had.merge(new);
+                Self::Items(had)
+            }
+        };
+    }
+
+    /// Of `items`, those to ask again.
+    pub fn to_retry(&self, items: &PendingItems) -> PendingItems {
+        match self {
+            Self::None => PendingItems::default(),
+            Self::Whole => items.clone(),
+            Self::Items(failed) => {
+                let mut untouched = items.clone();
+                untouched.subtract(failed);
+                let mut retry = items.clone();
+                retry.subtract(&untouched);
+                retry
+            }
+        }
+    }
+}
+
 /// One batch in flight.
 #[derive(Debug, Clone)]
 pub struct PendingBatch {
@@ -50,9 +98,9 @@ pub struct PendingBatch {
     pub method: SyncMethod,
     /// Pagination per outstanding REQ+EOSE subscription.
     pub pagination: BTreeMap<SubscriptionId, PaginationState>,
-    /// Set when any part failed; the batch still finishes, into
-    /// `ConnectedHistoricSyncFailures`.
-    pub failed: bool,
+    /// What failed, if anything: the batch still finishes (into
+    /// `ConnectedHistoricSyncFailures`) and what failed is asked again with backoff.
+    pub failure: BatchFailure,
     /// The connection-level batch (announcements and GRASP lists), which has no items.
     pub layer1: bool,
     /// False for a `since`-limited batch (quick reconnect, live gap): its success says
