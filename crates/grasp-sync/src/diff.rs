@@ -299,6 +299,7 @@ mod tests {
                     method: SyncMethod::ReqEose,
                     pagination: Default::default(),
                     failure: Default::default(),
+                    beyond_req: Default::default(),
                     layer1: false,
                     full_history: true,
                     started_at: WallTime::ZERO,

@@ -966,6 +966,61 @@ fn r07c_a_retry_asks_only_what_the_failed_part_named() {
     assert_eq!(h.status(A), ConnectionStatus::Connected);
 }
 
+/// A tie group larger than the relay's known cap: REQ cannot deliver it, so the failure
+/// stays recorded (and visible) but is not asked again by REQ with every retry — only
+/// the next fresh start (which tries NIP-77 again) does.
+#[test]
+fn r07d_what_req_cannot_deliver_is_not_asked_again_by_req() {
+    let mut cfg = config();
+    cfg.default_limits.page_limit = 3;
+    cfg.default_limits.max_limit = Some(3);
+    let (mut h, k, repo) = with_repo(cfg, &[A]);
+    h.connect_and_settle(A);
+    let root = issue(&k, &repo, T0 - 10_000, "bug");
+    let cmds = accept_root(&mut h, &root);
+    let reqs = historic(&cmds, A);
+    let (mut sub, _) = reqs
+        .iter()
+        .find(|(_, f)| kind_of(f) == "#e")
+        .unwrap()
+        .clone();
+    for (id, _) in reqs.iter().filter(|(id, _)| *id != sub) {
+        h.answer(A, id, &[]);
+    }
+    // Five replies on one second; the relay returns at most three.
+    let tied: Vec<Event> = (0..5)
+        .map(|i| reply(&k, &root.id, T0 - 5_000, &format!("tied {i}")))
+        .collect();
+    let mut pages = 0;
+    loop {
+        let cmds = h.answer(A, &sub, &tied[..3]);
+        pages += 1;
+        let next = historic(&cmds, A);
+        let Some((id, f)) = next.first().cloned() else {
+            break;
+        };
+        // Past the tie group: older than it, nothing.
+        let older = f.until.is_some_and(|u| u.as_secs() < T0 - 5_000);
+        if older {
+            h.answer(A, &id, &[]);
+            break;
+        }
+        sub = id;
+        assert!(pages < 10, "pagination ends");
+    }
+    assert_eq!(h.status(A), ConnectionStatus::ConnectedHistoricSyncFailures);
+    let cmds = h.advance(Duration::from_secs(600));
+    assert!(
+        historic(&cmds, A).is_empty(),
+        "what REQ cannot deliver is not asked again by REQ: {cmds:?}"
+    );
+    assert_eq!(
+        h.status(A),
+        ConnectionStatus::ConnectedHistoricSyncFailures,
+        "and stays visible"
+    );
+}
+
 #[test]
 fn r07b_historic_req_without_any_answer_times_out() {
     let (mut h, k, repo) = with_repo(config(), &[A]);

@@ -114,6 +114,10 @@ pub(super) struct Conn {
     pub live_resubscribes: u32,
     /// Items whose historic sync failed; retried with backoff while connected.
     pub failed_items: SyncItems,
+    /// Failed items REQ cannot deliver from this relay (see
+    /// [`crate::model::PendingBatch::beyond_req`]): shown as failures, never retried by
+    /// REQ, forgotten at the next fresh start.
+    pub beyond_req: SyncItems,
     /// Layer 1 history failed; retried with the items.
     pub failed_layer1: bool,
     /// When the last failure was recorded: only a full-history batch started after
@@ -155,6 +159,7 @@ impl Conn {
             daily_due: None,
             live_resubscribes: 0,
             failed_items: SyncItems::default(),
+            beyond_req: SyncItems::default(),
             failed_layer1: false,
             last_failure_at: None,
             live_failed: false,
@@ -176,12 +181,16 @@ impl Conn {
 
     /// Whether some history failed or live coverage was given up.
     pub fn has_failures(&self) -> bool {
-        !self.failed_items.is_empty() || self.failed_layer1 || self.live_failed
+        !self.failed_items.is_empty()
+            || !self.beyond_req.is_empty()
+            || self.failed_layer1
+            || self.live_failed
     }
 
     /// Forgets every failure (a fresh start syncs everything again).
     pub fn clear_failures(&mut self) {
         self.failed_items = SyncItems::default();
+        self.beyond_req = SyncItems::default();
         self.failed_layer1 = false;
         self.last_failure_at = None;
         self.live_failed = false;

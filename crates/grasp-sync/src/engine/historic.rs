@@ -287,6 +287,24 @@ impl SyncEngine {
                     h.batch,
                     now,
                 );
+                // What asking again by REQ cannot change: a tie group over the relay's
+                // known cap, a relay that ignores `until` (after its largest page).
+                let beyond_req = match outcome.incomplete {
+                    Some(IncompleteReason::TieGroupLargerThanCap { .. }) => {
+                        self.limits(relay).max_limit.is_some()
+                    }
+                    Some(IncompleteReason::RelayIgnoresUntil) => true,
+                    _ => false,
+                };
+                if beyond_req {
+                    if let Some(b) = self.batch_mut(relay, h.batch) {
+                        let mut scope = b.items.clone();
+                        scope.merge(&b.also_covers);
+                        if let Some(named) = items_named_by(&h.filter, &scope) {
+                            b.beyond_req.merge(&named);
+                        }
+                    }
+                }
                 let failed = match outcome.incomplete {
                     // A short page of one timestamp from a relay whose cap we do not
                     // know: "all there was" or "capped there". No relay caps `limit`
@@ -422,11 +440,13 @@ impl SyncEngine {
                 conn.failed_layer1 = true;
             } else {
                 // Only what the failed parts named is asked again (all of it when a
-                // failure named nothing).
-                conn.failed_items.merge(&done.failure.to_retry(&done.items));
+                // failure named nothing), and not what REQ cannot deliver.
+                let mut retry = done.failure.to_retry(&done.items);
                 // A catch-up also covered pending items: their gap was not filled either.
-                conn.failed_items
-                    .merge(&done.failure.to_retry(&done.also_covers));
+                retry.merge(&done.failure.to_retry(&done.also_covers));
+                retry.subtract(&done.beyond_req);
+                conn.failed_items.merge(&retry);
+                conn.beyond_req.merge(&done.beyond_req);
             }
             if conn.retry_round < max_rounds && conn.retry_at.is_none() {
                 // 30 s, 1 min, 2 min ... capped at an hour: a relay that keeps failing
@@ -448,6 +468,7 @@ impl SyncEngine {
                 conn.failed_layer1 = false;
             } else if clears {
                 conn.failed_items.subtract(&done.items);
+                conn.beyond_req.subtract(&done.items);
             }
         } else {
             self.metrics.batches_completed += 1;

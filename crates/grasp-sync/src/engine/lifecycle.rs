@@ -283,6 +283,7 @@ impl SyncEngine {
             },
             pagination: Default::default(),
             failure: Default::default(),
+            beyond_req: Default::default(),
             layer1: cover.is_empty(),
             full_history: since.is_none(),
             started_at: now,

@@ -457,6 +457,8 @@ impl SyncEngine {
         let mut state = state.clone();
         if let Some(conn) = self.conns.get(relay) {
             state.confirmed.subtract(&conn.failed_items);
+            // Not stored in full either: a restart asks for them once more.
+            state.confirmed.subtract(&conn.beyond_req);
             state.announcements_synced &= !conn.failed_layer1;
         }
         if state.status.is_connected() || state.complete_until.is_some() {

@@ -101,6 +101,11 @@ pub struct PendingBatch {
     /// What failed, if anything: the batch still finishes (into
     /// `ConnectedHistoricSyncFailures`) and what failed is asked again with backoff.
     pub failure: BatchFailure,
+    /// Of what failed, the items REQ cannot deliver in full from this relay (a tie
+    /// group over its known cap, a relay ignoring `until`): not asked again by REQ on
+    /// this connection; they stay recorded until the next fresh start (which tries
+    /// NIP-77 again), and are not persisted as confirmed (a restart asks once more).
+    pub beyond_req: PendingItems,
     /// The connection-level batch (announcements and GRASP lists), which has no items.
     pub layer1: bool,
     /// False for a `since`-limited batch (quick reconnect, live gap): its success says
