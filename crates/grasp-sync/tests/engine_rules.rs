@@ -1019,6 +1019,17 @@ fn r07d_what_req_cannot_deliver_is_not_asked_again_by_req() {
         ConnectionStatus::ConnectedHistoricSyncFailures,
         "and stays visible"
     );
+    let why = h
+        .engine
+        .status(h.now)
+        .into_iter()
+        .find(|r| r.relay == url(A))
+        .and_then(|r| r.last_error)
+        .unwrap_or_default();
+    assert!(
+        why.contains("history incomplete: TieGroupLargerThanCap"),
+        "the reason is in the relay's status: {why:?}"
+    );
 }
 
 #[test]

@@ -158,6 +158,15 @@ impl SyncEngine {
         }
     }
 
+    /// Says why history from `relay` is incomplete, for its status (`last_error`).
+    fn note_history_problem(&mut self, relay: &RelayUrl, filter: &Filter, why: &str) {
+        if let Some(conn) = self.conns.get_mut(relay) {
+            let what = serde_json::to_string(filter).unwrap_or_default();
+            let what: String = what.chars().take(160).collect();
+            conn.last_error = Some(format!("history incomplete: {why} (filter {what})"));
+        }
+    }
+
     pub(super) fn batch_mut(
         &mut self,
         relay: &RelayUrl,
@@ -316,6 +325,9 @@ impl SyncEngine {
                     Some(_) => true,
                     None => false,
                 };
+                if let (true, Some(reason)) = (failed, outcome.incomplete) {
+                    self.note_history_problem(relay, &h.filter, &format!("{reason:?}"));
+                }
                 match outcome.decision {
                     PageDecision::Done => {
                         self.finish_part(relay, h.batch, sub, failed.then_some(&h.filter), now)
@@ -374,6 +386,8 @@ impl SyncEngine {
                     self.finish_part(relay, h.batch, sub, None, now);
                 } else {
                     // A retry that brought none of the ids asked: the relay will not.
+                    let why = "the relay returned none of the ids its reconciliation offered";
+                    self.note_history_problem(relay, &h.filter, why);
                     self.finish_part(relay, h.batch, sub, Some(&h.filter), now);
                 }
             }
@@ -673,6 +687,12 @@ impl SyncEngine {
             }
             self.finish_part(relay, h.batch, sub, None, now);
         } else {
+            let why = if refused {
+                "refused by a rate limit too many times in a row"
+            } else {
+                "closed before EOSE"
+            };
+            self.note_history_problem(relay, &h.filter, why);
             self.finish_part(relay, h.batch, sub, Some(&h.filter), now);
         }
     }
@@ -808,6 +828,7 @@ impl SyncEngine {
                 {
                     self.ingest_sorted(relay, buffer, h.batch, now);
                 }
+                self.note_history_problem(relay, &h.filter, "no EOSE in time");
                 self.finish_part(relay, h.batch, &sub, Some(&h.filter), now);
             }
         }
