@@ -60,8 +60,12 @@ pub(super) struct HistoricSub {
     pub deadline: WallTime,
     /// Events received on this page, to cut a flooding relay off at the page size.
     pub received: usize,
-    /// Rate-limit retries so far (carried over from the queued part).
+    /// Rate-limit refusals in a row (carried over from the queued part; a page that
+    /// arrives starts the count again).
     pub attempts: u32,
+    /// Times this part started again from its first page after messages from the
+    /// relay were lost (never reset: a part that keeps losing fails its batch).
+    pub restarts: u32,
 }
 
 /// How a queued part will run.
@@ -86,6 +90,8 @@ pub(super) struct QueuedPart {
     /// Times in a row this part was refused by a rate limit and queued again (a page
     /// that arrives resets it: a long history under a REQ rate completes page by page).
     pub attempts: u32,
+    /// See [`HistoricSub::restarts`].
+    pub restarts: u32,
     /// For a REQ part past its first page: where to resume.
     pub resume: Option<Box<PageResume>>,
 }
@@ -118,6 +124,9 @@ pub(super) struct Conn {
     /// [`crate::model::PendingBatch::beyond_req`]): shown as failures, never retried by
     /// REQ, forgotten at the next fresh start.
     pub beyond_req: SyncItems,
+    /// When the relay last said "rate limited" (NOTICE or CLOSED): a historic REQ open
+    /// then that never answered is taken as refused when it times out.
+    pub rate_limited_at: Option<WallTime>,
     /// Layer 1 history failed; retried with the items.
     pub failed_layer1: bool,
     /// When the last failure was recorded: only a full-history batch started after
@@ -160,6 +169,7 @@ impl Conn {
             live_resubscribes: 0,
             failed_items: SyncItems::default(),
             beyond_req: SyncItems::default(),
+            rate_limited_at: None,
             failed_layer1: false,
             last_failure_at: None,
             live_failed: false,

@@ -18,7 +18,8 @@ use crate::pagination::{IncompleteReason, PageDecision, PaginationConfig, Pagina
 /// The smallest `limit` cap we assume a relay may impose without saying so in NIP-11.
 const MIN_PLAUSIBLE_CAP: usize = 10;
 
-/// Rate-limited parts are retried this many times before the batch counts as failed.
+/// A part refused by a rate limit this many times in a row, or started again after lost
+/// messages this many times, fails its batch.
 const MAX_PART_ATTEMPTS: u32 = 3;
 
 /// Order in which events of one page are handed to the host: announcements before the
@@ -152,6 +153,7 @@ impl SyncEngine {
                         deadline,
                         received: 0,
                         attempts: part.attempts,
+                        restarts: part.restarts,
                     },
                 );
             }
@@ -328,6 +330,8 @@ impl SyncEngine {
                 if let (true, Some(reason)) = (failed, outcome.incomplete) {
                     self.note_history_problem(relay, &h.filter, &format!("{reason:?}"));
                 }
+                // Recorded as beyond REQ above, not as a failure to retry.
+                let failed = failed && !beyond_req;
                 match outcome.decision {
                     PageDecision::Done => {
                         self.finish_part(relay, h.batch, sub, failed.then_some(&h.filter), now)
@@ -342,6 +346,7 @@ impl SyncEngine {
                                 filter: h.filter.clone(),
                                 kind: PartKind::Req,
                                 attempts: 0,
+                                restarts: h.restarts,
                                 resume: Some(Box::new(PageResume {
                                     paginator: state,
                                     until: Some(until),
@@ -379,6 +384,7 @@ impl SyncEngine {
                                 filter,
                                 kind,
                                 attempts: h.attempts,
+                                restarts: h.restarts,
                                 resume: None,
                             });
                         }
@@ -447,18 +453,23 @@ impl SyncEngine {
         let Some(conn) = self.conns.get_mut(relay) else {
             return;
         };
-        if done.failure.is_failed() {
+        if done.failure.is_failed() || !done.beyond_req.is_empty() {
             self.metrics.batches_failed += 1;
             conn.last_failure_at = Some(now);
             if done.layer1 {
                 conn.failed_layer1 = true;
             } else {
                 // Only what the failed parts named is asked again (all of it when a
-                // failure named nothing), and not what REQ cannot deliver.
+                // failure named nothing).
                 let mut retry = done.failure.to_retry(&done.items);
                 // A catch-up also covered pending items: their gap was not filled either.
                 retry.merge(&done.failure.to_retry(&done.also_covers));
-                retry.subtract(&done.beyond_req);
+                // What REQ cannot deliver is not asked again by REQ, also where an
+                // earlier failure had it waiting for a retry — unless another part
+                // failed for it just now.
+                let mut settled = done.beyond_req.clone();
+                settled.subtract(&retry);
+                conn.failed_items.subtract(&settled);
                 conn.failed_items.merge(&retry);
                 conn.beyond_req.merge(&done.beyond_req);
             }
@@ -499,6 +510,7 @@ impl SyncEngine {
                 filter,
                 kind: PartKind::Req,
                 attempts,
+                restarts: 0,
                 resume: None,
             });
         }
@@ -534,6 +546,7 @@ impl SyncEngine {
                 filter,
                 kind: PartKind::Fetch { retried: false },
                 attempts: 0,
+                restarts: h.restarts,
                 resume: None,
             });
         }
@@ -605,6 +618,7 @@ impl SyncEngine {
         };
         if signal == RelaySignal::RateLimited {
             conn.health.on_rate_limited(now);
+            conn.rate_limited_at = Some(now);
         }
         if conn.live.remove(sub).is_some() {
             conn.live_gap_since.get_or_insert(now);
@@ -682,6 +696,7 @@ impl SyncEngine {
                     filter: h.filter,
                     kind,
                     attempts: h.attempts + 1,
+                    restarts: h.restarts,
                     resume,
                 });
             }
@@ -697,36 +712,6 @@ impl SyncEngine {
         }
     }
 
-    /// A rate-limit NOTICE names no subscription: the historic REQs open on `relay` that
-    /// have brought nothing yet are taken as the refused ones, closed, and queued again
-    /// to resume after the cooldown (one that was being served meanwhile is only asked
-    /// again). Parts already bringing events go on.
-    fn requeue_unanswered(&mut self, relay: &RelayUrl, now: WallTime) {
-        let Some(conn) = self.conns.get_mut(relay) else {
-            return;
-        };
-        let unanswered: Vec<SubscriptionId> = conn
-            .historic
-            .iter()
-            .filter(|(_, h)| h.received == 0 && !matches!(h.kind, HistoricKind::Negentropy))
-            .map(|(id, _)| id.clone())
-            .collect();
-        for sub in unanswered {
-            let Some(h) = self
-                .conns
-                .get_mut(relay)
-                .and_then(|c| c.historic.remove(&sub))
-            else {
-                continue;
-            };
-            self.commands.push_back(Command::Unsubscribe {
-                relay: relay.clone(),
-                id: sub.clone(),
-            });
-            self.end_part(relay, &sub, h, true, now);
-        }
-    }
-
     pub(super) fn on_notice(&mut self, relay: &RelayUrl, message: &str, now: WallTime) {
         self.strike(relay, now);
         let Some(conn) = self.conns.get_mut(relay) else {
@@ -735,10 +720,11 @@ impl SyncEngine {
         match classify_notice(message) {
             RelaySignal::RateLimited => {
                 conn.health.on_rate_limited(now);
-                self.requeue_unanswered(relay, now);
+                conn.rate_limited_at = Some(now);
             }
             RelaySignal::TooManySubscriptions => {
                 conn.health.on_rate_limited(now);
+                conn.rate_limited_at = Some(now);
                 conn.needs_rebuild = true;
             }
             RelaySignal::NegentropyUnsupported => self.abandon_negentropy(relay, now),
@@ -773,13 +759,14 @@ impl SyncEngine {
                 HistoricKind::Req { buffer, .. } => (PartKind::Req, buffer),
                 HistoricKind::Fetch { buffer, .. } => (PartKind::Fetch { retried: false }, buffer),
             };
-            let again = h.attempts < MAX_PART_ATTEMPTS;
+            let again = h.restarts < MAX_PART_ATTEMPTS;
             if again {
                 conn.queue.push_front(QueuedPart {
                     batch: h.batch,
                     filter: h.filter.clone(),
                     kind,
-                    attempts: h.attempts + 1,
+                    attempts: h.attempts,
+                    restarts: h.restarts + 1,
                     resume: None,
                 });
             }
@@ -818,11 +805,24 @@ impl SyncEngine {
                 // ends it itself (idle or total timeout) — this is only the backstop
                 // for an answer that never came.
                 self.on_negentropy_failed(relay, &sub, &NegentropyFailure::Timeout, now);
-            } else if let Some(h) = conn.historic.remove(&sub) {
+            } else {
+                // A rate-limit NOTICE names no subscription: a REQ that brought nothing
+                // and was open when one came was most likely the one refused. It
+                // resumes at its page after the cooldown, like a REQ refused by CLOSED;
+                // REQs the relay did accept are never closed early for it.
+                let opened = h.deadline - self.config.subscription_timeout;
+                let refused = h.received == 0 && conn.rate_limited_at.is_some_and(|t| t >= opened);
+                let Some(h) = conn.historic.remove(&sub) else {
+                    continue;
+                };
                 self.commands.push_back(Command::Unsubscribe {
                     relay: relay.clone(),
                     id: sub.clone(),
                 });
+                if refused {
+                    self.end_part(relay, &sub, h, true, now);
+                    continue;
+                }
                 if let HistoricKind::Req { buffer, .. } | HistoricKind::Fetch { buffer, .. } =
                     h.kind
                 {

@@ -265,6 +265,7 @@ impl SyncEngine {
                 filter,
                 kind,
                 attempts: 0,
+                restarts: 0,
                 resume: None,
             });
         }
