@@ -219,6 +219,13 @@ impl RelayHealth {
                 .is_some_and(|s| now.saturating_since(s) >= self.config.dead_after)
     }
 
+    /// Whether the relay said "rate limited" at or after `t` (the cooldown runs from
+    /// the latest such word, so its end tells when that was).
+    pub fn rate_limited_since(&self, t: WallTime) -> bool {
+        self.rate_limited_until
+            .is_some_and(|u| u >= t + self.config.rate_limit_cooldown)
+    }
+
     fn is_rate_limited(&self, now: WallTime) -> bool {
         self.rate_limited_until.is_some_and(|u| now < u)
     }

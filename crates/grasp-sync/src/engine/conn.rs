@@ -124,9 +124,6 @@ pub(super) struct Conn {
     /// [`crate::model::PendingBatch::beyond_req`]): shown as failures, never retried by
     /// REQ, forgotten at the next fresh start.
     pub beyond_req: SyncItems,
-    /// When the relay last said "rate limited" (NOTICE or CLOSED): a historic REQ open
-    /// then that never answered is taken as refused when it times out.
-    pub rate_limited_at: Option<WallTime>,
     /// Layer 1 history failed; retried with the items.
     pub failed_layer1: bool,
     /// When the last failure was recorded: only a full-history batch started after
@@ -169,7 +166,6 @@ impl Conn {
             live_resubscribes: 0,
             failed_items: SyncItems::default(),
             beyond_req: SyncItems::default(),
-            rate_limited_at: None,
             failed_layer1: false,
             last_failure_at: None,
             live_failed: false,

@@ -11,7 +11,7 @@ use super::conn::{HistoricKind, HistoricSub, NegentropySupport, PageResume, Part
 use super::{Command, NegentropyFailure, SubscriptionMode, SyncEngine};
 use crate::classify::{classify_closed, classify_notice, RelaySignal};
 use crate::filters::{ids_filters, items_named_by, with_page};
-use crate::model::{BatchId, RelayUrl, WallTime};
+use crate::model::{BatchId, PendingBatch, RelayUrl, SyncItems, WallTime};
 use crate::nip34;
 use crate::pagination::{IncompleteReason, PageDecision, PaginationConfig, Paginator};
 
@@ -33,6 +33,13 @@ fn ingest_rank(event: &Event) -> (u8, nostr::Timestamp) {
         _ => 3,
     };
     (rank, event.created_at)
+}
+
+/// What `filter` names of `batch`'s items and of what it also covers.
+fn named_in_batch(batch: &PendingBatch, filter: &Filter) -> Option<SyncItems> {
+    let mut scope = batch.items.clone();
+    scope.merge(&batch.also_covers);
+    items_named_by(filter, &scope)
 }
 
 impl SyncEngine {
@@ -309,9 +316,7 @@ impl SyncEngine {
                 };
                 if beyond_req {
                     if let Some(b) = self.batch_mut(relay, h.batch) {
-                        let mut scope = b.items.clone();
-                        scope.merge(&b.also_covers);
-                        if let Some(named) = items_named_by(&h.filter, &scope) {
+                        if let Some(named) = named_in_batch(b, &h.filter) {
                             b.beyond_req.merge(&named);
                         }
                     }
@@ -418,9 +423,8 @@ impl SyncEngine {
             b.outstanding.remove(sub);
             b.pagination.remove(sub);
             if let Some(filter) = failed {
-                let mut scope = b.items.clone();
-                scope.merge(&b.also_covers);
-                b.failure.add(items_named_by(filter, &scope).as_ref());
+                let named = named_in_batch(b, filter);
+                b.failure.add(named.as_ref());
             }
         }
         self.finish_batch_if_done(relay, batch, now);
@@ -618,7 +622,6 @@ impl SyncEngine {
         };
         if signal == RelaySignal::RateLimited {
             conn.health.on_rate_limited(now);
-            conn.rate_limited_at = Some(now);
         }
         if conn.live.remove(sub).is_some() {
             conn.live_gap_since.get_or_insert(now);
@@ -646,7 +649,7 @@ impl SyncEngine {
                     signal,
                     RelaySignal::RateLimited | RelaySignal::TooManySubscriptions
                 );
-                self.end_part(relay, sub, h, refused, now);
+                self.end_part(relay, sub, h, refused, "closed before EOSE", now);
             }
         }
     }
@@ -655,13 +658,15 @@ impl SyncEngine {
     /// open set) that did not reach EOSE: what it brought is handed over; a part
     /// `refused` by a rate limit is queued again — a REQ from the page it was on, with
     /// the ids it has seen — until it was refused [`MAX_PART_ATTEMPTS`] times in a row;
-    /// otherwise its batch counts as failed (retried with backoff).
+    /// otherwise its batch counts as failed (retried with backoff), `why` in the
+    /// relay's status.
     fn end_part(
         &mut self,
         relay: &RelayUrl,
         sub: &SubscriptionId,
         h: HistoricSub,
         refused: bool,
+        why: &str,
         now: WallTime,
     ) {
         let again = refused && h.attempts < MAX_PART_ATTEMPTS;
@@ -705,7 +710,7 @@ impl SyncEngine {
             let why = if refused {
                 "refused by a rate limit too many times in a row"
             } else {
-                "closed before EOSE"
+                why
             };
             self.note_history_problem(relay, &h.filter, why);
             self.finish_part(relay, h.batch, sub, Some(&h.filter), now);
@@ -718,13 +723,9 @@ impl SyncEngine {
             return;
         };
         match classify_notice(message) {
-            RelaySignal::RateLimited => {
-                conn.health.on_rate_limited(now);
-                conn.rate_limited_at = Some(now);
-            }
+            RelaySignal::RateLimited => conn.health.on_rate_limited(now),
             RelaySignal::TooManySubscriptions => {
                 conn.health.on_rate_limited(now);
-                conn.rate_limited_at = Some(now);
                 conn.needs_rebuild = true;
             }
             RelaySignal::NegentropyUnsupported => self.abandon_negentropy(relay, now),
@@ -811,7 +812,7 @@ impl SyncEngine {
                 // resumes at its page after the cooldown, like a REQ refused by CLOSED;
                 // REQs the relay did accept are never closed early for it.
                 let opened = h.deadline - self.config.subscription_timeout;
-                let refused = h.received == 0 && conn.rate_limited_at.is_some_and(|t| t >= opened);
+                let refused = h.received == 0 && conn.health.rate_limited_since(opened);
                 let Some(h) = conn.historic.remove(&sub) else {
                     continue;
                 };
@@ -819,17 +820,7 @@ impl SyncEngine {
                     relay: relay.clone(),
                     id: sub.clone(),
                 });
-                if refused {
-                    self.end_part(relay, &sub, h, true, now);
-                    continue;
-                }
-                if let HistoricKind::Req { buffer, .. } | HistoricKind::Fetch { buffer, .. } =
-                    h.kind
-                {
-                    self.ingest_sorted(relay, buffer, h.batch, now);
-                }
-                self.note_history_problem(relay, &h.filter, "no EOSE in time");
-                self.finish_part(relay, h.batch, &sub, Some(&h.filter), now);
+                self.end_part(relay, &sub, h, refused, "no EOSE in time", now);
             }
         }
     }
