@@ -156,6 +156,7 @@ async fn start_b(bind: SocketAddr, data: &Path) -> RunningRelay {
 struct Scene {
     root: tempfile::TempDir,
     a: NostrRsRelay,
+    /// Serves the git data while the scene lives.
     _daemon: GitDaemon,
     b_addr: SocketAddr,
     b_url: String,
@@ -205,53 +206,44 @@ impl Scene {
 /// up what was published while it was down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interop_nostr_rs_relay_history_live_and_restart() {
-    let Some(Scene {
-        root,
-        a,
-        b_addr,
-        b_url,
-        keys,
-        mut events,
-        _daemon,
-    }) = Scene::new(100, 4).await
-    else {
+    let Some(mut scene) = Scene::new(100, 4).await else {
         return;
     };
-    let b_data = tmp(root.path(), "b");
-    let b = start_b(b_addr, &b_data).await;
+    let b_data = tmp(scene.root.path(), "b");
+    let b = start_b(scene.b_addr, &b_data).await;
     // Held until B has fetched the git data, then accepted.
-    let _ = publish_all(&b_url, &events[..1]).await;
-    let took = wait_holds(&b_url, &keys, &events, "history").await;
+    let _ = publish_all(&scene.b_url, &scene.events[..1]).await;
+    let took = wait_holds(&scene.b_url, &scene.keys, &scene.events, "history").await;
     println!(
         "interop: nostr-rs-relay history events={} synced_s={:.1}",
-        events.len(),
+        scene.events.len(),
         took.as_secs_f64()
     );
 
     // Live: a comment published to nostr-rs-relay now reaches B.
-    let live = comment(&keys, &events[1].id, "live", Timestamp::now());
-    publish_all(&a.url, std::slice::from_ref(&live))
+    let live = comment(&scene.keys, &scene.events[1].id, "live", Timestamp::now());
+    publish_all(&scene.a.url, std::slice::from_ref(&live))
         .await
         .unwrap();
-    events.push(live);
-    wait_holds(&b_url, &keys, &events, "live").await;
+    scene.events.push(live);
+    wait_holds(&scene.b_url, &scene.keys, &scene.events, "live").await;
 
     // Restart: what was published while B was down arrives after it is back.
     b.shutdown().await.expect("B stops cleanly");
     let missed: Vec<Event> = (0..3)
         .map(|i| {
             comment(
-                &keys,
-                &events[1].id,
+                &scene.keys,
+                &scene.events[1].id,
                 &format!("while B was down {i}"),
                 Timestamp::now(),
             )
         })
         .collect();
-    publish_all(&a.url, &missed).await.unwrap();
-    events.extend(missed);
-    let b = start_b(b_addr, &b_data).await;
-    let took = wait_holds(&b_url, &keys, &events, "after restart").await;
+    publish_all(&scene.a.url, &missed).await.unwrap();
+    scene.events.extend(missed);
+    let b = start_b(scene.b_addr, &b_data).await;
+    let took = wait_holds(&scene.b_url, &scene.keys, &scene.events, "after restart").await;
     println!(
         "interop: nostr-rs-relay restart caught_up_s={:.1}",
         took.as_secs_f64()
@@ -264,36 +256,33 @@ async fn interop_nostr_rs_relay_history_live_and_restart() {
 /// each once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interop_nostr_rs_relay_300_events_on_one_timestamp() {
-    let Some(Scene {
-        root,
-        a,
-        b_addr,
-        b_url,
-        keys,
-        mut events,
-        _daemon,
-    }) = Scene::new(1, 0).await
-    else {
+    let Some(mut scene) = Scene::new(1, 0).await else {
         return;
     };
     let tie = Timestamp::from_secs(Timestamp::now().as_secs() - 3_600);
-    let issue = events[1].id;
+    let issue = scene.events[1].id;
     let tied: Vec<Event> = (0..300)
-        .map(|i| comment(&keys, &issue, &format!("tied {i}"), tie))
+        .map(|i| comment(&scene.keys, &issue, &format!("tied {i}"), tie))
         .collect();
-    publish_all(&a.url, &tied)
+    publish_all(&scene.a.url, &tied)
         .await
         .expect("nostr-rs-relay takes them");
-    events.extend(tied);
+    scene.events.extend(tied);
 
-    let mut config = RelayConfig::for_tests(tmp(root.path(), "b"));
-    config.bind = b_addr;
+    let mut config = RelayConfig::for_tests(tmp(scene.root.path(), "b"));
+    config.bind = scene.b_addr;
     let b = start(config).await.expect("B starts");
-    let _ = publish_all(&b_url, &events[..1]).await; // held, then accepted
-    let took = wait_holds(&b_url, &keys, &events, "300 on one timestamp").await;
+    let _ = publish_all(&scene.b_url, &scene.events[..1]).await; // held, then accepted
+    let took = wait_holds(
+        &scene.b_url,
+        &scene.keys,
+        &scene.events,
+        "300 on one timestamp",
+    )
+    .await;
     println!(
         "interop: nostr-rs-relay tie events={} synced_s={:.1}",
-        events.len(),
+        scene.events.len(),
         took.as_secs_f64()
     );
     b.shutdown().await.unwrap();
