@@ -12,7 +12,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::engine::{EngineMetrics, Input, RelayStatusSnapshot};
@@ -58,11 +58,6 @@ pub struct SyncMetrics {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WhatLabel {
     what: &'static str,
-}
-
-/// Brings `counter` up to `total` (the engine keeps running totals; counters only go up).
-fn sync_counter(counter: &Counter, total: u64) {
-    counter.inc_by(total.saturating_sub(counter.get()));
 }
 
 impl SyncMetrics {
@@ -202,45 +197,55 @@ impl SyncMetrics {
         self.events_synced.inc_by(n);
     }
 
-    /// Brings the work and event counters up to the engine's running totals.
-    pub fn set_engine_totals(&self, m: &EngineMetrics) {
-        for (what, total) in [
-            ("req", m.reqs_sent),
-            ("neg_open", m.negentropy_sessions),
-            ("neg_fallback", m.negentropy_fallbacks),
-            ("batch_completed", m.batches_completed),
-            ("batch_failed", m.batches_failed),
-        ] {
-            sync_counter(&self.historic.get_or_create(&WhatLabel { what }), total);
+    /// Adds to the work and event counters what the engine's running totals `m` grew
+    /// by since `reported` (a driver restarted with the same metrics starts again from
+    /// zero totals; the counters only go on).
+    pub fn add_engine_work(&self, m: &EngineMetrics, reported: &EngineMetrics) {
+        let totals = |m: &EngineMetrics| {
+            [
+                ("req", m.reqs_sent),
+                ("neg_open", m.negentropy_sessions),
+                ("neg_fallback", m.negentropy_fallbacks),
+                ("batch_completed", m.batches_completed),
+                ("batch_failed", m.batches_failed),
+            ]
+        };
+        for ((what, total), (_, before)) in totals(m).into_iter().zip(totals(reported)) {
+            self.historic
+                .get_or_create(&WhatLabel { what })
+                .inc_by(total.saturating_sub(before));
         }
-        for (what, total) in [
-            ("received", m.events_received),
-            ("accepted", m.events_accepted),
-            ("purgatory", m.events_purgatory),
-            ("rejected", m.events_rejected),
-            ("duplicate", m.events_duplicate),
-            ("failed", m.events_failed),
-            ("deduplicated", m.events_deduplicated),
-            ("dropped_unsolicited", m.dropped_unsolicited),
-            ("dropped_flood", m.dropped_flood),
-            (
-                "dropped_unknown_subscription",
-                m.dropped_unknown_subscription,
-            ),
-            ("dropped_malformed", m.dropped_malformed),
-        ] {
-            sync_counter(&self.events.get_or_create(&WhatLabel { what }), total);
+        let events = |m: &EngineMetrics| {
+            [
+                ("received", m.events_received),
+                ("accepted", m.events_accepted),
+                ("purgatory", m.events_purgatory),
+                ("rejected", m.events_rejected),
+                ("duplicate", m.events_duplicate),
+                ("failed", m.events_failed),
+                ("deduplicated", m.events_deduplicated),
+                ("dropped_unsolicited", m.dropped_unsolicited),
+                ("dropped_flood", m.dropped_flood),
+                (
+                    "dropped_unknown_subscription",
+                    m.dropped_unknown_subscription,
+                ),
+                ("dropped_malformed", m.dropped_malformed),
+            ]
+        };
+        for ((what, total), (_, before)) in events(m).into_iter().zip(events(reported)) {
+            self.events
+                .get_or_create(&WhatLabel { what })
+                .inc_by(total.saturating_sub(before));
         }
+        self.add_events_synced(m.events_accepted.saturating_sub(reported.events_accepted));
     }
 
-    /// Brings one relay's received-events counter up to `total`.
-    pub fn set_relay_events_received(&self, relay: &RelayUrl, total: u64) {
-        sync_counter(
-            &self
-                .relay_events_received
-                .get_or_create(&Self::relay(relay)),
-            total,
-        );
+    /// Adds `n` events received from `relay`.
+    pub fn add_relay_events_received(&self, relay: &RelayUrl, n: u64) {
+        self.relay_events_received
+            .get_or_create(&Self::relay(relay))
+            .inc_by(n);
     }
 
     /// Totals over all relays.
@@ -276,12 +281,15 @@ fn to_i64(n: usize) -> i64 {
 
 /// Keeps a [`SyncMetrics`] up to date from the driver loop: connection attempts as they
 /// happen, per-relay gauges from the engine's status at most once a second (the status
-/// walks every relay), and the events-synced counter from the engine's running total.
+/// walks every relay), and the counters by how much the engine's running totals grew
+/// since the last refresh.
 pub(crate) struct MetricsReporter {
     metrics: SyncMetrics,
     refreshed_at: WallTime,
-    relays: BTreeSet<RelayUrl>,
-    accepted_reported: u64,
+    /// Per relay: its events received, as last reported.
+    relays: BTreeMap<RelayUrl, u64>,
+    /// The engine's totals, as last reported.
+    reported: EngineMetrics,
 }
 
 impl MetricsReporter {
@@ -289,8 +297,8 @@ impl MetricsReporter {
         Self {
             metrics,
             refreshed_at: WallTime::ZERO,
-            relays: BTreeSet::new(),
-            accepted_reported: 0,
+            relays: BTreeMap::new(),
+            reported: EngineMetrics::default(),
         }
     }
 
@@ -318,11 +326,13 @@ impl MetricsReporter {
         }
         self.refreshed_at = now;
         let status = status();
-        let current: BTreeSet<RelayUrl> = status.iter().map(|s| s.relay.clone()).collect();
-        for gone in self.relays.difference(&current) {
+        let current: BTreeMap<RelayUrl, u64> = status
+            .iter()
+            .map(|s| (s.relay.clone(), s.events_received))
+            .collect();
+        for gone in self.relays.keys().filter(|r| !current.contains_key(*r)) {
             self.metrics.remove_relay(gone);
         }
-        self.relays = current;
         let mut connected = 0;
         let mut dead = 0;
         for s in &status {
@@ -331,17 +341,16 @@ impl MetricsReporter {
             self.metrics
                 .set_relay_status(&s.relay, i64::from(s.health.metric_value()));
             self.metrics.set_relay_failures(&s.relay, s.failures);
+            let before = self.relays.get(&s.relay).copied().unwrap_or(0);
             self.metrics
-                .set_relay_events_received(&s.relay, s.events_received);
+                .add_relay_events_received(&s.relay, s.events_received.saturating_sub(before));
             connected += usize::from(s.status.is_connected());
             dead += usize::from(s.health == HealthState::Dead);
         }
         self.metrics.set_relay_totals(status.len(), connected, dead);
-        self.metrics.set_engine_totals(engine);
-        let accepted = engine.events_accepted;
-        self.metrics
-            .add_events_synced(accepted.saturating_sub(self.accepted_reported));
-        self.accepted_reported = accepted;
+        self.relays = current;
+        self.metrics.add_engine_work(engine, &self.reported);
+        self.reported = engine.clone();
     }
 }
 
