@@ -14,6 +14,9 @@ pub enum RelaySignal {
     /// just a pause; the engine should apply the cooldown too
     /// ([`RelaySignal::implies_cooldown`]).
     TooManySubscriptions,
+    /// The REQ carried more filters than the relay takes ("too many filters"): send
+    /// fewer per REQ from now on.
+    TooManyFilters,
     /// Slow down (`rate-limited:`, "slow down", "rate limit"): health goes RateLimited.
     RateLimited,
     /// The relay does not speak NIP-77 ("negentropy disabled", strfry's "unknown cmd",
@@ -65,6 +68,14 @@ const TOO_MANY_SUBS: &[&str] = &[
     "max subscriptions",
     "subscription limit",
     "max_subscriptions",
+];
+
+const TOO_MANY_FILTERS: &[&str] = &[
+    "too many filters",
+    "max filters",
+    "max_filters",
+    "filter limit",
+    "maximum number of filters",
 ];
 
 const NEGENTROPY_UNSUPPORTED: &[&str] = &[
@@ -120,6 +131,9 @@ fn classify(message: &str) -> RelaySignal {
     }
     if contains_any(&head, NEGENTROPY_UNSUPPORTED) {
         return RelaySignal::NegentropyUnsupported;
+    }
+    if contains_any(&head, TOO_MANY_FILTERS) {
+        return RelaySignal::TooManyFilters;
     }
     if let Some(signal) = machine_prefix(body) {
         if signal != RelaySignal::Error && signal != RelaySignal::Invalid {
@@ -177,6 +191,13 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use RelaySignal::*;
+
+    #[test]
+    fn too_many_filters_is_its_own_signal() {
+        assert_eq!(classify_closed("error: too many filters"), TooManyFilters);
+        assert_eq!(classify_notice("ERROR: bad req: too many filters"), TooManyFilters);
+        assert_eq!(classify_closed("invalid: max_filters is 5"), TooManyFilters);
+    }
 
     #[test]
     fn machine_readable_prefixes() {

@@ -263,8 +263,10 @@ impl Harness {
         })
     }
 
-    /// Answers every historic REQ and negentropy session on `relay` in `cmds` (and those
-    /// that follow) with "nothing", until none is left. Returns everything emitted.
+    /// Answers every historic REQ on `relay` in `cmds` (and those that follow) with
+    /// "nothing", until none is left, as a relay without NIP-77 (it refuses every
+    /// negentropy session): the rules after a settle are those of REQ+EOSE. Returns
+    /// everything emitted.
     fn settle(&mut self, relay: &str, cmds: &[Command]) -> Vec<Command> {
         let mut todo: Vec<Command> = cmds.to_vec();
         let mut all = Vec::new();
@@ -273,8 +275,12 @@ impl Harness {
             for (id, _) in historic(&todo, relay) {
                 next.extend(self.answer(relay, &id, &[]));
             }
-            for (id, _) in negentropy(&todo, relay) {
-                next.extend(self.neg_result(relay, &id, &[]));
+            for (session, _) in negentropy(&todo, relay) {
+                next.extend(self.feed(Input::NegentropyFailed {
+                    relay: url(relay),
+                    session,
+                    reason: NegentropyFailure::Unsupported,
+                }));
             }
             all.extend(next.iter().cloned());
             todo = next;
@@ -819,6 +825,39 @@ fn r05d_a_session_nobody_answers_falls_back_after_the_total_timeout() {
     assert!(unsubscribes(&cmds, A).is_empty());
 }
 
+/// On a relay that proved it speaks NIP-77, history found during a sync (a new root
+/// event here) goes by negentropy too, not only at fresh starts; a `since` catch-up
+/// (quick reconnect) stays REQ.
+#[test]
+fn r05e_history_found_during_a_sync_goes_by_negentropy_where_the_relay_has_it() {
+    let (mut h, k, repo) = with_repo(config(), &[A]);
+    let mut todo = h.connect(A);
+    while !todo.is_empty() {
+        let negs = negentropy(&todo, A);
+        assert!(historic(&todo, A).is_empty(), "fresh start: negentropy only");
+        todo = negs
+            .iter()
+            .flat_map(|(id, _)| h.neg_result(A, id, &[]))
+            .collect();
+    }
+    let root = issue(&k, &repo, T0 - 1000, "bug");
+    let cmds = accept_root(&mut h, &root);
+    assert!(historic(&cmds, A).is_empty(), "no REQ: {cmds:?}");
+    assert_eq!(
+        negentropy(&cmds, A)
+            .iter()
+            .map(|(_, f)| kind_of(f))
+            .collect::<BTreeSet<_>>(),
+        ["#e", "#E", "#q"].map(String::from).into()
+    );
+    h.settle(A, &cmds);
+    h.disconnect(A);
+    h.advance(Duration::from_secs(60));
+    let cmds = h.connect(A);
+    assert!(negentropy(&cmds, A).is_empty(), "a quick reconnect asks `since` by REQ");
+    assert!(historic(&cmds, A).iter().all(|(_, f)| f.since.is_some()));
+}
+
 // ---------------------------------------------------------------------------------------
 // 6. Pagination with inclusive `until`.
 // ---------------------------------------------------------------------------------------
@@ -966,11 +1005,10 @@ fn r07c_a_retry_asks_only_what_the_failed_part_named() {
     assert_eq!(h.status(A), ConnectionStatus::Connected);
 }
 
-/// A tie group larger than the relay's known cap: REQ cannot deliver it, so the failure
-/// stays recorded (and visible) but is not asked again by REQ with every retry — only
-/// the next fresh start (which tries NIP-77 again) does.
-#[test]
-fn r07d_what_req_cannot_deliver_is_not_asked_again_by_req() {
+/// A relay without NIP-77 that returns at most three events per REQ, and a root event
+/// with five replies on one second: REQ cannot deliver them all. Returns the harness
+/// once that batch has failed, the root and the replies.
+fn tie_group_over_the_cap() -> (Harness, Event, Vec<Event>) {
     let mut cfg = config();
     cfg.default_limits.page_limit = 3;
     cfg.default_limits.max_limit = Some(3);
@@ -987,7 +1025,6 @@ fn r07d_what_req_cannot_deliver_is_not_asked_again_by_req() {
     for (id, _) in reqs.iter().filter(|(id, _)| *id != sub) {
         h.answer(A, id, &[]);
     }
-    // Five replies on one second; the relay returns at most three.
     let tied: Vec<Event> = (0..5)
         .map(|i| reply(&k, &root.id, T0 - 5_000, &format!("tied {i}")))
         .collect();
@@ -1008,6 +1045,15 @@ fn r07d_what_req_cannot_deliver_is_not_asked_again_by_req() {
         sub = id;
         assert!(pages < 10, "pagination ends");
     }
+    (h, root, tied)
+}
+
+/// A tie group larger than the relay's known cap: REQ cannot deliver it, so the failure
+/// stays recorded (and visible) but is not asked again by REQ with every retry — only
+/// NIP-77 (offered again after the re-probe interval, r07e) or the next fresh start do.
+#[test]
+fn r07d_what_req_cannot_deliver_is_not_asked_again_by_req() {
+    let (mut h, _root, _tied) = tie_group_over_the_cap();
     assert_eq!(h.status(A), ConnectionStatus::ConnectedHistoricSyncFailures);
     let cmds = h.advance(Duration::from_secs(600));
     assert!(
@@ -1030,6 +1076,42 @@ fn r07d_what_req_cannot_deliver_is_not_asked_again_by_req() {
         why.contains("history incomplete: TieGroupLargerThanCap"),
         "the reason is in the relay's status: {why:?}"
     );
+}
+
+/// The relay that refused NIP-77 is offered it again after the re-probe interval (not
+/// only at the daily fresh start): what REQ could not deliver is asked by negentropy,
+/// and once the relay has it, the failure is gone.
+#[test]
+fn r07e_a_relay_that_refused_nip77_is_offered_it_again_after_the_reprobe_interval() {
+    let (mut h, root, tied) = tie_group_over_the_cap();
+    let interval = config().negentropy_reprobe_interval;
+    let cmds = h.advance(interval - Duration::from_secs(60));
+    assert!(negentropy(&cmds, A).is_empty(), "not before the interval");
+    let cmds = h.advance(Duration::from_secs(120));
+    let negs = negentropy(&cmds, A);
+    assert!(historic(&cmds, A).is_empty(), "no REQ: {cmds:?}");
+    assert_eq!(
+        negs.iter().map(|(_, f)| kind_of(f)).collect::<BTreeSet<_>>(),
+        ["#e", "#E", "#q"].map(String::from).into(),
+        "the root's history, by negentropy"
+    );
+    assert_eq!(h.engine.metrics().negentropy_reprobes, 1);
+    // The relay speaks NIP-77 now: the ids it has and we lack are fetched by id.
+    let held: BTreeSet<EventId> = tied[..3].iter().map(|e| e.id).collect();
+    let need: Vec<EventId> = tied.iter().map(|e| e.id).filter(|id| !held.contains(id)).collect();
+    let mut fetches = Vec::new();
+    for (session, f) in &negs {
+        let ids = if kind_of(f) == "#e" { need.clone() } else { Vec::new() };
+        fetches.extend(historic(&h.neg_result(A, session, &ids), A));
+    }
+    assert_eq!(fetches.len(), 1, "one fetch by id: {fetches:?}");
+    let cmds = h.answer(A, &fetches[0].0, &tied[3..]);
+    let got: BTreeSet<EventId> = ingested(&cmds).into_iter().collect();
+    assert_eq!(got, need.iter().copied().collect(), "{root:?}");
+    for id in need {
+        h.verdict(id, IngestOutcome::Accepted);
+    }
+    assert_eq!(h.status(A), ConnectionStatus::Connected, "the failure is gone");
 }
 
 #[test]
@@ -1177,6 +1259,43 @@ fn r08c_rate_limited_pages_resume_where_they_were_after_the_cooldown() {
 // ---------------------------------------------------------------------------------------
 // 9. Consolidation above max_live_filters, without historic re-sync.
 // ---------------------------------------------------------------------------------------
+
+/// A live REQ refused with "too many filters": the relay's limit is learnt from the
+/// refusal (half the filters that REQ carried), and the same filters are asked again in
+/// smaller REQs.
+#[test]
+fn r08d_too_many_filters_is_learnt_from_the_refusal() {
+    let (mut h, _k, _repo) = with_repo(config(), &[A]);
+    let cmds = h.connect_and_settle(A);
+    let before: Vec<Filter> = live(&cmds, A).into_iter().flat_map(|(_, f)| f).collect();
+    let (big, filters) = live(&cmds, A)
+        .into_iter()
+        .max_by_key(|(_, f)| f.len())
+        .unwrap();
+    assert!(filters.len() > 2, "{filters:?}");
+    h.feed(Input::Closed {
+        relay: url(A),
+        subscription: big,
+        message: "error: too many filters".into(),
+    });
+    let cmds = h.advance(Duration::from_secs(3));
+    let rebuilt = live(&cmds, A);
+    assert!(!rebuilt.is_empty(), "asked again: {cmds:?}");
+    assert!(
+        rebuilt.iter().all(|(_, f)| f.len() <= filters.len() / 2),
+        "at most half as many filters per REQ: {rebuilt:?}"
+    );
+    let after: BTreeSet<Filter> = h
+        .engine
+        .live_subscriptions(&url(A))
+        .into_iter()
+        .flat_map(|(_, f)| f)
+        .collect();
+    assert!(
+        before.iter().all(|f| after.contains(f)),
+        "everything still live"
+    );
+}
 
 #[test]
 fn r09_consolidation_rebuilds_live_filters_without_resync() {

@@ -119,8 +119,8 @@ impl SyncMetrics {
         registry.register(
             name("historic"),
             "Historic sync work: req (REQs sent, live and historic), neg_open (NIP-77 \
-             sessions), neg_fallback (sessions that fell back to REQ), batch_completed, \
-             batch_failed",
+             sessions), neg_fallback (sessions that fell back to REQ), neg_reprobe \
+             (relays offered NIP-77 again), batch_completed, batch_failed",
             m.historic.clone(),
         );
         registry.register(
@@ -206,6 +206,7 @@ impl SyncMetrics {
                 ("req", m.reqs_sent),
                 ("neg_open", m.negentropy_sessions),
                 ("neg_fallback", m.negentropy_fallbacks),
+                ("neg_reprobe", m.negentropy_reprobes),
                 ("batch_completed", m.batches_completed),
                 ("batch_failed", m.batches_failed),
             ]

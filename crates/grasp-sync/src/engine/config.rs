@@ -46,6 +46,10 @@ pub struct SyncConfig {
     /// relay that keeps a reconciliation going for ever). The engine gives the executor
     /// this plus [`NEGENTROPY_ANSWER_GRACE`] before it gives up on an answer.
     pub negentropy_total_timeout: Duration,
+    /// A relay that refused NIP-77 (or stayed silent) is offered it again after this
+    /// long, not only at the daily fresh start: relays get upgraded, and history a
+    /// relay cannot deliver by REQ (a tie group over its `limit` cap) waits for it.
+    pub negentropy_reprobe_interval: Duration,
     /// A historic subscription with no EOSE for this long fails its part of the batch.
     pub subscription_timeout: Duration,
     /// Backoff, dead-relay and rate-limit rules.
@@ -97,6 +101,7 @@ impl Default for SyncConfig {
             daily_max: Duration::from_secs(25 * 3600),
             negentropy_idle_timeout: Duration::from_secs(10),
             negentropy_total_timeout: Duration::from_secs(600),
+            negentropy_reprobe_interval: Duration::from_secs(6 * 3600),
             subscription_timeout: Duration::from_secs(120),
             health: HealthConfig::default(),
             default_limits: RelayLimits::default(),

@@ -18,7 +18,8 @@ pub enum NegentropySupport {
     Unknown,
     /// A session completed.
     Supported,
-    /// It refused or stayed silent: REQ+EOSE only until the next fresh start.
+    /// It refused or stayed silent: REQ+EOSE only until the next fresh start or
+    /// [`crate::SyncConfig::negentropy_reprobe_interval`] later, whichever comes first.
     Unsupported,
 }
 
@@ -66,6 +67,9 @@ pub(super) struct HistoricSub {
     /// Times this part started again from its first page after messages from the
     /// relay were lost (never reset: a part that keeps losing fails its batch).
     pub restarts: u32,
+    /// For an ids fetch: the filter whose reconciliation offered the ids. A relay that
+    /// will not return them is asked for that filter by REQ instead.
+    pub origin: Option<Box<Filter>>,
 }
 
 /// How a queued part will run.
@@ -94,6 +98,8 @@ pub(super) struct QueuedPart {
     pub restarts: u32,
     /// For a REQ part past its first page: where to resume.
     pub resume: Option<Box<PageResume>>,
+    /// See [`HistoricSub::origin`].
+    pub origin: Option<Box<Filter>>,
 }
 
 /// Where a paginated REQ part stands between two pages — the next page waiting its turn,
@@ -112,6 +118,8 @@ pub(super) struct Conn {
     pub health: RelayHealth,
     pub limits: RelayLimits,
     pub negentropy: NegentropySupport,
+    /// When the relay last refused NIP-77: it is offered again a re-probe interval later.
+    pub negentropy_refused_at: Option<WallTime>,
     pub live: BTreeMap<SubscriptionId, LiveSub>,
     pub historic: BTreeMap<SubscriptionId, HistoricSub>,
     pub queue: VecDeque<QueuedPart>,
@@ -158,6 +166,7 @@ impl Conn {
             health,
             limits,
             negentropy: NegentropySupport::Unknown,
+            negentropy_refused_at: None,
             live: BTreeMap::new(),
             historic: BTreeMap::new(),
             queue: VecDeque::new(),
@@ -177,6 +186,23 @@ impl Conn {
             needs_rebuild: false,
             last_error: None,
             misbehaviour: 0,
+        }
+    }
+
+    /// The relay refused NIP-77 or stayed silent: REQ+EOSE until it is offered again.
+    pub fn refuse_negentropy(&mut self, now: WallTime) {
+        self.negentropy = NegentropySupport::Unsupported;
+        self.negentropy_refused_at = Some(now);
+    }
+
+    /// Whether a historic batch from the start of history runs by negentropy: where
+    /// the relay proved it speaks NIP-77, and where the caller asks for a probe (fresh
+    /// and daily starts) unless the relay refused it.
+    pub fn negentropy_for(&self, probe: bool) -> bool {
+        match self.negentropy {
+            NegentropySupport::Supported => true,
+            NegentropySupport::Unknown => probe,
+            NegentropySupport::Unsupported => false,
         }
     }
 

@@ -161,6 +161,7 @@ impl SyncEngine {
                         received: 0,
                         attempts: part.attempts,
                         restarts: part.restarts,
+                        origin: part.origin,
                     },
                 );
             }
@@ -357,6 +358,7 @@ impl SyncEngine {
                                     until: Some(until),
                                     limit,
                                 })),
+                                origin: None,
                             });
                         }
                         self.finish_part(relay, h.batch, sub, failed.then_some(&h.filter), now);
@@ -391,12 +393,30 @@ impl SyncEngine {
                                 attempts: h.attempts,
                                 restarts: h.restarts,
                                 resume: None,
+                                origin: h.origin.clone(),
                             });
                         }
                     }
                     self.finish_part(relay, h.batch, sub, None, now);
+                } else if let Some(origin) = h.origin {
+                    // A retry that brought none of the ids asked: the relay will not
+                    // by id. Ask for what its reconciliation covered by REQ+EOSE: once
+                    // (that part has no origin), and once for all of the session's
+                    // fetches.
+                    let asked_already = self.conns.get(relay).is_some_and(|c| {
+                        c.queue.iter().any(|q| {
+                            q.batch == h.batch && q.kind == PartKind::Req && q.filter == *origin
+                        }) || c.historic.values().any(|o| {
+                            o.batch == h.batch
+                                && matches!(o.kind, HistoricKind::Req { .. })
+                                && o.filter == *origin
+                        })
+                    });
+                    if !asked_already {
+                        self.requeue_as_req(relay, h.batch, *origin, 0);
+                    }
+                    self.finish_part(relay, h.batch, sub, None, now);
                 } else {
-                    // A retry that brought none of the ids asked: the relay will not.
                     let why = "the relay returned none of the ids its reconciliation offered";
                     self.note_history_problem(relay, &h.filter, why);
                     self.finish_part(relay, h.batch, sub, Some(&h.filter), now);
@@ -516,6 +536,7 @@ impl SyncEngine {
                 attempts,
                 restarts: 0,
                 resume: None,
+                origin: None,
             });
         }
     }
@@ -552,6 +573,7 @@ impl SyncEngine {
                 attempts: 0,
                 restarts: h.restarts,
                 resume: None,
+                origin: Some(Box::new(h.filter.clone())),
             });
         }
         self.finish_part(relay, h.batch, session, None, now);
@@ -580,7 +602,7 @@ impl SyncEngine {
             reason,
             NegentropyFailure::Unsupported | NegentropyFailure::Timeout
         ) {
-            conn.negentropy = NegentropySupport::Unsupported;
+            conn.refuse_negentropy(now);
         }
         self.requeue_as_req(relay, h.batch, h.filter, h.attempts);
         self.finish_part(relay, h.batch, session, None, now);
@@ -592,7 +614,7 @@ impl SyncEngine {
         let Some(conn) = self.conns.get_mut(relay) else {
             return;
         };
-        conn.negentropy = NegentropySupport::Unsupported;
+        conn.refuse_negentropy(now);
         for part in conn.queue.iter_mut() {
             if part.kind == PartKind::Negentropy {
                 part.kind = PartKind::Req;
@@ -623,7 +645,13 @@ impl SyncEngine {
         if signal == RelaySignal::RateLimited {
             conn.health.on_rate_limited(now);
         }
-        if conn.live.remove(sub).is_some() {
+        if let Some(closed) = conn.live.remove(sub) {
+            if signal == RelaySignal::TooManyFilters && closed.filters.len() > 1 {
+                // A limit learnt from the refusal: half as many filters per REQ (the
+                // rebuild below splits the same filters into more REQs).
+                let fewer = (closed.filters.len() / 2).max(1);
+                conn.limits.max_filters_per_req = conn.limits.max_filters_per_req.min(fewer);
+            }
             conn.live_gap_since.get_or_insert(now);
             // What this subscription covered is no longer live: rebuild once allowed,
             // a bounded number of times per connection.
@@ -640,7 +668,7 @@ impl SyncEngine {
         };
         match h.kind {
             HistoricKind::Negentropy => {
-                conn.negentropy = NegentropySupport::Unsupported;
+                conn.refuse_negentropy(now);
                 self.requeue_as_req(relay, h.batch, h.filter, h.attempts);
                 self.finish_part(relay, h.batch, sub, None, now);
             }
@@ -703,6 +731,7 @@ impl SyncEngine {
                     attempts: h.attempts + 1,
                     restarts: h.restarts,
                     resume,
+                    origin: h.origin,
                 });
             }
             self.finish_part(relay, h.batch, sub, None, now);
@@ -769,6 +798,7 @@ impl SyncEngine {
                     attempts: h.attempts,
                     restarts: h.restarts + 1,
                     resume: None,
+                    origin: h.origin.clone(),
                 });
             }
             if kind != PartKind::Negentropy {

@@ -89,6 +89,7 @@ impl SyncEngine {
             if conn.negentropy == NegentropySupport::Unsupported {
                 // Relays get upgraded: give NIP-77 one more chance per fresh start.
                 conn.negentropy = NegentropySupport::Unknown;
+                conn.negentropy_refused_at = None;
             }
         }
         let state = self.relays.entry(relay);
@@ -253,7 +254,9 @@ impl SyncEngine {
         } else {
             build_sync_level_aware_filters(cover, &conn.limits, since)
         };
-        let use_negentropy = negentropy && conn.negentropy != NegentropySupport::Unsupported;
+        // A `since` catch-up is small: REQ. History from the start goes by negentropy
+        // wherever the relay has it, also for items found during a sync.
+        let use_negentropy = since.is_none() && conn.negentropy_for(negentropy);
         let kind = if use_negentropy {
             PartKind::Negentropy
         } else {
@@ -267,6 +270,7 @@ impl SyncEngine {
                 attempts: 0,
                 restarts: 0,
                 resume: None,
+                origin: None,
             });
         }
         let mut also_covers = cover.clone();
@@ -549,6 +553,7 @@ impl SyncEngine {
                         self.rebuild_live(relay, now);
                     }
                     self.retry_failed_history(relay, now);
+                    self.reprobe_negentropy(relay, now);
                     let Some(conn) = self.conns.get_mut(relay) else {
                         return;
                     };
@@ -589,21 +594,52 @@ impl SyncEngine {
         // The failures stay recorded until a full-history batch succeeds: a retry cut
         // short by a disconnect must not forget them.
         let layer1 = conn.failed_layer1;
-        let mut items = conn.failed_items.clone();
-        // Only what is still confirmed: removed items are not retried.
-        let confirmed = self.relays.entry(relay).confirmed.clone();
-        items
-            .repos
-            .retain(|repo, level| confirmed.repos.get(repo) == Some(level));
-        items
-            .root_events
-            .retain(|id| confirmed.root_events.contains(id));
+        let failed = conn.failed_items.clone();
+        let items = self.still_confirmed(relay, failed);
         if layer1 {
             self.start_batch(relay, SyncItems::default(), None, false, now);
         }
         if !items.is_empty() {
             self.start_batch(relay, items, None, false, now);
         }
+    }
+
+    /// A relay that refused NIP-77 a re-probe interval ago is offered it again: the
+    /// next history from the start tries it, and what REQ could not deliver from this
+    /// relay (kept out of REQ retries) is asked by negentropy now.
+    fn reprobe_negentropy(&mut self, relay: &RelayUrl, now: WallTime) {
+        let interval = self.config.negentropy_reprobe_interval;
+        let Some(conn) = self.conns.get_mut(relay) else {
+            return;
+        };
+        if conn.negentropy != NegentropySupport::Unsupported
+            || conn
+                .negentropy_refused_at
+                .is_some_and(|at| now.saturating_since(at) < interval)
+        {
+            return;
+        }
+        conn.negentropy = NegentropySupport::Unknown;
+        conn.negentropy_refused_at = None;
+        self.metrics.negentropy_reprobes += 1;
+        let beyond_req = conn.beyond_req.clone();
+        let items = self.still_confirmed(relay, beyond_req);
+        if !items.is_empty() {
+            self.start_batch(relay, items, None, true, now);
+        }
+    }
+
+    /// `items` less what is no longer confirmed for `relay`: removed items are not
+    /// asked again.
+    fn still_confirmed(&mut self, relay: &RelayUrl, mut items: SyncItems) -> SyncItems {
+        let confirmed = &self.relays.entry(relay).confirmed;
+        items
+            .repos
+            .retain(|repo, level| confirmed.repos.get(repo) == Some(level));
+        items
+            .root_events
+            .retain(|id| confirmed.root_events.contains(id));
+        items
     }
 
     /// The daily fresh start on a live connection: not counted as a disconnect.

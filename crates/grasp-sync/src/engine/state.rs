@@ -49,6 +49,9 @@ pub struct EngineMetrics {
     pub negentropy_sessions: u64,
     /// Negentropy sessions that fell back to REQ+EOSE.
     pub negentropy_fallbacks: u64,
+    /// Times a relay that refused NIP-77 was offered it again (see
+    /// [`crate::SyncConfig::negentropy_reprobe_interval`]).
+    pub negentropy_reprobes: u64,
     /// Batches finished without failure.
     pub batches_completed: u64,
     /// Batches finished with a failed part.

@@ -31,9 +31,14 @@ use futures_util::{SinkExt, StreamExt};
 use nostr::filter::MatchEventOptions;
 use nostr::JsonUtil;
 use nostr::{
-    ClientMessage, Event, EventBuilder, Filter, Keys, Kind, RelayMessage, Tag, TagKind, Timestamp,
+    ClientMessage, Event, EventBuilder, EventId, Filter, Keys, Kind, RelayMessage, Tag, TagKind,
+    Timestamp,
 };
-use nostr_database::{MemoryDatabase, MemoryDatabaseOptions};
+use nostr::util::BoxedFuture;
+use nostr_database::{
+    Backend, DatabaseError, DatabaseEventStatus, Events, MemoryDatabase, MemoryDatabaseOptions,
+    NostrDatabase, SaveEventStatus,
+};
 use nostr_relay_builder::prelude::{LocalRelay, RateLimit, RelayBuilder};
 use nostr_relay_pool::relay::RelayOptions;
 use nostr_relay_pool::RelayPool;
@@ -88,6 +93,74 @@ pub async fn start_relay() -> TestRelay {
         .trim_end_matches('/')
         .to_owned();
     TestRelay { relay, url }
+}
+
+/// Starts nostr-relay-builder's relay whose store reconciles every event it holds
+/// (NIP-77) but answers every REQ by `ids` with nothing: a relay that offers ids and
+/// then withholds them.
+pub async fn start_relay_withholding_ids() -> TestRelay {
+    let db = WithholdsIds(MemoryDatabase::with_opts(MemoryDatabaseOptions {
+        events: true,
+        max_events: None,
+    }));
+    let relay = LocalRelay::new(relay_builder().database(db));
+    relay.run().await.expect("local relay runs");
+    let url = relay
+        .url()
+        .await
+        .to_string()
+        .trim_end_matches('/')
+        .to_owned();
+    TestRelay { relay, url }
+}
+
+/// A memory store that finds nothing for a filter with ids; all else as the store.
+#[derive(Debug)]
+struct WithholdsIds(MemoryDatabase);
+
+impl NostrDatabase for WithholdsIds {
+    fn backend(&self) -> Backend {
+        self.0.backend()
+    }
+    fn save_event<'a>(
+        &'a self,
+        event: &'a Event,
+    ) -> BoxedFuture<'a, Result<SaveEventStatus, DatabaseError>> {
+        self.0.save_event(event)
+    }
+    fn check_id<'a>(
+        &'a self,
+        event_id: &'a EventId,
+    ) -> BoxedFuture<'a, Result<DatabaseEventStatus, DatabaseError>> {
+        self.0.check_id(event_id)
+    }
+    fn event_by_id<'a>(
+        &'a self,
+        event_id: &'a EventId,
+    ) -> BoxedFuture<'a, Result<Option<Event>, DatabaseError>> {
+        self.0.event_by_id(event_id)
+    }
+    fn count(&self, filter: Filter) -> BoxedFuture<'_, Result<usize, DatabaseError>> {
+        self.0.count(filter)
+    }
+    fn query(&self, filter: Filter) -> BoxedFuture<'_, Result<Events, DatabaseError>> {
+        if filter.ids.is_some() {
+            return Box::pin(async move { Ok(Events::new(&filter)) });
+        }
+        self.0.query(filter)
+    }
+    fn negentropy_items(
+        &self,
+        filter: Filter,
+    ) -> BoxedFuture<'_, Result<Vec<(EventId, Timestamp)>, DatabaseError>> {
+        self.0.negentropy_items(filter)
+    }
+    fn delete(&self, filter: Filter) -> BoxedFuture<'_, Result<(), DatabaseError>> {
+        self.0.delete(filter)
+    }
+    fn wipe(&self) -> BoxedFuture<'_, Result<(), DatabaseError>> {
+        self.0.wipe()
+    }
 }
 
 /// How the plain relay answers NEG-OPEN.
