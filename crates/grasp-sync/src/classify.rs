@@ -195,7 +195,10 @@ mod tests {
     #[test]
     fn too_many_filters_is_its_own_signal() {
         assert_eq!(classify_closed("error: too many filters"), TooManyFilters);
-        assert_eq!(classify_notice("ERROR: bad req: too many filters"), TooManyFilters);
+        assert_eq!(
+            classify_notice("ERROR: bad req: too many filters"),
+            TooManyFilters
+        );
         assert_eq!(classify_closed("invalid: max_filters is 5"), TooManyFilters);
     }
 

@@ -231,7 +231,7 @@ mod tests {
 
     use super::*;
     use crate::model::{
-        BatchId, ConnectionStatus, PendingBatch, RepoSyncIndex, SyncLevel, SyncMethod, WallTime,
+        BatchId, ConnectionStatus, PendingBatch, RepoSyncIndex, SyncLevel, WallTime,
     };
     use crate::targets::derive_relay_targets;
     use crate::targets::tests::{apply_op, id, op, relay, repo};
@@ -296,8 +296,6 @@ mod tests {
                     outstanding: Default::default(),
                     awaiting: 0,
                     also_covers: Default::default(),
-                    method: SyncMethod::ReqEose,
-                    pagination: Default::default(),
                     failure: Default::default(),
                     beyond_req: Default::default(),
                     layer1: false,

@@ -834,7 +834,10 @@ fn r05e_history_found_during_a_sync_goes_by_negentropy_where_the_relay_has_it() 
     let mut todo = h.connect(A);
     while !todo.is_empty() {
         let negs = negentropy(&todo, A);
-        assert!(historic(&todo, A).is_empty(), "fresh start: negentropy only");
+        assert!(
+            historic(&todo, A).is_empty(),
+            "fresh start: negentropy only"
+        );
         todo = negs
             .iter()
             .flat_map(|(id, _)| h.neg_result(A, id, &[]))
@@ -854,7 +857,10 @@ fn r05e_history_found_during_a_sync_goes_by_negentropy_where_the_relay_has_it() 
     h.disconnect(A);
     h.advance(Duration::from_secs(60));
     let cmds = h.connect(A);
-    assert!(negentropy(&cmds, A).is_empty(), "a quick reconnect asks `since` by REQ");
+    assert!(
+        negentropy(&cmds, A).is_empty(),
+        "a quick reconnect asks `since` by REQ"
+    );
     assert!(historic(&cmds, A).iter().all(|(_, f)| f.since.is_some()));
 }
 
@@ -1091,17 +1097,27 @@ fn r07e_a_relay_that_refused_nip77_is_offered_it_again_after_the_reprobe_interva
     let negs = negentropy(&cmds, A);
     assert!(historic(&cmds, A).is_empty(), "no REQ: {cmds:?}");
     assert_eq!(
-        negs.iter().map(|(_, f)| kind_of(f)).collect::<BTreeSet<_>>(),
+        negs.iter()
+            .map(|(_, f)| kind_of(f))
+            .collect::<BTreeSet<_>>(),
         ["#e", "#E", "#q"].map(String::from).into(),
         "the root's history, by negentropy"
     );
     assert_eq!(h.engine.metrics().negentropy_reprobes, 1);
     // The relay speaks NIP-77 now: the ids it has and we lack are fetched by id.
     let held: BTreeSet<EventId> = tied[..3].iter().map(|e| e.id).collect();
-    let need: Vec<EventId> = tied.iter().map(|e| e.id).filter(|id| !held.contains(id)).collect();
+    let need: Vec<EventId> = tied
+        .iter()
+        .map(|e| e.id)
+        .filter(|id| !held.contains(id))
+        .collect();
     let mut fetches = Vec::new();
     for (session, f) in &negs {
-        let ids = if kind_of(f) == "#e" { need.clone() } else { Vec::new() };
+        let ids = if kind_of(f) == "#e" {
+            need.clone()
+        } else {
+            Vec::new()
+        };
         fetches.extend(historic(&h.neg_result(A, session, &ids), A));
     }
     assert_eq!(fetches.len(), 1, "one fetch by id: {fetches:?}");
@@ -1111,7 +1127,11 @@ fn r07e_a_relay_that_refused_nip77_is_offered_it_again_after_the_reprobe_interva
     for id in need {
         h.verdict(id, IngestOutcome::Accepted);
     }
-    assert_eq!(h.status(A), ConnectionStatus::Connected, "the failure is gone");
+    assert_eq!(
+        h.status(A),
+        ConnectionStatus::Connected,
+        "the failure is gone"
+    );
 }
 
 #[test]

@@ -7,21 +7,8 @@ use nostr::{Event, EventId, Filter, SubscriptionId, Timestamp};
 
 use crate::filters::RelayLimits;
 use crate::health::RelayHealth;
-use crate::model::{BatchId, SyncItems, WallTime};
+use crate::model::{BatchId, NegentropySupport, SyncItems, WallTime};
 use crate::pagination::Paginator;
-
-/// Whether a relay speaks NIP-77, as learnt on this connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-pub enum NegentropySupport {
-    /// Not tried yet: try it.
-    #[default]
-    Unknown,
-    /// A session completed.
-    Supported,
-    /// It refused or stayed silent: REQ+EOSE only until the next fresh start or
-    /// [`crate::SyncConfig::negentropy_reprobe_interval`] later, whichever comes first.
-    Unsupported,
-}
 
 /// A live subscription: its filters, to check what arrives on it and to count them
 /// against the relay's consolidation threshold.
@@ -39,8 +26,7 @@ pub(super) enum HistoricKind {
     /// be handed over in dependency order.
     Req {
         buffer: Vec<Event>,
-        until: Option<Timestamp>,
-        limit: usize,
+        page: PageResume,
     },
     /// REQ by ids after negentropy; `retried` once the missing ids were asked again.
     Fetch {

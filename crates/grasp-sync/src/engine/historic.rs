@@ -7,10 +7,11 @@ use std::collections::BTreeSet;
 use nostr::filter::MatchEventOptions;
 use nostr::{Event, EventId, Filter, SubscriptionId};
 
-use super::conn::{HistoricKind, HistoricSub, NegentropySupport, PageResume, PartKind, QueuedPart};
+use super::conn::{HistoricKind, HistoricSub, PageResume, PartKind, QueuedPart};
 use super::{Command, NegentropyFailure, SubscriptionMode, SyncEngine};
 use crate::classify::{classify_closed, classify_notice, RelaySignal};
 use crate::filters::{ids_filters, items_named_by, with_page};
+use crate::model::NegentropySupport;
 use crate::model::{BatchId, PendingBatch, RelayUrl, SyncItems, WallTime};
 use crate::nip34;
 use crate::pagination::{IncompleteReason, PageDecision, PaginationConfig, Paginator};
@@ -117,14 +118,14 @@ impl SyncEngine {
                         filters: vec![with_page(part.filter.clone(), until, limit)],
                         mode: SubscriptionMode::Historic,
                     });
-                    if let Some(batch) = self.batch_mut(relay, part.batch) {
-                        batch.pagination.insert(id.clone(), paginator);
-                    }
                     (
                         HistoricKind::Req {
                             buffer: Vec::new(),
-                            until,
-                            limit,
+                            page: PageResume {
+                                paginator,
+                                until,
+                                limit,
+                            },
                         },
                         now + self.config.subscription_timeout,
                     )
@@ -231,8 +232,8 @@ impl SyncEngine {
         h.received += 1;
         let kept = match &mut h.kind {
             HistoricKind::Negentropy => false,
-            HistoricKind::Req { buffer, limit, .. } => {
-                let within = h.received <= *limit;
+            HistoricKind::Req { buffer, page } => {
+                let within = h.received <= page.limit;
                 if within {
                     buffer.push(event);
                 }
@@ -285,16 +286,21 @@ impl SyncEngine {
                 self.requeue_as_req(relay, h.batch, h.filter, h.attempts);
                 self.finish_part(relay, h.batch, sub, None, now);
             }
-            HistoricKind::Req { buffer, until, .. } => {
+            HistoricKind::Req {
+                buffer,
+                page:
+                    PageResume {
+                        paginator: mut state,
+                        until,
+                        ..
+                    },
+            } => {
                 let page: Vec<_> = buffer.iter().map(|e| (e.id, e.created_at)).collect();
-                let Some(mut state) = self
-                    .batch_mut(relay, h.batch)
-                    .and_then(|b| b.pagination.remove(sub))
-                else {
+                if self.batch_mut(relay, h.batch).is_none() {
                     self.ingest_sorted(relay, buffer, h.batch, now);
                     self.finish_part(relay, h.batch, sub, None, now);
                     return;
-                };
+                }
                 let outcome = state.on_page(until, &page);
                 let fresh: BTreeSet<EventId> = outcome.new_ids.iter().copied().collect();
                 self.ingest_sorted(
@@ -441,7 +447,6 @@ impl SyncEngine {
     ) {
         if let Some(b) = self.batch_mut(relay, batch) {
             b.outstanding.remove(sub);
-            b.pagination.remove(sub);
             if let Some(filter) = failed {
                 let named = named_in_batch(b, filter);
                 b.failure.add(named.as_ref());
@@ -700,23 +705,7 @@ impl SyncEngine {
         let again = refused && h.attempts < MAX_PART_ATTEMPTS;
         let (kind, buffer, resume) = match h.kind {
             HistoricKind::Negentropy => (PartKind::Negentropy, Vec::new(), None),
-            HistoricKind::Req {
-                buffer,
-                until,
-                limit,
-            } => {
-                let resume = self
-                    .batch_mut(relay, h.batch)
-                    .and_then(|b| b.pagination.remove(sub))
-                    .map(|paginator| {
-                        Box::new(PageResume {
-                            paginator,
-                            until,
-                            limit,
-                        })
-                    });
-                (PartKind::Req, buffer, resume)
-            }
+            HistoricKind::Req { buffer, page } => (PartKind::Req, buffer, Some(Box::new(page))),
             HistoricKind::Fetch { buffer, .. } => {
                 (PartKind::Fetch { retried: false }, buffer, None)
             }

@@ -6,14 +6,13 @@ use std::time::Duration;
 
 use nostr::Filter;
 
-use super::conn::{Conn, LiveSub, NegentropySupport, PartKind, QueuedPart};
+use super::conn::{Conn, LiveSub, PartKind, QueuedPart};
 use super::{Command, SubscriptionMode, SyncEngine};
 use crate::diff::compute_actions_for_relay;
 use crate::filters::{build_sync_level_aware_filters, layer1_filters, live, split_into_reqs};
 use crate::health::RelayHealth;
-use crate::model::{
-    BatchId, ConnectionStatus, PendingBatch, RelayUrl, SyncItems, SyncMethod, WallTime,
-};
+use crate::model::NegentropySupport;
+use crate::model::{BatchId, ConnectionStatus, PendingBatch, RelayUrl, SyncItems, WallTime};
 
 impl SyncEngine {
     /// Registers a relay once; the websocket comes and goes, the registration stays.
@@ -281,12 +280,6 @@ impl SyncEngine {
             outstanding: Default::default(),
             awaiting: 0,
             also_covers,
-            method: if use_negentropy {
-                SyncMethod::Negentropy
-            } else {
-                SyncMethod::ReqEose
-            },
-            pagination: Default::default(),
             failure: Default::default(),
             beyond_req: Default::default(),
             layer1: cover.is_empty(),

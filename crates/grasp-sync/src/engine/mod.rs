@@ -23,11 +23,11 @@ use std::sync::Arc;
 use nostr::{Event, EventId, SubscriptionId};
 
 pub use config::{SyncConfig, NEGENTROPY_ANSWER_GRACE};
-pub use conn::NegentropySupport;
-pub use io::{Command, IngestOutcome, Input, NegentropyFailure, SubscriptionMode};
-pub use state::{
-    EngineMetrics, PersistedRelay, PersistedRepo, RelayStatusSnapshot, RepoStatusSnapshot,
-    SyncStateSnapshot,
+pub use io::{Command, Input, NegentropyFailure, SubscriptionMode};
+pub use state::{EngineMetrics, RelayStatusSnapshot, RepoStatusSnapshot};
+// Shared with the ports, defined in the model; re-exported where embedders look.
+pub use crate::model::{
+    IngestOutcome, NegentropySupport, PersistedRelay, PersistedRepo, SyncStateSnapshot,
 };
 
 use crate::filters::RelayLimits;

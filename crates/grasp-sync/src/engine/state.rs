@@ -1,14 +1,9 @@
-//! What the engine reports and persists: status per relay for the host's `/status`,
-//! counters for metrics, and the snapshot the sync-state store saves so a restart within
-//! 15 minutes is a quick reconnect rather than a full re-sync.
+//! What the engine reports: status per relay and per repo for the host's `/status`,
+//! and counters for metrics. (What it persists, the snapshot, is in
+//! [`crate::model::SyncStateSnapshot`]: the sync-state store port shares it.)
 
-use std::collections::BTreeSet;
-
-use nostr::EventId;
-
-use super::conn::NegentropySupport;
 use crate::health::HealthState;
-use crate::model::{ConnectionStatus, RelayState, RelayUrl, RepoRef, SyncLevel, WallTime};
+use crate::model::{ConnectionStatus, NegentropySupport, RelayUrl, RepoRef, SyncLevel, WallTime};
 
 /// Counters kept by the engine; the driver exports them as Prometheus metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -120,48 +115,4 @@ pub struct RepoStatusSnapshot {
     pub confirmed_on: usize,
     /// Root events (patches, PRs, issues) known for it.
     pub root_events: usize,
-}
-
-/// A repo as persisted.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct PersistedRepo {
-    /// The repo.
-    pub repo: RepoRef,
-    /// Relays listed.
-    pub relays: BTreeSet<RelayUrl>,
-    /// Root events.
-    pub root_events: BTreeSet<EventId>,
-    /// Level.
-    pub sync_level: SyncLevel,
-}
-
-/// A relay as persisted.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct PersistedRelay {
-    /// The relay.
-    pub relay: RelayUrl,
-    /// Confirmed state and connection facts.
-    pub state: RelayState,
-    /// NIP-77 support learnt.
-    pub negentropy: NegentropySupport,
-}
-
-/// Everything needed to resume after a restart.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SyncStateSnapshot {
-    /// Format version, bumped on incompatible change.
-    pub version: u32,
-    /// When it was taken (for logs; each relay resumes from its own `complete_until`).
-    pub taken_at: WallTime,
-    /// The repo index.
-    pub repos: Vec<PersistedRepo>,
-    /// The relay index.
-    pub relays: Vec<PersistedRelay>,
-}
-
-impl SyncStateSnapshot {
-    /// Current format version.
-    /// Version 2: per-relay `complete_until` cursors; a version-1 snapshot (cursor
-    /// taken from the snapshot time) is ignored, which costs one fresh start.
-    pub const VERSION: u32 = 2;
 }

@@ -1,22 +1,25 @@
 //! The data model: plain data, no locks, no IO. Newtypes make bad states
 //! unrepresentable (a `RepoRef` is always a valid coordinate, a `RelayUrl` always a
-//! normalised websocket URL), and the three indexes of the design live here.
+//! normalised websocket URL), and the three indexes of the design live here, with the
+//! types the engine and the ports share (the snapshot, the ingestion verdict), so
+//! neither imports the other's.
 
 mod items;
+mod outcome;
 mod pending;
 mod relay_index;
 mod relay_url;
 mod repo_index;
 mod repo_ref;
+mod snapshot;
 mod time;
 
 pub use items::SyncItems;
-pub use pending::{
-    BatchFailure, BatchId, PaginationState, PendingBatch, PendingItems, PendingSyncIndex,
-    SyncMethod,
-};
+pub use outcome::IngestOutcome;
+pub use pending::{BatchFailure, BatchId, PendingBatch, PendingItems, PendingSyncIndex};
 pub use relay_index::{ConnectionStatus, RelayState, RelaySyncIndex};
 pub use relay_url::{RelayUrl, RelayUrlError};
 pub use repo_index::{RepoChange, RepoSyncIndex, RepoSyncNeeds, SyncLevel};
 pub use repo_ref::{RepoRef, RepoRefError, REPO_ANNOUNCEMENT_KIND};
+pub use snapshot::{NegentropySupport, PersistedRelay, PersistedRepo, SyncStateSnapshot};
 pub use time::WallTime;

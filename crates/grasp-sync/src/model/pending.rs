@@ -18,19 +18,6 @@ pub struct BatchId(pub u64);
 /// Items of a pending batch: the same shape as targets and confirmed state.
 pub type PendingItems = SyncItems;
 
-/// How a batch's historic part is fetched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub enum SyncMethod {
-    /// NIP-77 reconciliation, then REQ by ids for what we lack.
-    Negentropy,
-    /// Plain REQ until EOSE, paginated with `until`.
-    ReqEose,
-}
-
-/// Where the `until` pagination of one historic subscription stands: the planner's
-/// state, kept with the batch it belongs to.
-pub type PaginationState = crate::pagination::Paginator;
-
 /// Which of a batch's items must be asked again because something failed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum BatchFailure {
@@ -94,10 +81,6 @@ pub struct PendingBatch {
     /// Items a `since` catch-up covers without confirming them (they are pending in
     /// their own full-history batch): if the catch-up fails, they are retried too.
     pub also_covers: PendingItems,
-    /// How its historic part runs.
-    pub method: SyncMethod,
-    /// Pagination per outstanding REQ+EOSE subscription.
-    pub pagination: BTreeMap<SubscriptionId, PaginationState>,
     /// What failed, if anything: the batch still finishes (into
     /// `ConnectedHistoricSyncFailures`) and what failed is asked again with backoff.
     pub failure: BatchFailure,

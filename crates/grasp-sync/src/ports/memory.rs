@@ -8,8 +8,7 @@ use nostr::filter::MatchEventOptions;
 use nostr::{Event, EventId, Filter, Timestamp};
 
 use super::{EventStore, Ingestion, PortError, PurgatoryView, SyncStateStore};
-use crate::engine::{IngestOutcome, SyncStateSnapshot};
-use crate::model::RelayUrl;
+use crate::model::{IngestOutcome, RelayUrl, SyncStateSnapshot};
 
 /// Events in a map, plus the ids refused: both the [`EventStore`] and the [`Ingestion`]
 /// port (pass the same `Arc` twice). Accepts every event it is handed (a host with a

@@ -8,9 +8,7 @@ mod memory;
 use async_trait::async_trait;
 use nostr::{Event, EventId, Filter, Timestamp};
 
-use crate::engine::IngestOutcome;
-use crate::engine::SyncStateSnapshot;
-use crate::model::{RelayUrl, WallTime};
+use crate::model::{IngestOutcome, RelayUrl, SyncStateSnapshot, WallTime};
 
 pub use memory::{AllowAllRelays, MemoryEventStore, MemoryPurgatoryView, MemorySyncStateStore};
 

@@ -29,12 +29,12 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use nostr::filter::MatchEventOptions;
+use nostr::util::BoxedFuture;
 use nostr::JsonUtil;
 use nostr::{
     ClientMessage, Event, EventBuilder, EventId, Filter, Keys, Kind, RelayMessage, Tag, TagKind,
     Timestamp,
 };
-use nostr::util::BoxedFuture;
 use nostr_database::{
     Backend, DatabaseError, DatabaseEventStatus, Events, MemoryDatabase, MemoryDatabaseOptions,
     NostrDatabase, SaveEventStatus,
