@@ -6,14 +6,10 @@
 use std::collections::btree_map::Entry;
 use std::collections::BTreeSet;
 
-use nostr::{Alphabet, EventId, Filter, Kind, SingleLetterTag, Timestamp};
+use nostr::{Alphabet, EventId, Filter, SingleLetterTag, Timestamp};
 
-use crate::model::{RepoRef, SyncItems, REPO_ANNOUNCEMENT_KIND};
-
-/// Kind of a NIP-34 repository state event (addressable by `d`).
-pub const REPO_STATE_KIND: u16 = 30618;
-/// Kind of a user's GRASP server list.
-pub const GRASP_SERVER_LIST_KIND: u16 = 10317;
+use crate::model::{RepoRef, SyncItems};
+use crate::nip34::{KIND_GRASP_LIST, KIND_REPO_ANNOUNCEMENT, KIND_REPO_STATE};
 
 /// Bytes reserved in every REQ for what is not a tag value: `["REQ","<sub id up to 64
 /// chars>",` plus the filter's keys, kinds, `since`, `until` and `limit`. Generous on
@@ -160,10 +156,7 @@ impl RelayLimits {
 /// Layer 1, the connection-level filter: announcements (30617) and GRASP server lists
 /// (10317). `since` is set on the historic part of a quick reconnect.
 pub fn layer1_filters(since: Option<Timestamp>) -> Vec<Filter> {
-    let f = Filter::new().kinds([
-        Kind::from(REPO_ANNOUNCEMENT_KIND),
-        Kind::from(GRASP_SERVER_LIST_KIND),
-    ]);
+    let f = Filter::new().kinds([KIND_REPO_ANNOUNCEMENT, KIND_GRASP_LIST]);
     vec![with_since(f, since)]
 }
 
@@ -180,7 +173,7 @@ pub fn state_filters<'a>(
         .into_iter()
         .map(|chunk| {
             let f = with_tag(
-                Filter::new().kind(Kind::from(REPO_STATE_KIND)),
+                Filter::new().kind(KIND_REPO_STATE),
                 SingleLetterTag::lowercase(Alphabet::D),
                 to_set(&chunk),
             );
@@ -532,7 +525,7 @@ mod tests {
         assert_eq!(tag_values(&fs[2], d), vec!["x4"]);
         assert!(fs
             .iter()
-            .all(|f| f.kinds.as_ref().unwrap().contains(&Kind::from(30618))));
+            .all(|f| f.kinds.as_ref().unwrap().contains(&KIND_REPO_STATE)));
     }
 
     #[test]

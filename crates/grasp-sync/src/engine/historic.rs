@@ -27,11 +27,15 @@ const MAX_PART_ATTEMPTS: u32 = 3;
 /// state and threads that depend on them, roots before replies, then oldest first. This
 /// is what keeps a root event that came in the same batch as its announcement.
 fn ingest_rank(event: &Event) -> (u8, nostr::Timestamp) {
-    let rank = match event.kind.as_u16() {
-        30617 | 10317 => 0,
-        30618 => 1,
-        k if nip34::is_root_kind(nostr::Kind::from(k)) => 2,
-        _ => 3,
+    let k = event.kind;
+    let rank = if k == nip34::KIND_REPO_ANNOUNCEMENT || k == nip34::KIND_GRASP_LIST {
+        0
+    } else if k == nip34::KIND_REPO_STATE {
+        1
+    } else if nip34::is_root_kind(k) {
+        2
+    } else {
+        3
     };
     (rank, event.created_at)
 }

@@ -20,6 +20,6 @@ pub use pending::{BatchFailure, BatchId, PendingBatch, PendingItems, PendingSync
 pub use relay_index::{ConnectionStatus, RelayState, RelaySyncIndex};
 pub use relay_url::{RelayUrl, RelayUrlError};
 pub use repo_index::{RepoChange, RepoSyncIndex, RepoSyncNeeds, SyncLevel};
-pub use repo_ref::{RepoRef, RepoRefError, REPO_ANNOUNCEMENT_KIND};
+pub use repo_ref::{RepoRef, RepoRefError};
 pub use snapshot::{NegentropySupport, PersistedRelay, PersistedRepo, SyncStateSnapshot};
 pub use time::WallTime;

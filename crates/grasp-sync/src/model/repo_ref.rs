@@ -8,8 +8,7 @@ use std::sync::Arc;
 
 use nostr::PublicKey;
 
-/// The kind number of a NIP-34 repository announcement.
-pub const REPO_ANNOUNCEMENT_KIND: u16 = 30617;
+use crate::nip34::KIND_REPO_ANNOUNCEMENT;
 
 /// Why a string is not a repo ref.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -45,7 +44,7 @@ impl RepoRef {
         else {
             return Err(RepoRefError::Shape(s.to_owned()));
         };
-        if kind != "30617" {
+        if kind.parse::<u16>().ok() != Some(KIND_REPO_ANNOUNCEMENT.as_u16()) {
             return Err(RepoRefError::WrongKind(kind.to_owned()));
         }
         Self::validate_pubkey(pubkey)?;
@@ -61,7 +60,8 @@ impl RepoRef {
             return Err(RepoRefError::EmptyIdentifier);
         }
         Ok(Self(Arc::from(format!(
-            "{REPO_ANNOUNCEMENT_KIND}:{}:{identifier}",
+            "{}:{}:{identifier}",
+            KIND_REPO_ANNOUNCEMENT.as_u16(),
             pubkey.to_hex()
         ))))
     }
