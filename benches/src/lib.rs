@@ -378,23 +378,39 @@ pub mod engine_world {
 
     /// Builds the engine with `repos` Full repos listing [`RELAY`] and connects it.
     pub fn build(repos: usize) -> EngineWorld {
+        build_among(repos, 0)
+    }
+
+    /// [`build`], with `others` more relays connected beside [`RELAY`] (each listed by
+    /// a repo of its own, its history settled): the engine's cost per event on one
+    /// relay should not grow with how many others it keeps.
+    pub fn build_among(repos: usize, others: usize) -> EngineWorld {
         let relay = RelayUrl::parse(RELAY).expect("valid url");
         let keys = Keys::new(SecretKey::from_slice(&[3u8; 32]).expect("valid key"));
         let refs: Vec<RepoRef> = (0..repos)
             .map(|i| RepoRef::new(&keys.public_key(), &format!("repo-{i}")).expect("ref"))
             .collect();
+        let other_relays: Vec<RelayUrl> = (0..others)
+            .map(|i| RelayUrl::parse(&format!("wss://r{i}.example")).expect("valid url"))
+            .collect();
+        let persisted = |repo: RepoRef, relay: RelayUrl| PersistedRepo {
+            repo,
+            relays: [relay].into(),
+            root_events: Default::default(),
+            sync_level: SyncLevel::Full,
+        };
         let now = WallTime::from_secs(1_700_000_000);
         let snapshot = SyncStateSnapshot {
             version: SyncStateSnapshot::VERSION,
             taken_at: now,
             repos: refs
                 .iter()
-                .map(|r| PersistedRepo {
-                    repo: r.clone(),
-                    relays: [relay.clone()].into(),
-                    root_events: Default::default(),
-                    sync_level: SyncLevel::Full,
-                })
+                .map(|r| persisted(r.clone(), relay.clone()))
+                .chain(other_relays.iter().enumerate().map(|(i, other)| {
+                    let repo =
+                        RepoRef::new(&keys.public_key(), &format!("other-{i}")).expect("ref");
+                    persisted(repo, other.clone())
+                }))
                 .collect(),
             relays: Vec::new(),
         };
@@ -406,6 +422,15 @@ pub mod engine_world {
             Box::new(SeededRandom::new(1)),
         );
         engine.handle_timeout(now);
+        for other in &other_relays {
+            engine.handle_input(
+                now,
+                Input::RelayConnected {
+                    relay: other.clone(),
+                },
+            );
+        }
+        settle(&mut engine, now);
         engine.handle_input(
             now,
             Input::RelayConnected {
@@ -430,6 +455,41 @@ pub mod engine_world {
             live,
             repos: refs,
             now,
+        }
+    }
+
+    /// Answers every historic request with "nothing" (EOSE, an empty reconciliation)
+    /// until none is left: the relays asked end Connected with nothing to sync.
+    fn settle(engine: &mut SyncEngine, now: WallTime) {
+        loop {
+            let mut answers = Vec::new();
+            while let Some(cmd) = engine.poll_command() {
+                match cmd {
+                    Command::Subscribe {
+                        relay,
+                        id,
+                        mode: SubscriptionMode::Historic,
+                        ..
+                    } => answers.push(Input::Eose {
+                        relay,
+                        subscription: id,
+                    }),
+                    Command::Negentropy { relay, session, .. } => {
+                        answers.push(Input::NegentropyResult {
+                            relay,
+                            session,
+                            need: Vec::new(),
+                        })
+                    }
+                    _ => {}
+                }
+            }
+            if answers.is_empty() {
+                return;
+            }
+            for input in answers {
+                engine.handle_input(now, input);
+            }
         }
     }
 

@@ -25,14 +25,14 @@ pub(super) enum HistoricKind {
     /// REQ+EOSE with `until` pagination; events wait in `buffer` until EOSE so they can
     /// be handed over in dependency order.
     Req {
-        buffer: Vec<Event>,
+        buffer: Vec<Box<Event>>,
         page: PageResume,
     },
     /// REQ by ids after negentropy; `retried` once the missing ids were asked again.
     Fetch {
         asked: BTreeSet<EventId>,
         got: BTreeSet<EventId>,
-        buffer: Vec<Event>,
+        buffer: Vec<Box<Event>>,
         retried: bool,
     },
 }
@@ -144,6 +144,8 @@ pub(super) struct Conn {
     pub last_error: Option<String>,
     /// Protocol-breaking messages on this connection (see `SyncEngine::strike`).
     pub misbehaviour: u32,
+    /// EVENT messages received from this relay since it was registered.
+    pub events_received: u64,
 }
 
 impl Conn {
@@ -172,6 +174,7 @@ impl Conn {
             needs_rebuild: false,
             last_error: None,
             misbehaviour: 0,
+            events_received: 0,
         }
     }
 

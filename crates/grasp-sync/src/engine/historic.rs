@@ -197,15 +197,15 @@ impl SyncEngine {
         &mut self,
         relay: &RelayUrl,
         sub: &SubscriptionId,
-        event: Event,
+        event: Box<Event>,
         now: WallTime,
     ) {
         self.metrics.events_received += 1;
-        *self.events_per_relay.entry(relay.clone()).or_insert(0) += 1;
         let Some(conn) = self.conns.get_mut(relay) else {
             self.metrics.dropped_unknown_subscription += 1;
             return;
         };
+        conn.events_received += 1;
         if conn.misbehaviour >= self.config.max_misbehaviour_per_connection {
             // Dropped already; what is still in the pipe is ignored.
             return;
@@ -263,11 +263,11 @@ impl SyncEngine {
     fn ingest_sorted(
         &mut self,
         relay: &RelayUrl,
-        mut events: Vec<Event>,
+        mut events: Vec<Box<Event>>,
         batch: BatchId,
         now: WallTime,
     ) {
-        events.sort_by_key(ingest_rank);
+        events.sort_by_key(|e| ingest_rank(e));
         for event in events {
             self.ingest(relay, event, Some(batch), now);
         }

@@ -110,7 +110,7 @@ impl SyncEngine {
     pub(super) fn ingest(
         &mut self,
         relay: &RelayUrl,
-        event: Event,
+        event: Box<Event>,
         batch: Option<BatchId>,
         now: WallTime,
     ) {
@@ -128,7 +128,7 @@ impl SyncEngine {
             self.metrics.events_handed += 1;
             self.commands.push_back(Command::Ingest {
                 relay: relay.clone(),
-                event: Box::new(event),
+                event,
             });
             self.in_flight.copies.insert(id, vec![copy]);
         } else {

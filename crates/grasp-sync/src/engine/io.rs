@@ -126,6 +126,27 @@ pub enum NegentropyFailure {
     Timeout,
 }
 
+impl Input {
+    /// The relay this input came from, if it came from one.
+    pub(super) fn relay(&self) -> Option<&RelayUrl> {
+        match self {
+            Input::RelayConnected { relay }
+            | Input::RelayConnectFailed { relay, .. }
+            | Input::RelayDisconnected { relay }
+            | Input::Event { relay, .. }
+            | Input::Eose { relay, .. }
+            | Input::Closed { relay, .. }
+            | Input::Notice { relay, .. }
+            | Input::NegentropyResult { relay, .. }
+            | Input::NegentropyFailed { relay, .. }
+            | Input::RelayMessagesLost { relay, .. } => Some(relay),
+            Input::Accepted { .. }
+            | Input::PurgatoryAnnouncements { .. }
+            | Input::IngestOutcome { .. } => None,
+        }
+    }
+}
+
 /// Whether a subscription stays open after EOSE.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SubscriptionMode {

@@ -22,6 +22,7 @@ impl SyncEngine {
             self.conns
                 .insert(relay.clone(), Conn::new(health, self.config.default_limits));
             self.relays.entry(relay);
+            self.woken.insert(relay.clone());
             self.dirty = true;
         }
     }
@@ -261,6 +262,7 @@ impl SyncEngine {
         } else {
             PartKind::Req
         };
+        self.woken.insert(relay.clone());
         for filter in filters {
             conn.queue.push_back(QueuedPart {
                 batch: id,
@@ -497,7 +499,7 @@ impl SyncEngine {
     /// Every `check_interval`: connects and retries, timeouts, rate-limit resumption,
     /// daily fresh starts, idle disconnects, historic completion.
     pub(super) fn periodic_check(&mut self, now: WallTime) {
-        let relays: Vec<RelayUrl> = self.conns.keys().cloned().collect();
+        let relays = self.relays_in_order();
         for relay in relays {
             self.check_relay(&relay, now);
         }
@@ -673,7 +675,6 @@ impl SyncEngine {
         self.conns.remove(relay);
         self.relays.remove(relay);
         self.pending.clear(relay);
-        self.events_per_relay.remove(relay);
         self.dirty = true;
     }
 
@@ -727,20 +728,19 @@ impl SyncEngine {
         }
     }
 
-    /// Opens what can be opened now: connections due, queued historic parts into free
-    /// slots. Called after every input and timeout.
-    pub(super) fn pump(&mut self, now: WallTime) {
-        let wanted: Vec<RelayUrl> = self
-            .conns
-            .keys()
-            .filter(|r| self.targets.get(r).is_some() || self.config.bootstrap_relays.contains(*r))
-            .cloned()
-            .collect();
-        for relay in wanted {
-            let Some(conn) = self.conns.get_mut(&relay) else {
+    /// Opens what can be opened now on `relays`: connections due, queued historic parts
+    /// into free slots. Called after every input (with the relays it woke) and timeout
+    /// (with all).
+    pub(super) fn pump<'a>(&mut self, relays: impl Iterator<Item = &'a RelayUrl>, now: WallTime) {
+        for relay in relays {
+            let wanted =
+                self.targets.get(relay).is_some() || self.config.bootstrap_relays.contains(relay);
+            let Some(conn) = self.conns.get_mut(relay).filter(|_| wanted) else {
                 continue;
             };
-            let state = self.relays.entry(&relay);
+            let Some(state) = self.relays.get_mut(relay) else {
+                continue;
+            };
             if state.status == ConnectionStatus::Disconnected
                 && conn.health.next_attempt_at(now) <= now
             {
@@ -752,7 +752,7 @@ impl SyncEngine {
                     relay: relay.clone(),
                 });
             }
-            self.open_queued(&relay, now);
+            self.open_queued(relay, now);
         }
     }
 }

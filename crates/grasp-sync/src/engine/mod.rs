@@ -17,7 +17,7 @@ mod io;
 mod lifecycle;
 mod state;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use nostr::{Event, EventId, SubscriptionId};
@@ -46,7 +46,10 @@ pub struct SyncEngine {
     targets: RelayTargets,
     relays: RelaySyncIndex,
     pending: PendingSyncIndex,
-    conns: BTreeMap<RelayUrl, Conn>,
+    /// Per-relay runtime state. Hashed, not ordered: it is looked up on every input
+    /// (one probe whatever the number of relays); the few walks over all relays sort
+    /// the keys first, so the engine stays deterministic.
+    conns: HashMap<RelayUrl, Conn>,
     /// Accepted events waiting for the self-subscriber batch window.
     accepted: Vec<Event>,
     flush_at: Option<WallTime>,
@@ -67,7 +70,11 @@ pub struct SyncEngine {
     /// Root events whose repo is not known yet, kept until its announcement arrives.
     orphans: BTreeMap<RepoRef, BTreeSet<EventId>>,
     orphan_count: usize,
-    events_per_relay: BTreeMap<RelayUrl, u64>,
+    /// Relays that may have something to open since the last pump: the relay an input
+    /// came from, relays given new work or just registered. An input pumps only these,
+    /// so its cost follows what it touches, not how many relays the engine keeps; a
+    /// timeout pumps every relay (backoffs and cooldowns end with time).
+    woken: BTreeSet<RelayUrl>,
 }
 
 impl std::fmt::Debug for SyncEngine {
@@ -95,7 +102,7 @@ impl SyncEngine {
             targets: RelayTargets::default(),
             relays: RelaySyncIndex::new(),
             pending: PendingSyncIndex::new(),
-            conns: BTreeMap::new(),
+            conns: HashMap::new(),
             accepted: Vec::new(),
             flush_at: None,
             purgatory_due: now,
@@ -113,7 +120,7 @@ impl SyncEngine {
             in_flight: InFlight::default(),
             orphans: BTreeMap::new(),
             orphan_count: 0,
-            events_per_relay: BTreeMap::new(),
+            woken: BTreeSet::new(),
             config,
         };
         let bootstrap: Vec<RelayUrl> = engine.config.bootstrap_relays.iter().cloned().collect();
@@ -187,6 +194,14 @@ impl SyncEngine {
 
     /// Feeds one input, observed at `now`.
     pub fn handle_input(&mut self, now: WallTime, input: Input) {
+        // An EVENT never frees a historic slot nor queues work (it is matched and
+        // handed over, or buffered until EOSE): the bulk of inputs pumps nothing.
+        if let Some(relay) = input
+            .relay()
+            .filter(|_| !matches!(input, Input::Event { .. }))
+        {
+            self.woken.insert(relay.clone());
+        }
         match input {
             Input::RelayConnected { relay } => self.on_connected(&relay, now),
             Input::RelayConnectFailed { relay, reason } => {
@@ -200,7 +215,7 @@ impl SyncEngine {
                 relay,
                 subscription,
                 event,
-            } => self.on_event(&relay, &subscription, *event, now),
+            } => self.on_event(&relay, &subscription, event, now),
             Input::Eose {
                 relay,
                 subscription,
@@ -232,7 +247,8 @@ impl SyncEngine {
                 self.on_messages_lost(&relay, since.min(now), now)
             }
         }
-        self.pump(now);
+        let woken = std::mem::take(&mut self.woken);
+        self.pump(woken.iter(), now);
     }
 
     /// Lets time pass: fires every timer due at or before `now`.
@@ -257,7 +273,9 @@ impl SyncEngine {
             self.persisted_at = now;
             self.commands.push_back(Command::PersistState);
         }
-        self.pump(now);
+        self.woken.clear();
+        let all = self.relays_in_order();
+        self.pump(all.iter(), now);
     }
 
     /// The next command to carry out, in order.
@@ -359,7 +377,7 @@ impl SyncEngine {
                     pending_batches: self.pending.batches(relay).len(),
                     confirmed_repos: state.confirmed.repos.len(),
                     confirmed_root_events: state.confirmed.root_events.len(),
-                    events_received: self.events_per_relay.get(relay).copied().unwrap_or(0),
+                    events_received: conn.map_or(0, |c| c.events_received),
                     negentropy: conn.map_or(NegentropySupport::Unknown, |c| c.negentropy),
                     last_error: conn.and_then(|c| c.last_error.clone()),
                     historic_sync_completed: state.historic_sync_completed,
@@ -465,6 +483,13 @@ impl SyncEngine {
             state.complete_until = Some(self.cursor_with(relay, now, oldest_in_flight));
         }
         state
+    }
+
+    /// Every relay with runtime state, in URL order (what walks over all relays use).
+    fn relays_in_order(&self) -> Vec<RelayUrl> {
+        let mut all: Vec<RelayUrl> = self.conns.keys().cloned().collect();
+        all.sort_unstable();
+        all
     }
 
     fn next_subscription_id(&mut self) -> SubscriptionId {
