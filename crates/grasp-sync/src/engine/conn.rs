@@ -25,14 +25,14 @@ pub(super) enum HistoricKind {
     /// REQ+EOSE with `until` pagination; events wait in `buffer` until EOSE so they can
     /// be handed over in dependency order.
     Req {
-        buffer: Vec<Box<Event>>,
+        buffer: Vec<Event>,
         page: PageResume,
     },
     /// REQ by ids after negentropy; `retried` once the missing ids were asked again.
     Fetch {
         asked: BTreeSet<EventId>,
         got: BTreeSet<EventId>,
-        buffer: Vec<Box<Event>>,
+        buffer: Vec<Event>,
         retried: bool,
     },
 }

@@ -239,7 +239,7 @@ impl SyncEngine {
             HistoricKind::Req { buffer, page } => {
                 let within = h.received <= page.limit;
                 if within {
-                    buffer.push(event);
+                    buffer.push(*event);
                 }
                 within
             }
@@ -248,7 +248,7 @@ impl SyncEngine {
             } => {
                 let wanted = got.insert(event.id) && asked.contains(&event.id);
                 if wanted {
-                    buffer.push(event);
+                    buffer.push(*event);
                 }
                 wanted
             }
@@ -263,13 +263,13 @@ impl SyncEngine {
     fn ingest_sorted(
         &mut self,
         relay: &RelayUrl,
-        mut events: Vec<Box<Event>>,
+        mut events: Vec<Event>,
         batch: BatchId,
         now: WallTime,
     ) {
-        events.sort_by_key(|e| ingest_rank(e));
+        events.sort_by_key(ingest_rank);
         for event in events {
-            self.ingest(relay, event, Some(batch), now);
+            self.ingest(relay, Box::new(event), Some(batch), now);
         }
     }
 
