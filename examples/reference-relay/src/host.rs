@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use grasp_sync::driver::{SyncHandle, SyncMetrics};
 use grasp_sync::git::{
-    HuntRequest, InMemoryPurgatory, Origin, Purgatory, PurgatoryConfig, WaitKind, WaitingEvent,
+    HuntRequest, InMemoryPurgatory, Origin, PurgatoryConfig, WaitKind, WaitingEvent,
     Want,
 };
 use grasp_sync::nip34::{self, parse_announcement};
@@ -231,7 +231,7 @@ impl Host {
     /// What each held event waits for: its repo, the git data it needs and where it is
     /// hunted (for the status page).
     pub fn waiting(&self) -> Vec<WaitingEvent> {
-        Purgatory::waiting(&self.state().purgatory)
+        self.state().purgatory.waiting()
     }
 
     /// Held announcements (the `PurgatoryView` port).
@@ -637,7 +637,7 @@ impl Host {
     pub async fn release(&self, repo: &RepoRef, ids: &[EventId]) {
         let released: Vec<HeldEvent> = {
             let mut st = self.state();
-            let ids = st.purgatory.release(repo, ids, now());
+            let ids = st.purgatory.release(ids);
             let out = ids.iter().filter_map(|id| st.held.remove(id)).collect();
             self.metrics.set_purgatory_waiting(st.held.len());
             out

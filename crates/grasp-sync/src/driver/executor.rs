@@ -45,7 +45,9 @@ use crate::ports::{Clock, EventStore, SystemClock};
 /// backoff of 5 s; negentropy given up after 10 s without a message from the relay).
 #[derive(Debug, Clone)]
 pub struct ExecutorConfig {
-    /// How long one connect attempt may take before it is reported as failed.
+    /// How long one connect attempt may take before it is reported as failed. The
+    /// driver sets it from [`crate::HealthConfig::connection_timeout`], the engine's
+    /// connect deadline.
     pub connect_timeout: Duration,
     /// A negentropy session with no message from the relay for this long — its first
     /// answer to NEG-OPEN included — is given up (NEG-CLOSE sent) and reported as

@@ -2,9 +2,10 @@
 //! engine can learn a relay's limits (filters per REQ, subscriptions, message size)
 //! instead of guessing them.
 //!
-//! rust-nostr 0.44 has no HTTP client (its NIP-11 fetch needs reqwest, which is not in
-//! our dependency tree and would add minutes to a cold build), so this is a minimal
-//! HTTP/1.1 client on a tokio `TcpStream`: `Connection: close`, `Content-Length` or
+//! rust-nostr 0.44 has no HTTP client of its own (its NIP-11 fetch needs reqwest, which
+//! this crate links only under feature `git`, for gix's http transport), so the `tokio`
+//! driver carries a minimal HTTP/1.1 client on a tokio `TcpStream`, dialled through the
+//! same pinned-address check as the websockets: `Connection: close`, `Content-Length` or
 //! chunked bodies, no redirects, a size cap. `wss://` relays are fetched over
 //! `https://` with tokio-rustls — the same rustls the pool's websocket stack already
 //! compiles — with the *ring* provider chosen explicitly (never the process default, so

@@ -81,7 +81,7 @@ pub struct DriverOptions {
     /// Seed of the daily-sync jitter; 0 takes one from the clock.
     pub seed: u64,
     /// Events handed to the host's `Ingestion` port and not yet processed, at most
-    /// (0: [`DEFAULT_INGEST_QUEUE`]). When the host is slower than the relays, the
+    /// (0: the default, 1,024). When the host is slower than the relays, the
     /// driver waits for room here: relay messages then wait in the executor's bounded
     /// channels, and what overflows is reported as lost and asked again.
     pub ingest_queue: usize,
@@ -89,7 +89,7 @@ pub struct DriverOptions {
     /// resolver). Tests pass their own, so no real DNS is needed.
     pub resolver: Option<Arc<dyn Resolver>>,
     /// How long a graceful shutdown waits for the ingestion queue to drain before it
-    /// gives up on the rest (0: [`DEFAULT_SHUTDOWN_DRAIN`]). Whatever is given up is
+    /// gives up on the rest (0: the default, 10 s). Whatever is given up is
     /// not confirmed in the persisted state, so the next start asks for it again.
     pub shutdown_drain: Duration,
 }
@@ -209,7 +209,9 @@ pub async fn start(
     // (see the crate docs, "TLS").
     crate::install_default_crypto_provider();
     // One negentropy timeout for engine and executor: the engine's.
+    // One setting each, shared by engine and executor.
     let executor = ExecutorConfig {
+        connect_timeout: config.health.connection_timeout(),
         negentropy_idle_timeout: config.negentropy_idle_timeout,
         negentropy_total_timeout: config.negentropy_total_timeout,
         ..options.executor.clone()

@@ -212,7 +212,7 @@ pub enum Command {
     /// Read the announcements waiting in purgatory; answer with
     /// `PurgatoryAnnouncements`.
     ReadPurgatoryAnnouncements,
-    /// Persist this snapshot of the sync state (sync-state store port).
+    /// Take [`super::SyncEngine::snapshot`] and save it (sync-state store port).
     PersistState,
 }
 

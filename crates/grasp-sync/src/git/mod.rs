@@ -5,11 +5,12 @@
 //! The pieces, from pure to IO:
 //! - [`Oid`]: a git object id, usable without gix;
 //! - [`HuntScheduler`]: the sans-IO scheduler (when, what, where, within per-host limits);
-//! - [`Purgatory`] / [`InMemoryPurgatory`]: the port to the host's holding area and an
-//!   in-memory implementation with the expiry rules;
+//! - [`InMemoryPurgatory`]: a holding area with the expiry rules of GRASP-01/02, for
+//!   hosts that keep it in memory (the reference relay does);
 //! - [`GitFetcher`]: the blocking fetch port, and under feature `git` its gix
-//!   implementation [`GixFetcher`] (schemes `git://`, and `file://` when the URL policy
-//!   allows; `http(s)://` is not compiled in, see `docs/git-hunting.md`);
+//!   implementation [`GixFetcher`] (schemes `http(s)://` through gix's reqwest
+//!   transport on the build's one rustls, `git://`, and `file://` when the URL policy
+//!   allows; see `docs/git-hunting.md`);
 //! - [`HuntMetrics`]: counters as plain data.
 //!
 //! See `docs/git-hunting.md` for the timeline and how a driver wires these together.
@@ -31,7 +32,7 @@ pub use gix_fetcher::{BareRepoLocator, GixFetcher, GixFetcherConfig};
 pub use metrics::HuntMetrics;
 pub use oid::{Oid, OidError};
 pub use purgatory::{
-    Admitted, Expiry, InMemoryPurgatory, Purgatory, PurgatoryConfig, PurgatoryError, WaitingEvent,
+    Admitted, Expiry, InMemoryPurgatory, PurgatoryConfig, PurgatoryError, WaitingEvent,
 };
 pub use scheduler::{
     HuntConfig, HuntEvent, HuntJob, HuntRequest, HuntScheduler, JobId, JobResult, Origin, WaitKind,

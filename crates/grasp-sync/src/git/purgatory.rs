@@ -1,10 +1,10 @@
 //! Purgatory: events the host accepted but does not serve until their git data arrives.
 //!
-//! GRASP-01 gives the host relay this holding area; the library does not own it and
-//! reads it through the [`Purgatory`] port (what waits, for which repo, needing what;
-//! release when satisfied; which ids expired). [`InMemoryPurgatory`] is a complete
-//! implementation with the design's expiry rules, good enough for the reference relay and
-//! for tests:
+//! GRASP-01 gives the host relay this holding area; the library does not own it. The
+//! engine sees it through [`crate::ports::PurgatoryView`] (which announcements wait) and
+//! the hunt through the [`crate::git::HuntRequest`]s the host adds.
+//! [`InMemoryPurgatory`] is a complete holding area with the design's expiry rules, good
+//! enough for the reference relay and for tests:
 //! - a waiting event expires 30 min after it arrived and its id goes to the expired set;
 //! - an announcement soft-expires instead: the host removes the empty bare repo, the event
 //!   is kept 24 h more, and a late state event for the repo revives it (hunting resumes);
@@ -41,20 +41,6 @@ pub struct WaitingEvent {
     pub origin: Origin,
     /// When it arrived.
     pub received_at: WallTime,
-}
-
-/// The port the host implements so the library can hunt for its waiting events.
-pub trait Purgatory {
-    /// Every event waiting for data now (soft-expired announcements excluded), so a
-    /// driver starting up can seed the scheduler.
-    fn waiting(&self) -> Vec<WaitingEvent>;
-
-    /// The data for `events` (of `repo`) is present: release them. Returns the ids that
-    /// were actually released (ids no longer held are skipped).
-    fn release(&mut self, repo: &RepoRef, events: &[EventId], now: WallTime) -> Vec<EventId>;
-
-    /// True when `id` expired here: sync must not bring it back.
-    fn is_expired(&self, id: &EventId) -> bool;
 }
 
 /// Why an event was not admitted.
@@ -269,8 +255,10 @@ fn request(ev: &WaitingEvent, expires_at: WallTime) -> HuntRequest {
     }
 }
 
-impl<P> Purgatory for InMemoryPurgatory<P> {
-    fn waiting(&self) -> Vec<WaitingEvent> {
+impl<P> InMemoryPurgatory<P> {
+    /// Every event waiting for data now (soft-expired announcements excluded), so a
+    /// driver starting up can seed the scheduler.
+    pub fn waiting(&self) -> Vec<WaitingEvent> {
         self.held
             .values()
             .filter(|h| h.soft_until.is_none())
@@ -278,11 +266,14 @@ impl<P> Purgatory for InMemoryPurgatory<P> {
             .collect()
     }
 
-    fn release(&mut self, _repo: &RepoRef, events: &[EventId], _now: WallTime) -> Vec<EventId> {
+    /// The data for `events` is present: releases them and returns the ids that were
+    /// actually released (ids no longer held are skipped).
+    pub fn release(&mut self, events: &[EventId]) -> Vec<EventId> {
         self.take(events).into_iter().map(|(id, _)| id).collect()
     }
 
-    fn is_expired(&self, id: &EventId) -> bool {
+    /// True when `id` expired here: sync must not bring it back.
+    pub fn is_expired(&self, id: &EventId) -> bool {
         self.expired.contains(id)
     }
 }
