@@ -28,8 +28,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use grasp_sync::driver::{SyncHandle, SyncMetrics};
 use grasp_sync::git::{
-    HuntRequest, InMemoryPurgatory, Origin, PurgatoryConfig, WaitKind, WaitingEvent,
-    Want,
+    HuntRequest, InMemoryPurgatory, Origin, PurgatoryConfig, WaitKind, WaitingEvent, Want,
 };
 use grasp_sync::nip34::{self, parse_announcement};
 use grasp_sync::{

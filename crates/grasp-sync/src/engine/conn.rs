@@ -28,13 +28,21 @@ pub(super) enum HistoricKind {
         buffer: Vec<Event>,
         page: PageResume,
     },
-    /// REQ by ids after negentropy; `retried` once the missing ids were asked again.
-    Fetch {
-        asked: BTreeSet<EventId>,
-        got: BTreeSet<EventId>,
-        buffer: Vec<Event>,
-        retried: bool,
-    },
+    /// REQ by ids after negentropy.
+    Fetch(FetchState),
+}
+
+/// An ids fetch in flight: what it asked and what came.
+#[derive(Debug, Clone)]
+pub(super) struct FetchState {
+    /// The ids asked.
+    pub asked: BTreeSet<EventId>,
+    /// The ids that arrived.
+    pub got: BTreeSet<EventId>,
+    /// The events asked for, waiting until EOSE to be handed over in order.
+    pub buffer: Vec<Event>,
+    /// Whether this is the second ask after an answer with none of the ids.
+    pub retried: bool,
 }
 
 /// One historic subscription on the wire.
@@ -56,6 +64,30 @@ pub(super) struct HistoricSub {
     /// For an ids fetch: the filter whose reconciliation offered the ids. A relay that
     /// will not return them is asked for that filter by REQ instead.
     pub origin: Option<Box<Filter>>,
+}
+
+/// What a historic subscription that ended was doing, apart from its kind's own state:
+/// what the handler of its end needs.
+pub(super) struct EndedPart {
+    pub batch: BatchId,
+    pub filter: Filter,
+    pub attempts: u32,
+    pub restarts: u32,
+    pub origin: Option<Box<Filter>>,
+}
+
+impl HistoricSub {
+    /// Splits an ended subscription into what every kind has and its kind's state.
+    pub fn end(self) -> (EndedPart, HistoricKind) {
+        let part = EndedPart {
+            batch: self.batch,
+            filter: self.filter,
+            attempts: self.attempts,
+            restarts: self.restarts,
+            origin: self.origin,
+        };
+        (part, self.kind)
+    }
 }
 
 /// How a queued part will run.

@@ -1,0 +1,421 @@
+//! Historic sync of a batch, one kind of part per module: negentropy sessions
+//! (`negentropy`), REQ+EOSE pages with `until` pagination (`req`), fetches of the ids
+//! negentropy found missing (`fetch`), and batch completion (`batch`). Here: opening
+//! queued parts into free slots, what arrives on live and historic subscriptions, and
+//! the ways a part ends early (CLOSED, NOTICE, lost messages, deadlines).
+
+mod batch;
+mod fetch;
+mod negentropy;
+mod req;
+
+use nostr::filter::MatchEventOptions;
+use nostr::{Event, Filter, SubscriptionId};
+
+use super::conn::{HistoricKind, HistoricSub, PartKind, QueuedPart};
+use super::{Command, NegentropyFailure, SyncEngine};
+use crate::classify::{classify_closed, classify_notice, RelaySignal};
+use crate::model::NegentropySupport;
+use crate::model::{BatchId, RelayUrl, WallTime};
+use crate::nip34;
+
+/// A part refused by a rate limit this many times in a row, or started again after lost
+/// messages this many times, fails its batch.
+const MAX_PART_ATTEMPTS: u32 = 3;
+
+/// Order in which events of one page are handed to the host: announcements before the
+/// state and threads that depend on them, roots before replies, then oldest first. This
+/// is what keeps a root event that came in the same batch as its announcement.
+fn ingest_rank(event: &Event) -> (u8, nostr::Timestamp) {
+    let k = event.kind;
+    let rank = if k == nip34::KIND_REPO_ANNOUNCEMENT || k == nip34::KIND_GRASP_LIST {
+        0
+    } else if k == nip34::KIND_REPO_STATE {
+        1
+    } else if nip34::is_root_kind(k) {
+        2
+    } else {
+        3
+    };
+    (rank, event.created_at)
+}
+
+impl SyncEngine {
+    /// Opens queued historic parts while the relay has free slots and may subscribe.
+    pub(super) fn open_queued(&mut self, relay: &RelayUrl, now: WallTime) {
+        if !self
+            .relays
+            .get(relay)
+            .is_some_and(|s| s.status.is_connected())
+        {
+            return;
+        }
+        loop {
+            let Some(conn) = self.conns.get_mut(relay) else {
+                return;
+            };
+            if conn.historic.len() >= self.config.max_concurrent_historic
+                || !conn.health.can_subscribe(now)
+            {
+                return;
+            }
+            let Some(mut part) = conn.queue.pop_front() else {
+                return;
+            };
+            let kind = match part.kind {
+                PartKind::Negentropy if conn.negentropy == NegentropySupport::Unsupported => {
+                    PartKind::Req
+                }
+                k => k,
+            };
+            let id = self.next_subscription_id();
+            let Some(conn) = self.conns.get_mut(relay) else {
+                return;
+            };
+            let limits = conn.limits;
+            let (historic_kind, deadline) = match kind {
+                PartKind::Negentropy => self.open_negentropy(relay, &id, &part.filter, now),
+                PartKind::Req => self.open_req(relay, &id, &mut part, limits, now),
+                PartKind::Fetch { retried } => {
+                    self.open_fetch(relay, &id, &part.filter, retried, now)
+                }
+            };
+            if let Some(batch) = self.batch_mut(relay, part.batch) {
+                batch.outstanding.insert(id.clone());
+            }
+            if let Some(conn) = self.conns.get_mut(relay) {
+                conn.historic.insert(
+                    id,
+                    HistoricSub {
+                        batch: part.batch,
+                        filter: part.filter,
+                        kind: historic_kind,
+                        deadline,
+                        received: 0,
+                        attempts: part.attempts,
+                        restarts: part.restarts,
+                        origin: part.origin,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Says why history from `relay` is incomplete, for its status (`last_error`).
+    fn note_history_problem(&mut self, relay: &RelayUrl, filter: &Filter, why: &str) {
+        if let Some(conn) = self.conns.get_mut(relay) {
+            let what = serde_json::to_string(filter).unwrap_or_default();
+            let what: String = what.chars().take(160).collect();
+            conn.last_error = Some(format!("history incomplete: {why} (filter {what})"));
+        }
+    }
+
+    pub(super) fn on_event(
+        &mut self,
+        relay: &RelayUrl,
+        sub: &SubscriptionId,
+        event: Box<Event>,
+        now: WallTime,
+    ) {
+        self.metrics.events_received += 1;
+        let Some(conn) = self.conns.get_mut(relay) else {
+            self.metrics.dropped_unknown_subscription += 1;
+            return;
+        };
+        conn.events_received += 1;
+        if conn.misbehaviour >= self.config.max_misbehaviour_per_connection {
+            // Dropped already; what is still in the pipe is ignored.
+            return;
+        }
+        let opts = MatchEventOptions::new();
+        if let Some(live) = conn.live.get(sub) {
+            // Live filters carry `limit: 0`, which says nothing about matching:
+            // `match_event` ignores `limit`, so the filters are matched as they are
+            // (no clone per event).
+            if live.filters.iter().any(|f| f.match_event(&event, opts)) {
+                self.ingest(relay, event, None, now);
+            } else {
+                self.metrics.dropped_unsolicited += 1;
+                self.strike(relay, now);
+            }
+            return;
+        }
+        let Some(h) = conn.historic.get_mut(sub) else {
+            self.metrics.dropped_unknown_subscription += 1;
+            self.strike(relay, now);
+            return;
+        };
+        if !h.filter.match_event(&event, opts) {
+            self.metrics.dropped_unsolicited += 1;
+            self.strike(relay, now);
+            return;
+        }
+        h.received += 1;
+        let kept = match &mut h.kind {
+            HistoricKind::Negentropy => false,
+            HistoricKind::Req { buffer, page } => {
+                let within = h.received <= page.limit;
+                if within {
+                    buffer.push(*event);
+                }
+                within
+            }
+            HistoricKind::Fetch(f) => {
+                let wanted = f.got.insert(event.id) && f.asked.contains(&event.id);
+                if wanted {
+                    f.buffer.push(*event);
+                }
+                wanted
+            }
+        };
+        if !kept {
+            self.metrics.dropped_flood += 1;
+            self.strike(relay, now);
+        }
+    }
+
+    /// Hands over what one page of `batch` brought, in dependency order.
+    fn ingest_sorted(
+        &mut self,
+        relay: &RelayUrl,
+        mut events: Vec<Event>,
+        batch: BatchId,
+        now: WallTime,
+    ) {
+        events.sort_by_key(ingest_rank);
+        for event in events {
+            self.ingest(relay, Box::new(event), Some(batch), now);
+        }
+    }
+
+    pub(super) fn on_eose(&mut self, relay: &RelayUrl, sub: &SubscriptionId, now: WallTime) {
+        let Some(conn) = self.conns.get_mut(relay) else {
+            return;
+        };
+        let Some(h) = conn.historic.remove(sub) else {
+            return;
+        };
+        self.commands.push_back(Command::Unsubscribe {
+            relay: relay.clone(),
+            id: sub.clone(),
+        });
+        let (part, kind) = h.end();
+        match kind {
+            HistoricKind::Negentropy => {
+                // EOSE is not part of NIP-77; a relay sending it is confused. Fall back.
+                self.requeue_as_req(relay, part.batch, part.filter, part.attempts);
+                self.finish_part(relay, part.batch, sub, None, now);
+            }
+            HistoricKind::Req { buffer, page } => {
+                self.on_req_page(relay, sub, part, buffer, page, now)
+            }
+            HistoricKind::Fetch(f) => self.on_fetch_answer(relay, sub, part, f, now),
+        }
+    }
+
+    pub(super) fn on_closed(
+        &mut self,
+        relay: &RelayUrl,
+        sub: &SubscriptionId,
+        message: &str,
+        now: WallTime,
+    ) {
+        let signal = classify_closed(message);
+        let Some(conn) = self.conns.get_mut(relay) else {
+            return;
+        };
+        if signal == RelaySignal::RateLimited {
+            conn.health.on_rate_limited(now);
+        }
+        if let Some(closed) = conn.live.remove(sub) {
+            if signal == RelaySignal::TooManyFilters && closed.filters.len() > 1 {
+                // A limit learnt from the refusal: half as many filters per REQ (the
+                // rebuild below splits the same filters into more REQs).
+                let fewer = (closed.filters.len() / 2).max(1);
+                conn.limits.max_filters_per_req = conn.limits.max_filters_per_req.min(fewer);
+            }
+            conn.live_gap_since.get_or_insert(now);
+            // What this subscription covered is no longer live: rebuild once allowed,
+            // a bounded number of times per connection.
+            if conn.live_resubscribes < self.config.max_live_resubscribes {
+                conn.live_resubscribes += 1;
+                conn.needs_rebuild = true;
+            } else {
+                conn.live_failed = true;
+            }
+            return;
+        }
+        let Some(h) = conn.historic.remove(sub) else {
+            return;
+        };
+        match h.kind {
+            HistoricKind::Negentropy => {
+                conn.refuse_negentropy(now);
+                self.requeue_as_req(relay, h.batch, h.filter, h.attempts);
+                self.finish_part(relay, h.batch, sub, None, now);
+            }
+            HistoricKind::Req { .. } | HistoricKind::Fetch(_) => {
+                let refused = matches!(
+                    signal,
+                    RelaySignal::RateLimited | RelaySignal::TooManySubscriptions
+                );
+                self.end_part(relay, sub, h, refused, "closed before EOSE", now);
+            }
+        }
+    }
+
+    /// Ends historic part `h` (subscription `sub`, already removed from the relay's
+    /// open set) that did not reach EOSE: what it brought is handed over; a part
+    /// `refused` by a rate limit is queued again — a REQ from the page it was on, with
+    /// the ids it has seen — until it was refused [`MAX_PART_ATTEMPTS`] times in a row;
+    /// otherwise its batch counts as failed (retried with backoff), `why` in the
+    /// relay's status.
+    fn end_part(
+        &mut self,
+        relay: &RelayUrl,
+        sub: &SubscriptionId,
+        h: HistoricSub,
+        refused: bool,
+        why: &str,
+        now: WallTime,
+    ) {
+        let again = refused && h.attempts < MAX_PART_ATTEMPTS;
+        let (kind, buffer, resume) = match h.kind {
+            HistoricKind::Negentropy => (PartKind::Negentropy, Vec::new(), None),
+            HistoricKind::Req { buffer, page } => (PartKind::Req, buffer, Some(Box::new(page))),
+            HistoricKind::Fetch(f) => (PartKind::Fetch { retried: false }, f.buffer, None),
+        };
+        self.ingest_sorted(relay, buffer, h.batch, now);
+        if again {
+            if let Some(conn) = self.conns.get_mut(relay) {
+                conn.queue.push_front(QueuedPart {
+                    batch: h.batch,
+                    filter: h.filter,
+                    kind,
+                    attempts: h.attempts + 1,
+                    restarts: h.restarts,
+                    resume,
+                    origin: h.origin,
+                });
+            }
+            self.finish_part(relay, h.batch, sub, None, now);
+        } else {
+            let why = if refused {
+                "refused by a rate limit too many times in a row"
+            } else {
+                why
+            };
+            self.note_history_problem(relay, &h.filter, why);
+            self.finish_part(relay, h.batch, sub, Some(&h.filter), now);
+        }
+    }
+
+    pub(super) fn on_notice(&mut self, relay: &RelayUrl, message: &str, now: WallTime) {
+        self.strike(relay, now);
+        let Some(conn) = self.conns.get_mut(relay) else {
+            return;
+        };
+        match classify_notice(message) {
+            RelaySignal::RateLimited => conn.health.on_rate_limited(now),
+            RelaySignal::TooManySubscriptions => {
+                conn.health.on_rate_limited(now);
+                conn.needs_rebuild = true;
+            }
+            RelaySignal::NegentropyUnsupported => self.abandon_negentropy(relay, now),
+            _ => {}
+        }
+    }
+
+    /// Messages from `relay` were lost on the way in (after `since`): every historic
+    /// part open there may be missing events or its EOSE, so each starts again from its
+    /// first page (what it already brought is kept; a part that keeps losing fails its
+    /// batch, which is then retried with backoff); live subscriptions may have missed
+    /// events too, so the relay gets a `since` catch-up, as after a closed live
+    /// subscription.
+    pub(super) fn on_messages_lost(&mut self, relay: &RelayUrl, since: WallTime, now: WallTime) {
+        let Some(conn) = self.conns.get_mut(relay) else {
+            return;
+        };
+        self.metrics.messages_lost += 1;
+        let gap = conn.live_gap_since.map_or(since, |g| g.min(since));
+        conn.live_gap_since = Some(gap);
+        conn.needs_rebuild = true;
+        let open: Vec<SubscriptionId> = conn.historic.keys().cloned().collect();
+        for sub in open {
+            let Some(conn) = self.conns.get_mut(relay) else {
+                return;
+            };
+            let Some(h) = conn.historic.remove(&sub) else {
+                continue;
+            };
+            let (kind, buffer) = match h.kind {
+                HistoricKind::Negentropy => (PartKind::Negentropy, Vec::new()),
+                HistoricKind::Req { buffer, .. } => (PartKind::Req, buffer),
+                HistoricKind::Fetch(f) => (PartKind::Fetch { retried: false }, f.buffer),
+            };
+            let again = h.restarts < MAX_PART_ATTEMPTS;
+            if again {
+                conn.queue.push_front(QueuedPart {
+                    batch: h.batch,
+                    filter: h.filter.clone(),
+                    kind,
+                    attempts: h.attempts,
+                    restarts: h.restarts + 1,
+                    resume: None,
+                    origin: h.origin.clone(),
+                });
+            }
+            if kind != PartKind::Negentropy {
+                self.commands.push_back(Command::Unsubscribe {
+                    relay: relay.clone(),
+                    id: sub.clone(),
+                });
+            }
+            self.ingest_sorted(relay, buffer, h.batch, now);
+            let failed = (!again).then_some(&h.filter);
+            self.finish_part(relay, h.batch, &sub, failed, now);
+        }
+    }
+
+    /// Historic subscriptions past their deadline: negentropy falls back, REQs fail.
+    pub(super) fn expire_historic(&mut self, relay: &RelayUrl, now: WallTime) {
+        let Some(conn) = self.conns.get(relay) else {
+            return;
+        };
+        let expired: Vec<SubscriptionId> = conn
+            .historic
+            .iter()
+            .filter(|(_, h)| h.deadline <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for sub in expired {
+            let Some(conn) = self.conns.get_mut(relay) else {
+                return;
+            };
+            let Some(h) = conn.historic.get(&sub) else {
+                continue;
+            };
+            if matches!(h.kind, HistoricKind::Negentropy) {
+                // No CLOSE: a negentropy session is no REQ subscription, and the executor
+                // ends it itself (idle or total timeout) — this is only the backstop
+                // for an answer that never came.
+                self.on_negentropy_failed(relay, &sub, &NegentropyFailure::Timeout, now);
+            } else {
+                // A rate-limit NOTICE names no subscription: a REQ that brought nothing
+                // and was open when one came was most likely the one refused. It
+                // resumes at its page after the cooldown, like a REQ refused by CLOSED;
+                // REQs the relay did accept are never closed early for it.
+                let opened = h.deadline - self.config.subscription_timeout;
+                let refused = h.received == 0 && conn.health.rate_limited_since(opened);
+                let Some(h) = conn.historic.remove(&sub) else {
+                    continue;
+                };
+                self.commands.push_back(Command::Unsubscribe {
+                    relay: relay.clone(),
+                    id: sub.clone(),
+                });
+                self.end_part(relay, &sub, h, refused, "no EOSE in time", now);
+            }
+        }
+    }
+}

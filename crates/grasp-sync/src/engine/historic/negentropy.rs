@@ -1,0 +1,144 @@
+//! A batch's parts run by NIP-77: opening a session, its result (the ids to fetch, see
+//! `fetch`), and falling back to REQ+EOSE when the relay refuses, stays silent or says
+//! it does not speak NIP-77.
+
+use nostr::{EventId, Filter, SubscriptionId};
+
+use super::super::conn::{HistoricKind, PartKind, QueuedPart};
+use super::super::{config::NEGENTROPY_ANSWER_GRACE, Command, NegentropyFailure, SyncEngine};
+use crate::filters::ids_filters;
+use crate::model::{BatchId, NegentropySupport, RelayUrl, WallTime};
+
+impl SyncEngine {
+    /// Sends NEG-OPEN for `filter`; the engine's own deadline is a backstop behind the
+    /// executor's idle and total timeouts.
+    pub(super) fn open_negentropy(
+        &mut self,
+        relay: &RelayUrl,
+        session: &SubscriptionId,
+        filter: &Filter,
+        now: WallTime,
+    ) -> (HistoricKind, WallTime) {
+        self.metrics.negentropy_sessions += 1;
+        self.commands.push_back(Command::Negentropy {
+            relay: relay.clone(),
+            session: session.clone(),
+            filter: filter.clone(),
+        });
+        (
+            HistoricKind::Negentropy,
+            now + self.config.negentropy_total_timeout + NEGENTROPY_ANSWER_GRACE,
+        )
+    }
+
+    pub(super) fn requeue_as_req(
+        &mut self,
+        relay: &RelayUrl,
+        batch: BatchId,
+        filter: Filter,
+        attempts: u32,
+    ) {
+        self.metrics.negentropy_fallbacks += 1;
+        if let Some(conn) = self.conns.get_mut(relay) {
+            conn.queue.push_front(QueuedPart {
+                batch,
+                filter,
+                kind: PartKind::Req,
+                attempts,
+                restarts: 0,
+                resume: None,
+                origin: None,
+            });
+        }
+    }
+
+    pub(in crate::engine) fn on_negentropy_result(
+        &mut self,
+        relay: &RelayUrl,
+        session: &SubscriptionId,
+        need: Vec<EventId>,
+        now: WallTime,
+    ) {
+        let Some(conn) = self.conns.get_mut(relay) else {
+            return;
+        };
+        if !matches!(
+            conn.historic.get(session).map(|h| &h.kind),
+            Some(HistoricKind::Negentropy)
+        ) {
+            return;
+        }
+        let Some(h) = conn.historic.remove(session) else {
+            return;
+        };
+        conn.negentropy = NegentropySupport::Supported;
+        let limits = conn.limits;
+        let mut need = need;
+        need.sort();
+        need.dedup();
+        for filter in ids_filters(&need, &limits).into_iter().rev() {
+            conn.queue.push_front(QueuedPart {
+                batch: h.batch,
+                filter,
+                kind: PartKind::Fetch { retried: false },
+                attempts: 0,
+                restarts: h.restarts,
+                resume: None,
+                origin: Some(Box::new(h.filter.clone())),
+            });
+        }
+        self.finish_part(relay, h.batch, session, None, now);
+    }
+
+    pub(in crate::engine) fn on_negentropy_failed(
+        &mut self,
+        relay: &RelayUrl,
+        session: &SubscriptionId,
+        reason: &NegentropyFailure,
+        now: WallTime,
+    ) {
+        let Some(conn) = self.conns.get_mut(relay) else {
+            return;
+        };
+        if !matches!(
+            conn.historic.get(session).map(|h| &h.kind),
+            Some(HistoricKind::Negentropy)
+        ) {
+            return;
+        }
+        let Some(h) = conn.historic.remove(session) else {
+            return;
+        };
+        if matches!(
+            reason,
+            NegentropyFailure::Unsupported | NegentropyFailure::Timeout
+        ) {
+            conn.refuse_negentropy(now);
+        }
+        self.requeue_as_req(relay, h.batch, h.filter, h.attempts);
+        self.finish_part(relay, h.batch, session, None, now);
+    }
+
+    /// Every negentropy session on `relay` falls back to REQ+EOSE (the relay said it does
+    /// not speak NIP-77, or went silent).
+    pub(super) fn abandon_negentropy(&mut self, relay: &RelayUrl, now: WallTime) {
+        let Some(conn) = self.conns.get_mut(relay) else {
+            return;
+        };
+        conn.refuse_negentropy(now);
+        for part in conn.queue.iter_mut() {
+            if part.kind == PartKind::Negentropy {
+                part.kind = PartKind::Req;
+            }
+        }
+        let sessions: Vec<SubscriptionId> = conn
+            .historic
+            .iter()
+            .filter(|(_, h)| matches!(h.kind, HistoricKind::Negentropy))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for session in sessions {
+            self.on_negentropy_failed(relay, &session, &NegentropyFailure::Unsupported, now);
+        }
+    }
+}
