@@ -26,10 +26,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use grasp_sync::driver::HuntSender;
 use grasp_sync::driver::{SyncHandle, SyncMetrics};
-use grasp_sync::git::{
-    HuntRequest, InMemoryPurgatory, Origin, PurgatoryConfig, WaitKind, WaitingEvent, Want,
-};
+use grasp_sync::git::{InMemoryPurgatory, Origin, PurgatoryConfig, WaitKind, WaitingEvent, Want};
 use grasp_sync::nip34::{self, parse_announcement};
 use grasp_sync::{
     BareRepoLocator, CloneUrl, IngestOutcome, Oid, RelayUrl, RepoRef, UrlPolicy, WallTime,
@@ -38,7 +37,6 @@ use nostr::filter::MatchEventOptions;
 use nostr::{Event, EventId, Filter, Kind, Timestamp};
 use nostr_database::{DatabaseEventStatus, NostrDatabase};
 use nostr_relay_builder::LocalRelay;
-use tokio::sync::mpsc;
 
 use crate::git_local;
 use crate::held_store::HeldStore;
@@ -99,13 +97,6 @@ struct State {
     repos: BTreeMap<RepoRef, RepoInfo>,
 }
 
-/// Messages to the git hunter task.
-#[derive(Debug)]
-pub enum HuntMsg {
-    /// Hunt for these.
-    Add(Vec<HuntRequest>),
-}
-
 /// The shared host: database, purgatory, repos, and the handles wired in at start.
 pub struct Host {
     /// The database the relay serves from (LMDB or memory), without the feeding wrapper.
@@ -126,7 +117,7 @@ pub struct Host {
     pub metrics: SyncMetrics,
     /// Where held events are written through.
     pub held_store: HeldStore,
-    hunt_tx: mpsc::UnboundedSender<HuntMsg>,
+    hunt: HuntSender,
     state: Mutex<State>,
 }
 
@@ -143,7 +134,7 @@ fn now() -> WallTime {
 }
 
 impl Host {
-    /// A host; `hunt_tx` reaches the git hunter.
+    /// A host; `hunt` reaches the git hunt.
     pub fn new(
         db: Arc<dyn NostrDatabase>,
         public_urls: Vec<RelayUrl>,
@@ -151,7 +142,7 @@ impl Host {
         url_policy: UrlPolicy,
         metrics: SyncMetrics,
         held_store: HeldStore,
-        hunt_tx: mpsc::UnboundedSender<HuntMsg>,
+        hunt: HuntSender,
     ) -> Self {
         Self {
             db,
@@ -163,7 +154,7 @@ impl Host {
             sync: OnceLock::new(),
             metrics,
             held_store,
-            hunt_tx,
+            hunt,
             state: Mutex::new(State {
                 purgatory: InMemoryPurgatory::new(PurgatoryConfig::default()),
                 held: BTreeMap::new(),
@@ -518,7 +509,7 @@ impl Host {
                 return Ok(false);
             }
         };
-        let _ = self.hunt_tx.send(HuntMsg::Add(requests));
+        self.hunt.add(requests);
         Ok(true)
     }
 

@@ -6,7 +6,6 @@
 //! - [`host`]: the GRASP acceptance rules, purgatory, release — one path for user
 //!   writes, synced writes and releases.
 //! - [`ports`]: grasp-sync's ports on the host, the write policy, the accepted-event feed.
-//! - [`hunter`]: the git hunt (HuntScheduler + GixFetcher) into the local bare repos.
 //! - [`http`]: one port for the websocket, NIP-11, `/metrics`, `/status`; the
 //!   operator's page is [`status_page`].
 
@@ -16,17 +15,19 @@ mod git_local;
 pub mod held_store;
 pub mod host;
 pub mod http;
-pub mod hunter;
 pub mod ports;
 pub mod status_page;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use config::{Cli, ConfigError, RelayConfig, Storage};
-use grasp_sync::driver::{self, DriverOptions, DriverPorts, SyncHandle, SyncMetrics};
+use grasp_sync::driver::{
+    self, hunt_channel, spawn_hunt, DriverOptions, DriverPorts, HuntHandle, HuntOptions,
+    SyncHandle, SyncMetrics,
+};
 use grasp_sync::git::{HuntConfig, HuntScheduler};
 use grasp_sync::ports::{MemorySyncStateStore, SyncStateStore};
 use grasp_sync::{GixFetcher, GixFetcherConfig, RelayUrl, RepoRef, SyncConfig};
@@ -35,7 +36,7 @@ use nostr_database::{MemoryDatabase, MemoryDatabaseOptions, NostrDatabase};
 use nostr_relay_builder::builder::RateLimit;
 use nostr_relay_builder::{LocalRelay, RelayBuilder};
 use prometheus_client::registry::Registry;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::held_store::HeldStore;
@@ -80,6 +81,7 @@ pub struct RunningRelay {
     config: RelayConfig,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    hunt: HuntHandle,
     http: Arc<HttpCtx>,
 }
 
@@ -132,7 +134,7 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
     let persistent = config.storage == Storage::Lmdb;
     let held_store = HeldStore::open(persistent.then(|| config.data_dir.join("purgatory")))
         .map_err(|e| io("cannot create the purgatory directory", &e))?;
-    let (hunt_tx, hunt_rx) = mpsc::unbounded_channel();
+    let (hunt_tx, hunt_rx) = hunt_channel();
     let host = Arc::new(Host::new(
         db.clone(),
         config.public_urls.clone(),
@@ -191,12 +193,12 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
         Arc::new(config.url_policy()),
     );
     let mut options = DriverOptions::new();
-    options.metrics = Some(metrics);
+    options.metrics = Some(metrics.clone());
     let sync = driver::start(sync_config, ports, options).await?;
     let _ = host.sync.set(sync.clone());
 
-    // Git hunter.
-    let (stop, stop_rx) = watch::channel(false);
+    // The git hunt: the library's loop, fetching into our bare repos; it calls back
+    // `HuntHost` (ports.rs) to release what it found data for.
     let hunt_config = HuntConfig {
         first_delay_user: config.user_hunt_delay,
         ..HuntConfig::default()
@@ -204,31 +206,33 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
     let fetcher = Arc::new(GixFetcher::new(
         GixFetcherConfig::new(host.locator.clone()).with_policy(config.url_policy()),
     ));
-    let hunt_metrics = Arc::new(Mutex::new(grasp_sync::git::HuntMetrics::default()));
-    let mut tasks = vec![tokio::spawn(hunter::run(
-        host.clone(),
+    let hunt = spawn_hunt(
         HuntScheduler::new(hunt_config),
         fetcher,
+        host.clone(),
         hunt_rx,
-        hunt_metrics.clone(),
-        stop_rx.clone(),
-    ))];
+        HuntOptions {
+            metrics: Some(metrics.clone()),
+            ..HuntOptions::new()
+        },
+    );
 
     // HTTP + websocket.
+    let (stop, stop_rx) = watch::channel(false);
     let http = Arc::new(HttpCtx {
         host: host.clone(),
         registry,
         nip11: nip11_document(&config),
-        hunt: hunt_metrics,
+        hunt: hunt.metrics_view(),
         started: Instant::now(),
         gate: gate::Gate::new(config.caps),
         stop: stop_rx.clone(),
     });
-    tasks.push(tokio::spawn(http::serve(
+    let mut tasks = vec![tokio::spawn(http::serve(
         listener,
         http.clone(),
         stop_rx.clone(),
-    )));
+    ))];
     tasks.push(tokio::spawn(log_status(
         http.clone(),
         config.status_log_interval,
@@ -251,6 +255,7 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
         config,
         stop,
         tasks,
+        hunt,
         http,
     })
 }
@@ -384,6 +389,7 @@ impl RunningRelay {
     /// already: the purgatory is written through.)
     pub async fn shutdown(self) -> Result<(), RelayError> {
         let _ = self.stop.send(true);
+        self.hunt.shutdown().await;
         if let Some(relay) = self.host.relay.get() {
             relay.shutdown();
         }

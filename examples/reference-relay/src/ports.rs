@@ -8,8 +8,10 @@ use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
 use grasp_sync::engine::SyncStateSnapshot;
-use grasp_sync::ports::{EventStore, Ingestion, PortError, PurgatoryView, SyncStateStore};
-use grasp_sync::{IngestOutcome, RelayUrl};
+use grasp_sync::ports::{
+    EventStore, HuntHost, Ingestion, PortError, PurgatoryView, SyncStateStore,
+};
+use grasp_sync::{IngestOutcome, RelayUrl, RepoRef};
 use nostr::util::BoxedFuture;
 use nostr::{Event, EventId, Filter, Timestamp};
 use nostr_database::{
@@ -18,6 +20,18 @@ use nostr_database::{
 use nostr_relay_builder::builder::{PolicyResult, WritePolicy};
 
 use crate::host::Host;
+
+/// The git hunt's port: release what it found data for, run the purgatory's expiry.
+#[async_trait]
+impl HuntHost for Host {
+    async fn release(&self, repo: &RepoRef, events: &[EventId]) {
+        Host::release(self, repo, events).await
+    }
+
+    async fn tick(&self) {
+        self.tick_purgatory().await
+    }
+}
 
 /// The `EventStore`, `Ingestion` and `PurgatoryView` ports on the host.
 #[derive(Clone)]

@@ -6,6 +6,7 @@
 //! - [`nip11`]: fetches a relay's NIP-11 document (for its limits).
 //! - [`dial`]: every relay connection resolved once, checked address by address with
 //!   the relay policy, and pinned to a checked address.
+//! - [`hunt`]: the git hunt loop, fetching what purgatory events wait for.
 //! - `metrics` (feature `metrics`): the Prometheus metrics of the design, registered in
 //!   the host's registry.
 //!
@@ -36,6 +37,7 @@
 
 pub mod dial;
 pub mod executor;
+pub mod hunt;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 pub mod nip11;
@@ -43,6 +45,7 @@ mod runner;
 
 pub use dial::{DialError, Dialer, PinnedTransport, Resolver, SystemResolver};
 pub use executor::{ExecuteError, ExecutorConfig, PoolExecutor};
+pub use hunt::{hunt_channel, spawn_hunt, HuntHandle, HuntOptions, HuntReceiver, HuntSender};
 #[cfg(feature = "metrics")]
 pub use metrics::SyncMetrics;
 pub use nip11::{fetch_nip11, Nip11Error};

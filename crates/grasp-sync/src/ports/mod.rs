@@ -124,6 +124,18 @@ pub trait Clock: Send + Sync {
     fn now(&self) -> WallTime;
 }
 
+/// What the git hunt (the tokio driver's `driver::hunt`) asks of the host.
+#[async_trait]
+pub trait HuntHost: Send + Sync {
+    /// The git data these held events of `repo` waited for is present now: release
+    /// them (store, serve, hand them to the sync engine as accepted).
+    async fn release(&self, repo: &crate::model::RepoRef, events: &[EventId]);
+
+    /// Called on every turn of the hunt loop (at least every 5 s): run the holding
+    /// area's expiry rules.
+    async fn tick(&self) {}
+}
+
 /// The system clock.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;
