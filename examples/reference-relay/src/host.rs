@@ -29,12 +29,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 use grasp_sync::driver::HuntSender;
 use grasp_sync::driver::{SyncHandle, SyncMetrics};
 use grasp_sync::git::{InMemoryPurgatory, Origin, PurgatoryConfig, WaitKind, WaitingEvent, Want};
-use grasp_sync::nip34::{self, parse_announcement};
+use grasp_sync::nip34::{self, parse_announcement, Nip34Kind};
 use grasp_sync::{
     BareRepoLocator, CloneUrl, IngestOutcome, Oid, RelayUrl, RepoRef, UrlPolicy, WallTime,
 };
 use nostr::filter::MatchEventOptions;
-use nostr::{Event, EventId, Filter, Kind, Timestamp};
+use nostr::{Event, EventId, Filter, Timestamp};
 use nostr_database::{DatabaseEventStatus, NostrDatabase};
 use nostr_relay_builder::LocalRelay;
 
@@ -326,8 +326,8 @@ impl Host {
                 received_at,
             })
         };
-        match event.kind.as_u16() {
-            30617 => {
+        match Nip34Kind::of(event.kind) {
+            Nip34Kind::Announcement => {
                 let ann = match parse_announcement(event) {
                     Ok(a) => a,
                     Err(e) => return reject(format!("invalid: {e}"), true),
@@ -366,7 +366,7 @@ impl Host {
                 }
                 waiting(ann.repo, WaitKind::Announcement, Want::AnyData, urls)
             }
-            30618 => {
+            Nip34Kind::State => {
                 let Some(d) = event.tags.identifier() else {
                     return reject("invalid: state event without `d` tag", true);
                 };
@@ -382,9 +382,9 @@ impl Host {
                         )
                     }
                 };
-                let refs = match state_refs(event) {
+                let refs = match nip34::state_refs(event) {
                     Ok(refs) => refs,
-                    Err(why) => return reject(why, true),
+                    Err(why) => return reject(format!("invalid: {why}"), true),
                 };
                 if let Some(why) = self.same_second_state(event).await {
                     return reject(why, false);
@@ -397,7 +397,7 @@ impl Host {
                 }
                 waiting(repo, WaitKind::State, Want::Objects(missing), urls)
             }
-            1618 | 1619 => {
+            kind @ (Nip34Kind::PullRequest | Nip34Kind::PullRequestUpdate) => {
                 let repos = nip34::tagged_repos(event);
                 let accepted: Vec<RepoRef> = repos
                     .iter()
@@ -410,29 +410,18 @@ impl Host {
                         false,
                     );
                 };
-                let tip = event.tags.iter().find_map(|t| match t.as_slice() {
-                    [name, value, ..] if name == "c" => Oid::from_hex(value).ok(),
-                    _ => None,
-                });
-                let Some(tip) = tip else {
+                let Some(tip) = nip34::pull_request_tip(event) else {
                     return Verdict::Accept;
                 };
                 let want: BTreeSet<Oid> = [tip].into_iter().collect();
                 if !self.present(&repo, want.clone()).await.is_empty() {
                     return Verdict::Accept;
                 }
-                let mut urls = self.clone_urls(
-                    &event
-                        .tags
-                        .iter()
-                        .filter(|t| t.as_slice().first().map(String::as_str) == Some("clone"))
-                        .flat_map(|t| t.as_slice()[1..].to_vec())
-                        .collect::<Vec<_>>(),
-                );
+                let mut urls = self.clone_urls(&nip34::clone_tags(event));
                 if let Some(info) = self.state().repos.get(&repo) {
                     urls.extend(info.clone_urls.iter().cloned());
                 }
-                let kind = if event.kind == Kind::Custom(1618) {
+                let kind = if kind == Nip34Kind::PullRequest {
                     WaitKind::PullRequest
                 } else {
                     WaitKind::PullRequestUpdate
@@ -440,11 +429,11 @@ impl Host {
                 waiting(repo, kind, Want::Objects(want), urls)
             }
             _ => {
-                let (repos, ids) = references(event);
-                if repos.iter().any(|r| self.repo_accepted(r)) {
+                let refs = nip34::references(event);
+                if refs.repos.iter().any(|r| self.repo_accepted(r)) {
                     return Verdict::Accept;
                 }
-                for id in &ids {
+                for id in &refs.events {
                     if self.serves(id).await {
                         return Verdict::Accept;
                     }
@@ -546,7 +535,7 @@ impl Host {
                 .identifier()
                 .and_then(|d| RepoRef::new(&event.pubkey, d).ok())
             {
-                let refs = state_refs(event).unwrap_or_default();
+                let refs = nip34::state_refs(event).unwrap_or_default();
                 let locator = self.locator.clone();
                 let _ = tokio::task::spawn_blocking(move || {
                     git_local::apply_state_refs(&locator, &repo, &refs)
@@ -700,129 +689,5 @@ impl Host {
             }
             self.held_store.remove(&h.event.id).await;
         }
-    }
-}
-
-/// `(ref name, oid)` pairs a state event names: every `refs/...` tag, whose name must be
-/// a valid git ref name and whose value a 40-hex object id; at least one. The error is
-/// the reason a client is told.
-pub fn state_refs(event: &Event) -> Result<Vec<(String, Oid)>, String> {
-    let mut refs = Vec::new();
-    for t in event.tags.iter() {
-        let [name, rest @ ..] = t.as_slice() else {
-            continue;
-        };
-        if !name.starts_with("refs/") {
-            continue;
-        }
-        if let Err(why) = check_ref_name(name) {
-            return Err(format!("invalid: ref name {name:?} {why}"));
-        }
-        let oid = rest
-            .first()
-            .and_then(|v| Oid::from_hex(v).ok())
-            .ok_or_else(|| format!("invalid: ref {name:?} does not name a 40-hex object id"))?;
-        refs.push((name.clone(), oid));
-    }
-    if refs.is_empty() {
-        return Err(
-            "invalid: a state event must name at least one ref (`refs/...` with a 40-hex object id)"
-                .into(),
-        );
-    }
-    Ok(refs)
-}
-
-/// git's ref-name rules (`git check-ref-format`), as far as a relay needs them: what
-/// it writes into a bare repository must be a name git accepts.
-fn check_ref_name(name: &str) -> Result<(), &'static str> {
-    let Some(rest) = name.strip_prefix("refs/") else {
-        return Err("does not start with refs/");
-    };
-    if rest.is_empty() || name.ends_with('/') || name.ends_with('.') {
-        return Err("is incomplete");
-    }
-    if name.contains("..") || name.contains("//") || name.contains("@{") {
-        return Err("contains `..`, `//` or `@{`");
-    }
-    if name
-        .chars()
-        .any(|c| c.is_ascii_control() || " ~^:?*[\\".contains(c))
-    {
-        return Err("contains a space, a control character or one of ~^:?*[\\");
-    }
-    if name
-        .split('/')
-        .any(|c| c.starts_with('.') || c.ends_with(".lock"))
-    {
-        return Err("has a component starting with `.` or ending with `.lock`");
-    }
-    Ok(())
-}
-
-/// Repos (`a`/`A`/`q` coordinates) and events (`e`/`E`/`q` ids) an event tags.
-fn references(event: &Event) -> (Vec<RepoRef>, Vec<EventId>) {
-    let mut repos = Vec::new();
-    let mut ids = Vec::new();
-    for t in event.tags.iter() {
-        if let [name, value, ..] = t.as_slice() {
-            match name.as_str() {
-                "a" | "A" => repos.extend(RepoRef::parse(value).ok()),
-                "e" | "E" => ids.extend(EventId::from_hex(value).ok()),
-                "q" => {
-                    if let Ok(r) = RepoRef::parse(value) {
-                        repos.push(r);
-                    } else {
-                        ids.extend(EventId::from_hex(value).ok());
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-    (repos, ids)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use nostr::{EventBuilder, Keys, Tag, TagKind};
-
-    fn state(tags: &[(&str, &str)]) -> Event {
-        let mut all = vec![Tag::identifier("r")];
-        all.extend(
-            tags.iter()
-                .map(|(n, v)| Tag::custom(TagKind::custom(*n), [v.to_string()])),
-        );
-        EventBuilder::new(Kind::Custom(30618), "")
-            .tags(all)
-            .sign_with_keys(&Keys::generate())
-            .unwrap()
-    }
-
-    const OID: &str = "0123456789abcdef0123456789abcdef01234567";
-
-    #[test]
-    fn state_refs_need_valid_names_and_ids() {
-        let ok = state(&[("refs/heads/main", OID), ("HEAD", "ref: refs/heads/main")]);
-        assert_eq!(state_refs(&ok).unwrap().len(), 1);
-        for (name, value, why) in [
-            ("refs/heads/main", "not-an-oid", "40-hex"),
-            ("refs/heads/a..b", OID, ".."),
-            ("refs/heads/x y", OID, "space"),
-            ("refs/heads/x.lock", OID, ".lock"),
-            ("refs/heads/.hidden", OID, "starting with `.`"),
-            ("refs/", OID, "incomplete"),
-            ("refs/heads/x@{1}", OID, "@{"),
-        ] {
-            let e = state(&[(name, value)]);
-            let err = state_refs(&e).unwrap_err();
-            assert!(
-                err.starts_with("invalid:") && err.contains(why),
-                "{name}: {err}"
-            );
-        }
-        let none = state(&[("HEAD", "ref: refs/heads/main")]);
-        assert!(state_refs(&none).unwrap_err().contains("at least one ref"));
     }
 }

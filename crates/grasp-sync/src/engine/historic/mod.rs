@@ -17,7 +17,7 @@ use super::{Command, NegentropyFailure, SyncEngine};
 use crate::classify::{classify_closed, classify_notice, RelaySignal};
 use crate::model::NegentropySupport;
 use crate::model::{BatchId, RelayUrl, WallTime};
-use crate::nip34;
+use crate::nip34::Nip34Kind;
 
 /// A part refused by a rate limit this many times in a row, or started again after lost
 /// messages this many times, fails its batch.
@@ -27,15 +27,11 @@ const MAX_PART_ATTEMPTS: u32 = 3;
 /// state and threads that depend on them, roots before replies, then oldest first. This
 /// is what keeps a root event that came in the same batch as its announcement.
 fn ingest_rank(event: &Event) -> (u8, nostr::Timestamp) {
-    let k = event.kind;
-    let rank = if k == nip34::KIND_REPO_ANNOUNCEMENT || k == nip34::KIND_GRASP_LIST {
-        0
-    } else if k == nip34::KIND_REPO_STATE {
-        1
-    } else if nip34::is_root_kind(k) {
-        2
-    } else {
-        3
+    let rank = match Nip34Kind::of(event.kind) {
+        Nip34Kind::Announcement | Nip34Kind::GraspList => 0,
+        Nip34Kind::State => 1,
+        Nip34Kind::Patch | Nip34Kind::PullRequest | Nip34Kind::Issue => 2,
+        _ => 3,
     };
     (rank, event.created_at)
 }
