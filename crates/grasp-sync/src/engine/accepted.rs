@@ -54,8 +54,8 @@ impl SyncEngine {
             }
         }
         self.rediff(touched, now);
-        let syncing: Vec<RelayUrl> = self.relays.iter().map(|(r, _)| r.clone()).collect();
-        for relay in syncing {
+        // Relays kept Syncing while accepted events waited are all watched.
+        for relay in self.timers.watched() {
             self.check_completion(&relay, now);
         }
     }
@@ -104,6 +104,9 @@ impl SyncEngine {
             if self.targets.get(&relay).is_some() {
                 self.ensure_relay(&relay);
             }
+            // Its wanted items changed (or it is no longer wanted): the next check
+            // looks at it.
+            self.wake(&relay);
             let (add, remove) =
                 compute_actions_for_relay(&relay, &self.targets, &self.pending, &self.relays);
             if let Some(remove) = remove {

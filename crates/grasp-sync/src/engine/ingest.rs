@@ -161,6 +161,7 @@ impl SyncEngine {
             self.handed.forget(&id);
         }
         for copy in copies {
+            self.wake(&copy.relay);
             match copy.batch {
                 Some(batch) => {
                     if let Some(b) = self.batch_mut(&copy.relay, batch) {

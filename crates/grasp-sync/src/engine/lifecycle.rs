@@ -22,7 +22,7 @@ impl SyncEngine {
             self.conns
                 .insert(relay.clone(), Conn::new(health, self.config.default_limits));
             self.relays.entry(relay);
-            self.woken.insert(relay.clone());
+            self.wake(relay);
             self.dirty = true;
         }
     }
@@ -246,6 +246,10 @@ impl SyncEngine {
     ) {
         self.next_id += 1;
         let id = BatchId(self.next_id);
+        if !self.conns.contains_key(relay) {
+            return;
+        }
+        self.wake(relay);
         let Some(conn) = self.conns.get_mut(relay) else {
             return;
         };
@@ -262,7 +266,6 @@ impl SyncEngine {
         } else {
             PartKind::Req
         };
-        self.woken.insert(relay.clone());
         for filter in filters {
             conn.queue.push_back(QueuedPart {
                 batch: id,
@@ -450,6 +453,7 @@ impl SyncEngine {
             return;
         }
         self.metrics.relays_misbehaving += 1;
+        self.wake(relay);
         self.commands.push_back(Command::Disconnect {
             relay: relay.clone(),
         });
@@ -497,11 +501,56 @@ impl SyncEngine {
     }
 
     /// Every `check_interval`: connects and retries, timeouts, rate-limit resumption,
-    /// daily fresh starts, idle disconnects, historic completion.
+    /// daily fresh starts, idle disconnects, historic completion — for the relays with
+    /// something going on and those whose own deadline came. A relay found idle sleeps
+    /// until its next deadline (or until something wakes it), so a check costs what is
+    /// happening, not the number of relays.
     pub(super) fn periodic_check(&mut self, now: WallTime) {
-        let relays = self.relays_in_order();
-        for relay in relays {
+        self.timers.wake_due(now);
+        for relay in self.timers.watched() {
             self.check_relay(&relay, now);
+            match self.idle_until(&relay, now) {
+                // Due now (a connect attempt): stays watched, the pump after this
+                // check opens it.
+                Some(until) if until > now => self.timers.sleep(&relay, until),
+                _ if self.conns.contains_key(&relay) => {}
+                _ => self.timers.forget(&relay),
+            }
+        }
+    }
+
+    /// When `relay` next needs a look, if nothing is going on with it now: a
+    /// disconnected relay at its next connect attempt; a connected one with nothing
+    /// open, queued, held back or pending at its daily sync, history retry or NIP-77
+    /// re-probe (or never, until something wakes it). `None` while anything is going on
+    /// (or when it is gone or no longer wanted: the check drops it).
+    fn idle_until(&self, relay: &RelayUrl, now: WallTime) -> Option<WallTime> {
+        let wanted =
+            self.targets.get(relay).is_some() || self.config.bootstrap_relays.contains(relay);
+        let conn = self.conns.get(relay).filter(|_| wanted)?;
+        match self.relays.get(relay)?.status {
+            ConnectionStatus::Disconnected => Some(conn.health.next_attempt_at(now)),
+            ConnectionStatus::Connecting | ConnectionStatus::Syncing => None,
+            ConnectionStatus::Connected | ConnectionStatus::ConnectedHistoricSyncFailures => {
+                let busy = !conn.historic.is_empty()
+                    || !conn.queue.is_empty()
+                    || conn.deferred
+                    || conn.needs_rebuild
+                    || self.pending.has_pending(relay)
+                    || !conn.health.can_subscribe(now);
+                if busy {
+                    return None;
+                }
+                let reprobe = (conn.negentropy == NegentropySupport::Unsupported).then(|| {
+                    conn.negentropy_refused_at
+                        .map_or(now, |at| at + self.config.negentropy_reprobe_interval)
+                });
+                let due = [conn.daily_due, conn.retry_at, reprobe]
+                    .into_iter()
+                    .flatten()
+                    .min();
+                Some(due.unwrap_or(WallTime(u64::MAX)))
+            }
         }
     }
 
@@ -675,6 +724,7 @@ impl SyncEngine {
         self.conns.remove(relay);
         self.relays.remove(relay);
         self.pending.clear(relay);
+        self.timers.forget(relay);
         self.dirty = true;
     }
 

@@ -16,6 +16,7 @@ mod ingest;
 mod io;
 mod lifecycle;
 mod state;
+mod timers;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -38,6 +39,7 @@ use crate::ports::{RandomSource, RelayUrlPolicy};
 use crate::targets::{derive_relay_targets, RelayTargets};
 use conn::Conn;
 use ingest::{Dedupe, InFlight};
+use timers::RelayTimers;
 
 /// The sync engine. One per host relay; many may live in one process.
 pub struct SyncEngine {
@@ -72,9 +74,10 @@ pub struct SyncEngine {
     orphan_count: usize,
     /// Relays that may have something to open since the last pump: the relay an input
     /// came from, relays given new work or just registered. An input pumps only these,
-    /// so its cost follows what it touches, not how many relays the engine keeps; a
-    /// timeout pumps every relay (backoffs and cooldowns end with time).
+    /// so its cost follows what it touches, not how many relays the engine keeps.
     woken: BTreeSet<RelayUrl>,
+    /// Which relays the periodic check looks at, and when the others are due.
+    timers: RelayTimers,
 }
 
 impl std::fmt::Debug for SyncEngine {
@@ -121,6 +124,7 @@ impl SyncEngine {
             orphans: BTreeMap::new(),
             orphan_count: 0,
             woken: BTreeSet::new(),
+            timers: RelayTimers::default(),
             config,
         };
         let bootstrap: Vec<RelayUrl> = engine.config.bootstrap_relays.iter().cloned().collect();
@@ -183,6 +187,11 @@ impl SyncEngine {
             engine.ensure_relay(&persisted.relay);
             if let Some(conn) = engine.conns.get_mut(&persisted.relay) {
                 conn.negentropy = persisted.negentropy;
+                if conn.negentropy == NegentropySupport::Unsupported {
+                    // Refused before the restart: offered again a re-probe interval
+                    // from now, not at once.
+                    conn.negentropy_refused_at = Some(now);
+                }
             }
             *engine.relays.entry(&persisted.relay) = state;
         }
@@ -200,7 +209,8 @@ impl SyncEngine {
             .relay()
             .filter(|_| !matches!(input, Input::Event { .. }))
         {
-            self.woken.insert(relay.clone());
+            let relay = relay.clone();
+            self.wake(&relay);
         }
         match input {
             Input::RelayConnected { relay } => self.on_connected(&relay, now),
@@ -274,8 +284,8 @@ impl SyncEngine {
             self.commands.push_back(Command::PersistState);
         }
         self.woken.clear();
-        let all = self.relays_in_order();
-        self.pump(all.iter(), now);
+        let watched = self.timers.watched();
+        self.pump(watched.iter(), now);
     }
 
     /// The next command to carry out, in order.
@@ -317,6 +327,7 @@ impl SyncEngine {
         if let Some(conn) = self.conns.get_mut(relay) {
             conn.limits = limits;
             conn.deferred = true;
+            self.wake(relay);
         }
     }
 
@@ -485,11 +496,11 @@ impl SyncEngine {
         state
     }
 
-    /// Every relay with runtime state, in URL order (what walks over all relays use).
-    fn relays_in_order(&self) -> Vec<RelayUrl> {
-        let mut all: Vec<RelayUrl> = self.conns.keys().cloned().collect();
-        all.sort_unstable();
-        all
+    /// `relay`'s state may have changed outside its own timers: pump it after this
+    /// input, and look at it at every periodic check until it is idle again.
+    fn wake(&mut self, relay: &RelayUrl) {
+        self.woken.insert(relay.clone());
+        self.timers.watch(relay);
     }
 
     fn next_subscription_id(&mut self) -> SubscriptionId {
