@@ -80,10 +80,19 @@ impl Drop for TestRelay {
 /// Starts nostr-relay-builder's relay on a free port with an in-memory database that
 /// keeps events (so it serves REQ and NIP-77).
 pub async fn start_relay() -> TestRelay {
-    let db = MemoryDatabase::with_opts(MemoryDatabaseOptions {
+    serve(memory_store()).await
+}
+
+/// An in-memory store that keeps events.
+fn memory_store() -> MemoryDatabase {
+    MemoryDatabase::with_opts(MemoryDatabaseOptions {
         events: true,
         max_events: None,
-    });
+    })
+}
+
+/// Runs nostr-relay-builder's relay on `db`, on a free port.
+async fn serve(db: impl nostr_database::IntoNostrDatabase) -> TestRelay {
     let relay = LocalRelay::new(relay_builder().database(db));
     relay.run().await.expect("local relay runs");
     let url = relay
@@ -99,19 +108,7 @@ pub async fn start_relay() -> TestRelay {
 /// (NIP-77) but answers every REQ by `ids` with nothing: a relay that offers ids and
 /// then withholds them.
 pub async fn start_relay_withholding_ids() -> TestRelay {
-    let db = WithholdsIds(MemoryDatabase::with_opts(MemoryDatabaseOptions {
-        events: true,
-        max_events: None,
-    }));
-    let relay = LocalRelay::new(relay_builder().database(db));
-    relay.run().await.expect("local relay runs");
-    let url = relay
-        .url()
-        .await
-        .to_string()
-        .trim_end_matches('/')
-        .to_owned();
-    TestRelay { relay, url }
+    serve(WithholdsIds(memory_store())).await
 }
 
 /// A memory store that finds nothing for a filter with ids; all else as the store.

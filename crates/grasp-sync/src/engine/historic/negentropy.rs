@@ -4,7 +4,7 @@
 
 use nostr::{EventId, Filter, SubscriptionId};
 
-use super::super::conn::{HistoricKind, PartKind, QueuedPart};
+use super::super::conn::{Conn, HistoricKind, HistoricSub, PartKind, QueuedPart};
 use super::super::{config::NEGENTROPY_ANSWER_GRACE, Command, NegentropyFailure, SyncEngine};
 use crate::filters::ids_filters;
 use crate::model::{BatchId, NegentropySupport, RelayUrl, WallTime};
@@ -52,6 +52,24 @@ impl SyncEngine {
         }
     }
 
+    /// Takes the open negentropy session `session` of `relay` (nothing for an unknown
+    /// id or a subscription of another kind: a late or confused answer).
+    fn take_session(
+        &mut self,
+        relay: &RelayUrl,
+        session: &SubscriptionId,
+    ) -> Option<(&mut Conn, HistoricSub)> {
+        let conn = self.conns.get_mut(relay)?;
+        if !matches!(
+            conn.historic.get(session).map(|h| &h.kind),
+            Some(HistoricKind::Negentropy)
+        ) {
+            return None;
+        }
+        let h = conn.historic.remove(session)?;
+        Some((conn, h))
+    }
+
     pub(in crate::engine) fn on_negentropy_result(
         &mut self,
         relay: &RelayUrl,
@@ -59,16 +77,7 @@ impl SyncEngine {
         need: Vec<EventId>,
         now: WallTime,
     ) {
-        let Some(conn) = self.conns.get_mut(relay) else {
-            return;
-        };
-        if !matches!(
-            conn.historic.get(session).map(|h| &h.kind),
-            Some(HistoricKind::Negentropy)
-        ) {
-            return;
-        }
-        let Some(h) = conn.historic.remove(session) else {
+        let Some((conn, h)) = self.take_session(relay, session) else {
             return;
         };
         conn.negentropy = NegentropySupport::Supported;
@@ -97,16 +106,7 @@ impl SyncEngine {
         reason: &NegentropyFailure,
         now: WallTime,
     ) {
-        let Some(conn) = self.conns.get_mut(relay) else {
-            return;
-        };
-        if !matches!(
-            conn.historic.get(session).map(|h| &h.kind),
-            Some(HistoricKind::Negentropy)
-        ) {
-            return;
-        }
-        let Some(h) = conn.historic.remove(session) else {
+        let Some((conn, h)) = self.take_session(relay, session) else {
             return;
         };
         if matches!(
