@@ -9,6 +9,7 @@
 //! microseconds, and a seeded simulation replays any fault exactly.
 
 mod accepted;
+mod check;
 mod config;
 mod conn;
 mod historic;
