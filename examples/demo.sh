@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# GRASP-02 sync by hand, all on 127.0.0.1:
-#   - a source git repo served by `git daemon` (the clone URL),
+# GRASP-01/02 by hand, all on 127.0.0.1, with no git server but the relays themselves:
 #   - three reference relays A (:7801), B (:7802), C (:7803); B and C use A as
-#     bootstrap relay, so they discover the announcement there,
+#     bootstrap relay, so they discover the announcement there;
+#   - the maintainer's repository is put into A's git directory (as a push to A would),
+#     and the announcement lists the three relays' own smart-HTTP URLs as clone URLs;
 #   - the demo client publishes an announcement + state, issue, comment, PR to A,
-#     waits until B has them all (and the git data), then publishes an issue to C and
-#     waits until it reaches A and B live.
+#     waits until B has them all — B fetched the git data from A over HTTP — then
+#     publishes an issue to C and waits until it reaches A and B live;
+#   - finally `git clone` from B.
 # Then it stops B with SIGINT (what Ctrl-C sends: sync state and purgatory are written)
 # and starts it again on the same data dir. (Catching up what B missed while down is
 # asserted by the e2e test `restarted_relay_catches_up_what_it_missed`.)
@@ -27,18 +29,18 @@ cleanup() {
 trap cleanup EXIT
 
 g() { git -c user.name=demo -c user.email=demo@example.invalid -c init.defaultBranch=main "$@"; }
-echo "== source repo and git daemon"
-mkdir -p "$WORK/serve/work"
-( cd "$WORK/serve/work" && g init -q && echo one > f && g add . && g commit -qm one \
+echo "== the maintainer's repository, put into A's git directory"
+mkdir -p "$WORK/src"
+( cd "$WORK/src" && g init -q && echo one > f && g add . && g commit -qm one \
   && echo two > f && g commit -qam two )
-MAIN=$(git -C "$WORK/serve/work" rev-parse HEAD)
-( cd "$WORK/serve/work" && g checkout -qb pr-1 && echo pr > p && g add . && g commit -qm pr )
-PR=$(git -C "$WORK/serve/work" rev-parse HEAD)
-g clone -q --bare "$WORK/serve/work" "$WORK/serve/repo.git"
-git daemon --export-all --base-path="$WORK/serve" --port=7800 --listen=127.0.0.1 --reuseaddr \
-  >"$WORK/git-daemon.log" 2>&1 &
-PIDS+=($!)
-CLONE=git://127.0.0.1:7800/repo.git
+MAIN=$(git -C "$WORK/src" rev-parse HEAD)
+( cd "$WORK/src" && g checkout -qb pr-1 && echo pr > p && g add . && g commit -qm pr )
+PR=$(git -C "$WORK/src" rev-parse HEAD)
+export GRASP_DEMO_KEY=0000000000000000000000000000000000000000000000000000000000000001
+NPUB=$("$BIN/grasp-demo-client" npub "$GRASP_DEMO_KEY")
+mkdir -p "$WORK/a/git/$NPUB"
+g clone -q --bare "$WORK/src" "$WORK/a/git/$NPUB/demo.git"
+CLONE="http://127.0.0.1:7801/$NPUB/demo.git http://127.0.0.1:7802/$NPUB/demo.git http://127.0.0.1:7803/$NPUB/demo.git"
 
 relay() { # name port extra-args...
   local name=$1 port=$2; shift 2
@@ -59,6 +61,11 @@ curl -s -H 'Accept: application/nostr+json' http://127.0.0.1:7801/ | head -c 400
 echo "== publish and watch"
 "$BIN/grasp-demo-client" ws://127.0.0.1:7801 ws://127.0.0.1:7802 ws://127.0.0.1:7803 "$CLONE" "$MAIN" "$PR"
 echo "B's bare repo:"; ls -d "$WORK"/b/git/*/*.git
+echo "== git clone from B (smart HTTP, the relay's own port)"
+g clone -q "http://127.0.0.1:7802/$NPUB/demo.git" "$WORK/clone-from-b"
+git -C "$WORK/clone-from-b" log --oneline -1
+git ls-remote "http://127.0.0.1:7802/$NPUB/demo.git" | grep -q "$PR" && echo "B serves the PR tip $PR"
+echo "a push is refused:"; ( cd "$WORK/clone-from-b" && g push "http://127.0.0.1:7802/$NPUB/demo.git" HEAD:refs/heads/x 2>&1 | grep -m1 remote: ) || true
 echo "B's status (excerpt):"; curl -s http://127.0.0.1:7802/status | head -c 800; echo
 
 echo "== restart B: Ctrl-C (SIGINT), then start it again on the same data dir"

@@ -204,7 +204,8 @@ impl Host {
             .collect()
     }
 
-    fn repo_accepted(&self, repo: &RepoRef) -> bool {
+    /// True once `repo`'s announcement is accepted here (its git data is served).
+    pub fn repo_accepted(&self, repo: &RepoRef) -> bool {
         self.state().repos.get(repo).is_some_and(|r| r.accepted)
     }
 

@@ -3,8 +3,9 @@
 //! `LocalRelay::take_connection` through the client gate (`gate.rs`: connection, message
 //! and subscription caps); anything else is plain HTTP: the NIP-11 document
 //! (`Accept: application/nostr+json`), `/metrics` (Prometheus text), `/status` (JSON),
-//! the operator's page `/status.html` (also `/` for browsers) and a short text page at
-//! `/` for everyone else.
+//! the operator's page `/status.html` (also `/` for browsers), the accepted repositories
+//! over git smart HTTP at `/<npub>/<identifier>.git/...` (`git_http.rs`), and a short
+//! text page at `/` for everyone else.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::gate::{Gate, Refusal};
+use crate::git_http;
 use crate::host::Host;
 use crate::status_page;
 
@@ -145,10 +147,17 @@ async fn handle(stream: TcpStream, addr: SocketAddr, ctx: Arc<HttpCtx>) -> std::
             .serve(reader, addr, relay, slot, ctx.stop.clone())
             .await;
     }
+    let (route, query) = path.split_once('?').unwrap_or((&path, ""));
+    if method == "OPTIONS" {
+        // CORS preflight: every answer here allows any origin and header.
+        return respond(reader.get_mut(), 204, "text/plain", b"").await;
+    }
+    if let Some(git) = git_http::route(route, query) {
+        return git_http::serve(reader, addr, &method, query, &headers, git, &ctx.host).await;
+    }
     if method != "GET" && method != "HEAD" {
         return respond(reader.get_mut(), 405, "text/plain", b"method not allowed").await;
     }
-    let route = path.split('?').next().unwrap_or("/");
     let accept = headers.get("accept").map(String::as_str).unwrap_or("");
     let wants_nip11 = accept.contains("application/nostr+json");
     let wants_html = accept.contains("text/html");
@@ -195,7 +204,8 @@ async fn handle(stream: TcpStream, addr: SocketAddr, ctx: Arc<HttpCtx>) -> std::
     }
 }
 
-async fn respond(
+/// A complete response with a body, CORS open, and the connection closed after it.
+pub(crate) async fn respond(
     stream: &mut TcpStream,
     code: u16,
     content_type: &str,
@@ -203,7 +213,9 @@ async fn respond(
 ) -> std::io::Result<()> {
     let reason = match code {
         200 => "OK",
+        204 => "No Content",
         400 => "Bad Request",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         429 => "Too Many Requests",

@@ -7,10 +7,12 @@
 //!   writes, synced writes and releases.
 //! - [`ports`]: grasp-sync's ports on the host, the write policy, the accepted-event feed.
 //! - [`http`]: one port for the websocket, NIP-11, `/metrics`, `/status`; the
-//!   operator's page is [`status_page`].
+//!   operator's page is [`status_page`]; the accepted repositories over git smart HTTP
+//!   are [`git_http`].
 
 pub mod config;
 pub mod gate;
+pub mod git_http;
 mod git_local;
 pub mod held_store;
 pub mod host;
@@ -264,7 +266,7 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
 pub fn nip11_document(config: &RelayConfig) -> serde_json::Value {
     serde_json::json!({
         "name": "grasp-reference-relay",
-        "description": "A GRASP relay for Nostr git repositories, with GRASP-02 proactive sync (grasp-sync reference relay).",
+        "description": "A GRASP relay for Nostr git repositories, with GRASP-02 proactive sync (grasp-sync reference relay). Git is served read only over smart HTTP at /<npub>/<identifier>.git for accepted repositories; pushes are not accepted.",
         "version": env!("CARGO_PKG_VERSION"),
         "supported_nips": [1, 11, 34, 77],
         "supported_grasps": ["GRASP-01", "GRASP-02"],

@@ -715,3 +715,191 @@ async fn chromium_status_page_shows_relays_repos_and_purgatory() {
     a.shutdown().await.unwrap();
     drop(daemon);
 }
+
+// ---------------------------------------------------------------- GRASP-01 git over HTTP
+
+/// The relay's git smart-HTTP URL of `repo` (`http://<its address>/<npub>/<d>.git`).
+fn http_clone_url(relay: &RunningRelay, repo: &Repo) -> String {
+    let npub = nostr::ToBech32::to_bech32(&repo.keys.public_key()).unwrap();
+    format!("http://{}/{npub}/{}.git", relay.local_addr(), repo.d)
+}
+
+/// `git` with a neutral configuration; returns (success, stdout, stderr).
+fn git_try(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("git")
+        .args(args)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .output()
+        .expect("git runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A raw HTTP GET on `addr`: the whole response as text.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An accepted repository is served over git smart HTTP on the relay's own port: it
+/// clones, lists its refs, answers with CORS open; a push is refused with a reason; an
+/// unknown repository is not found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn grasp01_http_accepted_repos_are_served_read_only() {
+    init_tracing();
+    let root = tempfile::tempdir().unwrap();
+    let (main_tip, pr_tip) = source_repo(&tmp(root.path(), "serve"));
+    let daemon = GitDaemon::start(&root.path().join("serve"));
+    let a = start(RelayConfig::for_tests(tmp(root.path(), "a")))
+        .await
+        .unwrap();
+    let repo = Repo {
+        keys: Keys::generate(),
+        d: "served".into(),
+    };
+    let url = http_clone_url(&a, &repo);
+    let (found, _, _) = git_try(&["ls-remote", &url]);
+    assert!(
+        !found,
+        "nothing is served before the announcement is accepted"
+    );
+
+    let ann = repo.announcement(&[a.url()], &daemon.url());
+    let _held = publish(&a.url(), &ann).await;
+    wait_served(
+        &a,
+        &[ann.id],
+        "A accepts the announcement with its git data",
+    )
+    .await;
+    publish_ok(&a.url(), &repo.state(&main_tip, &pr_tip)).await;
+
+    let (ok, refs, err) = git_try(&["ls-remote", &url]);
+    assert!(ok, "ls-remote {url}: {err}");
+    assert!(
+        refs.contains(&format!("{main_tip}\trefs/heads/main")),
+        "{refs}"
+    );
+    let clone = root.path().join("clone");
+    let (ok, _, err) = git_try(&["clone", "-q", &url, &clone.display().to_string()]);
+    assert!(ok, "clone {url}: {err}");
+    let (ok, _, _) = git_try(&[
+        "-C",
+        &clone.display().to_string(),
+        "cat-file",
+        "-e",
+        &main_tip,
+    ]);
+    assert!(ok, "the clone has main's tip");
+
+    let (pushed, _, err) = git_try(&[
+        "-C",
+        &clone.display().to_string(),
+        "push",
+        &url,
+        "HEAD:refs/heads/other",
+    ]);
+    assert!(!pushed, "a push is refused");
+    assert!(err.contains("pushes are not accepted here"), "{err}");
+
+    let npub = nostr::ToBech32::to_bech32(&repo.keys.public_key()).unwrap();
+    let (found, _, _) = git_try(&[
+        "ls-remote",
+        &format!("http://{}/{npub}/nope.git", a.local_addr()),
+    ]);
+    assert!(!found, "an unknown repository is not served");
+
+    let answer = http_get(
+        a.local_addr(),
+        &format!("/{npub}/served.git/info/refs?service=git-upload-pack"),
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains("Access-Control-Allow-Origin: *"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("application/x-git-upload-pack-advertisement"),
+        "{answer}"
+    );
+    a.shutdown().await.unwrap();
+}
+
+/// Two reference relays and no other git server: the data is in A (as if pushed
+/// there); B, which holds the announcement without data, hunts it from A's smart-HTTP
+/// URL and then serves it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn grasp01_http_two_relays_sync_git_data_without_another_server() {
+    init_tracing();
+    let root = tempfile::tempdir().unwrap();
+    let (main_tip, pr_tip) = source_repo(&tmp(root.path(), "src"));
+    let a = start(RelayConfig::for_tests(tmp(root.path(), "a")))
+        .await
+        .unwrap();
+    let b = start(RelayConfig::for_tests(tmp(root.path(), "b")))
+        .await
+        .unwrap();
+    let repo = Repo {
+        keys: Keys::generate(),
+        d: "twin".into(),
+    };
+    let repo_ref = grasp_sync::RepoRef::parse(&repo.coordinate()).unwrap();
+    // The maintainer's data, in A's bare repository.
+    let in_a = a.bare_repo_path(&repo_ref).unwrap();
+    std::fs::create_dir_all(in_a.parent().unwrap()).unwrap();
+    let (ok, _, err) = git_try(&[
+        "clone",
+        "-q",
+        "--bare",
+        &root.path().join("src/work").display().to_string(),
+        &in_a.display().to_string(),
+    ]);
+    assert!(ok, "{err}");
+
+    let clone_urls = format!(
+        "{} {}",
+        http_clone_url(&a, &repo),
+        http_clone_url(&b, &repo)
+    );
+    let ann = EventBuilder::new(Kind::Custom(30617), "")
+        .tags([
+            Tag::identifier(repo.d.clone()),
+            Tag::custom(TagKind::custom("relays"), [a.url(), b.url()]),
+            Tag::custom(
+                TagKind::custom("clone"),
+                clone_urls.split(' ').map(str::to_owned),
+            ),
+        ])
+        .sign_with_keys(&repo.keys)
+        .unwrap();
+    publish_ok(&a.url(), &ann).await;
+    let state = repo.state(&main_tip, &pr_tip);
+    publish_ok(&a.url(), &state).await;
+    // B gets the announcement from its author (held: no data yet) and by sync from A.
+    let _held = publish(&b.url(), &ann).await;
+    wait_served(&b, &[ann.id, state.id], "B has the announcement and state").await;
+    let in_b = b.bare_repo_path(&repo_ref).unwrap();
+    assert!(
+        has_object(&in_b, &main_tip),
+        "main's tip came from A over HTTP"
+    );
+    let (ok, refs, err) = git_try(&["ls-remote", &http_clone_url(&b, &repo)]);
+    assert!(ok, "B serves it: {err}");
+    assert!(refs.contains(&main_tip), "{refs}");
+    b.shutdown().await.unwrap();
+    a.shutdown().await.unwrap();
+}

@@ -2,11 +2,14 @@
 //! and its events to relay A, watches them reach relay B, then publishes an issue to
 //! relay C and watches it reach A and B live.
 //!
-//! `grasp-demo-client <A ws url> <B ws url> <C ws url> <git clone url> <main oid> <pr oid>`
+//! `grasp-demo-client <A ws url> <B ws url> <C ws url> <clone urls> <main oid> <pr oid>`
+//! (clone URLs separated by spaces). The maintainer's key comes from `GRASP_DEMO_KEY`
+//! (hex) when set, so the script knows where the repository lives;
+//! `grasp-demo-client npub <hex key>` prints that key's npub.
 
 use std::time::{Duration, Instant};
 
-use nostr::{Event, EventBuilder, EventId, Filter, Keys, Kind, Tag, TagKind};
+use nostr::{Event, EventBuilder, EventId, Filter, Keys, Kind, Tag, TagKind, ToBech32};
 use nostr_relay_pool::relay::{RelayOptions, ReqExitPolicy};
 use nostr_relay_pool::RelayPool;
 
@@ -73,10 +76,24 @@ fn tag(name: &str, values: &[&str]) -> Tag {
 #[tokio::main]
 async fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [cmd, key] = args.as_slice() {
+        if cmd == "npub" {
+            let keys = Keys::parse(key).map_err(|e| e.to_string())?;
+            println!(
+                "{}",
+                keys.public_key().to_bech32().map_err(|e| e.to_string())?
+            );
+            return Ok(());
+        }
+    }
     let [a, b, c, clone, main_tip, pr_tip] = args.as_slice() else {
-        return Err("usage: grasp-demo-client <A> <B> <C> <clone url> <main oid> <pr oid>".into());
+        return Err("usage: grasp-demo-client <A> <B> <C> <clone urls> <main oid> <pr oid>".into());
     };
-    let maintainer = Keys::generate();
+    let clone: Vec<&str> = clone.split_whitespace().collect();
+    let maintainer = match std::env::var("GRASP_DEMO_KEY") {
+        Ok(key) => Keys::parse(&key).map_err(|e| e.to_string())?,
+        Err(_) => Keys::generate(),
+    };
     let contributor = Keys::generate();
     let coord = format!("30617:{}:demo", maintainer.public_key());
     let sign = |b: EventBuilder, k: &Keys| b.sign_with_keys(k).map_err(|e| e.to_string());
@@ -86,11 +103,11 @@ async fn main() -> Result<(), String> {
             Tag::identifier("demo"),
             tag("name", &["demo"]),
             tag("relays", &[a, b, c]),
-            tag("clone", &[clone]),
+            tag("clone", &clone),
         ]),
         &maintainer,
     )?;
-    println!("1. announcement to A (held in purgatory until A has fetched the git data)");
+    println!("1. announcement to A (held in purgatory until A has git data)");
     publish(a, &ann, "the announcement").await?;
     wait_for(a, &[ann.id], "the announcement").await?;
 
@@ -123,7 +140,7 @@ async fn main() -> Result<(), String> {
         EventBuilder::new(Kind::Custom(1618), "please merge").tags([
             tag("a", &[&coord]),
             tag("c", &[pr_tip]),
-            tag("clone", &[clone]),
+            tag("clone", &clone),
             tag("subject", &["a change"]),
         ]),
         &contributor,
