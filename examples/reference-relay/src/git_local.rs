@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use grasp_sync::{BareRepoLocator, Oid, RepoRef};
+use nostr::EventId;
 
 fn to_gix(oid: &Oid) -> gix::ObjectId {
     gix::ObjectId::from_bytes_or_panic(oid.as_bytes())
@@ -47,13 +48,28 @@ pub fn has_any_data(locator: &BareRepoLocator, repo: &RepoRef) -> bool {
 /// Points `refs/heads/*` and `refs/tags/*` at the objects a state event names, when the
 /// objects are present. Best effort: a ref that cannot be written is skipped.
 pub fn apply_state_refs(locator: &BareRepoLocator, repo: &RepoRef, refs: &[(String, Oid)]) {
+    let refs: Vec<(String, Oid)> = refs
+        .iter()
+        .filter(|(name, _)| name.starts_with("refs/heads/") || name.starts_with("refs/tags/"))
+        .cloned()
+        .collect();
+    write_refs(locator, repo, &refs, "grasp: state event");
+}
+
+/// Points `refs/nostr/<event id>` at a PR's (or PR update's) tip, when present: GRASP
+/// serves each proposed change at that ref, so a clone of the repository can fetch it.
+pub fn apply_pr_ref(locator: &BareRepoLocator, repo: &RepoRef, event: &EventId, tip: Oid) {
+    let name = format!("refs/nostr/{}", event.to_hex());
+    write_refs(locator, repo, &[(name, tip)], "grasp: pull request");
+}
+
+/// Writes each ref whose object is present. Best effort: a ref that cannot be written is
+/// skipped (and logged at debug).
+fn write_refs(locator: &BareRepoLocator, repo: &RepoRef, refs: &[(String, Oid)], why: &str) {
     let Some(r) = locator.locate(repo).and_then(|p| gix::open(p).ok()) else {
         return;
     };
     for (name, oid) in refs {
-        if !(name.starts_with("refs/heads/") || name.starts_with("refs/tags/")) {
-            continue;
-        }
         let id = to_gix(oid);
         if !r.has_object(id) {
             continue;
@@ -62,7 +78,7 @@ pub fn apply_state_refs(locator: &BareRepoLocator, repo: &RepoRef, refs: &[(Stri
             name.as_str(),
             id,
             gix::refs::transaction::PreviousValue::Any,
-            "grasp: state event",
+            why,
         ) {
             tracing::debug!(%repo, name, error = %e, "could not set ref");
         }

@@ -543,6 +543,24 @@ impl Host {
                 })
                 .await;
             }
+        } else if matches!(
+            Nip34Kind::of(event.kind),
+            Nip34Kind::PullRequest | Nip34Kind::PullRequestUpdate
+        ) {
+            let Some(tip) = nip34::pull_request_tip(event) else {
+                return;
+            };
+            let repos: Vec<RepoRef> = nip34::tagged_repos(event)
+                .into_iter()
+                .filter(|r| self.repo_accepted(r))
+                .collect();
+            let (locator, id) = (self.locator.clone(), event.id);
+            let _ = tokio::task::spawn_blocking(move || {
+                for repo in &repos {
+                    git_local::apply_pr_ref(&locator, repo, &id, tip);
+                }
+            })
+            .await;
         }
     }
 

@@ -841,7 +841,7 @@ async fn grasp01_http_accepted_repos_are_served_read_only() {
 
 /// Two reference relays and no other git server: the data is in A (as if pushed
 /// there); B, which holds the announcement without data, hunts it from A's smart-HTTP
-/// URL and then serves it too.
+/// URL and then serves it too — with the PR's tip at `refs/nostr/<PR id>`, as A does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn grasp01_http_two_relays_sync_git_data_without_another_server() {
     init_tracing();
@@ -889,17 +889,29 @@ async fn grasp01_http_two_relays_sync_git_data_without_another_server() {
     publish_ok(&a.url(), &ann).await;
     let state = repo.state(&main_tip, &pr_tip);
     publish_ok(&a.url(), &state).await;
+    let pr = repo.pr(&Keys::generate(), &pr_tip, &http_clone_url(&a, &repo));
+    publish_ok(&a.url(), &pr).await;
     // B gets the announcement from its author (held: no data yet) and by sync from A.
     let _held = publish(&b.url(), &ann).await;
-    wait_served(&b, &[ann.id, state.id], "B has the announcement and state").await;
+    let all = [ann.id, state.id, pr.id];
+    wait_served(&b, &all, "B has the announcement, state and PR").await;
     let in_b = b.bare_repo_path(&repo_ref).unwrap();
     assert!(
         has_object(&in_b, &main_tip),
         "main's tip came from A over HTTP"
     );
-    let (ok, refs, err) = git_try(&["ls-remote", &http_clone_url(&b, &repo)]);
-    assert!(ok, "B serves it: {err}");
-    assert!(refs.contains(&main_tip), "{refs}");
+    // Each proposed change is served at refs/nostr/<PR event id>, on A and on B.
+    let pr_ref = format!("{pr_tip}\trefs/nostr/{}", pr.id.to_hex());
+    for relay in [&a, &b] {
+        let (ok, refs, err) = git_try(&["ls-remote", &http_clone_url(relay, &repo)]);
+        assert!(ok, "{} serves it: {err}", relay.url());
+        assert!(refs.contains(&main_tip), "{refs}");
+        assert!(
+            refs.contains(&pr_ref),
+            "{} serves the PR tip: {refs}",
+            relay.url()
+        );
+    }
     b.shutdown().await.unwrap();
     a.shutdown().await.unwrap();
 }
