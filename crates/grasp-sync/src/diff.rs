@@ -298,6 +298,7 @@ mod tests {
                     also_covers: Default::default(),
                     failure: Default::default(),
                     beyond_req: Default::default(),
+                    asked_by_req: Vec::new(),
                     layer1: false,
                     full_history: true,
                     started_at: WallTime::ZERO,

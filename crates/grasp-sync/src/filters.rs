@@ -127,6 +127,13 @@ impl RelayLimits {
         self.normalised()
     }
 
+    /// These limits with at most `max` filters per REQ (a limit learnt from a relay's
+    /// refusal), the live-filter budget re-derived to match.
+    pub fn with_learnt_max_filters(mut self, max: usize) -> Self {
+        self.max_filters_per_req = self.max_filters_per_req.min(max);
+        self.normalised()
+    }
+
     /// Enforces the invariants: no zero counts, chunks and live filters within what the
     /// relay's subscription and message limits allow.
     pub fn normalised(mut self) -> Self {

@@ -1315,6 +1315,25 @@ fn r08d_too_many_filters_is_learnt_from_the_refusal() {
         before.iter().all(|f| after.contains(f)),
         "everything still live"
     );
+    // NIP-11 limits arriving later do not undo what the refusal taught.
+    let nip11 = grasp_sync::filters::RelayLimits {
+        max_filters_per_req: 20,
+        ..Default::default()
+    };
+    h.engine.set_relay_limits(&url(A), nip11);
+    let (any, _) = h.engine.live_subscriptions(&url(A)).remove(0);
+    h.feed(Input::Closed {
+        relay: url(A),
+        subscription: any,
+        message: "error: restarting".into(),
+    });
+    let cmds = h.advance(Duration::from_secs(3));
+    let rebuilt = live(&cmds, A);
+    assert!(!rebuilt.is_empty(), "rebuilt: {cmds:?}");
+    assert!(
+        rebuilt.iter().all(|(_, f)| f.len() <= filters.len() / 2),
+        "{rebuilt:?}"
+    );
 }
 
 #[test]

@@ -45,6 +45,11 @@ pub struct RelayConfig {
     pub caps: Caps,
     /// How often the sync summary is logged.
     pub status_log_interval: Duration,
+    /// How long a held event waits for its git data (GRASP-01: 30 minutes).
+    pub purgatory_ttl: Duration,
+    /// How often accepted repositories' missing git data is looked for again, past the
+    /// purgatory window (GRASP-02: at least hourly).
+    pub git_recheck_interval: Duration,
 }
 
 impl RelayConfig {
@@ -61,6 +66,8 @@ impl RelayConfig {
             fast_timers: false,
             caps: Caps::default(),
             status_log_interval: Duration::from_secs(5),
+            purgatory_ttl: Duration::from_secs(30 * 60),
+            git_recheck_interval: Duration::from_secs(3600),
         }
     }
 
@@ -199,6 +206,13 @@ pub struct Cli {
     /// Shrink the sync engine's timers (tests and demos).
     #[arg(long, env = "GRASP_RELAY_FAST_TIMERS")]
     pub fast_timers: bool,
+    /// Seconds a held event waits for its git data (GRASP-01: 1800).
+    #[arg(long, env = "GRASP_RELAY_PURGATORY_SECS", default_value_t = 1800)]
+    pub purgatory_secs: u64,
+    /// Seconds between looks for git data accepted repositories still lack past the
+    /// purgatory window (GRASP-02: at least hourly; 0: never).
+    #[arg(long, env = "GRASP_RELAY_GIT_RECHECK_SECS", default_value_t = 3600)]
+    pub git_recheck_secs: u64,
 }
 
 impl Cli {
@@ -246,6 +260,8 @@ impl Cli {
                 events_per_ip_per_minute: self.events_per_minute,
             },
             status_log_interval: Duration::from_secs(self.status_log_secs),
+            purgatory_ttl: Duration::from_secs(self.purgatory_secs),
+            git_recheck_interval: Duration::from_secs(self.git_recheck_secs),
         };
         config.validate()?;
         Ok(config)

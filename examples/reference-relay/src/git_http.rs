@@ -17,7 +17,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use grasp_sync::RepoRef;
-use nostr::FromBech32;
+use nostr::{FromBech32, ToBech32};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::Command;
@@ -26,8 +26,23 @@ use crate::host::Host;
 
 /// Largest request body taken (the wants and haves of a fetch negotiation).
 const MAX_REQUEST_BODY: usize = 16 * 1024 * 1024;
+/// How long reading a request body may take.
+const MAX_BODY_TIME: Duration = Duration::from_secs(30);
 /// How long one git request may run (a large clone included).
 const MAX_REQUEST_TIME: Duration = Duration::from_secs(600);
+/// Longest chunk-size line of a chunked body.
+const MAX_CHUNK_LINE: u64 = 64;
+/// git children running at once; more requests wait their turn.
+const MAX_GIT_CHILDREN: usize = 8;
+
+/// Bounds the git children: a client starting and dropping clones in a loop cannot pile
+/// them up.
+static GIT_CHILDREN: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_GIT_CHILDREN);
+
+/// What `git http-backend` runs with: nothing in a served repository may change, and
+/// the refs the fetcher keeps for itself (`refs/grasp-sync/*`: what other servers
+/// advertised, not what the maintainer's state lists) are not shown.
+const GIT_CONFIG: &str = "'http.receivepack'='false' 'uploadpack.hiderefs'='refs/grasp-sync'";
 
 /// What a git request asks for.
 #[derive(Debug, PartialEq, Eq)]
@@ -60,6 +75,8 @@ pub fn route(path: &str, query: &str) -> Option<GitRoute> {
     }
     let pubkey = nostr::PublicKey::from_bech32(npub).ok()?;
     let repo = RepoRef::new(&pubkey, identifier).ok()?;
+    // The directory is named by the canonical (lowercase) npub, whatever the spelling.
+    let npub = pubkey.to_bech32().ok()?;
     Some(GitRoute {
         repo,
         path_info: format!("/{npub}/{identifier}.git/{service}"),
@@ -92,9 +109,13 @@ pub async fn serve(
     if method != "GET" && method != "POST" {
         return plain(reader.get_mut(), 405, "method not allowed\n").await;
     }
-    let body = match read_body(&mut reader, headers).await {
-        Ok(body) => body,
-        Err(e) => return plain(reader.get_mut(), 400, &format!("{e}\n")).await,
+    let body = match tokio::time::timeout(MAX_BODY_TIME, read_body(&mut reader, headers)).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(e)) => return plain(reader.get_mut(), 400, &format!("{e}\n")).await,
+        Err(_) => return plain(reader.get_mut(), 408, "request body timed out\n").await,
+    };
+    let Ok(_child_slot) = GIT_CHILDREN.acquire().await else {
+        return plain(reader.get_mut(), 503, "shutting down\n").await;
     };
     let run = cgi(&host.git_root, addr, method, query, headers, &route, body);
     match tokio::time::timeout(MAX_REQUEST_TIME, run_into(run, reader.get_mut())).await {
@@ -128,31 +149,39 @@ async fn read_body(
     }
     let mut body = Vec::new();
     loop {
-        let mut line = String::new();
-        reader
-            .read_line(&mut line)
-            .await
-            .map_err(|e| format!("chunk size: {e}"))?;
+        let line = bounded_line(reader).await?;
         let size = line.trim().split(';').next().unwrap_or("");
         let size = usize::from_str_radix(size, 16).map_err(|_| "bad chunk size".to_owned())?;
-        if body.len() + size > MAX_REQUEST_BODY {
-            return Err("request body too large".into());
-        }
+        let end = body
+            .len()
+            .checked_add(size)
+            .filter(|end| *end <= MAX_REQUEST_BODY)
+            .ok_or_else(|| "request body too large".to_owned())?;
         let start = body.len();
-        body.resize(start + size, 0);
+        body.resize(end, 0);
         reader
             .read_exact(&mut body[start..])
             .await
             .map_err(|e| format!("chunk: {e}"))?;
-        let mut crlf = String::new();
-        reader
-            .read_line(&mut crlf)
-            .await
-            .map_err(|e| format!("chunk end: {e}"))?;
+        bounded_line(reader).await?;
         if size == 0 {
             return Ok(body);
         }
     }
+}
+
+/// One line of a chunked body, at most [`MAX_CHUNK_LINE`] bytes.
+async fn bounded_line(reader: &mut BufReader<TcpStream>) -> Result<String, String> {
+    let mut line = String::new();
+    (&mut *reader)
+        .take(MAX_CHUNK_LINE)
+        .read_line(&mut line)
+        .await
+        .map_err(|e| format!("chunked body: {e}"))?;
+    if !line.ends_with('\n') {
+        return Err("bad chunked body".into());
+    }
+    Ok(line)
 }
 
 /// `git http-backend` for this request, ready to run.
@@ -174,8 +203,7 @@ fn cgi(
         .env("QUERY_STRING", query)
         .env("REMOTE_ADDR", addr.ip().to_string())
         .env("CONTENT_LENGTH", body.len().to_string())
-        // Nothing in the served repositories may be changed by a request.
-        .env("GIT_CONFIG_PARAMETERS", "'http.receivepack'='false'")
+        .env("GIT_CONFIG_PARAMETERS", GIT_CONFIG)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -218,7 +246,8 @@ async fn run_into(
         loop {
             let mut line = String::new();
             if stdout.read_line(&mut line).await? == 0 {
-                break;
+                // git ended before its answer began.
+                return plain(stream, 502, "git failed to answer\n").await;
             }
             let line = line.trim_end();
             if line.is_empty() {
@@ -242,9 +271,18 @@ async fn run_into(
         let _ = stream.shutdown().await;
         std::io::Result::Ok(())
     };
-    let mut errors = Vec::new();
-    let (_, answered, _) = tokio::join!(feed, answer, stderr.read_to_end(&mut errors));
+    let errors = tokio::spawn(async move {
+        let mut errors = Vec::new();
+        let _ = stderr.read_to_end(&mut errors).await;
+        errors
+    });
+    let (_, answered) = tokio::join!(feed, answer);
+    if answered.is_err() {
+        // The client went away: git would block on a full pipe until the timeout.
+        let _ = child.start_kill();
+    }
     let exit = child.wait().await;
+    let errors = errors.await.unwrap_or_default();
     if !errors.is_empty() || !exit.as_ref().is_ok_and(|s| s.success()) {
         tracing::debug!(exit = ?exit, stderr = %String::from_utf8_lossy(&errors), "git http-backend");
     }

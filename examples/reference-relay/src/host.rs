@@ -28,7 +28,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use grasp_sync::driver::HuntSender;
 use grasp_sync::driver::{SyncHandle, SyncMetrics};
-use grasp_sync::git::{InMemoryPurgatory, Origin, PurgatoryConfig, WaitKind, WaitingEvent, Want};
+use grasp_sync::git::{
+    HuntRequest, InMemoryPurgatory, Origin, PurgatoryConfig, WaitKind, WaitingEvent, Want,
+};
 use grasp_sync::nip34::{self, parse_announcement, Nip34Kind};
 use grasp_sync::{
     BareRepoLocator, CloneUrl, IngestOutcome, Oid, RelayUrl, RepoRef, UrlPolicy, WallTime,
@@ -95,6 +97,10 @@ struct State {
     rejected: BTreeMap<EventId, Event>,
     rejected_order: VecDeque<EventId>,
     repos: BTreeMap<RepoRef, RepoInfo>,
+    /// Per accepted repo, the newest state whose objects never arrived within its
+    /// purgatory window: hunted again at every recheck (GRASP-02: at least hourly),
+    /// stored once its data is here.
+    stale_states: BTreeMap<RepoRef, Event>,
 }
 
 /// The shared host: database, purgatory, repos, and the handles wired in at start.
@@ -129,6 +135,9 @@ impl std::fmt::Debug for Host {
     }
 }
 
+/// How long one recheck's hunt may run.
+const RECHECK_WINDOW: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+
 fn now() -> WallTime {
     grasp_sync::ports::Clock::now(&grasp_sync::ports::SystemClock)
 }
@@ -161,6 +170,7 @@ impl Host {
                 rejected: BTreeMap::new(),
                 rejected_order: VecDeque::new(),
                 repos: BTreeMap::new(),
+                stale_states: BTreeMap::new(),
             }),
         }
     }
@@ -202,6 +212,12 @@ impl Host {
         raw.iter()
             .filter_map(|u| self.url_policy.check_clone_url(u).ok())
             .collect()
+    }
+
+    /// The same host with other purgatory rules (the window a held event waits).
+    pub fn with_purgatory(self, config: PurgatoryConfig) -> Self {
+        self.state().purgatory = InMemoryPurgatory::new(config);
+        self
     }
 
     /// True once `repo`'s announcement is accepted here (its git data is served).
@@ -536,6 +552,16 @@ impl Host {
                 .identifier()
                 .and_then(|d| RepoRef::new(&event.pubkey, d).ok())
             {
+                {
+                    let mut st = self.state();
+                    if st
+                        .stale_states
+                        .get(&repo)
+                        .is_some_and(|e| e.created_at <= event.created_at)
+                    {
+                        st.stale_states.remove(&repo);
+                    }
+                }
                 let refs = nip34::state_refs(event).unwrap_or_default();
                 let locator = self.locator.clone();
                 let _ = tokio::task::spawn_blocking(move || {
@@ -635,8 +661,22 @@ impl Host {
     pub async fn release(&self, repo: &RepoRef, ids: &[EventId]) {
         let released: Vec<HeldEvent> = {
             let mut st = self.state();
-            let ids = st.purgatory.release(ids);
-            let out = ids.iter().filter_map(|id| st.held.remove(id)).collect();
+            let held = st.purgatory.release(ids);
+            let mut out: Vec<HeldEvent> = held.iter().filter_map(|id| st.held.remove(id)).collect();
+            // A stale state whose data a recheck found.
+            if st
+                .stale_states
+                .get(repo)
+                .is_some_and(|e| ids.contains(&e.id))
+            {
+                if let Some(event) = st.stale_states.remove(repo) {
+                    out.push(HeldEvent {
+                        event,
+                        from_user: false,
+                        received_at_ms: now().0,
+                    });
+                }
+            }
             self.metrics.set_purgatory_waiting(st.held.len());
             out
         };
@@ -663,16 +703,74 @@ impl Host {
         }
     }
 
+    /// What accepted repositories still lack: for each stale state, the objects it names
+    /// that are not here, to hunt again on the repo's clone URLs.
+    pub async fn rechecks(&self) -> Vec<HuntRequest> {
+        let stale: Vec<(RepoRef, Event, Vec<CloneUrl>)> = {
+            let st = self.state();
+            st.stale_states
+                .iter()
+                .map(|(repo, event)| {
+                    let urls = st.repos.get(repo).map(|i| i.clone_urls.clone());
+                    (repo.clone(), event.clone(), urls.unwrap_or_default())
+                })
+                .collect()
+        };
+        let mut requests = Vec::new();
+        for (repo, event, clone_urls) in stale {
+            let oids: BTreeSet<Oid> = nip34::state_refs(&event)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(_, oid)| oid)
+                .collect();
+            let present = self.present(&repo, oids.clone()).await;
+            let missing: BTreeSet<Oid> = oids.difference(&present).copied().collect();
+            if missing.is_empty() {
+                // Arrived meanwhile (another hunt, by hand): store it now.
+                self.release(&repo, &[event.id]).await;
+                continue;
+            }
+            tracing::info!(%repo, missing = missing.len(), "looking again for a state's git data");
+            requests.push(HuntRequest {
+                event_id: event.id,
+                repo,
+                kind: WaitKind::State,
+                want: Want::Objects(missing),
+                clone_urls,
+                origin: Origin::Sync,
+                expires_at: now() + RECHECK_WINDOW,
+            });
+        }
+        requests
+    }
+
     /// Expiry: the purgatory's own rules (30 min; announcements soft-expire for 24 h).
     pub async fn tick_purgatory(&self) {
         let dropped: Vec<EventId> = {
             let mut st = self.state();
             let expiry = st.purgatory.tick(now());
-            let dropped = expiry
-                .dropped
-                .into_iter()
-                .filter_map(|(id, ())| st.held.remove(&id).map(|_| id))
-                .collect();
+            let mut dropped = Vec::new();
+            for (id, ()) in expiry.dropped {
+                let Some(held) = st.held.remove(&id) else {
+                    continue;
+                };
+                dropped.push(id);
+                // An accepted repo's state keeps being looked for (rechecks).
+                let repo = (Nip34Kind::of(held.event.kind) == Nip34Kind::State)
+                    .then(|| held.event.tags.identifier())
+                    .flatten()
+                    .and_then(|d| RepoRef::new(&held.event.pubkey, d).ok())
+                    .filter(|r| st.repos.get(r).is_some_and(|i| i.accepted));
+                if let Some(repo) = repo {
+                    let newer = st
+                        .stale_states
+                        .get(&repo)
+                        .is_none_or(|e| e.created_at <= held.event.created_at);
+                    if newer {
+                        st.stale_states.insert(repo, held.event);
+                    }
+                }
+            }
             self.metrics.set_purgatory_waiting(st.held.len());
             dropped
         };

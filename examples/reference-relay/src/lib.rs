@@ -30,7 +30,7 @@ use grasp_sync::driver::{
     self, hunt_channel, spawn_hunt, DriverOptions, DriverPorts, HuntHandle, HuntOptions,
     SyncHandle, SyncMetrics,
 };
-use grasp_sync::git::{HuntConfig, HuntScheduler};
+use grasp_sync::git::{HuntConfig, HuntScheduler, PurgatoryConfig};
 use grasp_sync::ports::{MemorySyncStateStore, SyncStateStore};
 use grasp_sync::{GixFetcher, GixFetcherConfig, RelayUrl, RepoRef, SyncConfig};
 use nostr::EventId;
@@ -137,15 +137,21 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
     let held_store = HeldStore::open(persistent.then(|| config.data_dir.join("purgatory")))
         .map_err(|e| io("cannot create the purgatory directory", &e))?;
     let (hunt_tx, hunt_rx) = hunt_channel();
-    let host = Arc::new(Host::new(
-        db.clone(),
-        config.public_urls.clone(),
-        git_root.clone(),
-        config.url_policy(),
-        metrics.clone(),
-        held_store,
-        hunt_tx,
-    ));
+    let host = Arc::new(
+        Host::new(
+            db.clone(),
+            config.public_urls.clone(),
+            git_root.clone(),
+            config.url_policy(),
+            metrics.clone(),
+            held_store,
+            hunt_tx,
+        )
+        .with_purgatory(PurgatoryConfig {
+            ttl: config.purgatory_ttl,
+            ..PurgatoryConfig::default()
+        }),
+    );
     let accepted_repos = host.load_repos().await.map_err(RelayError::Database)?;
 
     // The nostr relay, served through our own accept loop (see http.rs).
@@ -215,6 +221,7 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
         hunt_rx,
         HuntOptions {
             metrics: Some(metrics.clone()),
+            recheck_interval: config.git_recheck_interval,
             ..HuntOptions::new()
         },
     );

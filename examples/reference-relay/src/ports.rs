@@ -31,6 +31,10 @@ impl HuntHost for Host {
     async fn tick(&self) {
         self.tick_purgatory().await
     }
+
+    async fn rechecks(&self) -> Vec<grasp_sync::git::HuntRequest> {
+        Host::rechecks(self).await
+    }
 }
 
 /// The `EventStore`, `Ingestion` and `PurgatoryView` ports on the host.

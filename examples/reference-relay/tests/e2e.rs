@@ -915,3 +915,65 @@ async fn grasp01_http_two_relays_sync_git_data_without_another_server() {
     b.shutdown().await.unwrap();
     a.shutdown().await.unwrap();
 }
+
+// ---------------------------------------------------------------- GRASP-02 rechecks
+
+/// A state whose objects are nowhere when it arrives is dropped from purgatory after
+/// its window, but the accepted repository keeps being looked at (GRASP-02: at least
+/// hourly; here every second): once the data shows up on a clone URL, the state is
+/// fetched, stored and its refs written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn grasp02_hourly_missing_data_is_looked_for_again_past_the_purgatory_window() {
+    init_tracing();
+    let root = tempfile::tempdir().unwrap();
+    let serve = tmp(root.path(), "serve");
+    let (main_tip, pr_tip) = source_repo(&serve);
+    let daemon = GitDaemon::start(&serve);
+    let mut config = RelayConfig::for_tests(tmp(root.path(), "a"));
+    config.purgatory_ttl = Duration::from_secs(2);
+    config.git_recheck_interval = Duration::from_secs(1);
+    let a = start(config).await.unwrap();
+    let repo = Repo {
+        keys: Keys::generate(),
+        d: "later".into(),
+    };
+    let ann = repo.announcement(&[a.url()], &daemon.url());
+    let _held = publish(&a.url(), &ann).await;
+    wait_served(&a, &[ann.id], "A accepts the announcement").await;
+
+    // A commit nobody serves yet.
+    let work = serve.join("work");
+    support::git(&work, &["checkout", "-q", "-b", "later"]);
+    std::fs::write(work.join("later.txt"), "later\n").unwrap();
+    support::git(&work, &["add", "."]);
+    support::git(&work, &["commit", "-q", "-m", "later"]);
+    let later = support::git(&work, &["rev-parse", "HEAD"]);
+    let state = repo.state(&later, &pr_tip);
+    let answer = publish(&a.url(), &state).await;
+    assert!(answer.is_err(), "held: its data is nowhere yet");
+    // Past the purgatory window: dropped, not served.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(!a.is_held(&state.id), "dropped from purgatory");
+    assert!(!a.serves(&state.id).await, "not served without its data");
+
+    // The data shows up on the clone URL; the next recheck finds it.
+    support::git(
+        &work,
+        &["push", "-q", "../repo.git", "later:refs/heads/main"],
+    );
+    // The hunt's backoff for this repo (20 s after a miss) may delay the next fetch.
+    wait_until(
+        "A stores the state once a recheck found its data",
+        Duration::from_secs(90),
+        || a.serves(&state.id),
+    )
+    .await;
+    let (ok, refs, err) = git_try(&["ls-remote", &http_clone_url(&a, &repo)]);
+    assert!(ok, "{err}");
+    assert!(
+        refs.contains(&format!("{later}\trefs/heads/main")),
+        "main points at the later commit: {refs}"
+    );
+    assert_ne!(later, main_tip);
+    a.shutdown().await.unwrap();
+}

@@ -4,9 +4,11 @@
 //! The host sends what to hunt through a [`HuntSender`] (an event it holds in purgatory
 //! becomes a [`HuntRequest`]) and hears back through its [`HuntHost`] port: which held
 //! events have their data now (release them), and a tick on every turn of the loop to
-//! run its purgatory's expiry rules. Fetches run at most as the scheduler allows (per
-//! host, per repo, in total); their results feed the scheduler, and its counters are
-//! readable at any time from the [`HuntHandle`].
+//! run its purgatory's expiry rules; and every [`HuntOptions::recheck_interval`] (an
+//! hour) it asks the host what its accepted repositories still lack, so missing data is
+//! looked for at least hourly past the purgatory window. Fetches run at most as the
+//! scheduler allows (per host, per repo, in total); their results feed the scheduler,
+//! and its counters are readable at any time from the [`HuntHandle`].
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -52,6 +54,10 @@ pub fn hunt_channel() -> (HuntSender, HuntReceiver) {
 pub struct HuntOptions {
     /// Wall time (tests use a fake one).
     pub clock: Arc<dyn Clock>,
+    /// How often the host is asked for [`HuntHost::rechecks`]: git data accepted
+    /// repositories still lack once an event's purgatory window is over. GRASP-02: at
+    /// least hourly (the default). Zero: never.
+    pub recheck_interval: Duration,
     /// Counts fetches by result in `hunts_total{result}` (feature `metrics`).
     #[cfg(feature = "metrics")]
     pub metrics: Option<super::SyncMetrics>,
@@ -62,6 +68,7 @@ impl HuntOptions {
     pub fn new() -> Self {
         Self {
             clock: Arc::new(crate::ports::SystemClock),
+            recheck_interval: Duration::from_secs(3600),
             #[cfg(feature = "metrics")]
             metrics: None,
         }
@@ -143,7 +150,16 @@ async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(JobId, JobResult)>();
+    let recheck_every = hunt.options.recheck_interval;
+    let mut next_recheck = tokio::time::Instant::now() + recheck_every;
     loop {
+        if !recheck_every.is_zero() && tokio::time::Instant::now() >= next_recheck {
+            next_recheck = tokio::time::Instant::now() + recheck_every;
+            let now = hunt.options.clock.now();
+            for request in hunt.host.rechecks().await {
+                hunt.scheduler.add(request, now);
+            }
+        }
         let now = hunt.options.clock.now();
         for job in hunt.scheduler.poll_jobs(now) {
             tracing::info!(repo = %job.repo, url = %job.url, oids = job.want.oids.len(), any_data = job.want.any_data, "fetching git data");
@@ -170,7 +186,8 @@ async fn run(
             .map_or(MAX_SLEEP, |t| {
                 Duration::from_millis(t.0.saturating_sub(hunt.options.clock.now().0))
             })
-            .min(MAX_SLEEP);
+            .min(MAX_SLEEP)
+            .min(next_recheck.saturating_duration_since(tokio::time::Instant::now()));
         tokio::select! {
             Some(batch) = requests.recv() => {
                 let now = hunt.options.clock.now();

@@ -178,6 +178,9 @@ pub(super) struct Conn {
     pub misbehaviour: u32,
     /// EVENT messages received from this relay since it was registered.
     pub events_received: u64,
+    /// Filters per REQ learnt from a "too many filters" refusal: kept when NIP-11
+    /// limits arrive later.
+    pub learnt_max_filters: Option<usize>,
 }
 
 impl Conn {
@@ -207,6 +210,7 @@ impl Conn {
             last_error: None,
             misbehaviour: 0,
             events_received: 0,
+            learnt_max_filters: None,
         }
     }
 

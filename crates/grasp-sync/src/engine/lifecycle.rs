@@ -288,6 +288,7 @@ impl SyncEngine {
             also_covers,
             failure: Default::default(),
             beyond_req: Default::default(),
+            asked_by_req: Vec::new(),
             layer1: cover.is_empty(),
             full_history: since.is_none(),
             started_at: now,

@@ -326,7 +326,10 @@ impl SyncEngine {
     /// subscriptions; an oversubscribed relay is consolidated at the next check.
     pub fn set_relay_limits(&mut self, relay: &RelayUrl, limits: RelayLimits) {
         if let Some(conn) = self.conns.get_mut(relay) {
-            conn.limits = limits;
+            conn.limits = match conn.learnt_max_filters {
+                Some(max) => limits.with_learnt_max_filters(max),
+                None => limits,
+            };
             conn.deferred = true;
             self.wake(relay);
         }

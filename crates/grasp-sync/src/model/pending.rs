@@ -89,6 +89,9 @@ pub struct PendingBatch {
     /// this connection; they stay recorded until the next fresh start (which tries
     /// NIP-77 again), and are not persisted as confirmed (a restart asks once more).
     pub beyond_req: PendingItems,
+    /// Filters of negentropy sessions whose offered ids the relay would not return by
+    /// id, asked by REQ+EOSE instead: each once per batch.
+    pub asked_by_req: Vec<nostr::Filter>,
     /// The connection-level batch (announcements and GRASP lists), which has no items.
     pub layer1: bool,
     /// False for a `since`-limited batch (quick reconnect, live gap): its success says

@@ -134,6 +134,14 @@ pub trait HuntHost: Send + Sync {
     /// Called on every turn of the hunt loop (at least every 5 s): run the holding
     /// area's expiry rules.
     async fn tick(&self) {}
+
+    /// What to hunt again now (called every `HuntOptions::recheck_interval`, an hour by
+    /// default): git data accepted repositories still lack — a state whose objects
+    /// never arrived within its purgatory window, say. A request whose data arrives is
+    /// answered with [`HuntHost::release`] of its event id like any other.
+    async fn rechecks(&self) -> Vec<crate::git::HuntRequest> {
+        Vec::new()
+    }
 }
 
 /// The system clock.

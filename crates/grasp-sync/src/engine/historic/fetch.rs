@@ -85,17 +85,15 @@ impl SyncEngine {
             // A retry that brought none of the ids asked: the relay will not
             // by id. Ask for what its reconciliation covered by REQ+EOSE: once
             // (that part has no origin), and once for all of the session's
-            // fetches.
-            let asked_already = self.conns.get(relay).is_some_and(|c| {
-                c.queue.iter().any(|q| {
-                    q.batch == part.batch && q.kind == PartKind::Req && q.filter == *origin
-                }) || c.historic.values().any(|o| {
-                    o.batch == part.batch
-                        && matches!(o.kind, HistoricKind::Req { .. })
-                        && o.filter == *origin
-                })
+            // fetches, whenever they fail.
+            let first = self.batch_mut(relay, part.batch).is_some_and(|b| {
+                let first = !b.asked_by_req.contains(&origin);
+                if first {
+                    b.asked_by_req.push((*origin).clone());
+                }
+                first
             });
-            if !asked_already {
+            if first {
                 self.requeue_as_req(relay, part.batch, *origin, 0);
             }
             self.finish_part(relay, part.batch, sub, None, now);

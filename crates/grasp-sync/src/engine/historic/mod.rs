@@ -228,7 +228,9 @@ impl SyncEngine {
                 // A limit learnt from the refusal: half as many filters per REQ (the
                 // rebuild below splits the same filters into more REQs).
                 let fewer = (closed.filters.len() / 2).max(1);
-                conn.limits.max_filters_per_req = conn.limits.max_filters_per_req.min(fewer);
+                let learnt = conn.learnt_max_filters.map_or(fewer, |l| l.min(fewer));
+                conn.learnt_max_filters = Some(learnt);
+                conn.limits = conn.limits.with_learnt_max_filters(learnt);
             }
             conn.live_gap_since.get_or_insert(now);
             // What this subscription covered is no longer live: rebuild once allowed,
