@@ -1,7 +1,9 @@
 //! Ports: what the host relay provides, as traits. The engine itself is synchronous and
 //! only needs the synchronous ones (RNG, relay URL policy); the asynchronous ones (event
 //! store, ingestion, purgatory, sync-state store) are called by the driver that carries
-//! out the engine's commands. In-memory implementations serve tests and simple hosts.
+//! out the engine's commands, `HuntHost` by the git hunt loop, and the blocking
+//! `GitFetcher` (re-exported here) by the hunt's fetches. In-memory implementations
+//! serve tests and simple hosts. Ports depend on the model only, never on the engine.
 
 mod memory;
 
@@ -11,6 +13,9 @@ use nostr::{Event, EventId, Filter, Timestamp};
 use crate::model::{IngestOutcome, RelayUrl, SyncStateSnapshot, WallTime};
 
 pub use memory::{AllowAllRelays, MemoryEventStore, MemoryPurgatoryView, MemorySyncStateStore};
+/// The blocking git fetch port, defined with the git types it speaks (`git::fetcher`)
+/// and listed here with every other trait a host implements.
+pub use crate::git::GitFetcher;
 
 /// A port call that failed. Ports are the host's code; the library only needs to know
 /// that it failed and why, for logs.
