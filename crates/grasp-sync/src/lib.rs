@@ -52,6 +52,7 @@
 //! even a different one) is already installed.
 #![deny(missing_docs)]
 
+pub mod archive;
 pub mod classify;
 pub mod diff;
 #[cfg(feature = "tokio")]

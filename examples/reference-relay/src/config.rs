@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use grasp_sync::archive::ArchivePolicy;
 use grasp_sync::{RelayUrl, UrlPolicy};
 
 /// Where events are stored.
@@ -33,6 +34,9 @@ pub struct RelayConfig {
     pub storage: Storage,
     /// Relays always connected for announcements (layer 1).
     pub bootstrap_relays: Vec<RelayUrl>,
+    /// GRASP-05 archive: repositories kept (synced, their git data fetched and served
+    /// read only) although their announcements do not list this relay.
+    pub archive: ArchivePolicy,
     /// Allow private / loopback addresses for relays and clone URLs (local testing only).
     pub allow_private_urls: bool,
     /// How long to wait before hunting git data for an event a *user* submitted (a push
@@ -61,6 +65,7 @@ impl RelayConfig {
             data_dir: data_dir.into(),
             storage: Storage::Lmdb,
             bootstrap_relays: Vec::new(),
+            archive: ArchivePolicy::default(),
             allow_private_urls: false,
             user_hunt_delay: Duration::from_secs(180),
             fast_timers: false,
@@ -161,6 +166,12 @@ pub struct Cli {
         value_delimiter = ','
     )]
     pub bootstrap_relays: Vec<String>,
+    /// GRASP-05 archive: also keep repositories whose announcements do not list this
+    /// relay — `npub1…` (all of that key's), `npub1…/<identifier>`, `<identifier>`, or
+    /// `*` (repeat or comma-separate). Announcements are found through the bootstrap
+    /// relays.
+    #[arg(long = "archive", env = "GRASP_RELAY_ARCHIVE", value_delimiter = ',')]
+    pub archive: Vec<String>,
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `grasp_sync=debug,info`.
     /// The default keeps LMDB's set-up chatter (a "migration" on every fresh directory)
     /// out.
@@ -246,6 +257,8 @@ impl Cli {
                 Storage::Lmdb
             },
             bootstrap_relays: parse_urls("--bootstrap-relay", &self.bootstrap_relays)?,
+            archive: ArchivePolicy::parse(self.archive.iter().filter(|s| !s.trim().is_empty()))
+                .map_err(|e| ConfigError(format!("--archive: {e}")))?,
             allow_private_urls: self.allow_private_urls,
             user_hunt_delay: Duration::from_secs(self.user_hunt_delay_secs),
             fast_timers: self.fast_timers,

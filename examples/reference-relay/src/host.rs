@@ -26,6 +26,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use grasp_sync::archive::ArchivePolicy;
 use grasp_sync::driver::HuntSender;
 use grasp_sync::driver::{SyncHandle, SyncMetrics};
 use grasp_sync::git::{
@@ -124,6 +125,7 @@ pub struct Host {
     /// Where held events are written through.
     pub held_store: HeldStore,
     hunt: HuntSender,
+    archive: ArchivePolicy,
     state: Mutex<State>,
 }
 
@@ -164,6 +166,7 @@ impl Host {
             metrics,
             held_store,
             hunt,
+            archive: ArchivePolicy::default(),
             state: Mutex::new(State {
                 purgatory: InMemoryPurgatory::new(PurgatoryConfig::default()),
                 held: BTreeMap::new(),
@@ -191,7 +194,7 @@ impl Host {
         let mut n = 0;
         for event in events {
             if let Ok(ann) = parse_announcement(&event) {
-                if self.lists_us(&ann.relays) {
+                if self.keeps(&ann) {
                     let urls = self.clone_urls(&ann.clone_urls);
                     let mut st = self.state();
                     let info = st.repos.entry(ann.repo).or_default();
@@ -204,14 +207,22 @@ impl Host {
         Ok(n)
     }
 
-    fn lists_us(&self, relays: &[RelayUrl]) -> bool {
-        relays.iter().any(|r| self.public_urls.contains(r))
+    /// Whether this relay keeps the repository an announcement is about: it lists this
+    /// relay in `relays` (GRASP-01), or the archive allow-list covers it (GRASP-05).
+    fn keeps(&self, ann: &nip34::Announcement) -> bool {
+        ann.relays.iter().any(|r| self.public_urls.contains(r)) || self.archive.covers(&ann.repo)
     }
 
     fn clone_urls(&self, raw: &[String]) -> Vec<CloneUrl> {
         raw.iter()
             .filter_map(|u| self.url_policy.check_clone_url(u).ok())
             .collect()
+    }
+
+    /// The same host keeping, by GRASP-05 archive, the repositories `archive` covers.
+    pub fn with_archive(mut self, archive: ArchivePolicy) -> Self {
+        self.archive = archive;
+        self
     }
 
     /// The same host with other purgatory rules (the window a held event waits).
@@ -349,10 +360,10 @@ impl Host {
                     Ok(a) => a,
                     Err(e) => return reject(format!("invalid: {e}"), true),
                 };
-                if !self.lists_us(&ann.relays) {
+                if !self.keeps(&ann) {
                     return reject(
                         format!(
-                            "blocked: this announcement does not list this relay ({}) in `relays`",
+                            "blocked: this announcement does not list this relay ({}) in `relays`, and it archives no such repository",
                             self.public_urls
                                 .first()
                                 .map(RelayUrl::as_str)

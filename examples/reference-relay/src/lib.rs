@@ -150,7 +150,8 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
         .with_purgatory(PurgatoryConfig {
             ttl: config.purgatory_ttl,
             ..PurgatoryConfig::default()
-        }),
+        })
+        .with_archive(config.archive.clone()),
     );
     let accepted_repos = host.load_repos().await.map_err(RelayError::Database)?;
 
@@ -271,12 +272,18 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
 
 /// The NIP-11 document: what this relay supports and the limits it enforces.
 pub fn nip11_document(config: &RelayConfig) -> serde_json::Value {
+    let mut supported_grasps = vec!["GRASP-01", "GRASP-02"];
+    let mut description = "A GRASP relay for Nostr git repositories, with GRASP-02 proactive sync (grasp-sync reference relay). Git is served read only over smart HTTP at /<npub>/<identifier>.git for accepted repositories; pushes are not accepted.".to_owned();
+    if config.archive.is_enabled() {
+        supported_grasps.push("GRASP-05");
+        description.push_str(" Archive (GRASP-05): it also keeps, read only, repositories whose announcements do not list it, by an allow-list of keys and identifiers.");
+    }
     serde_json::json!({
         "name": "grasp-reference-relay",
-        "description": "A GRASP relay for Nostr git repositories, with GRASP-02 proactive sync (grasp-sync reference relay). Git is served read only over smart HTTP at /<npub>/<identifier>.git for accepted repositories; pushes are not accepted.",
+        "description": description,
         "version": env!("CARGO_PKG_VERSION"),
         "supported_nips": [1, 11, 34, 77],
-        "supported_grasps": ["GRASP-01", "GRASP-02"],
+        "supported_grasps": supported_grasps,
         "limitation": {
             "max_message_length": config.caps.max_message_bytes,
             "max_content_length": config.caps.max_event_bytes,

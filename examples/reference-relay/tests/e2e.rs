@@ -977,3 +977,62 @@ async fn grasp02_hourly_missing_data_is_looked_for_again_past_the_purgatory_wind
     assert_ne!(later, main_tip);
     a.shutdown().await.unwrap();
 }
+
+// ---------------------------------------------------------------- GRASP-05 archive
+
+/// B archives one maintainer's repositories: their announcement lists only A, B finds
+/// it through its bootstrap relay A, keeps it (git data fetched, events synced), and
+/// says GRASP-05 in NIP-11; an announcement by someone else that does not list B is not
+/// kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn grasp05_archive_keeps_allowed_repositories_that_do_not_list_it() {
+    init_tracing();
+    let root = tempfile::tempdir().unwrap();
+    let (main_tip, _pr_tip) = source_repo(&tmp(root.path(), "serve"));
+    let daemon = GitDaemon::start(&root.path().join("serve"));
+    let a = start(RelayConfig::for_tests(tmp(root.path(), "a")))
+        .await
+        .unwrap();
+    let archived = Repo {
+        keys: Keys::generate(),
+        d: "archived".into(),
+    };
+    let stranger = Repo {
+        keys: Keys::generate(),
+        d: "not-ours".into(),
+    };
+    let mut b_config = RelayConfig::for_tests(tmp(root.path(), "b"));
+    b_config.bootstrap_relays = vec![grasp_sync::RelayUrl::parse(&a.url()).unwrap()];
+    let npub = nostr::ToBech32::to_bech32(&archived.keys.public_key()).unwrap();
+    b_config.archive = grasp_sync::archive::ArchivePolicy::parse([npub]).unwrap();
+    let nip11 = grasp_reference_relay::nip11_document(&b_config);
+    assert!(
+        nip11["supported_grasps"]
+            .as_array()
+            .is_some_and(|g| g.iter().any(|v| v == "GRASP-05")),
+        "{nip11}"
+    );
+    let b = start(b_config).await.unwrap();
+
+    let other = stranger.announcement(&[a.url()], &daemon.url());
+    let _held = publish(&a.url(), &other).await;
+    wait_served(&a, &[other.id], "A keeps the stranger's repository").await;
+    let ann = archived.announcement(&[a.url()], &daemon.url());
+    let _held = publish(&a.url(), &ann).await;
+    wait_served(&a, &[ann.id], "A keeps the archived repository").await;
+    wait_served(&b, &[ann.id], "B archives it, found through A").await;
+    let repo_ref = grasp_sync::RepoRef::parse(&archived.coordinate()).unwrap();
+    assert!(
+        has_object(&b.bare_repo_path(&repo_ref).unwrap(), &main_tip),
+        "B fetched its git data"
+    );
+    let issue = archived.issue("synced to the archive");
+    publish_ok(&a.url(), &issue).await;
+    wait_served(&b, &[issue.id], "B syncs the archived repository's events").await;
+    assert!(
+        !b.serves(&other.id).await,
+        "not in the allow-list: not kept"
+    );
+    b.shutdown().await.unwrap();
+    a.shutdown().await.unwrap();
+}

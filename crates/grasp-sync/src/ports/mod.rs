@@ -12,10 +12,10 @@ use nostr::{Event, EventId, Filter, Timestamp};
 
 use crate::model::{IngestOutcome, RelayUrl, SyncStateSnapshot, WallTime};
 
-pub use memory::{AllowAllRelays, MemoryEventStore, MemoryPurgatoryView, MemorySyncStateStore};
 /// The blocking git fetch port, defined with the git types it speaks (`git::fetcher`)
 /// and listed here with every other trait a host implements.
 pub use crate::git::GitFetcher;
+pub use memory::{AllowAllRelays, MemoryEventStore, MemoryPurgatoryView, MemorySyncStateStore};
 
 /// A port call that failed. Ports are the host's code; the library only needs to know
 /// that it failed and why, for logs.
