@@ -64,7 +64,8 @@ echo "B's bare repo:"; ls -d "$WORK"/b/git/*/*.git
 echo "== git clone from B (smart HTTP, the relay's own port)"
 g clone -q "http://127.0.0.1:7802/$NPUB/demo.git" "$WORK/clone-from-b"
 git -C "$WORK/clone-from-b" log --oneline -1
-git ls-remote "http://127.0.0.1:7802/$NPUB/demo.git" | grep -q "$PR" && echo "B serves the PR tip $PR"
+echo "the PR's tip, served at refs/nostr/<PR event id>:"
+git ls-remote "http://127.0.0.1:7802/$NPUB/demo.git" 'refs/nostr/*' | grep "$PR"
 echo "a push is refused:"; ( cd "$WORK/clone-from-b" && g push "http://127.0.0.1:7802/$NPUB/demo.git" HEAD:refs/heads/x 2>&1 | grep -m1 remote: ) || true
 echo "B's status (excerpt):"; curl -s http://127.0.0.1:7802/status | head -c 800; echo
 
