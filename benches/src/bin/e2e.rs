@@ -819,6 +819,11 @@ struct RunResult {
     threads: usize,
     max_filters_per_req: u64,
     max_limit: u64,
+    /// The engine's own counters at the end of the run.
+    reqs: u64,
+    neg_opens: u64,
+    received: u64,
+    accepted: u64,
 }
 
 async fn run(
@@ -999,6 +1004,10 @@ async fn run(
         threads,
         max_filters_per_req,
         max_limit,
+        reqs: m.reqs_sent,
+        neg_opens: m.negentropy_sessions,
+        received: m.events_received,
+        accepted: m.events_accepted,
     }
 }
 
@@ -1148,6 +1157,26 @@ async fn bench(args: Args) {
             r.rss_before_kb as f64 / 1024.0,
             r.max_filters_per_req,
             r.max_limit,
+        );
+    }
+    // One machine-readable line per run. The floor is signature verification of the
+    // missing events on 2 cores (this machine's figure scaled when it has more or fewer).
+    println!();
+    for r in [&cold, &warm] {
+        let floor_2 = r.verify_single.as_secs_f64() / 2.0;
+        println!(
+            "summary: run={} events={} wall_s={:.3} floor_s={:.3} wall_over_floor={:.2} bytes_ratio_all={:.2} bytes_ratio_nip77={:.2} reqs={} neg_opens={} received={} accepted={}",
+            r.name.split(':').next().unwrap_or("").replace(' ', "_"),
+            r.missing,
+            r.wall.as_secs_f64(),
+            floor_2,
+            r.wall.as_secs_f64() / floor_2,
+            r.down as f64 / r.missing_raw.max(1) as f64,
+            r.nip77_down as f64 / r.nip77_missing_raw.max(1) as f64,
+            r.reqs,
+            r.neg_opens,
+            r.received,
+            r.accepted,
         );
     }
     println!("\n### targets\n");
