@@ -15,6 +15,10 @@ use crate::nip34::{KIND_GRASP_LIST, KIND_REPO_ANNOUNCEMENT, KIND_REPO_STATE};
 /// chars>",` plus the filter's keys, kinds, `since`, `until` and `limit`. Generous on
 /// purpose: a REQ a few bytes too long is refused as a whole.
 const REQ_OVERHEAD: usize = 256;
+
+/// How many REQ chunks one negentropy session covers (400 values by default, ~27 KB of
+/// filter: under the 64–128 KiB message limits relays commonly set).
+pub const NEGENTROPY_CHUNK_FACTOR: usize = 4;
 /// Serialized cost of one 64-hex value inside a JSON array: the hex, two quotes, a comma.
 const HEX_VALUE_COST: usize = 64 + 3;
 
@@ -124,6 +128,13 @@ impl RelayLimits {
         if let Some(len) = lim.max_message_length {
             self.max_message_length = Some(self.max_message_length.map_or(len, |old| old.min(len)));
         }
+        self.normalised()
+    }
+
+    /// The limits for a negentropy session's filter: [`NEGENTROPY_CHUNK_FACTOR`] times
+    /// the values of a REQ's chunk, within the relay's message size when it says one.
+    pub fn for_negentropy(mut self) -> Self {
+        self.chunk_size = self.chunk_size.saturating_mul(NEGENTROPY_CHUNK_FACTOR);
         self.normalised()
     }
 
@@ -460,6 +471,27 @@ mod tests {
 
     fn eid(n: u8) -> EventId {
         EventId::from_byte_array([n; 32])
+    }
+
+    #[test]
+    fn negentropy_sessions_take_larger_chunks_within_the_message_size() {
+        let l = RelayLimits::default();
+        assert_eq!(
+            l.for_negentropy().chunk_size,
+            l.chunk_size * NEGENTROPY_CHUNK_FACTOR
+        );
+        let small = RelayLimits {
+            max_message_length: Some(16 * 1024),
+            ..RelayLimits::default()
+        }
+        .normalised();
+        let fit = (16 * 1024 - REQ_OVERHEAD) / HEX_VALUE_COST;
+        assert_eq!(small.chunk_size, l.chunk_size, "a REQ chunk fits");
+        assert_eq!(
+            small.for_negentropy().chunk_size,
+            fit,
+            "a session is capped by the size"
+        );
     }
 
     #[test]

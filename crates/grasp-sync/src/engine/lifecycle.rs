@@ -254,14 +254,21 @@ impl SyncEngine {
         let Some(conn) = self.conns.get_mut(relay) else {
             return;
         };
+        // A `since` catch-up is small: REQ. History from the start goes by negentropy
+        // wherever the relay has it, also for items found during a sync — in fewer,
+        // larger sessions than a REQ's chunks: a session costs a round trip before its
+        // ids are known, and its answer is ids, not events.
+        let use_negentropy = since.is_none() && conn.negentropy_for(negentropy);
+        let limits = if use_negentropy {
+            conn.limits.for_negentropy()
+        } else {
+            conn.limits
+        };
         let filters = if cover.is_empty() {
             layer1_filters(since)
         } else {
-            build_sync_level_aware_filters(cover, &conn.limits, since)
+            build_sync_level_aware_filters(cover, &limits, since)
         };
-        // A `since` catch-up is small: REQ. History from the start goes by negentropy
-        // wherever the relay has it, also for items found during a sync.
-        let use_negentropy = since.is_none() && conn.negentropy_for(negentropy);
         let kind = if use_negentropy {
             PartKind::Negentropy
         } else {
