@@ -204,6 +204,24 @@ fn memory(repos: usize) -> (usize, usize, usize, usize) {
     (index_bytes, targets_bytes, diff_bytes, peak)
 }
 
+/// Heap held by every relay's filters for its additions, all built and kept at once.
+fn filters_memory(repos: usize) -> usize {
+    let world = World::build(&WorldSpec::full(repos));
+    let relays = world.generator.relays().to_vec();
+    let targets = derive_relay_targets(&world.index);
+    let actions = compute_actions(&targets, &PendingSyncIndex::new(), &all_connected(&relays));
+    let limits = RelayLimits::default();
+    let before = current();
+    let all: Vec<Vec<nostr::Filter>> = actions
+        .add
+        .iter()
+        .map(|a| build_sync_level_aware_filters(&a.items, &limits, None))
+        .collect();
+    let bytes = current() - before;
+    drop(black_box(all));
+    bytes
+}
+
 fn engine(repos: usize, events: usize) -> (Duration, usize, usize) {
     let mut w = engine_world::build(repos);
     let filters = w.live_filters();
@@ -228,6 +246,7 @@ fn main() {
     );
     println!("| repos | derive_relay_targets | derive + compute_actions (nothing confirmed) | derive + compute_actions (90% confirmed) | filters for every relay's adds | one new repo (apply + diff its relays) |");
     println!("|---:|---:|---:|---:|---:|---:|");
+    let mut rows = Vec::new();
     for &n in &sizes {
         let r = row(n);
         println!(
@@ -239,6 +258,7 @@ fn main() {
             fmt(r.filters),
             fmt(r.one_repo)
         );
+        rows.push(r);
     }
 
     let n = *sizes.iter().max().expect("a size");
@@ -253,6 +273,23 @@ fn main() {
         ("peak while building all three", peak),
     ] {
         println!("| {what} | {} | {} |", mb(b), b / n);
+    }
+
+    let filters_bytes = filters_memory(n);
+    println!(
+        "| every relay's filters for its adds, held at once | {} | {} |",
+        mb(filters_bytes),
+        filters_bytes / n
+    );
+    if let Some(r) = rows.iter().find(|r| r.repos == n) {
+        println!(
+            "\nsummary: repos={n} at_rest_bytes={} peak_bytes={peak} diff_ms={:.1} diff90_ms={:.1} all_filters_ms={:.1} all_filters_bytes={filters_bytes} one_repo_us={:.1}",
+            index + targets + diff,
+            r.diff_empty.as_secs_f64() * 1e3,
+            r.diff_90.as_secs_f64() * 1e3,
+            r.filters.as_secs_f64() * 1e3,
+            r.one_repo.as_secs_f64() * 1e6,
+        );
     }
 
     let events = 100_000;
