@@ -1336,6 +1336,40 @@ fn r08d_too_many_filters_is_learnt_from_the_refusal() {
     );
 }
 
+/// A relay that closes every live subscription at once (say, refusing each REQ of one
+/// rebuild) costs one rebuild of the budget, not one per subscription: live coverage is
+/// rebuilt, not given up.
+#[test]
+fn r09c_live_subscriptions_closed_together_cost_one_rebuild() {
+    let mut cfg = config();
+    cfg.default_limits.max_filters_per_req = 1;
+    let (mut h, k, repo) = with_repo(cfg, &[A]);
+    h.connect_and_settle(A);
+    let root = issue(&k, &repo, T0 - 1000, "bug");
+    let cmds = accept_root(&mut h, &root);
+    h.settle(A, &cmds);
+    let subs = h.engine.live_subscriptions(&url(A));
+    assert!(
+        subs.len() > config().max_live_resubscribes as usize,
+        "more live subscriptions than rebuilds allowed: {}",
+        subs.len()
+    );
+    for (id, _) in subs {
+        h.feed(Input::Closed {
+            relay: url(A),
+            subscription: id,
+            message: "error: shutting down".into(),
+        });
+    }
+    let cmds = h.advance(Duration::from_secs(3));
+    assert!(!live(&cmds, A).is_empty(), "rebuilt: {cmds:?}");
+    assert_eq!(
+        h.status(A),
+        ConnectionStatus::Connected,
+        "live coverage not given up"
+    );
+}
+
 #[test]
 fn r09_consolidation_rebuilds_live_filters_without_resync() {
     let mut cfg = config();

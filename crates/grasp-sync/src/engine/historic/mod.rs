@@ -234,11 +234,13 @@ impl SyncEngine {
             }
             conn.live_gap_since.get_or_insert(now);
             // What this subscription covered is no longer live: rebuild once allowed,
-            // a bounded number of times per connection.
-            if conn.live_resubscribes < self.config.max_live_resubscribes {
+            // a bounded number of times per connection. Several subscriptions closed
+            // before the rebuild (a relay refusing each REQ of one rebuild) count once.
+            let rebuild_pending = conn.needs_rebuild;
+            if !rebuild_pending && conn.live_resubscribes < self.config.max_live_resubscribes {
                 conn.live_resubscribes += 1;
                 conn.needs_rebuild = true;
-            } else {
+            } else if !rebuild_pending {
                 conn.live_failed = true;
             }
             return;
