@@ -146,6 +146,15 @@ pub fn clone_tags(event: &Event) -> Vec<String> {
         .collect()
 }
 
+/// The repository a state event (30618) is about: its author's, named by its `d` tag.
+/// `None` for another kind or an unusable `d`.
+pub fn state_repo(event: &Event) -> Option<RepoRef> {
+    if event.kind != KIND_REPO_STATE {
+        return None;
+    }
+    RepoRef::new(&event.pubkey, event.tags.identifier()?).ok()
+}
+
 /// The commit a PR or PR update (1618/1619) proposes: its `c` tag.
 pub fn pull_request_tip(event: &Event) -> Option<Oid> {
     event.tags.iter().find_map(|t| match t.as_slice() {

@@ -233,6 +233,15 @@ impl Harness {
         })
     }
 
+    /// CLOSED for subscription `sub` of `relay`, with `message`.
+    fn closed(&mut self, relay: &str, sub: &SubscriptionId, message: &str) -> Vec<Command> {
+        self.feed(Input::Closed {
+            relay: url(relay),
+            subscription: sub.clone(),
+            message: message.into(),
+        })
+    }
+
     /// Answers a REQ: `events` then EOSE.
     fn answer(&mut self, relay: &str, sub: &SubscriptionId, events: &[Event]) -> Vec<Command> {
         let mut out = Vec::new();
@@ -935,11 +944,7 @@ fn r07_closed_instead_of_eose_fails_the_batch_then_retry_recovers() {
     let reqs = historic(&cmds, A);
     assert_eq!(reqs.len(), 3);
 
-    h.feed(Input::Closed {
-        relay: url(A),
-        subscription: reqs[0].0.clone(),
-        message: "error: shutting down".into(),
-    });
+    h.closed(A, &reqs[0].0, "error: shutting down");
     for (id, _) in &reqs[1..] {
         h.answer(A, id, &[]);
     }
@@ -988,11 +993,7 @@ fn r07c_a_retry_asks_only_what_the_failed_part_named() {
         .find(|(_, f)| kind_of(f) == "#e" && names(f, &bug.id))
         .unwrap()
         .clone();
-    h.feed(Input::Closed {
-        relay: url(A),
-        subscription: failing.clone(),
-        message: "error: shutting down".into(),
-    });
+    h.closed(A, &failing, "error: shutting down");
     for (id, _) in reqs.iter().filter(|(id, _)| *id != failing) {
         h.answer(A, id, &[]);
     }
@@ -1220,11 +1221,7 @@ fn r08c_rate_limited_pages_resume_where_they_were_after_the_cooldown() {
         if n > 0 {
             // The relay refuses this page once: by CLOSED on odd pages, NOTICE on even.
             let cmds = if n % 2 == 1 {
-                let refused = h.feed(Input::Closed {
-                    relay: url(A),
-                    subscription: sub.clone(),
-                    message: "rate-limited: slow down".into(),
-                });
+                let refused = h.closed(A, &sub, "rate-limited: slow down");
                 assert!(historic(&refused, A).is_empty(), "not during the cooldown");
                 let cmds = h.advance(Duration::from_secs(60));
                 assert!(historic(&cmds, A).is_empty(), "not during the cooldown");
@@ -1293,11 +1290,7 @@ fn r08d_too_many_filters_is_learnt_from_the_refusal() {
         .max_by_key(|(_, f)| f.len())
         .unwrap();
     assert!(filters.len() > 2, "{filters:?}");
-    h.feed(Input::Closed {
-        relay: url(A),
-        subscription: big,
-        message: "error: too many filters".into(),
-    });
+    h.closed(A, &big, "error: too many filters");
     let cmds = h.advance(Duration::from_secs(3));
     let rebuilt = live(&cmds, A);
     assert!(!rebuilt.is_empty(), "asked again: {cmds:?}");
@@ -1322,11 +1315,7 @@ fn r08d_too_many_filters_is_learnt_from_the_refusal() {
     };
     h.engine.set_relay_limits(&url(A), nip11);
     let (any, _) = h.engine.live_subscriptions(&url(A)).remove(0);
-    h.feed(Input::Closed {
-        relay: url(A),
-        subscription: any,
-        message: "error: restarting".into(),
-    });
+    h.closed(A, &any, "error: restarting");
     let cmds = h.advance(Duration::from_secs(3));
     let rebuilt = live(&cmds, A);
     assert!(!rebuilt.is_empty(), "rebuilt: {cmds:?}");
@@ -1355,11 +1344,7 @@ fn r09c_live_subscriptions_closed_together_cost_one_rebuild() {
         subs.len()
     );
     for (id, _) in subs {
-        h.feed(Input::Closed {
-            relay: url(A),
-            subscription: id,
-            message: "error: shutting down".into(),
-        });
+        h.closed(A, &id, "error: shutting down");
     }
     let cmds = h.advance(Duration::from_secs(3));
     assert!(!live(&cmds, A).is_empty(), "rebuilt: {cmds:?}");
@@ -1830,11 +1815,7 @@ fn r15_hostile_input_is_dropped_and_counted() {
         relay: url(A),
         subscription: SubscriptionId::new("x"),
     });
-    h.feed(Input::Closed {
-        relay: url(A),
-        subscription: SubscriptionId::new("x"),
-        message: String::new(),
-    });
+    h.closed(A, &SubscriptionId::new("x"), "");
     h.neg_result(A, &SubscriptionId::new("x"), &[root.id]);
     h.feed(Input::NegentropyFailed {
         relay: url(A),

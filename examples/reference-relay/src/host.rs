@@ -298,6 +298,13 @@ impl Host {
             .unwrap_or_default()
     }
 
+    /// The objects a state's refs name that `repo`'s bare repository lacks.
+    async fn missing(&self, repo: &RepoRef, refs: &[(String, Oid)]) -> BTreeSet<Oid> {
+        let oids: BTreeSet<Oid> = refs.iter().map(|(_, oid)| *oid).collect();
+        let present = self.present(repo, oids.clone()).await;
+        oids.difference(&present).copied().collect()
+    }
+
     async fn has_any_data(&self, repo: &RepoRef) -> bool {
         let locator = self.locator.clone();
         let repo = repo.clone();
@@ -417,9 +424,7 @@ impl Host {
                 if let Some(why) = self.same_second_state(event).await {
                     return reject(why, false);
                 }
-                let oids = refs.into_iter().map(|(_, o)| o).collect::<BTreeSet<_>>();
-                let present = self.present(&repo, oids.clone()).await;
-                let missing: BTreeSet<Oid> = oids.difference(&present).copied().collect();
+                let missing = self.missing(&repo, &refs).await;
                 if missing.is_empty() {
                     return Verdict::Accept;
                 }
@@ -558,11 +563,7 @@ impl Host {
                 self.ensure_bare(&ann.repo).await;
             }
         } else if event.kind == nip34::KIND_REPO_STATE {
-            if let Some(repo) = event
-                .tags
-                .identifier()
-                .and_then(|d| RepoRef::new(&event.pubkey, d).ok())
-            {
+            if let Some(repo) = nip34::state_repo(event) {
                 {
                     let mut st = self.state();
                     if st
@@ -729,13 +730,8 @@ impl Host {
         };
         let mut requests = Vec::new();
         for (repo, event, clone_urls) in stale {
-            let oids: BTreeSet<Oid> = nip34::state_refs(&event)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(_, oid)| oid)
-                .collect();
-            let present = self.present(&repo, oids.clone()).await;
-            let missing: BTreeSet<Oid> = oids.difference(&present).copied().collect();
+            let refs = nip34::state_refs(&event).unwrap_or_default();
+            let missing = self.missing(&repo, &refs).await;
             if missing.is_empty() {
                 // Arrived meanwhile (another hunt, by hand): store it now.
                 self.release(&repo, &[event.id]).await;
@@ -767,10 +763,7 @@ impl Host {
                 };
                 dropped.push(id);
                 // An accepted repo's state keeps being looked for (rechecks).
-                let repo = (Nip34Kind::of(held.event.kind) == Nip34Kind::State)
-                    .then(|| held.event.tags.identifier())
-                    .flatten()
-                    .and_then(|d| RepoRef::new(&held.event.pubkey, d).ok())
+                let repo = nip34::state_repo(&held.event)
                     .filter(|r| st.repos.get(r).is_some_and(|i| i.accepted));
                 if let Some(repo) = repo {
                     let newer = st

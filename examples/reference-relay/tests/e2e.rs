@@ -30,19 +30,30 @@ fn init_tracing() {
 // ---------------------------------------------------------------- git fixtures
 
 fn has_object(bare: &Path, oid: &str) -> bool {
-    Command::new("git")
-        .args([
-            "--git-dir",
-            &bare.display().to_string(),
-            "cat-file",
-            "-e",
-            oid,
-        ])
+    git_try(&[
+        "--git-dir",
+        &bare.display().to_string(),
+        "cat-file",
+        "-e",
+        oid,
+    ])
+    .0
+}
+
+/// `git` with a neutral configuration; returns (success, stdout, stderr).
+fn git_try(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("git")
+        .args(args)
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .output()
+        .expect("git runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 // ---------------------------------------------------------------- nostr fixtures
@@ -58,12 +69,16 @@ impl Repo {
     }
 
     fn announcement(&self, relays: &[String], clone: &str) -> Event {
+        self.announcement_cloned_at(relays, &[clone.to_owned()])
+    }
+
+    fn announcement_cloned_at(&self, relays: &[String], clones: &[String]) -> Event {
         EventBuilder::new(Kind::Custom(30617), "")
             .tags([
                 Tag::identifier(self.d.clone()),
                 Tag::custom(TagKind::custom("name"), [self.d.clone()]),
                 Tag::custom(TagKind::custom("relays"), relays.iter().cloned()),
-                Tag::custom(TagKind::custom("clone"), [clone.to_owned()]),
+                Tag::custom(TagKind::custom("clone"), clones.iter().cloned()),
             ])
             .sign_with_keys(&self.keys)
             .unwrap()
@@ -724,22 +739,6 @@ fn http_clone_url(relay: &RunningRelay, repo: &Repo) -> String {
     format!("http://{}/{npub}/{}.git", relay.local_addr(), repo.d)
 }
 
-/// `git` with a neutral configuration; returns (success, stdout, stderr).
-fn git_try(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new("git")
-        .args(args)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .output()
-        .expect("git runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// A raw HTTP GET on `addr`: the whole response as text.
 fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     use std::io::{Read, Write};
@@ -870,22 +869,10 @@ async fn grasp01_http_two_relays_sync_git_data_without_another_server() {
     ]);
     assert!(ok, "{err}");
 
-    let clone_urls = format!(
-        "{} {}",
-        http_clone_url(&a, &repo),
-        http_clone_url(&b, &repo)
+    let ann = repo.announcement_cloned_at(
+        &[a.url(), b.url()],
+        &[http_clone_url(&a, &repo), http_clone_url(&b, &repo)],
     );
-    let ann = EventBuilder::new(Kind::Custom(30617), "")
-        .tags([
-            Tag::identifier(repo.d.clone()),
-            Tag::custom(TagKind::custom("relays"), [a.url(), b.url()]),
-            Tag::custom(
-                TagKind::custom("clone"),
-                clone_urls.split(' ').map(str::to_owned),
-            ),
-        ])
-        .sign_with_keys(&repo.keys)
-        .unwrap();
     publish_ok(&a.url(), &ann).await;
     let state = repo.state(&main_tip, &pr_tip);
     publish_ok(&a.url(), &state).await;

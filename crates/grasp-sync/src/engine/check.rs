@@ -35,8 +35,7 @@ impl SyncEngine {
     /// re-probe (or never, until something wakes it). `None` while anything is going on
     /// (or when it is gone or no longer wanted: the check drops it).
     fn idle_until(&self, relay: &RelayUrl, now: WallTime) -> Option<WallTime> {
-        let wanted =
-            self.targets.get(relay).is_some() || self.config.bootstrap_relays.contains(relay);
+        let wanted = self.is_wanted(relay);
         let conn = self.conns.get(relay).filter(|_| wanted)?;
         match self.relays.get(relay)?.status {
             ConnectionStatus::Disconnected => Some(conn.health.next_attempt_at(now)),
@@ -51,10 +50,7 @@ impl SyncEngine {
                 if busy {
                     return None;
                 }
-                let reprobe = (conn.negentropy == NegentropySupport::Unsupported).then(|| {
-                    conn.negentropy_refused_at
-                        .map_or(now, |at| at + self.config.negentropy_reprobe_interval)
-                });
+                let reprobe = conn.reprobe_at(self.config.negentropy_reprobe_interval, now);
                 let due = [conn.daily_due, conn.retry_at, reprobe]
                     .into_iter()
                     .flatten()
@@ -65,8 +61,7 @@ impl SyncEngine {
     }
 
     fn check_relay(&mut self, relay: &RelayUrl, now: WallTime) {
-        let wanted =
-            self.targets.get(relay).is_some() || self.config.bootstrap_relays.contains(relay);
+        let wanted = self.is_wanted(relay);
         let status = self
             .relays
             .get(relay)
@@ -166,11 +161,7 @@ impl SyncEngine {
         let Some(conn) = self.conns.get_mut(relay) else {
             return;
         };
-        if conn.negentropy != NegentropySupport::Unsupported
-            || conn
-                .negentropy_refused_at
-                .is_some_and(|at| now.saturating_since(at) < interval)
-        {
+        if conn.reprobe_at(interval, now).is_none_or(|at| at > now) {
             return;
         }
         conn.negentropy = NegentropySupport::Unknown;
@@ -288,13 +279,17 @@ impl SyncEngine {
         }
     }
 
+    /// Whether anything still needs `relay`: a repo lists it, or it is a bootstrap relay.
+    fn is_wanted(&self, relay: &RelayUrl) -> bool {
+        self.targets.get(relay).is_some() || self.config.bootstrap_relays.contains(relay)
+    }
+
     /// Opens what can be opened now on `relays`: connections due, queued historic parts
     /// into free slots. Called after every input (with the relays it woke) and timeout
-    /// (with all).
+    /// (with the watched relays).
     pub(super) fn pump<'a>(&mut self, relays: impl Iterator<Item = &'a RelayUrl>, now: WallTime) {
         for relay in relays {
-            let wanted =
-                self.targets.get(relay).is_some() || self.config.bootstrap_relays.contains(relay);
+            let wanted = self.is_wanted(relay);
             let Some(conn) = self.conns.get_mut(relay).filter(|_| wanted) else {
                 continue;
             };

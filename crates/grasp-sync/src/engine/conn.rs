@@ -220,6 +220,13 @@ impl Conn {
         self.negentropy_refused_at = Some(now);
     }
 
+    /// When a relay that refused NIP-77 is offered it again (`interval` after the
+    /// refusal; at once when the refusal time is unknown); `None` unless it refused.
+    pub fn reprobe_at(&self, interval: std::time::Duration, now: WallTime) -> Option<WallTime> {
+        (self.negentropy == NegentropySupport::Unsupported)
+            .then(|| self.negentropy_refused_at.map_or(now, |at| at + interval))
+    }
+
     /// Whether a historic batch from the start of history runs by negentropy: where
     /// the relay proved it speaks NIP-77, and where the caller asks for a probe (fresh
     /// and daily starts) unless the relay refused it.

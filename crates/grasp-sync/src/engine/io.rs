@@ -127,20 +127,22 @@ pub enum NegentropyFailure {
 }
 
 impl Input {
-    /// The relay this input came from, if it came from one.
-    pub(super) fn relay(&self) -> Option<&RelayUrl> {
+    /// The relay this input wakes (see `SyncEngine::wake`): the one it came from. An
+    /// EVENT wakes none — it never frees a historic slot nor queues work (it is matched
+    /// and handed over, or buffered until EOSE) — so the bulk of inputs pumps nothing.
+    pub(super) fn wakes(&self) -> Option<&RelayUrl> {
         match self {
             Input::RelayConnected { relay }
             | Input::RelayConnectFailed { relay, .. }
             | Input::RelayDisconnected { relay }
-            | Input::Event { relay, .. }
             | Input::Eose { relay, .. }
             | Input::Closed { relay, .. }
             | Input::Notice { relay, .. }
             | Input::NegentropyResult { relay, .. }
             | Input::NegentropyFailed { relay, .. }
             | Input::RelayMessagesLost { relay, .. } => Some(relay),
-            Input::Accepted { .. }
+            Input::Event { .. }
+            | Input::Accepted { .. }
             | Input::PurgatoryAnnouncements { .. }
             | Input::IngestOutcome { .. } => None,
         }

@@ -204,13 +204,7 @@ impl SyncEngine {
 
     /// Feeds one input, observed at `now`.
     pub fn handle_input(&mut self, now: WallTime, input: Input) {
-        // An EVENT never frees a historic slot nor queues work (it is matched and
-        // handed over, or buffered until EOSE): the bulk of inputs pumps nothing.
-        if let Some(relay) = input
-            .relay()
-            .filter(|_| !matches!(input, Input::Event { .. }))
-        {
-            let relay = relay.clone();
+        if let Some(relay) = input.wakes().cloned() {
             self.wake(&relay);
         }
         match input {
