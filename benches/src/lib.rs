@@ -170,8 +170,10 @@ impl Generator {
 pub fn insert_repo(index: &mut RepoSyncIndex, spec: &RepoSpec) -> Vec<RepoChange> {
     let mut changes = Vec::with_capacity(1 + spec.roots.len());
     changes.push(match spec.level {
-        SyncLevel::Full => index.accept_announcement(&spec.repo, spec.relays.clone()),
         SyncLevel::StateOnly => index.note_purgatory_announcement(&spec.repo, spec.relays.clone()),
+        SyncLevel::Full | SyncLevel::Conversation => {
+            index.accept_announcement(&spec.repo, spec.relays.clone())
+        }
     });
     for id in &spec.roots {
         changes.push(index.add_root_event(&spec.repo, *id));
@@ -398,6 +400,8 @@ pub mod engine_world {
             relays: [relay].into(),
             root_events: Default::default(),
             sync_level: SyncLevel::Full,
+            participants: Vec::new(),
+            outbox_relays: Default::default(),
         };
         let now = WallTime::from_secs(1_700_000_000);
         let snapshot = SyncStateSnapshot {

@@ -226,16 +226,16 @@ pub fn root_event_tag_filters<'a>(
     tag_triples(hex.iter().map(String::as_str), limits, since, Alphabet::E)
 }
 
-/// Everything a relay must carry for `items`: state filters for all repos, layer 2 for
-/// Full repos only, layer 3 for the root events. StateOnly repos never produce layer 2
-/// or layer 3 filters.
+/// Everything a relay must carry for `items`: state filters for StateOnly and Full
+/// repos, layer 2 for Full and Conversation repos, layer 3 for the root events. StateOnly
+/// repos never produce layer 2 or layer 3 filters; Conversation repos no state filter.
 pub fn build_sync_level_aware_filters(
     items: &SyncItems,
     limits: &RelayLimits,
     since: Option<Timestamp>,
 ) -> Vec<Filter> {
-    let mut out = state_filters(items.repos.keys(), limits, since);
-    out.extend(repo_tag_filters(items.full_repos(), limits, since));
+    let mut out = state_filters(items.state_repos(), limits, since);
+    out.extend(repo_tag_filters(items.conversation_repos(), limits, since));
     out.extend(root_event_tag_filters(&items.root_events, limits, since));
     out
 }

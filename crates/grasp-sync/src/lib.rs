@@ -74,7 +74,7 @@ pub mod url_policy;
 // stay in their modules, public for tests, benches and the curious.
 pub use engine::{
     Command, IngestOutcome, Input, NegentropyFailure, RelayStatusSnapshot, RepoStatusSnapshot,
-    SubscriptionMode, SyncConfig, SyncEngine, SyncStateSnapshot,
+    SubscriptionMode, SyncConfig, SyncEngine, SyncPlusConfig, SyncStateSnapshot,
 };
 #[cfg(feature = "git")]
 pub use git::{BareRepoLocator, GixFetcher, GixFetcherConfig};

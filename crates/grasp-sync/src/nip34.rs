@@ -267,6 +267,32 @@ pub fn references(event: &Event) -> References {
     out
 }
 
+/// The relays a participant's relay list names, in its order: the write relays of a
+/// NIP-65 list (kind 10002: `r` tags without a marker or marked `write`) or the `g`
+/// relays of a GRASP list (kind 10317). `None` for any other kind. URLs are returned as
+/// written; the caller normalises and filters them.
+pub fn relay_list_urls(event: &Event) -> Option<Vec<&str>> {
+    let tag_name = if event.kind == Kind::RelayList {
+        "r"
+    } else if event.kind == KIND_GRASP_LIST {
+        "g"
+    } else {
+        return None;
+    };
+    let urls = event
+        .tags
+        .iter()
+        .filter_map(|tag| match tag.as_slice() {
+            [name, url] if name == tag_name => Some(url.as_str()),
+            [name, url, marker, ..] if name == tag_name && (tag_name == "g" || marker == "write") => {
+                Some(url.as_str())
+            }
+            _ => None,
+        })
+        .collect();
+    Some(urls)
+}
+
 /// The repos a root event belongs to: its `a` tags that are valid 30617 coordinates.
 pub fn tagged_repos(event: &Event) -> Vec<RepoRef> {
     let mut repos: Vec<RepoRef> = event

@@ -35,8 +35,8 @@ impl RelayTarget {
         }
     }
 
-    fn add_repo(&mut self, repo: &RepoRef, needs: &RepoSyncNeeds) {
-        self.repos.insert(repo.clone(), needs.sync_level);
+    fn add_repo(&mut self, repo: &RepoRef, level: SyncLevel, needs: &RepoSyncNeeds) {
+        self.repos.insert(repo.clone(), level);
         if needs.sync_level == SyncLevel::Full {
             for id in &needs.root_events {
                 *self.root_events.entry(*id).or_insert(0) += 1;
@@ -98,7 +98,7 @@ impl RelayTargets {
             return;
         }
         if let Some(before) = &change.before {
-            for relay in &before.relays {
+            for (relay, _) in carriers(before) {
                 if let Some(target) = self.relays.get_mut(relay) {
                     target.remove_repo(&change.repo, before);
                     if target.is_empty() {
@@ -108,14 +108,25 @@ impl RelayTargets {
             }
         }
         if let Some(after) = &change.after {
-            for relay in &after.relays {
+            for (relay, level) in carriers(after) {
                 self.relays
                     .entry(relay.clone())
                     .or_default()
-                    .add_repo(&change.repo, after);
+                    .add_repo(&change.repo, level, after);
             }
         }
     }
+}
+
+/// The relays that carry a repo, each at its level: the listed relays at the repo's own
+/// level, its participants' outbox relays (GRASP-03) not listed at `Conversation`.
+fn carriers(needs: &RepoSyncNeeds) -> impl Iterator<Item = (&RelayUrl, SyncLevel)> {
+    let outbox = needs
+        .outbox_relays
+        .iter()
+        .filter(|r| !needs.relays.contains(*r))
+        .map(|r| (r, SyncLevel::Conversation));
+    needs.relays.iter().map(|r| (r, needs.sync_level)).chain(outbox)
 }
 
 /// Inverts the repo index into per-relay targets. Root events are only targeted for
@@ -135,7 +146,7 @@ pub fn derive_relay_targets(index: &RepoSyncIndex) -> RelayTargets {
     let mut slots: Vec<Slot<'_>> = Vec::new();
     for (repo, needs) in index.iter() {
         let full = needs.sync_level == SyncLevel::Full;
-        for relay in &needs.relays {
+        for (relay, level) in carriers(needs) {
             let i = *slot_of.entry(relay).or_insert_with(|| {
                 slots.push(Slot {
                     relay,
@@ -146,7 +157,7 @@ pub fn derive_relay_targets(index: &RepoSyncIndex) -> RelayTargets {
             });
             let slot = &mut slots[i];
             // The index iterates repos in order, so each relay's run stays sorted.
-            slot.repos.push((repo.clone(), needs.sync_level));
+            slot.repos.push((repo.clone(), level));
             if full {
                 slot.roots.extend(needs.root_events.iter().copied());
             }

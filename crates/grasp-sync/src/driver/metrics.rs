@@ -46,6 +46,7 @@ pub struct SyncMetrics {
     relays_tracked: Gauge,
     relays_connected: Gauge,
     relays_dead: Gauge,
+    relays_sync_plus: Gauge,
     hunts: Family<ResultLabel, Counter>,
     purgatory_waiting: Gauge,
     notifications_lagged: Counter,
@@ -110,6 +111,11 @@ impl SyncMetrics {
             "Relays marked dead",
             m.relays_dead.clone(),
         );
+        registry.register(
+            name("relays_sync_plus"),
+            "Participants' outbox relays carrying a repo's conversation (GRASP-03 Sync+)",
+            m.relays_sync_plus.clone(),
+        );
         registry.register(name("hunts"), "Git data hunts by result", m.hunts.clone());
         registry.register(
             name("purgatory_waiting"),
@@ -120,7 +126,8 @@ impl SyncMetrics {
             name("historic"),
             "Historic sync work: req (REQs sent, live and historic), neg_open (NIP-77 \
              sessions), neg_fallback (sessions that fell back to REQ), neg_reprobe \
-             (relays offered NIP-77 again), batch_completed, batch_failed",
+             (relays offered NIP-77 again), batch_completed, batch_failed, \
+             sync_plus_lookup (GRASP-03 relay-list lookups), sync_plus_lookup_failed",
             m.historic.clone(),
         );
         registry.register(
@@ -209,6 +216,8 @@ impl SyncMetrics {
                 ("neg_reprobe", m.negentropy_reprobes),
                 ("batch_completed", m.batches_completed),
                 ("batch_failed", m.batches_failed),
+                ("sync_plus_lookup", m.sync_plus_lookups),
+                ("sync_plus_lookup_failed", m.sync_plus_lookups_failed),
             ]
         };
         for ((what, total), (_, before)) in totals(m).into_iter().zip(totals(reported)) {
@@ -240,6 +249,8 @@ impl SyncMetrics {
                 .inc_by(total.saturating_sub(before));
         }
         self.add_events_synced(m.events_accepted.saturating_sub(reported.events_accepted));
+        self.relays_sync_plus
+            .set(i64::try_from(m.sync_plus_relays).unwrap_or(i64::MAX));
     }
 
     /// Adds `n` events received from `relay`.

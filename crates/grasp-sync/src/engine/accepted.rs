@@ -14,8 +14,10 @@ use crate::nip34::{self, parse_announcement};
 
 impl SyncEngine {
     pub(super) fn on_accepted(&mut self, event: Event, now: WallTime) {
-        let relevant =
-            event.kind == nip34::KIND_REPO_ANNOUNCEMENT || nip34::is_root_kind(event.kind);
+        // With Sync+ on, every accepted event may name a participant or carry a list.
+        let relevant = event.kind == nip34::KIND_REPO_ANNOUNCEMENT
+            || nip34::is_root_kind(event.kind)
+            || self.sync_plus.is_some();
         if !relevant {
             return;
         }
@@ -40,10 +42,11 @@ impl SyncEngine {
                         let change = self.repos.accept_announcement(&a.repo, relays);
                         self.apply_change(change, &mut touched);
                         self.adopt_orphans(&a.repo, &mut touched);
+                        self.recompute_outbox(&a.repo, &mut touched);
                     }
                     Err(_) => self.metrics.dropped_malformed += 1,
                 }
-            } else {
+            } else if nip34::is_root_kind(event.kind) {
                 let repos = nip34::tagged_repos(event);
                 if repos.is_empty() {
                     self.metrics.dropped_malformed += 1;
@@ -52,6 +55,7 @@ impl SyncEngine {
                     self.add_root(&repo, event.id, &mut touched);
                 }
             }
+            self.sync_plus_accepted(event, &mut touched);
         }
         self.rediff(touched, now);
         // Relays kept Syncing while accepted events waited are all watched.
@@ -86,20 +90,24 @@ impl SyncEngine {
         }
     }
 
-    fn apply_change(&mut self, change: RepoChange, touched: &mut BTreeSet<RelayUrl>) {
+    pub(super) fn apply_change(&mut self, change: RepoChange, touched: &mut BTreeSet<RelayUrl>) {
         if change.is_noop() {
             return;
         }
         for needs in change.before.iter().chain(change.after.iter()) {
             touched.extend(needs.relays.iter().cloned());
+            touched.extend(needs.outbox_relays.iter().cloned());
         }
         self.targets.apply(&change);
+        if let (Some(before), None) = (&change.before, &change.after) {
+            self.sync_plus_forget(&change.repo, &before.outbox_relays);
+        }
         self.dirty = true;
     }
 
     /// Diffs the relays a change touched: new items start, dropped items close, relays
     /// seen for the first time get registered (and dialled by `pump`).
-    fn rediff(&mut self, touched: BTreeSet<RelayUrl>, now: WallTime) {
+    pub(super) fn rediff(&mut self, touched: BTreeSet<RelayUrl>, now: WallTime) {
         for relay in touched {
             if self.targets.get(&relay).is_some() {
                 self.ensure_relay(&relay);
@@ -115,6 +123,7 @@ impl SyncEngine {
             if let Some(add) = add {
                 self.start_items(&relay, add.items, None, false, now);
             }
+            self.open_layer1_if_now_carried(&relay, now);
         }
     }
 

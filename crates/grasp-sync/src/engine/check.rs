@@ -46,7 +46,9 @@ impl SyncEngine {
                     || conn.deferred
                     || conn.needs_rebuild
                     || self.pending.has_pending(relay)
-                    || !conn.health.can_subscribe(now);
+                    || !conn.health.can_subscribe(now)
+                    || conn.lookup.is_some()
+                    || self.sync_plus.as_ref().is_some_and(|sp| sp.has_wanted(relay));
                 if busy {
                     return None;
                 }
@@ -85,6 +87,7 @@ impl SyncEngine {
             }
             _ => {
                 self.expire_historic(relay, now);
+                self.expire_lookup(relay, now);
                 let Some(conn) = self.conns.get_mut(relay) else {
                     return;
                 };
@@ -308,6 +311,7 @@ impl SyncEngine {
                 });
             }
             self.open_queued(relay, now);
+            self.open_lookup(relay, now);
         }
     }
 }

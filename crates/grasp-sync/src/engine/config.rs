@@ -85,6 +85,40 @@ pub struct SyncConfig {
     /// (its cursor moves with time): a crash after a quiet spell then restarts as a
     /// quick reconnect. Keep it well under `quick_reconnect_window`.
     pub idle_persist_interval: Duration,
+    /// GRASP-03 "Sync+": also take a Full repo's conversation from the relays its
+    /// participants write to. Off (`None`) by default: it dials relays no announcement
+    /// lists, and its cost on real networks is not measured yet.
+    pub sync_plus: Option<SyncPlusConfig>,
+}
+
+/// GRASP-03 "Sync+" bounds. A repo's participants are the authors of its root events
+/// and of the events tagging it or them that the host accepted; their relays are the
+/// write relays of their NIP-65 list (kind 10002) and the `g` relays of their GRASP
+/// list (kind 10317), asked from the repo's listed relays. Those relays carry the repo
+/// at [`crate::SyncLevel::Conversation`]: layers 2 and 3, no state, no layer 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncPlusConfig {
+    /// Participants remembered per repo (the first ones seen; 32 as one peer does).
+    pub max_authors_per_repo: usize,
+    /// Outbox relays per repo, the ones most of its participants list first (24).
+    pub max_relays_per_repo: usize,
+    /// Distinct outbox relays over all repos: a relay not yet in use is only added
+    /// while fewer are (256).
+    pub max_relays_total: usize,
+    /// Relays read from one author's list (the first ones; 10): a list of thousands
+    /// must not crowd out the other participants.
+    pub max_relays_per_author: usize,
+}
+
+impl Default for SyncPlusConfig {
+    fn default() -> Self {
+        Self {
+            max_authors_per_repo: 32,
+            max_relays_per_repo: 24,
+            max_relays_total: 256,
+            max_relays_per_author: 10,
+        }
+    }
 }
 
 impl Default for SyncConfig {
@@ -116,6 +150,7 @@ impl Default for SyncConfig {
             persist_interval: Duration::from_secs(30),
             idle_persist_interval: Duration::from_secs(5 * 60),
             max_misbehaviour_per_connection: 1_000,
+            sync_plus: None,
         }
     }
 }
@@ -130,6 +165,12 @@ impl SyncConfig {
     /// Adds a bootstrap relay.
     pub fn with_bootstrap_relay(mut self, url: RelayUrl) -> Self {
         self.bootstrap_relays.insert(url);
+        self
+    }
+
+    /// Switches GRASP-03 Sync+ on with these bounds.
+    pub fn with_sync_plus(mut self, bounds: SyncPlusConfig) -> Self {
+        self.sync_plus = Some(bounds);
         self
     }
 

@@ -181,6 +181,11 @@ pub(super) struct Conn {
     /// Filters per REQ learnt from a "too many filters" refusal: kept when NIP-11
     /// limits arrive later.
     pub learnt_max_filters: Option<usize>,
+    /// Layer 1 is open on this connection. A relay carrying only `Conversation` repos
+    /// (a participant's outbox, GRASP-03) goes without until it carries more.
+    pub layer1: bool,
+    /// The Sync+ relay-list lookup open on this connection.
+    pub lookup: Option<super::sync_plus::Lookup>,
 }
 
 impl Conn {
@@ -211,6 +216,8 @@ impl Conn {
             misbehaviour: 0,
             events_received: 0,
             learnt_max_filters: None,
+            layer1: false,
+            lookup: None,
         }
     }
 
@@ -269,6 +276,7 @@ impl Conn {
         self.queue.clear();
         self.connect_deadline = None;
         self.live_gap_since = None;
+        self.layer1 = false;
     }
 
     /// Whether any part of `batch` is still open or queued.

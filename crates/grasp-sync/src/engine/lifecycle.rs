@@ -13,7 +13,9 @@ use crate::diff::compute_actions_for_relay;
 use crate::filters::{build_sync_level_aware_filters, layer1_filters, live, split_into_reqs};
 use crate::health::RelayHealth;
 use crate::model::NegentropySupport;
-use crate::model::{BatchId, ConnectionStatus, PendingBatch, RelayUrl, SyncItems, WallTime};
+use crate::model::{
+    BatchId, ConnectionStatus, PendingBatch, RelayUrl, SyncItems, SyncLevel, WallTime,
+};
 
 impl SyncEngine {
     /// Registers a relay once; the websocket comes and goes, the registration stays.
@@ -96,6 +98,7 @@ impl SyncEngine {
         let state = self.relays.entry(relay);
         state.confirmed = SyncItems::default();
         state.announcements_synced = false;
+        self.sync_plus_refresh(relay);
         self.open_layer1(relay, None, now, true);
         if let (Some(add), _) =
             compute_actions_for_relay(relay, &self.targets, &self.pending, &self.relays)
@@ -141,6 +144,7 @@ impl SyncEngine {
         }
     }
 
+    /// Layer 1, live and historic from `since`, on a relay that carries it.
     fn open_layer1(
         &mut self,
         relay: &RelayUrl,
@@ -148,8 +152,37 @@ impl SyncEngine {
         now: WallTime,
         negentropy: bool,
     ) {
+        if !self.carries_layer1(relay) {
+            return;
+        }
+        if let Some(conn) = self.conns.get_mut(relay) {
+            conn.layer1 = true;
+        }
         self.open_live(relay, live(layer1_filters(None)), now);
         self.start_batch(relay, SyncItems::default(), since, negentropy, now);
+    }
+
+    /// Whether a relay is asked for layer 1 (every announcement and GRASP list it has):
+    /// all relays but those carrying only participants' conversations (GRASP-03), which
+    /// may be big public relays no announcement lists.
+    fn carries_layer1(&self, relay: &RelayUrl) -> bool {
+        self.sync_plus.is_none()
+            || self.config.bootstrap_relays.contains(relay)
+            || self.targets.get(relay).is_none_or(|t| {
+                t.repos
+                    .values()
+                    .any(|level| *level != SyncLevel::Conversation)
+            })
+    }
+
+    /// A connected relay without layer 1 that now carries it (an outbox relay a new
+    /// announcement lists): layer 1 opens, in full.
+    pub(super) fn open_layer1_if_now_carried(&mut self, relay: &RelayUrl, now: WallTime) {
+        let connected = self.relays.get(relay).is_some_and(|s| s.status.is_connected());
+        let open = self.conns.get(relay).is_none_or(|c| c.layer1);
+        if connected && !open {
+            self.open_layer1(relay, None, now, true);
+        }
     }
 
     pub(super) fn limits(&self, relay: &RelayUrl) -> crate::filters::RelayLimits {
@@ -344,6 +377,7 @@ impl SyncEngine {
         conn.needs_rebuild = false;
         let old: Vec<_> = std::mem::take(&mut conn.live).into_keys().collect();
         let limits = conn.limits;
+        let layer1 = conn.layer1;
         self.metrics.consolidations += 1;
         for id in old {
             self.commands.push_back(Command::Unsubscribe {
@@ -358,7 +392,11 @@ impl SyncEngine {
             let earlier = conn.catchup_from.filter(|_| running);
             conn.catchup_from = Some(earlier.map_or(gap, |c| c.min(gap)));
         }
-        let mut filters = live(layer1_filters(None));
+        let mut filters = if layer1 {
+            live(layer1_filters(None))
+        } else {
+            Vec::new()
+        };
         filters.extend(live(build_sync_level_aware_filters(
             &self.held_items(relay),
             &limits,
@@ -371,7 +409,9 @@ impl SyncEngine {
             let since = (gap - self.config.since_overlap).as_timestamp();
             let confirmed = self.relays.entry(relay).confirmed.clone();
             let held = self.held_items(relay);
-            self.start_batch(relay, SyncItems::default(), Some(since), false, now);
+            if layer1 {
+                self.start_batch(relay, SyncItems::default(), Some(since), false, now);
+            }
             if !held.is_empty() {
                 self.start_batch_covering(relay, confirmed, &held, Some(since), false, now);
             }
@@ -496,6 +536,7 @@ impl SyncEngine {
         }
         // Before the wire state and the pending batches go: they bound the cursor.
         let cursor = was_connected.then(|| self.cursor(relay, now));
+        self.requeue_lookup(relay);
         if let Some(conn) = self.conns.get_mut(relay) {
             conn.reset_wire();
         }

@@ -17,6 +17,7 @@ mod ingest;
 mod io;
 mod lifecycle;
 mod state;
+mod sync_plus;
 mod timers;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -24,7 +25,7 @@ use std::sync::Arc;
 
 use nostr::{Event, EventId, SubscriptionId};
 
-pub use config::{SyncConfig, NEGENTROPY_ANSWER_GRACE};
+pub use config::{SyncConfig, SyncPlusConfig, NEGENTROPY_ANSWER_GRACE};
 pub use io::{Command, Input, NegentropyFailure, SubscriptionMode};
 pub use state::{EngineMetrics, RelayStatusSnapshot, RepoStatusSnapshot};
 // Shared with the ports, defined in the model; re-exported where embedders look.
@@ -79,6 +80,8 @@ pub struct SyncEngine {
     woken: BTreeSet<RelayUrl>,
     /// Which relays the periodic check looks at, and when the others are due.
     timers: RelayTimers,
+    /// GRASP-03 Sync+ state, when switched on.
+    sync_plus: Option<sync_plus::SyncPlus>,
 }
 
 impl std::fmt::Debug for SyncEngine {
@@ -126,6 +129,7 @@ impl SyncEngine {
             orphan_count: 0,
             woken: BTreeSet::new(),
             timers: RelayTimers::default(),
+            sync_plus: sync_plus::SyncPlus::new(&config),
             config,
         };
         let bootstrap: Vec<RelayUrl> = engine.config.bootstrap_relays.iter().cloned().collect();
@@ -168,6 +172,8 @@ impl SyncEngine {
                 crate::model::SyncLevel::StateOnly => {
                     engine.repos.note_purgatory_announcement(&repo.repo, relays)
                 }
+                // A relay's level, never a repo's: not from a snapshot we wrote.
+                crate::model::SyncLevel::Conversation => continue,
             };
             for id in repo
                 .root_events
@@ -176,6 +182,7 @@ impl SyncEngine {
             {
                 engine.repos.add_root_event(&repo.repo, id);
             }
+            engine.sync_plus_restore(&repo.repo, &repo.participants, &repo.outbox_relays);
         }
         engine.targets = derive_relay_targets(&engine.repos);
         for persisted in snapshot.relays {
@@ -454,6 +461,13 @@ impl SyncEngine {
                     relays: needs.relays.clone(),
                     root_events: needs.root_events.clone(),
                     sync_level: needs.sync_level,
+                    participants: self
+                        .sync_plus
+                        .iter()
+                        .flat_map(|sp| sp.participants(repo))
+                        .copied()
+                        .collect(),
+                    outbox_relays: needs.outbox_relays.clone(),
                 })
                 .collect(),
             relays: self

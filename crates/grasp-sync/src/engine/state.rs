@@ -61,6 +61,12 @@ pub struct EngineMetrics {
     pub messages_lost: u64,
     /// Times a relay was dropped for misbehaving (unsolicited events, floods, NOTICEs).
     pub relays_misbehaving: u64,
+    /// Sync+ (GRASP-03) relay-list lookups sent.
+    pub sync_plus_lookups: u64,
+    /// Sync+ lookups refused by the relay or past their deadline.
+    pub sync_plus_lookups_failed: u64,
+    /// Distinct participants' outbox relays carrying a repo now (a gauge).
+    pub sync_plus_relays: u64,
 }
 
 /// One relay as the host's status page shows it.

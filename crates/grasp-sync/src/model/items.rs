@@ -49,9 +49,23 @@ impl SyncItems {
 
     /// Repos at `Full`, in order.
     pub fn full_repos(&self) -> impl Iterator<Item = &RepoRef> {
+        self.repos_where(|l| l == SyncLevel::Full)
+    }
+
+    /// Repos whose state (30618 by `#d`) is synced: all but `Conversation`, in order.
+    pub fn state_repos(&self) -> impl Iterator<Item = &RepoRef> {
+        self.repos_where(|l| l != SyncLevel::Conversation)
+    }
+
+    /// Repos whose conversation (layer 2) is synced: `Full` and `Conversation`, in order.
+    pub fn conversation_repos(&self) -> impl Iterator<Item = &RepoRef> {
+        self.repos_where(|l| l != SyncLevel::StateOnly)
+    }
+
+    fn repos_where(&self, keep: impl Fn(SyncLevel) -> bool) -> impl Iterator<Item = &RepoRef> {
         self.repos
             .iter()
-            .filter(|(_, l)| **l == SyncLevel::Full)
+            .filter(move |(_, l)| keep(**l))
             .map(|(r, _)| r)
     }
 }

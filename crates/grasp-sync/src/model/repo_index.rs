@@ -28,6 +28,11 @@ pub enum SyncLevel {
     /// Only state events (30618 by `#d`): the announcement waits in purgatory for git
     /// data, so threads about it would be refused anyway.
     StateOnly,
+    /// Layers 2 and 3 only — no state, and no layer 1 on a relay carrying nothing else:
+    /// how a participant's outbox relay carries a Full repo (GRASP-03, see
+    /// [`crate::SyncPlusConfig`]). Only ever a relay's level for a repo, never a repo's
+    /// own level.
+    Conversation,
     /// State, layer 2 (events tagging the repo) and layer 3 (events tagging its roots).
     #[default]
     Full,
@@ -42,6 +47,10 @@ pub struct RepoSyncNeeds {
     pub root_events: BTreeSet<EventId>,
     /// Which filters to build.
     pub sync_level: SyncLevel,
+    /// Relays its participants write to (GRASP-03 Sync+), carrying the repo at
+    /// [`SyncLevel::Conversation`]; one also in `relays` (the announcement changed since)
+    /// carries it at the repo's level only. Empty unless the repo is Full and Sync+ is on.
+    pub outbox_relays: BTreeSet<RelayUrl>,
 }
 
 /// A repo's needs before and after one change: what the incremental target derivation
@@ -123,8 +132,8 @@ impl RepoSyncIndex {
             None => {
                 *needs = Some(RepoSyncNeeds {
                     relays,
-                    root_events: BTreeSet::new(),
                     sync_level: SyncLevel::StateOnly,
+                    ..RepoSyncNeeds::default()
                 })
             }
         })
@@ -137,6 +146,16 @@ impl RepoSyncIndex {
         self.change(repo, |needs| {
             if let Some(n) = needs {
                 n.root_events.insert(id);
+            }
+        })
+    }
+
+    /// The relays a Full repo's participants write to (GRASP-03), minus the relays its
+    /// announcement lists (those carry it in full already). No-op for other repos.
+    pub fn set_outbox_relays(&mut self, repo: &RepoRef, relays: BTreeSet<RelayUrl>) -> RepoChange {
+        self.change(repo, |needs| {
+            if let Some(n) = needs.as_mut().filter(|n| n.sync_level == SyncLevel::Full) {
+                n.outbox_relays = relays.into_iter().filter(|r| !n.relays.contains(r)).collect();
             }
         })
     }

@@ -33,6 +33,12 @@ pub struct PersistedRepo {
     pub root_events: BTreeSet<EventId>,
     /// Level.
     pub sync_level: SyncLevel,
+    /// Its participants (GRASP-03 Sync+; empty when off).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub participants: Vec<nostr::PublicKey>,
+    /// Its participants' outbox relays (GRASP-03 Sync+; empty when off).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub outbox_relays: BTreeSet<RelayUrl>,
 }
 
 /// A relay as persisted.

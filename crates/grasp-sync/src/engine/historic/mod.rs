@@ -123,6 +123,10 @@ impl SyncEngine {
             // Dropped already; what is still in the pipe is ignored.
             return;
         }
+        if conn.lookup.as_ref().is_some_and(|l| &l.id == sub) {
+            self.on_lookup_event(relay, &event, now);
+            return;
+        }
         let opts = MatchEventOptions::new();
         if let Some(live) = conn.live.get(sub) {
             // Live filters carry `limit: 0`, which says nothing about matching:
@@ -185,6 +189,9 @@ impl SyncEngine {
     }
 
     pub(super) fn on_eose(&mut self, relay: &RelayUrl, sub: &SubscriptionId, now: WallTime) {
+        if self.end_lookup(relay, sub, true) {
+            return;
+        }
         let Some(conn) = self.conns.get_mut(relay) else {
             return;
         };
@@ -223,6 +230,12 @@ impl SyncEngine {
         if signal == RelaySignal::RateLimited {
             conn.health.on_rate_limited(now);
         }
+        if self.end_lookup(relay, sub, false) {
+            return;
+        }
+        let Some(conn) = self.conns.get_mut(relay) else {
+            return;
+        };
         if let Some(closed) = conn.live.remove(sub) {
             if signal == RelaySignal::TooManyFilters && closed.filters.len() > 1 {
                 // A limit learnt from the refusal: half as many filters per REQ (the
