@@ -15,12 +15,13 @@ use unsigned::event;
 
 use grasp_sync::engine::{
     Command, IngestOutcome, Input, NegentropyFailure, SubscriptionMode, SyncConfig, SyncEngine,
+    SyncPlusConfig,
 };
 use grasp_sync::model::{ConnectionStatus, RelayUrl, RepoRef, SyncLevel, WallTime};
 use grasp_sync::ports::{AllowAllRelays, RandomSource, RelayUrlPolicy};
 use nostr::{
-    Alphabet, Event, EventId, Filter, Keys, Kind, SecretKey, SingleLetterTag, SubscriptionId,
-    Timestamp,
+    Alphabet, Event, EventBuilder, EventId, Filter, Keys, Kind, SecretKey, SingleLetterTag,
+    SubscriptionId, Tag, Timestamp,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -2101,4 +2102,316 @@ fn r21_a_relay_flooding_unsolicited_events_or_notices_is_dropped_and_backed_off(
     // It is dialled again only after a backoff.
     let cmds = h.advance(Duration::from_secs(1));
     assert!(!connects(&cmds).contains(&url(A)), "backed off");
+}
+
+// ---------------------------------------------------------------------------------------
+// GRASP-03 Sync+: participants' outbox relays carry a Full repo's conversation.
+// ---------------------------------------------------------------------------------------
+
+const D: &str = "wss://d.example";
+
+fn sync_plus(bounds: SyncPlusConfig) -> SyncConfig {
+    config().with_sync_plus(bounds)
+}
+
+/// A participant's NIP-65 list (10002), signed for real: a lookup's answer never reaches
+/// the host, so the engine checks it itself. `write` relays are marked so, `read` ones
+/// too (those are not where the author publishes).
+fn relay_list(keys: &Keys, write: &[&str], read: &[&str], created_at: u64) -> Event {
+    let mut tags: Vec<Tag> = write
+        .iter()
+        .map(|r| Tag::parse(["r", r, "write"]).expect("r tag"))
+        .collect();
+    tags.extend(read.iter().map(|r| Tag::parse(["r", r, "read"]).expect("r tag")));
+    EventBuilder::new(Kind::RelayList, "")
+        .tags(tags)
+        .custom_created_at(Timestamp::from_secs(created_at))
+        .sign_with_keys(keys)
+        .expect("signed")
+}
+
+/// The lookup REQs (kinds 10002 and 10317 by author) among `cmds` on `relay`, with the
+/// authors each asks about.
+fn lookups(cmds: &[Command], relay: &str) -> Vec<(SubscriptionId, BTreeSet<String>)> {
+    historic(cmds, relay)
+        .into_iter()
+        .filter(|(_, f)| {
+            f.kinds.as_ref().is_some_and(|k| {
+                *k == BTreeSet::from([Kind::RelayList, Kind::from(10317)])
+            })
+        })
+        .map(|(id, f)| {
+            let authors = f.authors.iter().flatten().map(|a| a.to_hex()).collect();
+            (id, authors)
+        })
+        .collect()
+}
+
+/// Answers every historic REQ on `relay` but the lookups with "nothing" (as `settle`),
+/// returning the lookups met on the way, still open.
+fn settle_but_lookups(
+    h: &mut Harness,
+    relay: &str,
+    cmds: &[Command],
+) -> Vec<(SubscriptionId, BTreeSet<String>)> {
+    let mut found = lookups(cmds, relay);
+    let open: BTreeSet<SubscriptionId> = found.iter().map(|(id, _)| id.clone()).collect();
+    let mut todo: Vec<Command> = cmds
+        .iter()
+        .filter(|c| !matches!(c, Command::Subscribe { id, .. } if open.contains(id)))
+        .cloned()
+        .collect();
+    while !todo.is_empty() {
+        let mut next = Vec::new();
+        for (id, f) in historic(&todo, relay) {
+            if f.kinds.as_ref().is_some_and(|k| k.contains(&Kind::RelayList)) {
+                found.push((id, f.authors.iter().flatten().map(|a| a.to_hex()).collect()));
+                continue;
+            }
+            next.extend(h.answer(relay, &id, &[]));
+        }
+        for (session, _) in negentropy(&todo, relay) {
+            next.extend(h.feed(Input::NegentropyFailed {
+                relay: url(relay),
+                session,
+                reason: NegentropyFailure::Unsupported,
+            }));
+        }
+        todo = next;
+    }
+    found
+}
+
+/// A Sync+ host holding `repo` (listed on A) with A synced, that accepted an issue by
+/// participant `keys(2)`: returns the issue and the lookup A was asked.
+fn with_participant(bounds: SyncPlusConfig) -> (Harness, RepoRef, Event, SubscriptionId) {
+    let (mut h, _, repo) = with_repo(sync_plus(bounds), &[A]);
+    h.connect_and_settle(A);
+    let root = issue(&keys(2), &repo, T0 - 50, "bug");
+    let cmds = accept_root(&mut h, &root);
+    let found = settle_but_lookups(&mut h, A, &cmds);
+    assert_eq!(
+        found.iter().map(|(_, a)| a.clone()).collect::<Vec<_>>(),
+        vec![BTreeSet::from([keys(2).public_key().to_hex()])],
+        "the issue's author is asked about, once, on the repo's relay"
+    );
+    let lookup = found[0].0.clone();
+    (h, repo, root, lookup)
+}
+
+#[test]
+fn grasp03_a_participants_write_relay_carries_only_the_repos_conversation() {
+    let (mut h, repo, root, lookup) = with_participant(SyncPlusConfig::default());
+    let list = relay_list(&keys(2), &[B], &[C], T0 - 10);
+    let cmds = h.answer(A, &lookup, &[list]);
+    assert!(unsubscribes(&cmds, A).contains(&lookup), "the lookup ends at EOSE");
+    assert!(cmds.iter().all(|c| !matches!(c, Command::Ingest { .. })), "lists are not handed over");
+    let cmds = {
+        let mut c = cmds;
+        c.extend(h.advance(Duration::from_secs(5)));
+        c
+    };
+    assert_eq!(connects(&cmds), BTreeSet::from([url(B)]), "the write relay, not the read one");
+
+    let cmds = h.connect(B);
+    let asked: Vec<Filter> = historic(&cmds, B)
+        .into_iter()
+        .map(|(_, f)| without_paging(&f))
+        .chain(negentropy(&cmds, B).into_iter().map(|(_, f)| f))
+        .collect();
+    let mut want: Vec<Filter> = repo_filters(&repo);
+    want.extend(root_filters(&root.id));
+    let asked_set: BTreeSet<String> = asked.iter().map(|f| format!("{f:?}")).collect();
+    assert!(
+        !asked.iter().any(|f| f.kinds.as_ref().is_some_and(|k| k.contains(&Kind::from(30617))
+            || k.contains(&Kind::from(30618)))),
+        "no layer 1 and no state on an outbox relay: {asked:?}"
+    );
+    for f in &want {
+        assert!(
+            asked.iter().any(|a| a.generic_tags == f.generic_tags),
+            "{f:?} asked on B: {asked_set:?}"
+        );
+    }
+    let live_b: Vec<Filter> = live(&cmds, B).into_iter().flat_map(|(_, f)| f).collect();
+    assert!(
+        !live_b.is_empty()
+            && live_b.iter().all(|f| f.kinds.as_ref().is_none_or(|k| {
+                !k.contains(&Kind::from(30617)) && !k.contains(&Kind::from(30618))
+            })),
+        "live on B: the conversation only, {live_b:?}"
+    );
+
+    // A comment only B has arrives through it (B without NIP-77, answering by REQ).
+    let comment = reply(&keys(3), &root.id, T0 - 5, "seen on B only");
+    let mut got = Vec::new();
+    let mut todo = cmds;
+    while !todo.is_empty() {
+        let mut next = Vec::new();
+        for (id, f) in historic(&todo, B) {
+            let opts = nostr::filter::MatchEventOptions::new();
+            let has: Vec<Event> = [comment.clone()]
+                .into_iter()
+                .filter(|e| f.match_event(e, opts))
+                .collect();
+            next.extend(h.answer(B, &id, &has));
+        }
+        for (session, _) in negentropy(&todo, B) {
+            next.extend(h.feed(Input::NegentropyFailed {
+                relay: url(B),
+                session,
+                reason: NegentropyFailure::Unsupported,
+            }));
+        }
+        got.extend(ingested(&next));
+        todo = next;
+    }
+    assert_eq!(got, vec![comment.id]);
+    assert_eq!(h.engine.metrics().sync_plus_relays, 1);
+    assert_eq!(h.engine.metrics().sync_plus_lookups, 1);
+}
+
+#[test]
+fn grasp03_off_by_default_asks_nobody_about_lists_and_dials_no_outbox_relay() {
+    let (mut h, _, repo) = with_repo(config(), &[A]);
+    h.connect_and_settle(A);
+    let root = issue(&keys(2), &repo, T0 - 50, "bug");
+    let cmds = accept_root(&mut h, &root);
+    let mut all = cmds.clone();
+    all.extend(h.settle(A, &cmds));
+    assert!(lookups(&all, A).is_empty());
+    // Even a list the host stored itself moves nothing.
+    let mut cmds = h.accept(&relay_list(&keys(2), &[B], &[], T0 - 10));
+    cmds.extend(h.advance(Duration::from_secs(60)));
+    assert!(connects(&cmds).is_empty(), "{:?}", connects(&cmds));
+    assert_eq!(h.engine.metrics().sync_plus_lookups, 0);
+}
+
+#[test]
+fn grasp03_a_list_with_a_bad_signature_is_struck_and_dials_nothing() {
+    let (mut h, _, _, lookup) = with_participant(SyncPlusConfig::default());
+    // The right author and kind, but the dummy signature of `unsigned::event`.
+    let forged = event(&keys(2), 10002, vec![tag(&["r", B])], T0 - 10, "");
+    let before = h.engine.metrics().dropped_unsolicited;
+    let mut cmds = h.answer(A, &lookup, &[forged]);
+    cmds.extend(h.advance(Duration::from_secs(5)));
+    assert!(connects(&cmds).is_empty());
+    assert_eq!(h.engine.metrics().dropped_unsolicited, before + 1);
+    // Nor is a list by someone nobody asked about believed.
+    let (mut h, _, _, lookup) = with_participant(SyncPlusConfig::default());
+    let stranger = relay_list(&keys(9), &[B], &[], T0 - 10);
+    let mut cmds = h.answer(A, &lookup, &[stranger]);
+    cmds.extend(h.advance(Duration::from_secs(5)));
+    assert!(connects(&cmds).is_empty());
+}
+
+#[test]
+fn grasp03_outbox_relays_are_ranked_by_participants_and_bounded_per_repo_and_in_total() {
+    let bounds = SyncPlusConfig {
+        max_authors_per_repo: 3,
+        max_relays_per_repo: 2,
+        max_relays_total: 2,
+        max_relays_per_author: 3,
+    };
+    let (mut h, repo, root, lookup) = with_participant(bounds);
+    // Two more participants comment; a fourth is over the per-repo author bound.
+    for (n, at) in [(3u8, T0 - 40), (4, T0 - 30), (5, T0 - 20)] {
+        h.accept(&reply(&keys(n), &root.id, at, "me too"));
+    }
+    h.advance(Duration::from_secs(5));
+    // The first lookup is still open: the others wait for it (one per relay).
+    let mut cmds = h.answer(
+        A,
+        &lookup,
+        &[relay_list(&keys(2), &[B, C, D], &[], T0 - 10)],
+    );
+    cmds.extend(h.advance(Duration::from_secs(1)));
+    let next = lookups(&cmds, A);
+    assert_eq!(next.len(), 1, "{next:?}");
+    let asked = &next[0].1;
+    let expected: BTreeSet<String> = [3u8, 4].iter().map(|n| keys(*n).public_key().to_hex()).collect();
+    assert_eq!(asked, &expected, "the fifth author is over the bound of 3");
+    let mut cmds = h.answer(
+        A,
+        &next[0].0,
+        &[
+            relay_list(&keys(3), &[D, C], &[], T0 - 10),
+            relay_list(&keys(4), &[D, "wss://e.example"], &[], T0 - 10),
+        ],
+    );
+    cmds.extend(h.advance(Duration::from_secs(5)));
+    // D is named by 3, C by 2, B and E by 1: the two most named.
+    let needs = h.engine.repo_index().get(&repo).expect("repo");
+    assert_eq!(needs.outbox_relays, BTreeSet::from([url(C), url(D)]));
+    assert_eq!(h.engine.metrics().sync_plus_relays, 2);
+
+    // A second repo whose participant names a new relay gets none: the total is 2.
+    let k7 = keys(7);
+    h.accept(&announcement(&k7, "other", &[US, A], T0 - 90));
+    h.advance(Duration::from_secs(5));
+    let other = coord(&k7, "other");
+    let cmds = accept_root(&mut h, &issue(&keys(8), &other, T0 - 50, "other bug"));
+    let found = settle_but_lookups(&mut h, A, &cmds);
+    let (id, _) = found.into_iter().next().expect("a lookup about the new participant");
+    let mut cmds = h.answer(A, &id, &[relay_list(&keys(8), &["wss://f.example", D], &[], T0 - 10)]);
+    cmds.extend(h.advance(Duration::from_secs(5)));
+    let needs = h.engine.repo_index().get(&other).expect("repo");
+    assert_eq!(needs.outbox_relays, BTreeSet::from([url(D)]), "D is in use already, F is over the total");
+    assert!(!connects(&cmds).contains(&url("wss://f.example")));
+}
+
+#[test]
+fn grasp03_the_url_policy_and_the_announcement_come_first() {
+    let policy = Arc::new(DenyHosts(vec!["b.example"]));
+    let mut h = Harness::with(sync_plus(SyncPlusConfig::default()), policy, 0);
+    let k = keys(1);
+    h.accept(&announcement(&k, "repo", &[US, A, C], T0 - 100));
+    h.advance(Duration::from_secs(5));
+    let repo = coord(&k, "repo");
+    h.connect_and_settle(C);
+    h.connect_and_settle(A);
+    let root = issue(&keys(2), &repo, T0 - 50, "bug");
+    let cmds = accept_root(&mut h, &root);
+    let mut all = settle_but_lookups(&mut h, A, &cmds);
+    all.extend(settle_but_lookups(&mut h, C, &cmds));
+    assert_eq!(all.len(), 2, "asked on each listed relay: {all:?}");
+    let on_a = lookups(&cmds, A).into_iter().next().expect("lookup on A").0;
+    // B is refused by policy, C is listed already (it stays at the repo's own level).
+    let mut cmds = h.answer(A, &on_a, &[relay_list(&keys(2), &[B, C], &[], T0 - 10)]);
+    cmds.extend(h.advance(Duration::from_secs(5)));
+    assert!(connects(&cmds).is_empty());
+    let needs = h.engine.repo_index().get(&repo).expect("repo");
+    assert!(needs.outbox_relays.is_empty());
+    assert_eq!(h.engine.targets().get(&url(C)).expect("C").repos.get(&repo), Some(&SyncLevel::Full));
+}
+
+#[test]
+fn grasp03_a_restart_keeps_participants_and_outbox_relays() {
+    let (mut h, repo, _, lookup) = with_participant(SyncPlusConfig::default());
+    h.answer(A, &lookup, &[relay_list(&keys(2), &[B], &[], T0 - 10)]);
+    h.advance(Duration::from_secs(5));
+    let snapshot = h.engine.snapshot(h.now);
+    let now = h.now + Duration::from_secs(3600);
+    let mut h2 = Harness {
+        now,
+        engine: SyncEngine::restore(
+            sync_plus(SyncPlusConfig::default()),
+            snapshot,
+            now,
+            Arc::new(AllowAllRelays),
+            Box::new(FixedRandom(0)),
+        ),
+        hold_verdicts: false,
+        unanswered: Vec::new(),
+    };
+    let cmds = h2.advance(Duration::from_secs(5));
+    assert!(connects(&cmds).contains(&url(B)), "{:?}", connects(&cmds));
+    assert_eq!(
+        h2.engine.repo_index().get(&repo).expect("repo").outbox_relays,
+        BTreeSet::from([url(B)])
+    );
+    // And the participant is asked about again on A, whose list may have changed.
+    let cmds = h2.connect(A);
+    let found = settle_but_lookups(&mut h2, A, &cmds);
+    assert_eq!(found.len(), 1, "{found:?}");
 }
