@@ -54,6 +54,10 @@ pub struct RelayConfig {
     /// How often accepted repositories' missing git data is looked for again, past the
     /// purgatory window (GRASP-02: at least hourly).
     pub git_recheck_interval: Duration,
+    /// GRASP-03 Sync+: also take an accepted repo's conversation from the relays its
+    /// participants write to (their NIP-65 and GRASP lists), within the library's
+    /// default bounds. Off by default: it dials relays no announcement lists.
+    pub sync_plus: bool,
 }
 
 impl RelayConfig {
@@ -73,6 +77,7 @@ impl RelayConfig {
             status_log_interval: Duration::from_secs(5),
             purgatory_ttl: Duration::from_secs(30 * 60),
             git_recheck_interval: Duration::from_secs(3600),
+            sync_plus: false,
         }
     }
 
@@ -224,6 +229,10 @@ pub struct Cli {
     /// purgatory window (GRASP-02: at least hourly; 0: never).
     #[arg(long, env = "GRASP_RELAY_GIT_RECHECK_SECS", default_value_t = 3600)]
     pub git_recheck_secs: u64,
+    /// GRASP-03 Sync+: also sync accepted repos' issues, patches and comments from the
+    /// relays their participants write to (at most 24 per repo, 256 in all).
+    #[arg(long, env = "GRASP_RELAY_SYNC_PLUS")]
+    pub sync_plus: bool,
 }
 
 impl Cli {
@@ -275,6 +284,7 @@ impl Cli {
             status_log_interval: Duration::from_secs(self.status_log_secs),
             purgatory_ttl: Duration::from_secs(self.purgatory_secs),
             git_recheck_interval: Duration::from_secs(self.git_recheck_secs),
+            sync_plus: self.sync_plus,
         };
         config.validate()?;
         Ok(config)

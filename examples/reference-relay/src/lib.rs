@@ -32,7 +32,7 @@ use grasp_sync::driver::{
 };
 use grasp_sync::git::{HuntConfig, HuntScheduler, PurgatoryConfig};
 use grasp_sync::ports::{MemorySyncStateStore, SyncStateStore};
-use grasp_sync::{GixFetcher, GixFetcherConfig, RelayUrl, RepoRef, SyncConfig};
+use grasp_sync::{GixFetcher, GixFetcherConfig, RelayUrl, RepoRef, SyncConfig, SyncPlusConfig};
 use nostr::EventId;
 use nostr_database::{MemoryDatabase, MemoryDatabaseOptions, NostrDatabase};
 use nostr_relay_builder::builder::RateLimit;
@@ -186,6 +186,9 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
     for url in &config.bootstrap_relays {
         sync_config = sync_config.with_bootstrap_relay(url.clone());
     }
+    if config.sync_plus {
+        sync_config = sync_config.with_sync_plus(SyncPlusConfig::default());
+    }
     let state_store: Arc<dyn SyncStateStore> = if persistent {
         Arc::new(JsonStateStore {
             path: config.data_dir.join("sync-state.json"),
@@ -274,6 +277,10 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
 pub fn nip11_document(config: &RelayConfig) -> serde_json::Value {
     let mut supported_grasps = vec!["GRASP-01", "GRASP-02"];
     let mut description = "A GRASP relay for Nostr git repositories, with GRASP-02 proactive sync (grasp-sync reference relay). Git is served read only over smart HTTP at /<npub>/<identifier>.git for accepted repositories; pushes are not accepted.".to_owned();
+    if config.sync_plus {
+        supported_grasps.push("GRASP-03");
+        description.push_str(" Sync+ (GRASP-03): it also syncs accepted repositories' issues, patches and comments from the relays their participants write to.");
+    }
     if config.archive.is_enabled() {
         supported_grasps.push("GRASP-05");
         description.push_str(" Archive (GRASP-05): it also keeps, read only, repositories whose announcements do not list it, by an allow-list of keys and identifiers.");

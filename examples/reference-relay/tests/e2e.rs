@@ -1023,3 +1023,84 @@ async fn grasp05_archive_keeps_allowed_repositories_that_do_not_list_it() {
     b.shutdown().await.unwrap();
     a.shutdown().await.unwrap();
 }
+
+/// A NIP-65 relay list naming `write` as the author's write relay.
+fn write_relays(author: &Keys, write: &str) -> Event {
+    EventBuilder::new(Kind::RelayList, "")
+        .tags([Tag::custom(
+            TagKind::custom("r"),
+            [write.to_owned(), "write".to_owned()],
+        )])
+        .sign_with_keys(author)
+        .unwrap()
+}
+
+/// GRASP-03 Sync+: B (`--sync-plus`) keeps a repo listed on A and B. An issue's author
+/// writes to O, a relay the announcement does not list, as their NIP-65 list on A
+/// says; a comment published only to O reaches B, and O's state events and other
+/// announcements do not (an outbox relay carries the conversation only). Without the
+/// flag nothing asks O, so the reply never arrives (the engine rules check that off
+/// means off: `grasp03_off_by_default_`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn grasp03_a_comment_only_on_a_participants_write_relay_reaches_the_repo() {
+    init_tracing();
+    let root = tempfile::tempdir().unwrap();
+    let (main_tip, pr_tip) = source_repo(&tmp(root.path(), "serve"));
+    let daemon = GitDaemon::start(&root.path().join("serve"));
+    let (_a, a_url) = plain_relay().await;
+    let (_o, o_url) = plain_relay().await;
+    let mut b_config = RelayConfig::for_tests(tmp(root.path(), "b"));
+    b_config.sync_plus = true;
+    let nip11 = grasp_reference_relay::nip11_document(&b_config);
+    assert!(
+        nip11["supported_grasps"]
+            .as_array()
+            .is_some_and(|g| g.iter().any(|v| v == "GRASP-03")),
+        "{nip11}"
+    );
+    let b = start(b_config).await.unwrap();
+
+    let repo = Repo {
+        keys: Keys::generate(),
+        d: "sync-plus".into(),
+    };
+    let ann = repo.announcement(&[a_url.clone(), b.url()], &daemon.url());
+    publish_ok(&a_url, &ann).await;
+    let _held = publish(&b.url(), &ann).await;
+    wait_served(&b, &[ann.id], "B keeps the repository").await;
+
+    // The participant's list is on A (the repo's relay); their issue too.
+    let participant = Keys::generate();
+    publish_ok(&a_url, &write_relays(&participant, &o_url)).await;
+    let mut issue = repo.issue("reported by a participant");
+    issue = EventBuilder::new(issue.kind, issue.content.clone())
+        .tags(issue.tags.iter().cloned())
+        .sign_with_keys(&participant)
+        .unwrap();
+    publish_ok(&a_url, &issue).await;
+    wait_served(&b, &[issue.id], "B syncs the issue from A").await;
+
+    // Only O has the reply, a new state and a stranger's announcement.
+    let reply = comment(&issue, &Keys::generate(), "answered where I write");
+    let state = repo.state(&main_tip, &pr_tip);
+    let stranger = Repo {
+        keys: Keys::generate(),
+        d: "elsewhere".into(),
+    };
+    let other_ann = stranger.announcement(&[o_url.clone()], &daemon.url());
+    for e in [&reply, &state, &other_ann] {
+        publish_ok(&o_url, e).await;
+    }
+    wait_served(&b, &[reply.id], "B gets the reply from the participant's relay O").await;
+    // Settle: what else O could send would have come with the reply.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!b.serves(&state.id).await, "no state from an outbox relay");
+    assert!(!b.serves(&other_ann.id).await, "no layer 1 from an outbox relay");
+    let metrics = http_get(b.local_addr(), "/metrics");
+    assert!(
+        metrics.lines().any(|l| l.starts_with("grasp_sync_relays_sync_plus") && l.ends_with(" 1")),
+        "{metrics}"
+    );
+
+    b.shutdown().await.unwrap();
+}
