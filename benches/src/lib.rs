@@ -401,7 +401,6 @@ pub mod engine_world {
             root_events: Default::default(),
             sync_level: SyncLevel::Full,
             participants: Vec::new(),
-            outbox_relays: Default::default(),
         };
         let now = WallTime::from_secs(1_700_000_000);
         let snapshot = SyncStateSnapshot {
@@ -417,6 +416,7 @@ pub mod engine_world {
                 }))
                 .collect(),
             relays: Vec::new(),
+            relay_lists: Vec::new(),
         };
         let mut engine = SyncEngine::restore(
             SyncConfig::default(),

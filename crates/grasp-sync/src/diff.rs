@@ -217,7 +217,7 @@ fn unwanted(held: &Held<'_>, target: Option<&RelayTarget>) -> SyncItems {
                 // A repo held at two levels, both unwanted, is reported at the higher
                 // one (as the merged sorted set of (repo, level) would).
                 let entry = out.repos.entry(repo.clone()).or_insert(*level);
-                *entry = (*entry).max(*level);
+                *entry = entry.join(*level);
             }
             out.root_events.extend(ids.into_iter().copied());
         }

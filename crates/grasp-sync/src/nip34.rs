@@ -248,6 +248,13 @@ pub struct References {
     pub events: Vec<EventId>,
 }
 
+impl References {
+    /// Whether it names nothing.
+    pub fn is_empty(&self) -> bool {
+        self.repos.is_empty() && self.events.is_empty()
+    }
+}
+
 /// Reads [`References`]: invalid values are skipped.
 pub fn references(event: &Event) -> References {
     let mut out = References::default();

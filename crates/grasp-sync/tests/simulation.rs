@@ -35,11 +35,12 @@ use unsigned::event;
 use grasp_sync::engine::SyncStateSnapshot;
 use grasp_sync::engine::{
     Command, IngestOutcome, Input, NegentropyFailure, SubscriptionMode, SyncConfig, SyncEngine,
+    SyncPlusConfig,
 };
 use grasp_sync::model::{ConnectionStatus, RelayUrl, RepoRef, WallTime};
 use grasp_sync::ports::{AllowAllRelays, RandomSource, SeededRandom};
 use nostr::filter::MatchEventOptions;
-use nostr::{Event, EventId, Filter, Keys, SecretKey, SubscriptionId};
+use nostr::{Event, EventBuilder, EventId, Filter, Keys, Kind, SecretKey, SubscriptionId, Tag, Timestamp};
 
 const US: &str = "wss://us.example";
 
@@ -199,6 +200,9 @@ struct Faults {
     live_published: u64,
     neg_silent: u64,
     events_checked: u64,
+    /// Sync+ relay-list lookups sent, and outbox relays in use at the end.
+    sync_plus_lookups: u64,
+    sync_plus_relays: u64,
 }
 
 /// Something scheduled: an input for the engine, or the host processing one queued
@@ -238,6 +242,10 @@ struct Sim {
     keys: Vec<Keys>,
     repos: Vec<(Keys, String, Vec<RelayUrl>)>,
     clock_secs: u64,
+    /// GRASP-03 Sync+ on (odd seeds): authors other than the maintainer write, their
+    /// NIP-65 lists sit on some relays, and some of a repo's events sit on relays its
+    /// announcement does not list.
+    sync_plus: bool,
 }
 
 impl Sim {
@@ -249,6 +257,10 @@ impl Sim {
         config.default_limits.max_live_filters = 8 + rng.below(40) as usize;
         config.default_limits.page_limit = 5 + rng.below(60) as usize;
         config.max_concurrent_historic = 1 + rng.below(6) as usize;
+        let sync_plus = seed % 2 == 1;
+        if sync_plus {
+            config = config.with_sync_plus(SyncPlusConfig::default());
+        }
         let engine = SyncEngine::new(
             config.clone(),
             start,
@@ -286,6 +298,7 @@ impl Sim {
             keys,
             repos: Vec::new(),
             clock_secs: 1_699_000_000,
+            sync_plus,
         };
         sim.build_world();
         sim
@@ -384,7 +397,12 @@ impl Sim {
             let n_events = self.rng.below(14) as usize;
             let mut roots: Vec<EventId> = Vec::new();
             for _ in 0..n_events {
-                let ev = self.random_thread_event(&keys, &name, coord.as_str(), &roots);
+                let author = if self.sync_plus {
+                    self.rng.pick(&self.keys).clone()
+                } else {
+                    keys.clone()
+                };
+                let ev = self.random_thread_event(&author, &name, coord.as_str(), &roots);
                 if matches!(ev.kind.as_u16(), 1617 | 1618 | 1621) {
                     roots.push(ev.id);
                 }
@@ -397,7 +415,15 @@ impl Sim {
                             .insert(ev.id, ev.clone());
                     }
                 }
+                if self.sync_plus && self.rng.chance(30) {
+                    // Only on a relay the announcement does not list (a participant's).
+                    let u = self.rng.pick(&urls).clone();
+                    self.relays.get_mut(&u).unwrap().events.insert(ev.id, ev.clone());
+                }
             }
+        }
+        if self.sync_plus {
+            self.place_relay_lists(&urls);
         }
         // Noise nobody should sync: events about unknown repos.
         for _ in 0..self.rng.below(10) {
@@ -415,6 +441,45 @@ impl Sim {
             );
             let u = self.rng.pick(&urls).clone();
             self.relays.get_mut(&u).unwrap().events.insert(ev.id, ev);
+        }
+    }
+
+    /// Each author's one NIP-65 list (most have one), naming one or two write relays and
+    /// maybe a read relay, on some of the relays. Signed for real: the engine checks
+    /// the lists it looks up itself.
+    fn place_relay_lists(&mut self, urls: &[RelayUrl]) {
+        for keys in self.keys.clone() {
+            if !self.rng.chance(75) {
+                continue;
+            }
+            let mut tags = Vec::new();
+            for _ in 0..1 + self.rng.below(2) {
+                let u = self.rng.pick(urls).as_str().trim_end_matches('/').to_string();
+                let marked = self.rng.chance(50);
+                let tag = if marked { vec!["r".to_string(), u, "write".into()] } else { vec!["r".to_string(), u] };
+                tags.push(Tag::parse(tag).unwrap());
+            }
+            if self.rng.chance(50) {
+                let u = self.rng.pick(urls).as_str().trim_end_matches('/').to_string();
+                tags.push(Tag::parse(["r", u.as_str(), "read"]).unwrap());
+            }
+            let t = self.ts();
+            let list = EventBuilder::new(Kind::RelayList, "")
+                .tags(tags)
+                .custom_created_at(Timestamp::from_secs(t))
+                .sign_with_keys(&keys)
+                .unwrap();
+            let mut placed = false;
+            for u in urls {
+                if self.rng.chance(60) {
+                    self.relays.get_mut(u).unwrap().events.insert(list.id, list.clone());
+                    placed = true;
+                }
+            }
+            if !placed {
+                let u = self.rng.pick(urls).clone();
+                self.relays.get_mut(&u).unwrap().events.insert(list.id, list);
+            }
         }
     }
 
@@ -739,9 +804,10 @@ impl Sim {
                     e.tags.identifier().unwrap_or_default()
                 );
                 if k == 30618 {
-                    return confirmed.repos.keys().any(|r| r.as_str() == coord);
+                    // An outbox relay (`Conversation`, Sync+) carries no state.
+                    return confirmed.state_repos().any(|r| r.as_str() == coord);
                 }
-                let full: Vec<&str> = confirmed.full_repos().map(|r| r.as_str()).collect();
+                let full: Vec<&str> = confirmed.conversation_repos().map(|r| r.as_str()).collect();
                 ["a", "A", "q"]
                     .iter()
                     .any(|t| tag_values(e, t).any(|v| full.contains(&v)))
@@ -1248,32 +1314,85 @@ impl Sim {
             held.insert(coordinate(ann), (Held::Full, listed(ann)));
         }
         let url_of = |u: &RelayUrl| u.as_str().trim_end_matches('/').to_string();
+        // GRASP-03 Sync+: a Full repo's outbox relays, coordinate → URLs. Derived here
+        // from the world as a fixpoint, without the engine's code: the write relays of
+        // the NIP-65 lists, found on the repo's listed relays, of the authors of its root
+        // events found on its listed or outbox relays. (The engine may know more
+        // participants, from comments: it may sync more, never less.)
+        let mut outbox: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let carries = |outbox: &BTreeMap<String, BTreeSet<String>>, coord: &str, u: &str| {
+            held.get(coord).is_some_and(|(l, r)| {
+                *l == Held::Full
+                    && (r.contains(u) || outbox.get(coord).is_some_and(|o| o.contains(u)))
+            })
+        };
         // root id → coordinates of the Full repos it belongs to (found on their relays)
-        let mut roots: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for (url, relay) in &self.relays {
-            let u = url_of(url);
-            for e in relay.events.values() {
-                if !matches!(e.kind.as_u16(), 1617 | 1618 | 1621) {
-                    continue;
-                }
-                for c in tag_values(e, "a") {
-                    if held
-                        .get(c)
-                        .is_some_and(|(l, r)| *l == Held::Full && r.contains(&u))
-                    {
-                        roots
-                            .entry(e.id.to_hex())
-                            .or_default()
-                            .insert(c.to_string());
+        let roots_of = |outbox: &BTreeMap<String, BTreeSet<String>>| {
+            let mut roots: BTreeMap<String, (BTreeSet<String>, nostr::PublicKey)> = BTreeMap::new();
+            for (url, relay) in &self.relays {
+                let u = url_of(url);
+                for e in relay.events.values() {
+                    if !matches!(e.kind.as_u16(), 1617 | 1618 | 1621) {
+                        continue;
+                    }
+                    for c in tag_values(e, "a") {
+                        if carries(outbox, c, &u) {
+                            roots
+                                .entry(e.id.to_hex())
+                                .or_insert_with(|| (BTreeSet::new(), e.pubkey))
+                                .0
+                                .insert(c.to_string());
+                        }
                     }
                 }
             }
-        }
-        let lists = |coord: &str, u: &str| held.get(coord).is_some_and(|(_, r)| r.contains(u));
-        let full_lists = |coord: &str, u: &str| {
-            held.get(coord)
-                .is_some_and(|(l, r)| *l == Held::Full && r.contains(u))
+            roots
         };
+        let mut roots = roots_of(&outbox);
+        while self.sync_plus {
+            let mut next: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+            for (id, (coords, author)) in &roots {
+                let accepted = self
+                    .relays
+                    .values()
+                    .find_map(|r| r.events.get(&EventId::from_hex(id).unwrap()))
+                    .is_some_and(|e| self.host.verdict(e) != IngestOutcome::Rejected);
+                if !accepted {
+                    continue;
+                }
+                for c in coords {
+                    let listed = &held[c].1;
+                    let lists = self.relays.iter().filter(|(u, _)| listed.contains(&url_of(u)));
+                    for (_, relay) in lists {
+                        for list in relay
+                            .events
+                            .values()
+                            .filter(|e| e.kind == Kind::RelayList && e.pubkey == *author)
+                        {
+                            for t in list.tags.iter() {
+                                let write = match t.as_slice() {
+                                    [n, u] if n == "r" => Some(u),
+                                    [n, u, m, ..] if n == "r" && m == "write" => Some(u),
+                                    _ => None,
+                                };
+                                if let Some(u) = write.filter(|u| !listed.contains(*u)) {
+                                    next.entry(c.clone()).or_default().insert(u.clone());
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            if next == outbox {
+                break;
+            }
+            outbox = next;
+            roots = roots_of(&outbox);
+        }
+        let roots: BTreeMap<String, BTreeSet<String>> =
+            roots.into_iter().map(|(id, (coords, _))| (id, coords)).collect();
+        let lists = |coord: &str, u: &str| held.get(coord).is_some_and(|(_, r)| r.contains(u));
+        let full_lists = |coord: &str, u: &str| carries(&outbox, coord, u);
         let mut out = BTreeSet::new();
         for (url, relay) in &self.relays {
             let u = url_of(url);
@@ -1419,6 +1538,8 @@ fn run_seed(seed: u64) -> Result<Faults, String> {
         extra += 1;
     }
     sim.faults.events_checked = sim.expected().len() as u64;
+    sim.faults.sync_plus_lookups = sim.engine.metrics().sync_plus_lookups;
+    sim.faults.sync_plus_relays = sim.engine.metrics().sync_plus_relays;
     sim.check().map(|()| std::mem::take(&mut sim.faults))
 }
 
@@ -1453,6 +1574,8 @@ fn simulation_converges_under_faults() {
                 totals.events_checked += f.events_checked;
                 totals.live_published += f.live_published;
                 totals.neg_silent += f.neg_silent;
+                totals.sync_plus_lookups += f.sync_plus_lookups;
+                totals.sync_plus_relays += f.sync_plus_relays;
             }
             Ok(Err(why)) => failures.push(format!("seed {seed}: {why}  (replay: SIM_SEED={seed} cargo test -p grasp-sync --test simulation)")),
             Err(_) => failures.push(format!("seed {seed}: panicked  (replay: SIM_SEED={seed} cargo test -p grasp-sync --test simulation)")),

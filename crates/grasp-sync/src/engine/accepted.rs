@@ -14,10 +14,13 @@ use crate::nip34::{self, parse_announcement};
 
 impl SyncEngine {
     pub(super) fn on_accepted(&mut self, event: Event, now: WallTime) {
-        // With Sync+ on, every accepted event may name a participant or carry a list.
+        // With Sync+ on, an event tagging a repo or an event may name a participant,
+        // and a relay list may name their relays.
         let relevant = event.kind == nip34::KIND_REPO_ANNOUNCEMENT
             || nip34::is_root_kind(event.kind)
-            || self.sync_plus.is_some();
+            || (self.sync_plus.is_some()
+                && (nip34::relay_list_urls(&event).is_some()
+                    || !nip34::references(&event).is_empty()));
         if !relevant {
             return;
         }
@@ -28,11 +31,21 @@ impl SyncEngine {
     }
 
     /// Applies the batch of accepted events: announcements first (so a root event in the
-    /// same batch finds its repo), then root events.
+    /// same batch finds its repo), then root events and the rest, relay lists last (so
+    /// their authors are known participants by then).
     pub(super) fn flush_accepted(&mut self, now: WallTime) {
         self.flush_at = None;
         let mut events = std::mem::take(&mut self.accepted);
-        events.sort_by_key(|e| (e.kind != nip34::KIND_REPO_ANNOUNCEMENT, e.created_at));
+        let rank = |e: &Event| {
+            if e.kind == nip34::KIND_REPO_ANNOUNCEMENT {
+                0
+            } else if nip34::relay_list_urls(e).is_some() {
+                2
+            } else {
+                1
+            }
+        };
+        events.sort_by_key(|e| (rank(e), e.created_at));
         let mut touched = BTreeSet::new();
         for event in &events {
             if event.kind == nip34::KIND_REPO_ANNOUNCEMENT {
@@ -100,7 +113,7 @@ impl SyncEngine {
         }
         self.targets.apply(&change);
         if let (Some(before), None) = (&change.before, &change.after) {
-            self.sync_plus_forget(&change.repo, &before.outbox_relays);
+            self.sync_plus_forget(&change.repo, before);
         }
         self.dirty = true;
     }

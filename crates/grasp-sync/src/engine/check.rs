@@ -41,6 +41,7 @@ impl SyncEngine {
             ConnectionStatus::Disconnected => Some(conn.health.next_attempt_at(now)),
             ConnectionStatus::Connecting | ConnectionStatus::Syncing => None,
             ConnectionStatus::Connected | ConnectionStatus::ConnectedHistoricSyncFailures => {
+                let lookup_due = self.lookup_due(relay);
                 let busy = !conn.historic.is_empty()
                     || !conn.queue.is_empty()
                     || conn.deferred
@@ -48,12 +49,12 @@ impl SyncEngine {
                     || self.pending.has_pending(relay)
                     || !conn.health.can_subscribe(now)
                     || conn.lookup.is_some()
-                    || self.sync_plus.as_ref().is_some_and(|sp| sp.has_wanted(relay));
+                    || lookup_due.is_some_and(|t| t <= now);
                 if busy {
                     return None;
                 }
                 let reprobe = conn.reprobe_at(self.config.negentropy_reprobe_interval, now);
-                let due = [conn.daily_due, conn.retry_at, reprobe]
+                let due = [conn.daily_due, conn.retry_at, reprobe, lookup_due]
                     .into_iter()
                     .flatten()
                     .min();
@@ -228,6 +229,9 @@ impl SyncEngine {
         self.conns.remove(relay);
         self.relays.remove(relay);
         self.pending.clear(relay);
+        if let Some(sp) = &mut self.sync_plus {
+            sp.forget_relay(relay);
+        }
         self.timers.forget(relay);
         self.dirty = true;
     }

@@ -186,6 +186,9 @@ pub(super) struct Conn {
     pub layer1: bool,
     /// The Sync+ relay-list lookup open on this connection.
     pub lookup: Option<super::sync_plus::Lookup>,
+    /// Failed lookups on this connection, and when the next may open.
+    pub lookup_failures: u32,
+    pub lookup_retry_at: Option<WallTime>,
 }
 
 impl Conn {
@@ -218,6 +221,8 @@ impl Conn {
             learnt_max_filters: None,
             layer1: false,
             lookup: None,
+            lookup_failures: 0,
+            lookup_retry_at: None,
         }
     }
 
@@ -277,6 +282,8 @@ impl Conn {
         self.connect_deadline = None;
         self.live_gap_since = None;
         self.layer1 = false;
+        self.lookup_failures = 0;
+        self.lookup_retry_at = None;
     }
 
     /// Whether any part of `batch` is still open or queued.
@@ -284,4 +291,14 @@ impl Conn {
         self.historic.values().any(|h| h.batch == batch)
             || self.queue.iter().any(|q| q.batch == batch)
     }
+}
+
+/// How long a failed part of the history (or a failed Sync+ lookup) waits before it is
+/// asked again, after `round` retries on this connection: 30 s, 1 min, 2 min ... capped
+/// at an hour. A relay that keeps failing is asked rarely; the daily fresh start covers
+/// the rest.
+pub(super) fn retry_backoff(round: u32) -> std::time::Duration {
+    std::time::Duration::from_secs(30)
+        .saturating_mul(1u32 << round.min(7))
+        .min(std::time::Duration::from_secs(3600))
 }

@@ -163,6 +163,7 @@ impl SyncEngine {
         if snapshot.version != SyncStateSnapshot::VERSION {
             return engine;
         }
+        engine.sync_plus_restore_lists(snapshot.relay_lists);
         for repo in snapshot.repos {
             let relays = engine.admit_relays(repo.relays.into_iter().collect());
             match repo.sync_level {
@@ -182,8 +183,9 @@ impl SyncEngine {
             {
                 engine.repos.add_root_event(&repo.repo, id);
             }
-            engine.sync_plus_restore(&repo.repo, &repo.participants, &repo.outbox_relays);
+            engine.sync_plus_restore(&repo.repo, &repo.participants);
         }
+        engine.sync_plus_restore_outbox();
         engine.targets = derive_relay_targets(&engine.repos);
         for persisted in snapshot.relays {
             if !engine.may_dial(&persisted.relay) {
@@ -467,7 +469,6 @@ impl SyncEngine {
                         .flat_map(|sp| sp.participants(repo))
                         .copied()
                         .collect(),
-                    outbox_relays: needs.outbox_relays.clone(),
                 })
                 .collect(),
             relays: self
@@ -482,6 +483,7 @@ impl SyncEngine {
                         .map_or(NegentropySupport::Unknown, |c| c.negentropy),
                 })
                 .collect(),
+            relay_lists: self.sync_plus_lists(),
         }
     }
 

@@ -20,12 +20,17 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use nostr::{Event, EventId, Filter, Kind, PublicKey, SubscriptionId, Timestamp};
 
+use super::conn::retry_backoff;
 use super::{Command, SubscriptionMode, SyncConfig, SyncEngine, SyncPlusConfig};
-use crate::model::{RelayUrl, RepoRef, SyncLevel, WallTime};
+use crate::model::{PersistedRelayList, RelayUrl, RepoRef, RepoSyncNeeds, SyncLevel, WallTime};
 use crate::nip34;
 
 /// Authors per lookup REQ (the design's chunk size).
 const AUTHORS_PER_LOOKUP: usize = 100;
+
+/// Events a lookup may bring per author asked about: two kinds, and a relay that keeps
+/// an older version or two. More is a strike, not a verification.
+const LISTS_PER_AUTHOR: usize = 4;
 
 /// Sync+ state; present only when [`SyncConfig::sync_plus`] is set.
 #[derive(Debug)]
@@ -60,6 +65,17 @@ impl AuthorLists {
     }
 }
 
+/// How a lookup ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum LookupEnd {
+    /// EOSE: everything the relay has was sent.
+    Answered,
+    /// CLOSED by the relay.
+    Refused,
+    /// No EOSE before the deadline.
+    Expired,
+}
+
 /// A lookup REQ open on one relay.
 #[derive(Debug, Clone)]
 pub(super) struct Lookup {
@@ -67,6 +83,8 @@ pub(super) struct Lookup {
     pub filter: Filter,
     pub authors: Vec<PublicKey>,
     pub deadline: WallTime,
+    /// Events it brought so far (at most [`LISTS_PER_AUTHOR`] per author are believed).
+    pub received: usize,
 }
 
 impl SyncPlus {
@@ -112,9 +130,15 @@ impl SyncEngine {
             }
         }
         repos.retain(|r| self.repos.get(r).is_some_and(|n| n.sync_level == SyncLevel::Full));
-        if nip34::is_root_kind(event.kind) && !repos.is_empty() {
-            if let Some(sp) = &mut self.sync_plus {
-                sp.roots.insert(event.id, repos.iter().cloned().collect());
+        if nip34::is_root_kind(event.kind) {
+            // Only the repos that took it as a root (within their bound).
+            let of: Vec<RepoRef> = repos
+                .iter()
+                .filter(|r| self.repos.get(r).is_some_and(|n| n.root_events.contains(&event.id)))
+                .cloned()
+                .collect();
+            if let (Some(sp), false) = (&mut self.sync_plus, of.is_empty()) {
+                sp.roots.insert(event.id, of);
             }
         }
         for repo in repos {
@@ -192,14 +216,20 @@ impl SyncEngine {
     /// not list already, up to the per-repo bound; a relay no other repo uses only
     /// while the total bound allows.
     pub(super) fn recompute_outbox(&mut self, repo: &RepoRef, touched: &mut BTreeSet<RelayUrl>) {
-        let Some(needs) = self.repos.get(repo).filter(|n| n.sync_level == SyncLevel::Full) else {
+        let Some(new) = self.admit_outbox(repo) else {
             return;
         };
+        let change = self.repos.set_outbox_relays(repo, new);
+        self.apply_change(change, touched);
+    }
+
+    /// The outbox relays `repo` should have now, with the use counts moved from its old
+    /// set to the new one. `None` when it is not a Full repo, or nothing changes.
+    fn admit_outbox(&mut self, repo: &RepoRef) -> Option<BTreeSet<RelayUrl>> {
+        let needs = self.repos.get(repo).filter(|n| n.sync_level == SyncLevel::Full)?;
         let listed = needs.relays.clone();
         let old = needs.outbox_relays.clone();
-        let Some(sp) = &self.sync_plus else {
-            return;
-        };
+        let sp = self.sync_plus.as_ref()?;
         let mut named: BTreeMap<&RelayUrl, usize> = BTreeMap::new();
         for author in sp.participants.get(repo).into_iter().flatten() {
             let Some(lists) = sp.lists.get(author) else {
@@ -215,12 +245,9 @@ impl SyncEngine {
         let candidates: Vec<RelayUrl> = ranked
             .into_iter()
             .map(|(r, _)| r.clone())
-            .filter(|r| !listed.contains(r))
+            .filter(|r| !listed.contains(r) && self.may_dial(r))
             .collect();
-        let candidates: Vec<RelayUrl> = candidates.into_iter().filter(|r| self.may_dial(r)).collect();
-        let Some(sp) = &mut self.sync_plus else {
-            return;
-        };
+        let sp = self.sync_plus.as_mut()?;
         for relay in &old {
             release(&mut sp.in_use, relay);
         }
@@ -235,58 +262,101 @@ impl SyncEngine {
             }
         }
         self.metrics.sync_plus_relays = sp.in_use.len() as u64;
-        if new != old {
-            let change = self.repos.set_outbox_relays(repo, new);
-            self.apply_change(change, touched);
-        }
+        (new != old).then_some(new)
     }
 
-    /// A repo restored from a snapshot: its participants (asked about again on its
-    /// listed relays) and the outbox relays it had, within today's bounds and policy.
-    pub(super) fn sync_plus_restore(
-        &mut self,
-        repo: &RepoRef,
-        participants: &[PublicKey],
-        outbox: &BTreeSet<RelayUrl>,
-    ) {
-        if self.sync_plus.is_none() {
-            return;
-        }
-        let roots: Vec<EventId> = self
-            .repos
-            .get(repo)
-            .filter(|n| n.sync_level == SyncLevel::Full)
-            .map(|n| n.root_events.iter().copied().collect())
-            .unwrap_or_default();
-        if let Some(sp) = &mut self.sync_plus {
-            for id in roots {
-                sp.roots.entry(id).or_default().push(repo.clone());
-            }
-        }
-        let mut touched = BTreeSet::new();
-        for author in participants {
-            self.add_participant(repo, *author, &mut touched);
-        }
-        let permitted: Vec<RelayUrl> = outbox.iter().filter(|r| self.may_dial(r)).cloned().collect();
+    /// Restoring from a snapshot, before the repos: the participants' lists it kept.
+    pub(super) fn sync_plus_restore_lists(&mut self, lists: Vec<PersistedRelayList>) {
         let Some(sp) = &mut self.sync_plus else {
             return;
         };
-        let mut kept = BTreeSet::new();
-        for relay in permitted.into_iter().take(sp.bounds.max_relays_per_repo) {
-            if sp.in_use.contains_key(&relay) || sp.in_use.len() < sp.bounds.max_relays_total {
-                *sp.in_use.entry(relay.clone()).or_default() += 1;
-                kept.insert(relay);
-            }
+        let per_author = sp.bounds.max_relays_per_author;
+        for list in lists {
+            let held = sp.lists.entry(list.author).or_default();
+            let slot = if list.kind == Kind::RelayList.as_u16() {
+                &mut held.nip65
+            } else {
+                &mut held.grasp
+            };
+            let relays = list.relays.into_iter().take(per_author).collect();
+            *slot = Some((list.created_at, relays));
         }
-        self.metrics.sync_plus_relays = sp.in_use.len() as u64;
-        self.repos.set_outbox_relays(repo, kept);
     }
 
-    /// A repo left the index: its participants and outbox relays are forgotten.
-    pub(super) fn sync_plus_forget(&mut self, repo: &RepoRef, outbox: &BTreeSet<RelayUrl>) {
+    /// Restoring, per repo: its participants, asked about again on its listed relays
+    /// (their lists may have changed), and the root events they are counted through.
+    pub(super) fn sync_plus_restore(&mut self, repo: &RepoRef, participants: &[PublicKey]) {
+        let Some(needs) = self.repos.get(repo).filter(|n| n.sync_level == SyncLevel::Full) else {
+            return;
+        };
+        let listed = needs.relays.clone();
+        let roots: Vec<EventId> = needs.root_events.iter().copied().collect();
         let Some(sp) = &mut self.sync_plus else {
             return;
         };
+        for id in roots {
+            sp.roots.entry(id).or_default().push(repo.clone());
+        }
+        let known = sp.participants.entry(repo.clone()).or_default();
+        for author in participants.iter().take(sp.bounds.max_authors_per_repo) {
+            known.insert(*author);
+            sp.repos_of.entry(*author).or_default().insert(repo.clone());
+            for relay in &listed {
+                sp.wanted.entry(relay.clone()).or_default().insert(*author);
+            }
+        }
+    }
+
+    /// Restoring, after the repos and before the targets: every repo's outbox relays
+    /// from the restored participants and lists, under today's bounds and policy.
+    pub(super) fn sync_plus_restore_outbox(&mut self) {
+        let Some(sp) = &self.sync_plus else {
+            return;
+        };
+        let repos: Vec<RepoRef> = sp.participants.keys().cloned().collect();
+        for repo in repos {
+            if let Some(new) = self.admit_outbox(&repo) {
+                self.repos.set_outbox_relays(&repo, new);
+            }
+        }
+    }
+
+    /// The lists to persist: those of the participants, so a restart has its outbox
+    /// relays at once, not after every lookup came back.
+    pub(super) fn sync_plus_lists(&self) -> Vec<PersistedRelayList> {
+        let Some(sp) = &self.sync_plus else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (author, lists) in &sp.lists {
+            for (kind, list) in [(Kind::RelayList, &lists.nip65), (nip34::KIND_GRASP_LIST, &lists.grasp)] {
+                if let Some((created_at, relays)) = list {
+                    out.push(PersistedRelayList {
+                        author: *author,
+                        kind: kind.as_u16(),
+                        created_at: *created_at,
+                        relays: relays.clone(),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// A repo left the index: its participants, outbox relays and roots are forgotten.
+    pub(super) fn sync_plus_forget(&mut self, repo: &RepoRef, gone: &RepoSyncNeeds) {
+        let Some(sp) = &mut self.sync_plus else {
+            return;
+        };
+        let outbox = &gone.outbox_relays;
+        for id in &gone.root_events {
+            if let Some(repos) = sp.roots.get_mut(id) {
+                repos.retain(|r| r != repo);
+                if repos.is_empty() {
+                    sp.roots.remove(id);
+                }
+            }
+        }
         for relay in outbox {
             release(&mut sp.in_use, relay);
         }
@@ -333,7 +403,17 @@ impl SyncEngine {
         let Some(conn) = self.conns.get_mut(relay) else {
             return;
         };
-        if !connected || conn.lookup.is_some() || !conn.health.can_subscribe(now) {
+        let held_back = conn.lookup_retry_at.is_some_and(|t| t > now);
+        if !connected || conn.lookup.is_some() || held_back || !conn.health.can_subscribe(now) {
+            return;
+        }
+        let listed = self
+            .targets
+            .get(relay)
+            .is_some_and(|t| t.repos.values().any(|l| *l != SyncLevel::Conversation));
+        if !listed {
+            // No announcement lists it any more: nobody is asked about there.
+            sp.wanted.remove(relay);
             return;
         }
         let Some(wanted) = sp.wanted.get_mut(relay) else {
@@ -358,6 +438,7 @@ impl SyncEngine {
             filter: filter.clone(),
             authors,
             deadline: now + self.config.subscription_timeout,
+            received: 0,
         });
         self.metrics.sync_plus_lookups += 1;
         self.metrics.reqs_sent += 1;
@@ -372,13 +453,15 @@ impl SyncEngine {
     /// An event on the relay's lookup: a relay list it asked for, believed only with a
     /// valid signature; anything else is a strike.
     pub(super) fn on_lookup_event(&mut self, relay: &RelayUrl, event: &Event, now: WallTime) {
-        let Some(lookup) = self.conns.get(relay).and_then(|c| c.lookup.as_ref()) else {
+        let Some(lookup) = self.conns.get_mut(relay).and_then(|c| c.lookup.as_mut()) else {
             return;
         };
+        lookup.received += 1;
+        let within = lookup.received <= LISTS_PER_AUTHOR * lookup.authors.len();
         let asked = lookup
             .filter
             .match_event(event, nostr::filter::MatchEventOptions::new());
-        if !asked || event.verify().is_err() {
+        if !within || !asked || event.verify().is_err() {
             self.metrics.dropped_unsolicited += 1;
             self.strike(relay, now);
             return;
@@ -388,37 +471,84 @@ impl SyncEngine {
         self.rediff(touched, now);
     }
 
-    /// EOSE or CLOSED on a lookup, or its deadline: it ends; the next one opens at the
+    /// A lookup ends: answered (EOSE), refused (CLOSED) or past its deadline. A failed
+    /// one is asked again after a backoff, at most `max_history_retries` times per
+    /// connection (then at the relay's next fresh start). The next lookup opens at the
     /// next pump. `false` when `sub` is not the relay's lookup.
-    pub(super) fn end_lookup(&mut self, relay: &RelayUrl, sub: &SubscriptionId, eose: bool) -> bool {
+    pub(super) fn end_lookup(
+        &mut self,
+        relay: &RelayUrl,
+        sub: &SubscriptionId,
+        end: LookupEnd,
+        now: WallTime,
+    ) -> bool {
+        let max_retries = self.config.max_history_retries;
         let Some(conn) = self.conns.get_mut(relay) else {
             return false;
         };
         if conn.lookup.as_ref().is_none_or(|l| &l.id != sub) {
             return false;
         }
-        conn.lookup = None;
-        if eose {
+        let Some(lookup) = conn.lookup.take() else {
+            return false;
+        };
+        if end != LookupEnd::Refused {
             self.commands.push_back(Command::Unsubscribe {
                 relay: relay.clone(),
                 id: sub.clone(),
             });
-        } else {
+        }
+        if end != LookupEnd::Answered {
             self.metrics.sync_plus_lookups_failed += 1;
+            if conn.lookup_failures < max_retries {
+                conn.lookup_retry_at = Some(now + retry_backoff(conn.lookup_failures));
+                conn.lookup_failures += 1;
+                if let Some(sp) = &mut self.sync_plus {
+                    sp.wanted
+                        .entry(relay.clone())
+                        .or_default()
+                        .extend(lookup.authors);
+                }
+            }
         }
         self.wake(relay);
         true
     }
 
-    /// A lookup past its deadline is closed and counted as failed.
+    /// A lookup past its deadline is closed and asked again later.
     pub(super) fn expire_lookup(&mut self, relay: &RelayUrl, now: WallTime) {
         let Some(lookup) = self.conns.get(relay).and_then(|c| c.lookup.clone()) else {
             return;
         };
         if lookup.deadline <= now {
-            self.end_lookup(relay, &lookup.id, true);
-            self.metrics.sync_plus_lookups_failed += 1;
+            self.end_lookup(relay, &lookup.id, LookupEnd::Expired, now);
         }
+    }
+
+    /// When `relay` has participants to ask about: now, or after a failed lookup's
+    /// backoff. `None` when it has none.
+    pub(super) fn lookup_due(&self, relay: &RelayUrl) -> Option<WallTime> {
+        if !self.sync_plus.as_ref()?.has_wanted(relay) {
+            return None;
+        }
+        let retry_at = self.conns.get(relay).and_then(|c| c.lookup_retry_at);
+        Some(retry_at.unwrap_or(WallTime::ZERO))
+    }
+
+    /// The driver dropped messages from `relay`: the open lookup may have lost its
+    /// answers, and so may one that ended in the window, so every participant of the
+    /// repos it lists is asked about again.
+    pub(super) fn sync_plus_messages_lost(&mut self, relay: &RelayUrl) {
+        if self.sync_plus.is_none() {
+            return;
+        }
+        if let Some(lookup) = self.conns.get_mut(relay).and_then(|c| c.lookup.take()) {
+            self.commands.push_back(Command::Unsubscribe {
+                relay: relay.clone(),
+                id: lookup.id,
+            });
+        }
+        self.sync_plus_refresh(relay);
     }
 
     /// The websocket went: a lookup cut short is asked again on the next connection.
@@ -441,5 +571,12 @@ fn release(in_use: &mut HashMap<RelayUrl, usize>, relay: &RelayUrl) {
         if *n == 0 {
             in_use.remove(relay);
         }
+    }
+}
+
+impl SyncPlus {
+    /// A relay left the engine: nobody is asked about there.
+    pub(super) fn forget_relay(&mut self, relay: &RelayUrl) {
+        self.wanted.remove(relay);
     }
 }

@@ -32,7 +32,7 @@ impl SyncItems {
     pub fn merge(&mut self, other: &SyncItems) {
         for (repo, level) in &other.repos {
             let entry = self.repos.entry(repo.clone()).or_insert(*level);
-            *entry = (*entry).max(*level);
+            *entry = entry.join(*level);
         }
         self.root_events.extend(other.root_events.iter().copied());
     }

@@ -21,5 +21,7 @@ pub use relay_index::{ConnectionStatus, RelayState, RelaySyncIndex};
 pub use relay_url::{RelayUrl, RelayUrlError};
 pub use repo_index::{RepoChange, RepoSyncIndex, RepoSyncNeeds, SyncLevel};
 pub use repo_ref::{RepoRef, RepoRefError};
-pub use snapshot::{NegentropySupport, PersistedRelay, PersistedRepo, SyncStateSnapshot};
+pub use snapshot::{
+    NegentropySupport, PersistedRelay, PersistedRelayList, PersistedRepo, SyncStateSnapshot,
+};
 pub use time::WallTime;

@@ -8,9 +8,8 @@ use nostr::EventId;
 
 use super::{RelayUrl, RepoRef};
 
-/// How much of a repo we sync.
-///
-/// Ordered `StateOnly < Full` so that "the higher of two levels" is `max`.
+/// How much of a repo we sync. Two levels together cover what [`SyncLevel::join`]
+/// says (`StateOnly` and `Conversation` together are `Full`).
 #[derive(
     Debug,
     Clone,
@@ -36,6 +35,19 @@ pub enum SyncLevel {
     /// State, layer 2 (events tagging the repo) and layer 3 (events tagging its roots).
     #[default]
     Full,
+}
+
+impl SyncLevel {
+    /// What two levels cover together: the same level, or `Full` (each of the others
+    /// lacks what the other has).
+    #[must_use]
+    pub fn join(self, other: SyncLevel) -> SyncLevel {
+        if self == other {
+            self
+        } else {
+            SyncLevel::Full
+        }
+    }
 }
 
 /// What one repo needs.

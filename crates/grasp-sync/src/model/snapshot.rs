@@ -36,9 +36,20 @@ pub struct PersistedRepo {
     /// Its participants (GRASP-03 Sync+; empty when off).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub participants: Vec<nostr::PublicKey>,
-    /// Its participants' outbox relays (GRASP-03 Sync+; empty when off).
-    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
-    pub outbox_relays: BTreeSet<RelayUrl>,
+}
+
+/// A participant's relay list as persisted (GRASP-03 Sync+): what a restart needs to
+/// have a repo's outbox relays at once.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PersistedRelayList {
+    /// Its author.
+    pub author: nostr::PublicKey,
+    /// 10002 (NIP-65, its write relays) or 10317 (GRASP list).
+    pub kind: u16,
+    /// When the list was published (a newer one replaces it).
+    pub created_at: nostr::Timestamp,
+    /// The relays it names that count.
+    pub relays: Vec<RelayUrl>,
 }
 
 /// A relay as persisted.
@@ -63,6 +74,9 @@ pub struct SyncStateSnapshot {
     pub repos: Vec<PersistedRepo>,
     /// The relay index.
     pub relays: Vec<PersistedRelay>,
+    /// Participants' relay lists (GRASP-03 Sync+; empty when off).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relay_lists: Vec<PersistedRelayList>,
 }
 
 impl SyncStateSnapshot {

@@ -5,6 +5,7 @@
 use nostr::{Filter, SubscriptionId};
 
 use super::super::SyncEngine;
+use super::super::conn::retry_backoff;
 use crate::filters::items_named_by;
 use crate::model::{BatchId, PendingBatch, RelayUrl, SyncItems, WallTime};
 
@@ -104,12 +105,7 @@ impl SyncEngine {
                 conn.beyond_req.merge(&done.beyond_req);
             }
             if conn.retry_round < max_rounds && conn.retry_at.is_none() {
-                // 30 s, 1 min, 2 min ... capped at an hour: a relay that keeps failing
-                // is asked rarely; the daily fresh start covers the rest.
-                let backoff = std::time::Duration::from_secs(30)
-                    .saturating_mul(1u32 << conn.retry_round.min(7))
-                    .min(std::time::Duration::from_secs(3600));
-                conn.retry_at = Some(now + backoff);
+                conn.retry_at = Some(now + retry_backoff(conn.retry_round));
             }
         } else if done.full_history {
             self.metrics.batches_completed += 1;

@@ -14,6 +14,7 @@ use nostr::{Event, Filter, SubscriptionId};
 
 use super::conn::{HistoricKind, HistoricSub, PartKind, QueuedPart};
 use super::{Command, NegentropyFailure, SyncEngine};
+use super::sync_plus::LookupEnd;
 use crate::classify::{classify_closed, classify_notice, RelaySignal};
 use crate::model::NegentropySupport;
 use crate::model::{BatchId, RelayUrl, WallTime};
@@ -189,7 +190,7 @@ impl SyncEngine {
     }
 
     pub(super) fn on_eose(&mut self, relay: &RelayUrl, sub: &SubscriptionId, now: WallTime) {
-        if self.end_lookup(relay, sub, true) {
+        if self.end_lookup(relay, sub, LookupEnd::Answered, now) {
             return;
         }
         let Some(conn) = self.conns.get_mut(relay) else {
@@ -230,7 +231,7 @@ impl SyncEngine {
         if signal == RelaySignal::RateLimited {
             conn.health.on_rate_limited(now);
         }
-        if self.end_lookup(relay, sub, false) {
+        if self.end_lookup(relay, sub, LookupEnd::Refused, now) {
             return;
         }
         let Some(conn) = self.conns.get_mut(relay) else {
@@ -344,12 +345,16 @@ impl SyncEngine {
     /// first page (what it already brought is kept; a part that keeps losing fails its
     /// batch, which is then retried with backoff); live subscriptions may have missed
     /// events too, so the relay gets a `since` catch-up, as after a closed live
-    /// subscription.
+    /// subscription; Sync+ asks about its participants again.
     pub(super) fn on_messages_lost(&mut self, relay: &RelayUrl, since: WallTime, now: WallTime) {
+        if !self.conns.contains_key(relay) {
+            return;
+        }
+        self.metrics.messages_lost += 1;
+        self.sync_plus_messages_lost(relay);
         let Some(conn) = self.conns.get_mut(relay) else {
             return;
         };
-        self.metrics.messages_lost += 1;
         let gap = conn.live_gap_since.map_or(since, |g| g.min(since));
         conn.live_gap_since = Some(gap);
         conn.needs_rebuild = true;
