@@ -2415,3 +2415,84 @@ fn grasp03_a_restart_keeps_participants_and_outbox_relays() {
     let found = settle_but_lookups(&mut h2, A, &cmds);
     assert_eq!(found.len(), 1, "{found:?}");
 }
+
+#[test]
+fn grasp03_a_restart_has_every_outbox_relay_at_once_not_only_the_first_list_back() {
+    let (mut h, repo, root, lookup) = with_participant(SyncPlusConfig::default());
+    h.accept(&reply(&keys(3), &root.id, T0 - 40, "me too"));
+    h.advance(Duration::from_secs(5));
+    let mut cmds = h.answer(A, &lookup, &[relay_list(&keys(2), &[B], &[], T0 - 10)]);
+    cmds.extend(h.advance(Duration::from_secs(1)));
+    let next = lookups(&cmds, A);
+    assert_eq!(next.len(), 1, "{next:?}");
+    h.answer(A, &next[0].0, &[relay_list(&keys(3), &[C], &[], T0 - 10)]);
+    h.advance(Duration::from_secs(5));
+    let both = BTreeSet::from([url(B), url(C)]);
+    assert_eq!(h.engine.repo_index().get(&repo).unwrap().outbox_relays, both);
+
+    let snapshot = h.engine.snapshot(h.now);
+    let now = h.now + Duration::from_secs(600);
+    let mut h2 = Harness {
+        now,
+        engine: SyncEngine::restore(
+            sync_plus(SyncPlusConfig::default()),
+            snapshot,
+            now,
+            Arc::new(AllowAllRelays),
+            Box::new(FixedRandom(0)),
+        ),
+        hold_verdicts: false,
+        unanswered: Vec::new(),
+    };
+    assert_eq!(h2.engine.repo_index().get(&repo).unwrap().outbox_relays, both);
+    // The lookups after the restart come back one author at a time: nothing is dropped
+    // in between (each list is the one kept).
+    let cmds = h2.connect(A);
+    let found = settle_but_lookups(&mut h2, A, &cmds);
+    let (id, _) = found.into_iter().next().expect("participants asked about again");
+    let mut cmds = h2.answer(A, &id, &[relay_list(&keys(2), &[B], &[], T0 - 10)]);
+    cmds.extend(h2.advance(Duration::from_secs(5)));
+    assert_eq!(h2.engine.repo_index().get(&repo).unwrap().outbox_relays, both);
+    assert!(disconnects(&cmds).is_empty(), "{:?}", disconnects(&cmds));
+}
+
+#[test]
+fn grasp03_a_refused_lookup_is_asked_again_after_a_backoff() {
+    let (mut h, repo, _, lookup) = with_participant(SyncPlusConfig::default());
+    let cmds = h.closed(A, &lookup, "rate-limited: slow down");
+    assert!(lookups(&cmds, A).is_empty(), "not at once");
+    assert_eq!(h.engine.metrics().sync_plus_lookups_failed, 1);
+    // The rate limit's cooldown and the first backoff (30 s) pass.
+    let cmds = h.advance(Duration::from_secs(90));
+    let again = lookups(&cmds, A);
+    assert_eq!(again.len(), 1, "asked again: {again:?}");
+    let mut cmds = h.answer(A, &again[0].0, &[relay_list(&keys(2), &[B], &[], T0 - 10)]);
+    cmds.extend(h.advance(Duration::from_secs(5)));
+    assert!(connects(&cmds).contains(&url(B)));
+    assert_eq!(
+        h.engine.repo_index().get(&repo).unwrap().outbox_relays,
+        BTreeSet::from([url(B)])
+    );
+}
+
+#[test]
+fn grasp03_a_list_the_host_accepted_with_its_authors_first_event_counts() {
+    let (mut h, _, repo) = with_repo(sync_plus(SyncPlusConfig::default()), &[A]);
+    h.connect_and_settle(A);
+    // The list is older than the issue and arrives in the same batch.
+    h.accept(&relay_list(&keys(2), &[B], &[], T0 - 60));
+    h.accept(&issue(&keys(2), &repo, T0 - 50, "bug"));
+    let cmds = h.advance(Duration::from_secs(5));
+    assert!(connects(&cmds).contains(&url(B)), "{:?}", connects(&cmds));
+}
+
+#[test]
+fn grasp03_a_relay_repeating_a_list_past_the_cap_is_struck() {
+    let (mut h, _, _, lookup) = with_participant(SyncPlusConfig::default());
+    let list = relay_list(&keys(2), &[B], &[], T0 - 10);
+    let before = h.engine.metrics().dropped_unsolicited;
+    let copies = vec![list; 10];
+    h.answer(A, &lookup, &copies);
+    // One author asked about: four copies are read, the other six are strikes.
+    assert_eq!(h.engine.metrics().dropped_unsolicited, before + 6);
+}

@@ -105,8 +105,9 @@ pub struct SyncPlusConfig {
     /// Distinct outbox relays over all repos: a relay not yet in use is only added
     /// while fewer are (256).
     pub max_relays_total: usize,
-    /// Relays read from one author's list (the first ones; 10): a list of thousands
-    /// must not crowd out the other participants.
+    /// Relays read from each of an author's lists (the first ones; 10 from the NIP-65
+    /// list, 10 from the GRASP list): a list of thousands must not crowd out the other
+    /// participants.
     pub max_relays_per_author: usize,
 }
 

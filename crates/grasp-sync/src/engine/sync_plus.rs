@@ -13,8 +13,10 @@
 //! Relay lists are read by the engine itself, so a host need not store kind 10002: from
 //! short one-shot REQs ("lookups", one open per relay, 100 authors each) on the repo's
 //! listed relays, and from lists the host accepted. A list from a relay counts only with
-//! a valid signature. Lookups are best effort: one the relay refuses is not asked again
-//! before that relay's next fresh start, which asks again about every participant.
+//! a valid signature. A lookup refused or unanswered is asked again with the history
+//! backoff, a few times per connection; each fresh start asks about every participant
+//! again. Participants and their lists are persisted, so a restart has its outbox
+//! relays at once.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
