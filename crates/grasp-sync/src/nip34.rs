@@ -291,7 +291,9 @@ pub fn relay_list_urls(event: &Event) -> Option<Vec<&str>> {
         .iter()
         .filter_map(|tag| match tag.as_slice() {
             [name, url] if name == tag_name => Some(url.as_str()),
-            [name, url, marker, ..] if name == tag_name && (tag_name == "g" || marker == "write") => {
+            [name, url, marker, ..]
+                if name == tag_name && (tag_name == "g" || marker == "write") =>
+            {
                 Some(url.as_str())
             }
             _ => None,

@@ -126,7 +126,11 @@ fn carriers(needs: &RepoSyncNeeds) -> impl Iterator<Item = (&RelayUrl, SyncLevel
         .iter()
         .filter(|r| !needs.relays.contains(*r))
         .map(|r| (r, SyncLevel::Conversation));
-    needs.relays.iter().map(|r| (r, needs.sync_level)).chain(outbox)
+    needs
+        .relays
+        .iter()
+        .map(|r| (r, needs.sync_level))
+        .chain(outbox)
 }
 
 /// Inverts the repo index into per-relay targets. Root events are only targeted for

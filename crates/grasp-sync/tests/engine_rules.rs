@@ -2122,7 +2122,10 @@ fn relay_list(keys: &Keys, write: &[&str], read: &[&str], created_at: u64) -> Ev
         .iter()
         .map(|r| Tag::parse(["r", r, "write"]).expect("r tag"))
         .collect();
-    tags.extend(read.iter().map(|r| Tag::parse(["r", r, "read"]).expect("r tag")));
+    tags.extend(
+        read.iter()
+            .map(|r| Tag::parse(["r", r, "read"]).expect("r tag")),
+    );
     EventBuilder::new(Kind::RelayList, "")
         .tags(tags)
         .custom_created_at(Timestamp::from_secs(created_at))
@@ -2136,9 +2139,9 @@ fn lookups(cmds: &[Command], relay: &str) -> Vec<(SubscriptionId, BTreeSet<Strin
     historic(cmds, relay)
         .into_iter()
         .filter(|(_, f)| {
-            f.kinds.as_ref().is_some_and(|k| {
-                *k == BTreeSet::from([Kind::RelayList, Kind::from(10317)])
-            })
+            f.kinds
+                .as_ref()
+                .is_some_and(|k| *k == BTreeSet::from([Kind::RelayList, Kind::from(10317)]))
         })
         .map(|(id, f)| {
             let authors = f.authors.iter().flatten().map(|a| a.to_hex()).collect();
@@ -2164,7 +2167,10 @@ fn settle_but_lookups(
     while !todo.is_empty() {
         let mut next = Vec::new();
         for (id, f) in historic(&todo, relay) {
-            if f.kinds.as_ref().is_some_and(|k| k.contains(&Kind::RelayList)) {
+            if f.kinds
+                .as_ref()
+                .is_some_and(|k| k.contains(&Kind::RelayList))
+            {
                 found.push((id, f.authors.iter().flatten().map(|a| a.to_hex()).collect()));
                 continue;
             }
@@ -2204,14 +2210,24 @@ fn grasp03_a_participants_write_relay_carries_only_the_repos_conversation() {
     let (mut h, repo, root, lookup) = with_participant(SyncPlusConfig::default());
     let list = relay_list(&keys(2), &[B], &[C], T0 - 10);
     let cmds = h.answer(A, &lookup, &[list]);
-    assert!(unsubscribes(&cmds, A).contains(&lookup), "the lookup ends at EOSE");
-    assert!(cmds.iter().all(|c| !matches!(c, Command::Ingest { .. })), "lists are not handed over");
+    assert!(
+        unsubscribes(&cmds, A).contains(&lookup),
+        "the lookup ends at EOSE"
+    );
+    assert!(
+        cmds.iter().all(|c| !matches!(c, Command::Ingest { .. })),
+        "lists are not handed over"
+    );
     let cmds = {
         let mut c = cmds;
         c.extend(h.advance(Duration::from_secs(5)));
         c
     };
-    assert_eq!(connects(&cmds), BTreeSet::from([url(B)]), "the write relay, not the read one");
+    assert_eq!(
+        connects(&cmds),
+        BTreeSet::from([url(B)]),
+        "the write relay, not the read one"
+    );
 
     let cmds = h.connect(B);
     let asked: Vec<Filter> = historic(&cmds, B)
@@ -2223,8 +2239,10 @@ fn grasp03_a_participants_write_relay_carries_only_the_repos_conversation() {
     want.extend(root_filters(&root.id));
     let asked_set: BTreeSet<String> = asked.iter().map(|f| format!("{f:?}")).collect();
     assert!(
-        !asked.iter().any(|f| f.kinds.as_ref().is_some_and(|k| k.contains(&Kind::from(30617))
-            || k.contains(&Kind::from(30618)))),
+        !asked.iter().any(|f| f
+            .kinds
+            .as_ref()
+            .is_some_and(|k| k.contains(&Kind::from(30617)) || k.contains(&Kind::from(30618)))),
         "no layer 1 and no state on an outbox relay: {asked:?}"
     );
     for f in &want {
@@ -2329,7 +2347,10 @@ fn grasp03_outbox_relays_are_ranked_by_participants_and_bounded_per_repo_and_in_
     let next = lookups(&cmds, A);
     assert_eq!(next.len(), 1, "{next:?}");
     let asked = &next[0].1;
-    let expected: BTreeSet<String> = [3u8, 4].iter().map(|n| keys(*n).public_key().to_hex()).collect();
+    let expected: BTreeSet<String> = [3u8, 4]
+        .iter()
+        .map(|n| keys(*n).public_key().to_hex())
+        .collect();
     assert_eq!(asked, &expected, "the fifth author is over the bound of 3");
     let mut cmds = h.answer(
         A,
@@ -2352,11 +2373,22 @@ fn grasp03_outbox_relays_are_ranked_by_participants_and_bounded_per_repo_and_in_
     let other = coord(&k7, "other");
     let cmds = accept_root(&mut h, &issue(&keys(8), &other, T0 - 50, "other bug"));
     let found = settle_but_lookups(&mut h, A, &cmds);
-    let (id, _) = found.into_iter().next().expect("a lookup about the new participant");
-    let mut cmds = h.answer(A, &id, &[relay_list(&keys(8), &["wss://f.example", D], &[], T0 - 10)]);
+    let (id, _) = found
+        .into_iter()
+        .next()
+        .expect("a lookup about the new participant");
+    let mut cmds = h.answer(
+        A,
+        &id,
+        &[relay_list(&keys(8), &["wss://f.example", D], &[], T0 - 10)],
+    );
     cmds.extend(h.advance(Duration::from_secs(5)));
     let needs = h.engine.repo_index().get(&other).expect("repo");
-    assert_eq!(needs.outbox_relays, BTreeSet::from([url(D)]), "D is in use already, F is over the total");
+    assert_eq!(
+        needs.outbox_relays,
+        BTreeSet::from([url(D)]),
+        "D is in use already, F is over the total"
+    );
     assert!(!connects(&cmds).contains(&url("wss://f.example")));
 }
 
@@ -2382,7 +2414,10 @@ fn grasp03_the_url_policy_and_the_announcement_come_first() {
     assert!(connects(&cmds).is_empty());
     let needs = h.engine.repo_index().get(&repo).expect("repo");
     assert!(needs.outbox_relays.is_empty());
-    assert_eq!(h.engine.targets().get(&url(C)).expect("C").repos.get(&repo), Some(&SyncLevel::Full));
+    assert_eq!(
+        h.engine.targets().get(&url(C)).expect("C").repos.get(&repo),
+        Some(&SyncLevel::Full)
+    );
 }
 
 #[test]
@@ -2407,7 +2442,11 @@ fn grasp03_a_restart_keeps_participants_and_outbox_relays() {
     let cmds = h2.advance(Duration::from_secs(5));
     assert!(connects(&cmds).contains(&url(B)), "{:?}", connects(&cmds));
     assert_eq!(
-        h2.engine.repo_index().get(&repo).expect("repo").outbox_relays,
+        h2.engine
+            .repo_index()
+            .get(&repo)
+            .expect("repo")
+            .outbox_relays,
         BTreeSet::from([url(B)])
     );
     // And the participant is asked about again on A, whose list may have changed.
@@ -2428,7 +2467,10 @@ fn grasp03_a_restart_has_every_outbox_relay_at_once_not_only_the_first_list_back
     h.answer(A, &next[0].0, &[relay_list(&keys(3), &[C], &[], T0 - 10)]);
     h.advance(Duration::from_secs(5));
     let both = BTreeSet::from([url(B), url(C)]);
-    assert_eq!(h.engine.repo_index().get(&repo).unwrap().outbox_relays, both);
+    assert_eq!(
+        h.engine.repo_index().get(&repo).unwrap().outbox_relays,
+        both
+    );
 
     let snapshot = h.engine.snapshot(h.now);
     let now = h.now + Duration::from_secs(600);
@@ -2444,15 +2486,24 @@ fn grasp03_a_restart_has_every_outbox_relay_at_once_not_only_the_first_list_back
         hold_verdicts: false,
         unanswered: Vec::new(),
     };
-    assert_eq!(h2.engine.repo_index().get(&repo).unwrap().outbox_relays, both);
+    assert_eq!(
+        h2.engine.repo_index().get(&repo).unwrap().outbox_relays,
+        both
+    );
     // The lookups after the restart come back one author at a time: nothing is dropped
     // in between (each list is the one kept).
     let cmds = h2.connect(A);
     let found = settle_but_lookups(&mut h2, A, &cmds);
-    let (id, _) = found.into_iter().next().expect("participants asked about again");
+    let (id, _) = found
+        .into_iter()
+        .next()
+        .expect("participants asked about again");
     let mut cmds = h2.answer(A, &id, &[relay_list(&keys(2), &[B], &[], T0 - 10)]);
     cmds.extend(h2.advance(Duration::from_secs(5)));
-    assert_eq!(h2.engine.repo_index().get(&repo).unwrap().outbox_relays, both);
+    assert_eq!(
+        h2.engine.repo_index().get(&repo).unwrap().outbox_relays,
+        both
+    );
     assert!(disconnects(&cmds).is_empty(), "{:?}", disconnects(&cmds));
 }
 

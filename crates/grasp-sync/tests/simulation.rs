@@ -40,7 +40,9 @@ use grasp_sync::engine::{
 use grasp_sync::model::{ConnectionStatus, RelayUrl, RepoRef, WallTime};
 use grasp_sync::ports::{AllowAllRelays, RandomSource, SeededRandom};
 use nostr::filter::MatchEventOptions;
-use nostr::{Event, EventBuilder, EventId, Filter, Keys, Kind, SecretKey, SubscriptionId, Tag, Timestamp};
+use nostr::{
+    Event, EventBuilder, EventId, Filter, Keys, Kind, SecretKey, SubscriptionId, Tag, Timestamp,
+};
 
 const US: &str = "wss://us.example";
 
@@ -418,7 +420,11 @@ impl Sim {
                 if self.sync_plus && self.rng.chance(30) {
                     // Only on a relay the announcement does not list (a participant's).
                     let u = self.rng.pick(&urls).clone();
-                    self.relays.get_mut(&u).unwrap().events.insert(ev.id, ev.clone());
+                    self.relays
+                        .get_mut(&u)
+                        .unwrap()
+                        .events
+                        .insert(ev.id, ev.clone());
                 }
             }
         }
@@ -454,13 +460,27 @@ impl Sim {
             }
             let mut tags = Vec::new();
             for _ in 0..1 + self.rng.below(2) {
-                let u = self.rng.pick(urls).as_str().trim_end_matches('/').to_string();
+                let u = self
+                    .rng
+                    .pick(urls)
+                    .as_str()
+                    .trim_end_matches('/')
+                    .to_string();
                 let marked = self.rng.chance(50);
-                let tag = if marked { vec!["r".to_string(), u, "write".into()] } else { vec!["r".to_string(), u] };
+                let tag = if marked {
+                    vec!["r".to_string(), u, "write".into()]
+                } else {
+                    vec!["r".to_string(), u]
+                };
                 tags.push(Tag::parse(tag).unwrap());
             }
             if self.rng.chance(50) {
-                let u = self.rng.pick(urls).as_str().trim_end_matches('/').to_string();
+                let u = self
+                    .rng
+                    .pick(urls)
+                    .as_str()
+                    .trim_end_matches('/')
+                    .to_string();
                 tags.push(Tag::parse(["r", u.as_str(), "read"]).unwrap());
             }
             let t = self.ts();
@@ -472,13 +492,21 @@ impl Sim {
             let mut placed = false;
             for u in urls {
                 if self.rng.chance(60) {
-                    self.relays.get_mut(u).unwrap().events.insert(list.id, list.clone());
+                    self.relays
+                        .get_mut(u)
+                        .unwrap()
+                        .events
+                        .insert(list.id, list.clone());
                     placed = true;
                 }
             }
             if !placed {
                 let u = self.rng.pick(urls).clone();
-                self.relays.get_mut(&u).unwrap().events.insert(list.id, list);
+                self.relays
+                    .get_mut(&u)
+                    .unwrap()
+                    .events
+                    .insert(list.id, list);
             }
         }
     }
@@ -1349,48 +1377,55 @@ impl Sim {
             roots
         };
         let mut roots = roots_of(&outbox);
-        while self.sync_plus {
-            let mut next: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-            for (id, (coords, author)) in &roots {
-                let accepted = self
-                    .relays
-                    .values()
-                    .find_map(|r| r.events.get(&EventId::from_hex(id).unwrap()))
-                    .is_some_and(|e| self.host.verdict(e) != IngestOutcome::Rejected);
-                if !accepted {
-                    continue;
-                }
-                for c in coords {
-                    let listed = &held[c].1;
-                    let lists = self.relays.iter().filter(|(u, _)| listed.contains(&url_of(u)));
-                    for (_, relay) in lists {
-                        for list in relay
-                            .events
-                            .values()
-                            .filter(|e| e.kind == Kind::RelayList && e.pubkey == *author)
-                        {
-                            for t in list.tags.iter() {
-                                let write = match t.as_slice() {
-                                    [n, u] if n == "r" => Some(u),
-                                    [n, u, m, ..] if n == "r" && m == "write" => Some(u),
-                                    _ => None,
-                                };
-                                if let Some(u) = write.filter(|u| !listed.contains(*u)) {
-                                    next.entry(c.clone()).or_default().insert(u.clone());
+        if self.sync_plus {
+            loop {
+                let mut next: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+                for (id, (coords, author)) in &roots {
+                    let accepted = self
+                        .relays
+                        .values()
+                        .find_map(|r| r.events.get(&EventId::from_hex(id).unwrap()))
+                        .is_some_and(|e| self.host.verdict(e) != IngestOutcome::Rejected);
+                    if !accepted {
+                        continue;
+                    }
+                    for c in coords {
+                        let listed = &held[c].1;
+                        let lists = self
+                            .relays
+                            .iter()
+                            .filter(|(u, _)| listed.contains(&url_of(u)));
+                        for (_, relay) in lists {
+                            for list in relay
+                                .events
+                                .values()
+                                .filter(|e| e.kind == Kind::RelayList && e.pubkey == *author)
+                            {
+                                for t in list.tags.iter() {
+                                    let write = match t.as_slice() {
+                                        [n, u] if n == "r" => Some(u),
+                                        [n, u, m, ..] if n == "r" && m == "write" => Some(u),
+                                        _ => None,
+                                    };
+                                    if let Some(u) = write.filter(|u| !listed.contains(*u)) {
+                                        next.entry(c.clone()).or_default().insert(u.clone());
+                                    }
                                 }
                             }
                         }
                     }
                 }
+                if next == outbox {
+                    break;
+                }
+                outbox = next;
+                roots = roots_of(&outbox);
             }
-            if next == outbox {
-                break;
-            }
-            outbox = next;
-            roots = roots_of(&outbox);
         }
-        let roots: BTreeMap<String, BTreeSet<String>> =
-            roots.into_iter().map(|(id, (coords, _))| (id, coords)).collect();
+        let roots: BTreeMap<String, BTreeSet<String>> = roots
+            .into_iter()
+            .map(|(id, (coords, _))| (id, coords))
+            .collect();
         let lists = |coord: &str, u: &str| held.get(coord).is_some_and(|(_, r)| r.contains(u));
         let full_lists = |coord: &str, u: &str| carries(&outbox, coord, u);
         let mut out = BTreeSet::new();

@@ -1087,18 +1087,28 @@ async fn grasp03_a_comment_only_on_a_participants_write_relay_reaches_the_repo()
         keys: Keys::generate(),
         d: "elsewhere".into(),
     };
-    let other_ann = stranger.announcement(&[o_url.clone()], &daemon.url());
+    let other_ann = stranger.announcement(std::slice::from_ref(&o_url), &daemon.url());
     for e in [&reply, &state, &other_ann] {
         publish_ok(&o_url, e).await;
     }
-    wait_served(&b, &[reply.id], "B gets the reply from the participant's relay O").await;
+    wait_served(
+        &b,
+        &[reply.id],
+        "B gets the reply from the participant's relay O",
+    )
+    .await;
     // Settle: what else O could send would have come with the reply.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(!b.serves(&state.id).await, "no state from an outbox relay");
-    assert!(!b.serves(&other_ann.id).await, "no layer 1 from an outbox relay");
+    assert!(
+        !b.serves(&other_ann.id).await,
+        "no layer 1 from an outbox relay"
+    );
     let metrics = http_get(b.local_addr(), "/metrics");
     assert!(
-        metrics.lines().any(|l| l.starts_with("grasp_sync_relays_sync_plus") && l.ends_with(" 1")),
+        metrics
+            .lines()
+            .any(|l| l.starts_with("grasp_sync_relays_sync_plus") && l.ends_with(" 1")),
         "{metrics}"
     );
 

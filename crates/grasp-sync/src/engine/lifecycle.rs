@@ -178,7 +178,10 @@ impl SyncEngine {
     /// A connected relay without layer 1 that now carries it (an outbox relay a new
     /// announcement lists): layer 1 opens, in full.
     pub(super) fn open_layer1_if_now_carried(&mut self, relay: &RelayUrl, now: WallTime) {
-        let connected = self.relays.get(relay).is_some_and(|s| s.status.is_connected());
+        let connected = self
+            .relays
+            .get(relay)
+            .is_some_and(|s| s.status.is_connected());
         let open = self.conns.get(relay).is_none_or(|c| c.layer1);
         if connected && !open {
             self.open_layer1(relay, None, now, true);

@@ -131,12 +131,20 @@ impl SyncEngine {
                 repos.extend(sp.roots.get(id).into_iter().flatten().cloned());
             }
         }
-        repos.retain(|r| self.repos.get(r).is_some_and(|n| n.sync_level == SyncLevel::Full));
+        repos.retain(|r| {
+            self.repos
+                .get(r)
+                .is_some_and(|n| n.sync_level == SyncLevel::Full)
+        });
         if nip34::is_root_kind(event.kind) {
             // Only the repos that took it as a root (within their bound).
             let of: Vec<RepoRef> = repos
                 .iter()
-                .filter(|r| self.repos.get(r).is_some_and(|n| n.root_events.contains(&event.id)))
+                .filter(|r| {
+                    self.repos
+                        .get(r)
+                        .is_some_and(|n| n.root_events.contains(&event.id))
+                })
                 .cloned()
                 .collect();
             if let (Some(sp), false) = (&mut self.sync_plus, of.is_empty()) {
@@ -228,7 +236,10 @@ impl SyncEngine {
     /// The outbox relays `repo` should have now, with the use counts moved from its old
     /// set to the new one. `None` when it is not a Full repo, or nothing changes.
     fn admit_outbox(&mut self, repo: &RepoRef) -> Option<BTreeSet<RelayUrl>> {
-        let needs = self.repos.get(repo).filter(|n| n.sync_level == SyncLevel::Full)?;
+        let needs = self
+            .repos
+            .get(repo)
+            .filter(|n| n.sync_level == SyncLevel::Full)?;
         let listed = needs.relays.clone();
         let old = needs.outbox_relays.clone();
         let sp = self.sync_plus.as_ref()?;
@@ -288,7 +299,11 @@ impl SyncEngine {
     /// Restoring, per repo: its participants, asked about again on its listed relays
     /// (their lists may have changed), and the root events they are counted through.
     pub(super) fn sync_plus_restore(&mut self, repo: &RepoRef, participants: &[PublicKey]) {
-        let Some(needs) = self.repos.get(repo).filter(|n| n.sync_level == SyncLevel::Full) else {
+        let Some(needs) = self
+            .repos
+            .get(repo)
+            .filter(|n| n.sync_level == SyncLevel::Full)
+        else {
             return;
         };
         let listed = needs.relays.clone();
@@ -331,7 +346,10 @@ impl SyncEngine {
         };
         let mut out = Vec::new();
         for (author, lists) in &sp.lists {
-            for (kind, list) in [(Kind::RelayList, &lists.nip65), (nip34::KIND_GRASP_LIST, &lists.grasp)] {
+            for (kind, list) in [
+                (Kind::RelayList, &lists.nip65),
+                (nip34::KIND_GRASP_LIST, &lists.grasp),
+            ] {
                 if let Some((created_at, relays)) = list {
                     out.push(PersistedRelayList {
                         author: *author,
@@ -398,7 +416,10 @@ impl SyncEngine {
     /// Opens the next lookup on a connected relay with participants to ask about and
     /// none open (called by the pump).
     pub(super) fn open_lookup(&mut self, relay: &RelayUrl, now: WallTime) {
-        let connected = self.relays.get(relay).is_some_and(|s| s.status.is_connected());
+        let connected = self
+            .relays
+            .get(relay)
+            .is_some_and(|s| s.status.is_connected());
         let Some(sp) = &mut self.sync_plus else {
             return;
         };

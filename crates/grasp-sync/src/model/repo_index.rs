@@ -167,7 +167,10 @@ impl RepoSyncIndex {
     pub fn set_outbox_relays(&mut self, repo: &RepoRef, relays: BTreeSet<RelayUrl>) -> RepoChange {
         self.change(repo, |needs| {
             if let Some(n) = needs.as_mut().filter(|n| n.sync_level == SyncLevel::Full) {
-                n.outbox_relays = relays.into_iter().filter(|r| !n.relays.contains(r)).collect();
+                n.outbox_relays = relays
+                    .into_iter()
+                    .filter(|r| !n.relays.contains(r))
+                    .collect();
             }
         })
     }

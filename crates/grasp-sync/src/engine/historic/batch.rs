@@ -4,8 +4,8 @@
 
 use nostr::{Filter, SubscriptionId};
 
-use super::super::SyncEngine;
 use super::super::conn::retry_backoff;
+use super::super::SyncEngine;
 use crate::filters::items_named_by;
 use crate::model::{BatchId, PendingBatch, RelayUrl, SyncItems, WallTime};
 

@@ -13,8 +13,8 @@ use nostr::filter::MatchEventOptions;
 use nostr::{Event, Filter, SubscriptionId};
 
 use super::conn::{HistoricKind, HistoricSub, PartKind, QueuedPart};
-use super::{Command, NegentropyFailure, SyncEngine};
 use super::sync_plus::LookupEnd;
+use super::{Command, NegentropyFailure, SyncEngine};
 use crate::classify::{classify_closed, classify_notice, RelaySignal};
 use crate::model::NegentropySupport;
 use crate::model::{BatchId, RelayUrl, WallTime};
