@@ -299,6 +299,7 @@ mod tests {
                     failure: Default::default(),
                     beyond_req: Default::default(),
                     asked_by_req: Vec::new(),
+                    fetch_asked: Default::default(),
                     layer1: false,
                     full_history: true,
                     started_at: WallTime::ZERO,

@@ -282,7 +282,7 @@ impl Harness {
         let mut all = Vec::new();
         while !todo.is_empty() {
             let mut next = Vec::new();
-            for (id, _) in historic(&todo, relay) {
+            for id in historic_ids(&todo, relay) {
                 next.extend(self.answer(relay, &id, &[]));
             }
             for (session, _) in negentropy(&todo, relay) {
@@ -349,14 +349,25 @@ fn live(cmds: &[Command], relay: &str) -> Vec<(SubscriptionId, Vec<Filter>)> {
     subscribes(cmds, relay, SubscriptionMode::Live)
 }
 
-/// Historic REQs: one filter each.
+/// The filters of historic REQs, each with its REQ's id (a REQ grouping several
+/// filters appears once per filter: answer it once, see [`historic_ids`]).
 fn historic(cmds: &[Command], relay: &str) -> Vec<(SubscriptionId, Filter)> {
     subscribes(cmds, relay, SubscriptionMode::Historic)
         .into_iter()
-        .map(|(id, mut f)| {
-            assert_eq!(f.len(), 1, "a historic REQ carries one filter");
-            (id, f.remove(0))
-        })
+        .flat_map(|(id, f)| f.into_iter().map(move |f| (id.clone(), f)))
+        .collect()
+}
+
+/// Historic REQs with all their filters.
+fn historic_reqs(cmds: &[Command], relay: &str) -> Vec<(SubscriptionId, Vec<Filter>)> {
+    subscribes(cmds, relay, SubscriptionMode::Historic)
+}
+
+/// The ids of historic REQs, once each, in order.
+fn historic_ids(cmds: &[Command], relay: &str) -> Vec<SubscriptionId> {
+    subscribes(cmds, relay, SubscriptionMode::Historic)
+        .into_iter()
+        .map(|(id, _)| id)
         .collect()
 }
 
@@ -1024,34 +1035,26 @@ fn tie_group_over_the_cap() -> (Harness, Event, Vec<Event>) {
     h.connect_and_settle(A);
     let root = issue(&k, &repo, T0 - 10_000, "bug");
     let cmds = accept_root(&mut h, &root);
-    let reqs = historic(&cmds, A);
-    let (mut sub, _) = reqs
-        .iter()
-        .find(|(_, f)| kind_of(f) == "#e")
-        .unwrap()
-        .clone();
-    for (id, _) in reqs.iter().filter(|(id, _)| *id != sub) {
-        h.answer(A, id, &[]);
-    }
     let tied: Vec<Event> = (0..5)
         .map(|i| reply(&k, &root.id, T0 - 5_000, &format!("tied {i}")))
         .collect();
+    // Every REQ whose filters match the replies gets the newest three (the cap) while
+    // it asks at or after their second; everything else (and older) is empty.
+    let mut todo = cmds;
     let mut pages = 0;
-    loop {
-        let cmds = h.answer(A, &sub, &tied[..3]);
-        pages += 1;
-        let next = historic(&cmds, A);
-        let Some((id, f)) = next.first().cloned() else {
-            break;
-        };
-        // Past the tie group: older than it, nothing.
-        let older = f.until.is_some_and(|u| u.as_secs() < T0 - 5_000);
-        if older {
-            h.answer(A, &id, &[]);
-            break;
+    while !todo.is_empty() {
+        let mut next = Vec::new();
+        for (id, fs) in historic_reqs(&todo, A) {
+            let opts = nostr::filter::MatchEventOptions::new();
+            let tie_page = fs.iter().any(|f| {
+                f.match_event(&tied[0], opts) && f.until.is_none_or(|u| u.as_secs() >= T0 - 5_000)
+            });
+            let page: &[Event] = if tie_page { &tied[..3] } else { &[] };
+            next.extend(h.answer(A, &id, page));
+            pages += 1;
+            assert!(pages < 30, "pagination ends");
         }
-        sub = id;
-        assert!(pages < 10, "pagination ends");
+        todo = next;
     }
     (h, root, tied)
 }
@@ -1903,8 +1906,9 @@ fn settle_with(h: &mut Harness, relay: &str, cmds: &[Command], event: &Event) ->
     let mut all = Vec::new();
     while !todo.is_empty() {
         let mut next = Vec::new();
-        for (id, f) in historic(&todo, relay) {
-            let matches = f.match_event(event, nostr::filter::MatchEventOptions::new());
+        for (id, fs) in historic_reqs(&todo, relay) {
+            let opts = nostr::filter::MatchEventOptions::new();
+            let matches = fs.iter().any(|f| f.match_event(event, opts));
             let page = if matches { vec![event.clone()] } else { vec![] };
             next.extend(h.answer(relay, &id, &page));
         }
@@ -2105,6 +2109,164 @@ fn r21_a_relay_flooding_unsolicited_events_or_notices_is_dropped_and_backed_off(
 }
 
 // ---------------------------------------------------------------------------------------
+// 22. Where a relay says its `limit` cap, a batch's filters share REQs: an event matching
+//     several (a comment's `#e` and `#E`) comes once; pagination stays per filter.
+// ---------------------------------------------------------------------------------------
+
+/// A relay whose NIP-11 says `max_limit` = `cap` (and we ask pages of that size).
+fn capped(cap: usize) -> SyncConfig {
+    let mut cfg = config();
+    cfg.default_limits.page_limit = cap;
+    cfg.default_limits.max_limit = Some(cap);
+    cfg
+}
+
+/// A status (1630) on `root`: it tags the root by `e` only.
+fn status_on(keys: &Keys, root: &EventId, created_at: u64, content: &str) -> Event {
+    event(
+        keys,
+        1630,
+        vec![tag(&["e", &root.to_hex()])],
+        created_at,
+        content,
+    )
+}
+
+/// The relay is capped; the root's history is one REQ of three filters.
+fn grouped_root_history(cap: usize) -> (Harness, Keys, Event, SubscriptionId) {
+    let (mut h, k, repo) = with_repo(capped(cap), &[A]);
+    h.connect_and_settle(A);
+    let root = issue(&k, &repo, T0 - 10_000, "bug");
+    let cmds = accept_root(&mut h, &root);
+    let reqs = historic_reqs(&cmds, A);
+    assert_eq!(reqs.len(), 1, "one REQ: {reqs:?}");
+    let (id, filters) = reqs.into_iter().next().unwrap();
+    assert_eq!(
+        kinds_of(&filters),
+        BTreeSet::from(["#e".to_string(), "#E".into(), "#q".into()])
+    );
+    (h, k, root, id)
+}
+
+#[test]
+fn r22_a_roots_tag_filters_share_one_req_and_a_reply_comes_once() {
+    let (mut h, _, root, id) = grouped_root_history(50);
+    let answer = reply(&keys(2), &root.id, T0 - 50, "me too");
+    let cmds = h.answer(A, &id, std::slice::from_ref(&answer));
+    assert_eq!(ingested(&cmds), vec![answer.id]);
+    assert!(
+        historic(&cmds, A).is_empty(),
+        "a short page under a known cap is the end"
+    );
+    assert_eq!(h.status(A), ConnectionStatus::Connected);
+    // Without a known cap, one filter per REQ (a short page proves nothing there).
+    let (mut h, k, repo) = with_repo(config(), &[A]);
+    h.connect_and_settle(A);
+    let cmds = accept_root(&mut h, &issue(&k, &repo, T0 - 100, "bug"));
+    assert!(historic_reqs(&cmds, A).iter().all(|(_, fs)| fs.len() == 1));
+}
+
+#[test]
+fn r22b_a_full_grouped_page_goes_on_per_filter_from_each_filters_own_page() {
+    let (mut h, k, root, id) = grouped_root_history(3);
+    let s: Vec<Event> = (1..=4)
+        .map(|i| status_on(&k, &root.id, T0 - 100 * i, &format!("status {i}")))
+        .collect();
+    let r1 = reply(&k, &root.id, T0 - 1_000, "older reply");
+    let r2 = reply(&k, &root.id, T0 - 2_000, "oldest reply");
+    // Per filter its newest three: `#e` the three newest statuses, `#E` the replies.
+    let cmds = h.answer(A, &id, &[s[0].clone(), s[1].clone(), s[2].clone(), r1, r2]);
+    let next = historic_reqs(&cmds, A);
+    assert_eq!(next.len(), 1, "only `#e` had a full page: {next:?}");
+    let (next_id, fs) = &next[0];
+    assert_eq!(kinds_of(fs), BTreeSet::from(["#e".to_string()]));
+    assert_eq!(
+        fs[0].until,
+        Some(Timestamp::from_secs(T0 - 300)),
+        "from its own third newest, not from the replies another filter brought"
+    );
+    let cmds = h.answer(A, next_id, &[s[2].clone(), s[3].clone()]);
+    assert_eq!(
+        ingested(&cmds),
+        vec![s[3].id],
+        "the status between them arrives"
+    );
+    h.settle(A, &cmds);
+    assert_eq!(h.status(A), ConnectionStatus::Connected);
+}
+
+#[test]
+fn r22c_a_grouped_page_of_exactly_the_cap_proves_nothing_and_each_filter_goes_alone() {
+    let (mut h, k, root, id) = grouped_root_history(3);
+    let page: Vec<Event> = (1..=3)
+        .map(|i| status_on(&k, &root.id, T0 - 100 * i, &format!("status {i}")))
+        .collect();
+    let cmds = h.answer(A, &id, &page);
+    let again = historic_reqs(&cmds, A);
+    assert_eq!(again.len(), 3, "{again:?}");
+    assert!(again
+        .iter()
+        .all(|(_, fs)| fs.len() == 1 && fs[0].until.is_none()));
+    h.settle(A, &cmds);
+    assert_eq!(h.status(A), ConnectionStatus::Connected);
+}
+
+#[test]
+fn r22d_a_relay_refusing_a_grouped_req_as_too_many_filters_gets_them_one_by_one() {
+    let (mut h, _, _, id) = grouped_root_history(50);
+    let cmds = h.closed(A, &id, "error: too many filters");
+    let again = historic_reqs(&cmds, A);
+    assert_eq!(again.len(), 3, "{again:?}");
+    assert!(again.iter().all(|(_, fs)| fs.len() == 1));
+    h.settle(A, &cmds);
+    assert_eq!(h.status(A), ConnectionStatus::Connected, "nothing failed");
+}
+
+/// On a NIP-77 relay a reply is needed by the root's `#e` session and by its `#E`
+/// session: it is fetched once; and when the relay will not return it by id, the REQ
+/// for the filter of the session that asked brings it (nothing is lost by asking once).
+#[test]
+fn r22e_an_id_several_sessions_of_a_batch_need_is_fetched_once() {
+    let (mut h, k, repo) = with_repo(config(), &[A]);
+    let mut todo = h.connect(A);
+    while !todo.is_empty() {
+        let negs = negentropy(&todo, A);
+        todo = negs
+            .iter()
+            .flat_map(|(id, _)| h.neg_result(A, id, &[]))
+            .collect();
+    }
+    let root = issue(&k, &repo, T0 - 1000, "bug");
+    let cmds = accept_root(&mut h, &root);
+    let answer = reply(&keys(2), &root.id, T0 - 500, "me too");
+    let mut fetches = Vec::new();
+    for (session, f) in negentropy(&cmds, A) {
+        let opts = nostr::filter::MatchEventOptions::new();
+        let need: Vec<EventId> = if f.match_event(&answer, opts) {
+            vec![answer.id]
+        } else {
+            vec![]
+        };
+        fetches.extend(historic(&h.neg_result(A, &session, &need), A));
+    }
+    assert_eq!(fetches.len(), 1, "asked once: {fetches:?}");
+    assert_eq!(fetches[0].1.ids, Some(BTreeSet::from([answer.id])));
+    // The relay will not return it by id: asked again, then by REQ for the filter of
+    // the session that asked, which matches it too.
+    let cmds = h.answer(A, &fetches[0].0, &[]);
+    let retry = historic(&cmds, A);
+    assert_eq!(retry.len(), 1, "{retry:?}");
+    let cmds = h.answer(A, &retry[0].0, &[]);
+    let by_req = historic(&cmds, A);
+    assert_eq!(by_req.len(), 1, "{by_req:?}");
+    assert!(by_req[0].1.ids.is_none());
+    let cmds = h.answer(A, &by_req[0].0, std::slice::from_ref(&answer));
+    assert_eq!(ingested(&cmds), vec![answer.id]);
+    h.settle(A, &cmds);
+    assert_eq!(h.status(A), ConnectionStatus::Connected);
+}
+
+// ---------------------------------------------------------------------------------------
 // GRASP-03 Sync+: participants' outbox relays carry a Full repo's conversation.
 // ---------------------------------------------------------------------------------------
 
@@ -2166,11 +2328,13 @@ fn settle_but_lookups(
         .collect();
     while !todo.is_empty() {
         let mut next = Vec::new();
-        for (id, f) in historic(&todo, relay) {
-            if f.kinds
-                .as_ref()
-                .is_some_and(|k| k.contains(&Kind::RelayList))
-            {
+        for (id, fs) in historic_reqs(&todo, relay) {
+            let lookup = fs.iter().find(|f| {
+                f.kinds
+                    .as_ref()
+                    .is_some_and(|k| k.contains(&Kind::RelayList))
+            });
+            if let Some(f) = lookup {
                 found.push((id, f.authors.iter().flatten().map(|a| a.to_hex()).collect()));
                 continue;
             }
@@ -2266,11 +2430,11 @@ fn grasp03_a_participants_write_relay_carries_only_the_repos_conversation() {
     let mut todo = cmds;
     while !todo.is_empty() {
         let mut next = Vec::new();
-        for (id, f) in historic(&todo, B) {
+        for (id, fs) in historic_reqs(&todo, B) {
             let opts = nostr::filter::MatchEventOptions::new();
             let has: Vec<Event> = [comment.clone()]
                 .into_iter()
-                .filter(|e| f.match_event(e, opts))
+                .filter(|e| fs.iter().any(|f| f.match_event(e, opts)))
                 .collect();
             next.extend(h.answer(B, &id, &has));
         }

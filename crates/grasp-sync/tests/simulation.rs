@@ -77,6 +77,8 @@ struct Behaviour {
     cap: usize,
     ignores_until: bool,
     hostile: bool,
+    /// Says its `limit` cap in NIP-11 (the engine then groups a REQ's filters).
+    advertises_cap: bool,
 }
 
 struct SimRelay {
@@ -205,6 +207,8 @@ struct Faults {
     /// Sync+ relay-list lookups sent, and outbox relays in use at the end.
     sync_plus_lookups: u64,
     sync_plus_relays: u64,
+    /// Historic REQs grouping several filters.
+    grouped_reqs: u64,
 }
 
 /// Something scheduled: an input for the engine, or the host processing one queued
@@ -325,6 +329,7 @@ impl Sim {
                 cap: [10, 50, 500][self.rng.below(3) as usize],
                 ignores_until: false,
                 hostile: i == 0 && self.rng.chance(30),
+                advertises_cap: false,
             };
             // A relay that ignores `until` can only be read in one page: give it a cap
             // above its event count (with a smaller one nothing can read it all, and the
@@ -333,6 +338,7 @@ impl Sim {
                 behaviour.ignores_until = true;
                 behaviour.cap = 10_000;
             }
+            behaviour.advertises_cap = self.rng.chance(50);
             self.relays.insert(
                 url.clone(),
                 SimRelay {
@@ -636,6 +642,15 @@ impl Sim {
                 r.connected = true;
                 r.live.clear();
                 r.historic.clear();
+                if r.behaviour.advertises_cap {
+                    // Its NIP-11 document, read as the driver does when it dials.
+                    let doc = serde_json::json!({ "limitation": { "max_limit": r.behaviour.cap } });
+                    let limits = self
+                        .config
+                        .default_limits
+                        .lowered_to(&grasp_sync::filters::Nip11Limitation::from_document(&doc));
+                    self.engine.set_relay_limits(&relay, limits);
+                }
                 self.deliver(
                     Some(&relay),
                     Input::RelayConnected {
@@ -657,6 +672,9 @@ impl Sim {
                 mode,
             } => {
                 let connected = self.relays.get(&relay).is_some_and(|r| r.connected);
+                if mode == SubscriptionMode::Historic && filters.len() > 1 {
+                    self.faults.grouped_reqs += 1;
+                }
                 let covered: Vec<EventId> = self
                     .relays
                     .get(&relay)
@@ -1611,6 +1629,7 @@ fn simulation_converges_under_faults() {
                 totals.neg_silent += f.neg_silent;
                 totals.sync_plus_lookups += f.sync_plus_lookups;
                 totals.sync_plus_relays += f.sync_plus_relays;
+                totals.grouped_reqs += f.grouped_reqs;
             }
             Ok(Err(why)) => failures.push(format!("seed {seed}: {why}  (replay: SIM_SEED={seed} cargo test -p grasp-sync --test simulation)")),
             Err(_) => failures.push(format!("seed {seed}: panicked  (replay: SIM_SEED={seed} cargo test -p grasp-sync --test simulation)")),

@@ -51,6 +51,9 @@ pub(super) struct HistoricSub {
     pub batch: BatchId,
     /// The filter this part of the batch syncs (without pagination fields).
     pub filter: Filter,
+    /// Filters asked with `filter` on the same REQ: a first page of a batch's tag
+    /// filters, grouped so that the relay sends an event matching several once.
+    pub also: Vec<Filter>,
     pub kind: HistoricKind,
     pub deadline: WallTime,
     /// Events received on this page, to cut a flooding relay off at the page size.
@@ -71,6 +74,7 @@ pub(super) struct HistoricSub {
 pub(super) struct EndedPart {
     pub batch: BatchId,
     pub filter: Filter,
+    pub also: Vec<Filter>,
     pub attempts: u32,
     pub restarts: u32,
     pub origin: Option<Box<Filter>>,
@@ -82,11 +86,17 @@ impl HistoricSub {
         let part = EndedPart {
             batch: self.batch,
             filter: self.filter,
+            also: self.also,
             attempts: self.attempts,
             restarts: self.restarts,
             origin: self.origin,
         };
         (part, self.kind)
+    }
+
+    /// Every filter it asks.
+    pub fn filters(&self) -> impl Iterator<Item = &Filter> {
+        std::iter::once(&self.filter).chain(&self.also)
     }
 }
 
@@ -108,6 +118,8 @@ pub(super) enum PartKind {
 pub(super) struct QueuedPart {
     pub batch: BatchId,
     pub filter: Filter,
+    /// See [`HistoricSub::also`]: only on a REQ part's first page.
+    pub also: Vec<Filter>,
     pub kind: PartKind,
     /// Times in a row this part was refused by a rate limit and queued again (a page
     /// that arrives resets it: a long history under a REQ rate completes page by page).
@@ -272,6 +284,18 @@ impl Conn {
         self.live_failed = false;
         self.retry_at = None;
         self.retry_round = 0;
+    }
+
+    /// The relay refused a REQ of `sent` filters as too many: half as many per REQ from
+    /// now on (kept when NIP-11 limits arrive later).
+    pub fn learn_max_filters(&mut self, sent: usize) {
+        if sent <= 1 {
+            return;
+        }
+        let fewer = (sent / 2).max(1);
+        let learnt = self.learnt_max_filters.map_or(fewer, |l| l.min(fewer));
+        self.learnt_max_filters = Some(learnt);
+        self.limits = self.limits.with_learnt_max_filters(learnt);
     }
 
     /// Forgets everything tied to the websocket.

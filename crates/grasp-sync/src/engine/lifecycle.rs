@@ -310,10 +310,28 @@ impl SyncEngine {
         } else {
             PartKind::Req
         };
-        for filter in filters {
+        // A negentropy session takes one filter. REQs take the relay's filters-per-REQ,
+        // so an event matching several of them (a comment's `#e` and `#E`) comes once —
+        // where the relay says its `limit` cap: only then does a grouped page tell each
+        // filter's end (see `historic/req.rs`).
+        let per_req = if use_negentropy || limits.max_limit.is_none() {
+            1
+        } else {
+            limits.max_filters_per_req.max(1)
+        };
+        let mut filters = filters.into_iter().peekable();
+        while let Some(filter) = filters.next() {
+            let mut also = Vec::new();
+            while also.len() + 1 < per_req {
+                match filters.next() {
+                    Some(f) => also.push(f),
+                    None => break,
+                }
+            }
             conn.queue.push_back(QueuedPart {
                 batch: id,
                 filter,
+                also,
                 kind,
                 attempts: 0,
                 restarts: 0,
@@ -332,6 +350,7 @@ impl SyncEngine {
             failure: Default::default(),
             beyond_req: Default::default(),
             asked_by_req: Vec::new(),
+            fetch_asked: Default::default(),
             layer1: cover.is_empty(),
             full_history: since.is_none(),
             started_at: now,

@@ -92,6 +92,10 @@ pub struct PendingBatch {
     /// Filters of negentropy sessions whose offered ids the relay would not return by
     /// id, asked by REQ+EOSE instead: each once per batch.
     pub asked_by_req: Vec<nostr::Filter>,
+    /// Ids its negentropy sessions have queued for fetching already: a comment matching
+    /// several of the batch's filters (`#e` and `#E`) is needed by several sessions and
+    /// asked once. Safe within one batch only: if that fetch fails, so does the batch.
+    pub fetch_asked: BTreeSet<nostr::EventId>,
     /// The connection-level batch (announcements and GRASP lists), which has no items.
     pub layer1: bool,
     /// False for a `since`-limited batch (quick reconnect, live gap): its success says

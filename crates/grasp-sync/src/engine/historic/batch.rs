@@ -52,6 +52,17 @@ impl SyncEngine {
         self.finish_batch_if_done(relay, batch, now);
     }
 
+    /// The other filters of a grouped REQ that failed: what they name is asked again too
+    /// (the batch finishes with the part's own filter, in `finish_part`).
+    pub(super) fn fail_also(&mut self, relay: &RelayUrl, batch: BatchId, also: &[Filter]) {
+        if let Some(b) = self.batch_mut(relay, batch) {
+            for filter in also {
+                let named = named_in_batch(b, filter);
+                b.failure.add(named.as_ref());
+            }
+        }
+    }
+
     /// Confirms a batch whose parts are all done and whose events all have the host's
     /// verdict: its items move to confirmed (even if a part failed: live subscriptions
     /// cover them, failed history is retried with backoff, and re-adding them now would

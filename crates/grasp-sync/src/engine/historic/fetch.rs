@@ -72,6 +72,7 @@ impl SyncEngine {
                     conn.queue.push_front(QueuedPart {
                         batch: part.batch,
                         filter,
+                        also: Vec::new(),
                         kind,
                         attempts: part.attempts,
                         restarts: part.restarts,

@@ -86,6 +86,7 @@ impl SyncEngine {
                     HistoricSub {
                         batch: part.batch,
                         filter: part.filter,
+                        also: part.also,
                         kind: historic_kind,
                         deadline,
                         received: 0,
@@ -146,7 +147,7 @@ impl SyncEngine {
             self.strike(relay, now);
             return;
         };
-        if !h.filter.match_event(&event, opts) {
+        if !h.filters().any(|f| f.match_event(&event, opts)) {
             self.metrics.dropped_unsolicited += 1;
             self.strike(relay, now);
             return;
@@ -155,7 +156,8 @@ impl SyncEngine {
         let kept = match &mut h.kind {
             HistoricKind::Negentropy => false,
             HistoricKind::Req { buffer, page } => {
-                let within = h.received <= page.limit;
+                // `limit` holds per filter.
+                let within = h.received <= page.limit * (1 + h.also.len());
                 if within {
                     buffer.push(*event);
                 }
@@ -238,13 +240,9 @@ impl SyncEngine {
             return;
         };
         if let Some(closed) = conn.live.remove(sub) {
-            if signal == RelaySignal::TooManyFilters && closed.filters.len() > 1 {
-                // A limit learnt from the refusal: half as many filters per REQ (the
-                // rebuild below splits the same filters into more REQs).
-                let fewer = (closed.filters.len() / 2).max(1);
-                let learnt = conn.learnt_max_filters.map_or(fewer, |l| l.min(fewer));
-                conn.learnt_max_filters = Some(learnt);
-                conn.limits = conn.limits.with_learnt_max_filters(learnt);
+            if signal == RelaySignal::TooManyFilters {
+                // The rebuild below splits the same filters into more REQs.
+                conn.learn_max_filters(closed.filters.len());
             }
             conn.live_gap_since.get_or_insert(now);
             // What this subscription covered is no longer live: rebuild once allowed,
@@ -267,6 +265,12 @@ impl SyncEngine {
                 conn.refuse_negentropy(now);
                 self.requeue_as_req(relay, h.batch, h.filter, h.attempts);
                 self.finish_part(relay, h.batch, sub, None, now);
+            }
+            HistoricKind::Req { .. } if signal == RelaySignal::TooManyFilters => {
+                // A grouped REQ over the relay's unsaid limit: each filter is asked on
+                // its own (and later groups are smaller).
+                conn.learn_max_filters(1 + h.also.len());
+                self.split_group(relay, sub, h, now);
             }
             HistoricKind::Req { .. } | HistoricKind::Fetch(_) => {
                 let refused = matches!(
@@ -305,6 +309,7 @@ impl SyncEngine {
                 conn.queue.push_front(QueuedPart {
                     batch: h.batch,
                     filter: h.filter,
+                    also: h.also,
                     kind,
                     attempts: h.attempts + 1,
                     restarts: h.restarts,
@@ -320,8 +325,52 @@ impl SyncEngine {
                 why
             };
             self.note_history_problem(relay, &h.filter, why);
+            self.fail_also(relay, h.batch, &h.also);
             self.finish_part(relay, h.batch, sub, Some(&h.filter), now);
         }
+    }
+
+    /// A grouped REQ the relay refused for its number of filters: what it brought is
+    /// handed over and each filter queued alone, from its first page. A lone filter
+    /// refused so fails its batch.
+    fn split_group(
+        &mut self,
+        relay: &RelayUrl,
+        sub: &SubscriptionId,
+        h: HistoricSub,
+        now: WallTime,
+    ) {
+        if h.also.is_empty() {
+            self.end_part(relay, sub, h, false, "refused as too many filters", now);
+            return;
+        }
+        let HistoricSub {
+            batch,
+            filter,
+            also,
+            kind,
+            attempts,
+            restarts,
+            ..
+        } = h;
+        if let HistoricKind::Req { buffer, .. } = kind {
+            self.ingest_sorted(relay, buffer, batch, now);
+        }
+        if let Some(conn) = self.conns.get_mut(relay) {
+            for filter in std::iter::once(filter).chain(also).rev() {
+                conn.queue.push_front(QueuedPart {
+                    batch,
+                    filter,
+                    also: Vec::new(),
+                    kind: PartKind::Req,
+                    attempts,
+                    restarts,
+                    resume: None,
+                    origin: None,
+                });
+            }
+        }
+        self.finish_part(relay, batch, sub, None, now);
     }
 
     pub(super) fn on_notice(&mut self, relay: &RelayUrl, message: &str, now: WallTime) {
@@ -376,6 +425,7 @@ impl SyncEngine {
                 conn.queue.push_front(QueuedPart {
                     batch: h.batch,
                     filter: h.filter.clone(),
+                    also: h.also.clone(),
                     kind,
                     attempts: h.attempts,
                     restarts: h.restarts + 1,
@@ -390,6 +440,9 @@ impl SyncEngine {
                 });
             }
             self.ingest_sorted(relay, buffer, h.batch, now);
+            if !again {
+                self.fail_also(relay, h.batch, &h.also);
+            }
             let failed = (!again).then_some(&h.filter);
             self.finish_part(relay, h.batch, &sub, failed, now);
         }

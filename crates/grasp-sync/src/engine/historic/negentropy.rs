@@ -43,6 +43,7 @@ impl SyncEngine {
             conn.queue.push_front(QueuedPart {
                 batch,
                 filter,
+                also: Vec::new(),
                 kind: PartKind::Req,
                 attempts,
                 restarts: 0,
@@ -85,10 +86,17 @@ impl SyncEngine {
         let mut need = need;
         need.sort();
         need.dedup();
+        if let Some(batch) = self.batch_mut(relay, h.batch) {
+            need.retain(|id| batch.fetch_asked.insert(*id));
+        }
+        let Some(conn) = self.conns.get_mut(relay) else {
+            return;
+        };
         for filter in ids_filters(&need, &limits).into_iter().rev() {
             conn.queue.push_front(QueuedPart {
                 batch: h.batch,
                 filter,
+                also: Vec::new(),
                 kind: PartKind::Fetch { retried: false },
                 attempts: 0,
                 restarts: h.restarts,

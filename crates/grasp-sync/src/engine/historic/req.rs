@@ -4,13 +4,14 @@
 
 use std::collections::BTreeSet;
 
-use nostr::{Event, EventId, SubscriptionId};
+use nostr::filter::MatchEventOptions;
+use nostr::{Event, EventId, Filter, SubscriptionId};
 
 use super::super::conn::{EndedPart, HistoricKind, PageResume, PartKind, QueuedPart};
 use super::super::{Command, SubscriptionMode, SyncEngine};
 use super::batch::named_in_batch;
 use crate::filters::{with_page, RelayLimits};
-use crate::model::{RelayUrl, WallTime};
+use crate::model::{BatchId, RelayUrl, WallTime};
 use crate::pagination::{IncompleteReason, PageDecision, PaginationConfig, Paginator};
 
 /// The smallest `limit` cap we assume a relay may impose without saying so in NIP-11.
@@ -47,7 +48,10 @@ impl SyncEngine {
         self.commands.push_back(Command::Subscribe {
             relay: relay.clone(),
             id: id.clone(),
-            filters: vec![with_page(part.filter.clone(), page.until, page.limit)],
+            filters: std::iter::once(&part.filter)
+                .chain(&part.also)
+                .map(|f| with_page(f.clone(), page.until, page.limit))
+                .collect(),
             mode: SubscriptionMode::Historic,
         });
         (
@@ -70,28 +74,123 @@ impl SyncEngine {
         page: PageResume,
         now: WallTime,
     ) {
-        let PageResume {
-            paginator: mut state,
-            until,
-            ..
-        } = page;
-        let page: Vec<_> = buffer.iter().map(|e| (e.id, e.created_at)).collect();
         if self.batch_mut(relay, part.batch).is_none() {
             self.ingest_sorted(relay, buffer, part.batch, now);
             self.finish_part(relay, part.batch, sub, None, now);
             return;
         }
-        let outcome = state.on_page(until, &page);
-        let fresh: BTreeSet<EventId> = outcome.new_ids.iter().copied().collect();
-        self.ingest_sorted(
-            relay,
-            buffer
-                .into_iter()
-                .filter(|e| fresh.contains(&e.id))
-                .collect(),
-            part.batch,
-            now,
-        );
+        if !part.also.is_empty() {
+            self.on_grouped_page(relay, sub, part, buffer, page, now);
+            return;
+        }
+        let seen: Vec<_> = buffer.iter().map(|e| (e.id, e.created_at)).collect();
+        let (fresh, failed) =
+            self.paginate(relay, part.batch, &part.filter, part.restarts, &seen, page);
+        let fresh: BTreeSet<EventId> = fresh.into_iter().collect();
+        let events = buffer
+            .into_iter()
+            .filter(|e| fresh.contains(&e.id))
+            .collect();
+        self.ingest_sorted(relay, events, part.batch, now);
+        self.finish_part(relay, part.batch, sub, failed.then_some(&part.filter), now);
+        self.open_queued(relay, now);
+    }
+
+    /// EOSE of a grouped first page (several filters on one REQ, sent only to a relay
+    /// that says its `limit` cap). `limit` holds per filter (NIP-01, and every relay we
+    /// know), but a relay capping the whole REQ would look the same on a small page, so
+    /// what is proven decides: fewer events than one filter's `limit` in all means
+    /// nothing was cut either way; more means the cap is per filter, and each filter's
+    /// own page (its newest `limit` matches) says whether it goes on, alone, from its
+    /// next page; exactly `limit` proves nothing, and each filter is asked again on its
+    /// own. Without a known cap (limits changed since) only a page shorter than any cap
+    /// a relay sets proves the end.
+    fn on_grouped_page(
+        &mut self,
+        relay: &RelayUrl,
+        sub: &SubscriptionId,
+        part: EndedPart,
+        buffer: Vec<Event>,
+        page: PageResume,
+        now: WallTime,
+    ) {
+        let mut ids = BTreeSet::new();
+        let events: Vec<Event> = buffer.into_iter().filter(|e| ids.insert(e.id)).collect();
+        let filters: Vec<Filter> = std::iter::once(part.filter).chain(part.also).collect();
+        let cap_known = self.limits(relay).max_limit.is_some();
+        let n = events.len();
+        let mut failed: Vec<Filter> = Vec::new();
+        if n < page.limit && (cap_known || n < MIN_PLAUSIBLE_CAP) {
+            // Complete.
+        } else if cap_known && n > page.limit {
+            let opts = MatchEventOptions::new();
+            for filter in &filters {
+                // The filter's own page is its newest `limit` matches; older ones came
+                // for another filter and say nothing about where its history stops
+                // (taking them would skip what lies between).
+                let mut mine: Vec<&Event> = events
+                    .iter()
+                    .filter(|e| filter.match_event(e, opts))
+                    .collect();
+                mine.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.id.cmp(&b.id)));
+                mine.truncate(page.limit);
+                let mine: Vec<_> = mine.iter().map(|e| (e.id, e.created_at)).collect();
+                let (_, f_failed) = self.paginate(
+                    relay,
+                    part.batch,
+                    filter,
+                    part.restarts,
+                    &mine,
+                    page.clone(),
+                );
+                if f_failed {
+                    failed.push(filter.clone());
+                }
+            }
+        } else if let Some(conn) = self.conns.get_mut(relay) {
+            for filter in filters.iter().rev() {
+                conn.queue.push_front(QueuedPart {
+                    batch: part.batch,
+                    filter: filter.clone(),
+                    also: Vec::new(),
+                    kind: PartKind::Req,
+                    attempts: 0,
+                    restarts: part.restarts,
+                    resume: None,
+                    origin: None,
+                });
+            }
+        }
+        self.ingest_sorted(relay, events, part.batch, now);
+        match failed.split_first() {
+            Some((first, rest)) => {
+                self.fail_also(relay, part.batch, rest);
+                self.finish_part(relay, part.batch, sub, Some(first), now);
+            }
+            None => self.finish_part(relay, part.batch, sub, None, now),
+        }
+        self.open_queued(relay, now);
+    }
+
+    /// One filter's page: what it says about the filter's history (complete, beyond what
+    /// REQ can deliver, failed) and its next page, queued. Returns the ids new to the
+    /// filter's planner and whether the filter failed; the caller hands over and ends
+    /// the part.
+    fn paginate(
+        &mut self,
+        relay: &RelayUrl,
+        batch: BatchId,
+        filter: &Filter,
+        restarts: u32,
+        page: &[(EventId, nostr::Timestamp)],
+        resume: PageResume,
+    ) -> (Vec<EventId>, bool) {
+        let PageResume {
+            paginator: mut state,
+            until,
+            ..
+        } = resume;
+        let outcome = state.on_page(until, page);
         // What asking again by REQ cannot change: a tie group over the relay's
         // known cap, a relay that ignores `until` (after its largest page).
         let beyond_req = match outcome.incomplete {
@@ -102,8 +201,8 @@ impl SyncEngine {
             _ => false,
         };
         if beyond_req {
-            if let Some(b) = self.batch_mut(relay, part.batch) {
-                if let Some(named) = named_in_batch(b, &part.filter) {
+            if let Some(b) = self.batch_mut(relay, batch) {
+                if let Some(named) = named_in_batch(b, filter) {
                     b.beyond_req.merge(&named);
                 }
             }
@@ -120,36 +219,29 @@ impl SyncEngine {
             None => false,
         };
         if let (true, Some(reason)) = (failed, outcome.incomplete) {
-            self.note_history_problem(relay, &part.filter, &format!("{reason:?}"));
+            self.note_history_problem(relay, filter, &format!("{reason:?}"));
+        }
+        if let PageDecision::Next { until, limit } = outcome.decision {
+            // The next page waits its turn like any part: a free slot and no
+            // rate-limit cooldown. A page arrived: the refusals count starts again.
+            if let Some(conn) = self.conns.get_mut(relay) {
+                conn.queue.push_front(QueuedPart {
+                    batch,
+                    filter: filter.clone(),
+                    also: Vec::new(),
+                    kind: PartKind::Req,
+                    attempts: 0,
+                    restarts,
+                    resume: Some(Box::new(PageResume {
+                        paginator: state,
+                        until: Some(until),
+                        limit,
+                    })),
+                    origin: None,
+                });
+            }
         }
         // Recorded as beyond REQ above, not as a failure to retry.
-        let failed = failed && !beyond_req;
-        match outcome.decision {
-            PageDecision::Done => {
-                self.finish_part(relay, part.batch, sub, failed.then_some(&part.filter), now)
-            }
-            PageDecision::Next { until, limit } => {
-                // The next page waits its turn like any part: a free slot and
-                // no rate-limit cooldown. A page arrived: the refusals count
-                // starts again.
-                if let Some(conn) = self.conns.get_mut(relay) {
-                    conn.queue.push_front(QueuedPart {
-                        batch: part.batch,
-                        filter: part.filter.clone(),
-                        kind: PartKind::Req,
-                        attempts: 0,
-                        restarts: part.restarts,
-                        resume: Some(Box::new(PageResume {
-                            paginator: state,
-                            until: Some(until),
-                            limit,
-                        })),
-                        origin: None,
-                    });
-                }
-                self.finish_part(relay, part.batch, sub, failed.then_some(&part.filter), now);
-                self.open_queued(relay, now);
-            }
-        }
+        (outcome.new_ids, failed && !beyond_req)
     }
 }
