@@ -2222,6 +2222,24 @@ fn r22d_a_relay_refusing_a_grouped_req_as_too_many_filters_gets_them_one_by_one(
     assert_eq!(h.status(A), ConnectionStatus::Connected, "nothing failed");
 }
 
+/// A relay's NIP-11 lowers the host's configured limits, never replaces them with the
+/// library's defaults: a host asking pages of 40 keeps asking 40 from a relay that
+/// allows 300, and now groups its filters there.
+#[test]
+fn r22f_nip11_limits_lower_the_configured_ones() {
+    let mut cfg = config();
+    cfg.default_limits.page_limit = 40;
+    let (mut h, k, repo) = with_repo(cfg, &[A]);
+    h.connect_and_settle(A);
+    let doc = serde_json::json!({ "limitation": { "max_limit": 300 } });
+    let limitation = grasp_sync::filters::Nip11Limitation::from_document(&doc);
+    h.engine.apply_nip11_limits(&url(A), &limitation);
+    let cmds = accept_root(&mut h, &issue(&k, &repo, T0 - 100, "bug"));
+    let reqs = historic_reqs(&cmds, A);
+    assert_eq!(reqs.len(), 1, "grouped under the known cap: {reqs:?}");
+    assert!(reqs[0].1.iter().all(|f| f.limit == Some(40)), "{reqs:?}");
+}
+
 /// On a NIP-77 relay a reply is needed by the root's `#e` session and by its `#E`
 /// session: it is fetched once; and when the relay will not return it by id, the REQ
 /// for the filter of the session that asked brings it (nothing is lost by asking once).

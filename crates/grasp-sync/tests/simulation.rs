@@ -645,11 +645,8 @@ impl Sim {
                 if r.behaviour.advertises_cap {
                     // Its NIP-11 document, read as the driver does when it dials.
                     let doc = serde_json::json!({ "limitation": { "max_limit": r.behaviour.cap } });
-                    let limits = self
-                        .config
-                        .default_limits
-                        .lowered_to(&grasp_sync::filters::Nip11Limitation::from_document(&doc));
-                    self.engine.set_relay_limits(&relay, limits);
+                    let limitation = grasp_sync::filters::Nip11Limitation::from_document(&doc);
+                    self.engine.apply_nip11_limits(&relay, &limitation);
                 }
                 self.deliver(
                     Some(&relay),

@@ -22,7 +22,7 @@ use crate::engine::{
     Command, EngineMetrics, IngestOutcome, Input, RelayStatusSnapshot, RepoStatusSnapshot,
     SyncConfig, SyncEngine,
 };
-use crate::filters::RelayLimits;
+use crate::filters::Nip11Limitation;
 use crate::model::{RelayUrl, WallTime};
 use crate::nip34;
 use crate::ports::{
@@ -292,7 +292,7 @@ pub async fn start(
 /// Inputs produced by the driver's own helper tasks (ingestion, purgatory, NIP-11).
 enum Side {
     Input(Input),
-    Limits(RelayUrl, RelayLimits),
+    Limits(RelayUrl, Nip11Limitation),
 }
 
 struct Driver {
@@ -398,7 +398,7 @@ impl Driver {
                 Some(input) = inputs.recv() => self.feed(input),
                 Some(s) = side.recv() => match s {
                     Side::Input(input) => self.feed(input),
-                    Side::Limits(relay, limits) => self.engine.set_relay_limits(&relay, limits),
+                    Side::Limits(relay, limits) => self.engine.apply_nip11_limits(&relay, &limits),
                 },
                 msg = control.recv() => match msg {
                     Some(Control::Accepted(event)) => self.feed(Input::Accepted { event }),
@@ -497,7 +497,8 @@ impl Driver {
         tokio::spawn(async move {
             match fetch_nip11(&relay, &dialer, Duration::from_secs(5)).await {
                 Ok(doc) => {
-                    let _ = tx.send(Side::Limits(relay.clone(), RelayLimits::from_nip11(&doc)));
+                    let limits = Nip11Limitation::from_document(&doc);
+                    let _ = tx.send(Side::Limits(relay.clone(), limits));
                 }
                 Err(e) => tracing::debug!(%relay, error = %e, "no NIP-11 limits; using defaults"),
             }

@@ -33,7 +33,7 @@ pub use crate::model::{
     IngestOutcome, NegentropySupport, PersistedRelay, PersistedRepo, SyncStateSnapshot,
 };
 
-use crate::filters::RelayLimits;
+use crate::filters::{Nip11Limitation, RelayLimits};
 use crate::model::{
     ConnectionStatus, PendingSyncIndex, RelaySyncIndex, RelayUrl, RepoRef, RepoSyncIndex, WallTime,
 };
@@ -336,6 +336,13 @@ impl SyncEngine {
             conn.deferred = true;
             self.wake(relay);
         }
+    }
+
+    /// A relay's NIP-11 `limitation`: the configured [`SyncConfig::default_limits`]
+    /// lowered (never raised) to it, for that relay.
+    pub fn apply_nip11_limits(&mut self, relay: &RelayUrl, limitation: &Nip11Limitation) {
+        let limits = self.config.default_limits.lowered_to(limitation);
+        self.set_relay_limits(relay, limits);
     }
 
     /// Counters since start.
