@@ -1654,12 +1654,17 @@ fn r13_dropped_relay_is_closed_and_disconnected_but_bootstrap_stays() {
 // ---------------------------------------------------------------------------------------
 
 fn restarted(h: &Harness, after: Duration) -> Harness {
+    restarted_with(h, after, config())
+}
+
+/// The host restarts from `h`'s snapshot `after` later, with `cfg`.
+fn restarted_with(h: &Harness, after: Duration, cfg: SyncConfig) -> Harness {
     let snapshot = h.engine.snapshot(h.now);
     let now = h.now + after;
     Harness {
         now,
         engine: SyncEngine::restore(
-            config(),
+            cfg,
             snapshot,
             now,
             Arc::new(AllowAllRelays),
@@ -2240,6 +2245,111 @@ fn r22f_nip11_limits_lower_the_configured_ones() {
     assert!(reqs[0].1.iter().all(|f| f.limit == Some(40)), "{reqs:?}");
 }
 
+/// A grouped page that may have been cut proves nothing: events dropped past the flood
+/// cap, or exactly as many as the relay's cap (a relay capping the whole REQ there).
+/// Each filter is asked again alone.
+#[test]
+fn r22g_a_grouped_page_cut_by_the_flood_cap_or_at_the_relays_cap_proves_nothing() {
+    let alone = |cmds: &[Command]| {
+        let again = historic_reqs(cmds, A);
+        again.len() == 3
+            && again
+                .iter()
+                .all(|(_, fs)| fs.len() == 1 && fs[0].until.is_none())
+    };
+    // Flood: three filters of limit 3 take nine events at most; the tenth is dropped.
+    let (mut h, k, root, id) = grouped_root_history(3);
+    let page: Vec<Event> = (1..=10)
+        .map(|i| status_on(&k, &root.id, T0 - 100 * i, &format!("status {i}")))
+        .collect();
+    let cmds = h.answer(A, &id, &page);
+    assert!(alone(&cmds), "{:?}", historic_reqs(&cmds, A));
+    // At the relay's cap (5, pages of 3): more than a page, but maybe cut over the REQ.
+    let mut cfg = config();
+    cfg.default_limits.page_limit = 3;
+    cfg.default_limits.max_limit = Some(5);
+    let (mut h, k, repo) = with_repo(cfg, &[A]);
+    h.connect_and_settle(A);
+    let root = issue(&k, &repo, T0 - 10_000, "bug");
+    let cmds = accept_root(&mut h, &root);
+    let id = historic_ids(&cmds, A)[0].clone();
+    let page: Vec<Event> = (1..=5)
+        .map(|i| status_on(&k, &root.id, T0 - 100 * i, &format!("status {i}")))
+        .collect();
+    let cmds = h.answer(A, &id, &page);
+    assert!(alone(&cmds), "{:?}", historic_reqs(&cmds, A));
+}
+
+/// "Too many filters" as a NOTICE names no REQ: the grouped ones that brought nothing
+/// yet are closed and split, and later groups are smaller.
+#[test]
+fn r22h_too_many_filters_as_a_notice_splits_the_unanswered_groups() {
+    let (mut h, _, _, id) = grouped_root_history(50);
+    let cmds = h.notice(A, "ERROR: bad req: too many filters");
+    assert!(unsubscribes(&cmds, A).contains(&id));
+    let again = historic_reqs(&cmds, A);
+    assert_eq!(again.len(), 3, "{again:?}");
+    assert!(again.iter().all(|(_, fs)| fs.len() == 1));
+    h.settle(A, &cmds);
+    assert_eq!(h.status(A), ConnectionStatus::Connected);
+}
+
+/// A grouped REQ whose filters name different items (one root per chunk here) fails:
+/// every item it named is asked again, not only the first filter's.
+#[test]
+fn r22i_a_failed_grouped_req_has_every_item_it_named_asked_again() {
+    let mut cfg = capped(50);
+    cfg.default_limits.chunk_size = 1;
+    let (mut h, k, repo) = with_repo(cfg, &[A]);
+    h.connect_and_settle(A);
+    let r1 = issue(&k, &repo, T0 - 1_000, "one");
+    let r2 = issue(&k, &repo, T0 - 900, "two");
+    h.accept(&r1);
+    let cmds = accept_root(&mut h, &r2);
+    let reqs = historic_reqs(&cmds, A);
+    assert_eq!(reqs.len(), 1, "{reqs:?}");
+    assert_eq!(reqs[0].1.len(), 6);
+    h.closed(A, &reqs[0].0, "error: shutting down");
+    assert_eq!(h.status(A), ConnectionStatus::ConnectedHistoricSyncFailures);
+    let cmds = h.advance(Duration::from_secs(40));
+    let retried: BTreeSet<String> = historic(&cmds, A)
+        .iter()
+        .filter_map(|(_, f)| tag_values(f, 'e'))
+        .flatten()
+        .collect();
+    assert_eq!(retried, BTreeSet::from([r1.id.to_hex(), r2.id.to_hex()]));
+    h.settle(A, &cmds);
+    assert_eq!(h.status(A), ConnectionStatus::Connected);
+}
+
+/// A relay (or the wire) repeating an event on a page: the repeat is ignored, not
+/// counted against the page, so it cannot push the page's last event out and make a
+/// full page look short (which, under a known cap, would end the history there).
+#[test]
+fn r22j_an_event_repeated_on_a_page_does_not_count_against_it() {
+    let mut cfg = capped(3);
+    cfg.default_limits.max_filters_per_req = 1;
+    let (mut h, k, repo) = with_repo(cfg, &[A]);
+    h.connect_and_settle(A);
+    let root = issue(&k, &repo, T0 - 10_000, "bug");
+    let cmds = accept_root(&mut h, &root);
+    let (id, _) = historic(&cmds, A)
+        .into_iter()
+        .find(|(_, f)| kind_of(f) == "#e")
+        .expect("the #e REQ");
+    let s: Vec<Event> = (1..=4)
+        .map(|i| status_on(&k, &root.id, T0 - 100 * i, &format!("status {i}")))
+        .collect();
+    let before = h.engine.metrics().dropped_flood;
+    let page = [s[0].clone(), s[0].clone(), s[1].clone(), s[2].clone()];
+    let cmds = h.answer(A, &id, &page);
+    assert_eq!(h.engine.metrics().dropped_flood, before, "no flood");
+    assert_eq!(ingested(&cmds), vec![s[2].id, s[1].id, s[0].id]);
+    let next = historic(&cmds, A);
+    assert_eq!(next.len(), 1, "a full page: the next one is asked {next:?}");
+    assert_eq!(next[0].1.until, Some(Timestamp::from_secs(T0 - 300)));
+}
+
 /// On a NIP-77 relay a reply is needed by the root's `#e` session and by its `#E`
 /// session: it is fetched once; and when the relay will not return it by id, the REQ
 /// for the filter of the session that asked brings it (nothing is lost by asking once).
@@ -2607,20 +2717,11 @@ fn grasp03_a_restart_keeps_participants_and_outbox_relays() {
     let (mut h, repo, _, lookup) = with_participant(SyncPlusConfig::default());
     h.answer(A, &lookup, &[relay_list(&keys(2), &[B], &[], T0 - 10)]);
     h.advance(Duration::from_secs(5));
-    let snapshot = h.engine.snapshot(h.now);
-    let now = h.now + Duration::from_secs(3600);
-    let mut h2 = Harness {
-        now,
-        engine: SyncEngine::restore(
-            sync_plus(SyncPlusConfig::default()),
-            snapshot,
-            now,
-            Arc::new(AllowAllRelays),
-            Box::new(FixedRandom(0)),
-        ),
-        hold_verdicts: false,
-        unanswered: Vec::new(),
-    };
+    let mut h2 = restarted_with(
+        &h,
+        Duration::from_secs(3600),
+        sync_plus(SyncPlusConfig::default()),
+    );
     let cmds = h2.advance(Duration::from_secs(5));
     assert!(connects(&cmds).contains(&url(B)), "{:?}", connects(&cmds));
     assert_eq!(
@@ -2654,20 +2755,11 @@ fn grasp03_a_restart_has_every_outbox_relay_at_once_not_only_the_first_list_back
         both
     );
 
-    let snapshot = h.engine.snapshot(h.now);
-    let now = h.now + Duration::from_secs(600);
-    let mut h2 = Harness {
-        now,
-        engine: SyncEngine::restore(
-            sync_plus(SyncPlusConfig::default()),
-            snapshot,
-            now,
-            Arc::new(AllowAllRelays),
-            Box::new(FixedRandom(0)),
-        ),
-        hold_verdicts: false,
-        unanswered: Vec::new(),
-    };
+    let mut h2 = restarted_with(
+        &h,
+        Duration::from_secs(600),
+        sync_plus(SyncPlusConfig::default()),
+    );
     assert_eq!(
         h2.engine.repo_index().get(&repo).unwrap().outbox_relays,
         both

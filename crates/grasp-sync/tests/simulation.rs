@@ -79,6 +79,9 @@ struct Behaviour {
     hostile: bool,
     /// Says its `limit` cap in NIP-11 (the engine then groups a REQ's filters).
     advertises_cap: bool,
+    /// Applies its cap to the whole REQ (the newest `cap` events over all filters, once
+    /// each), not per filter as NIP-01 says.
+    caps_whole_req: bool,
 }
 
 struct SimRelay {
@@ -330,6 +333,7 @@ impl Sim {
                 ignores_until: false,
                 hostile: i == 0 && self.rng.chance(30),
                 advertises_cap: false,
+                caps_whole_req: false,
             };
             // A relay that ignores `until` can only be read in one page: give it a cap
             // above its event count (with a smaller one nothing can read it all, and the
@@ -339,6 +343,7 @@ impl Sim {
                 behaviour.cap = 10_000;
             }
             behaviour.advertises_cap = self.rng.chance(50);
+            behaviour.caps_whole_req = self.rng.chance(30);
             self.relays.insert(
                 url.clone(),
                 SimRelay {
@@ -465,13 +470,9 @@ impl Sim {
                 continue;
             }
             let mut tags = Vec::new();
+            let pick = |rng: &mut Rng| rng.pick(urls).as_str().trim_end_matches('/').to_string();
             for _ in 0..1 + self.rng.below(2) {
-                let u = self
-                    .rng
-                    .pick(urls)
-                    .as_str()
-                    .trim_end_matches('/')
-                    .to_string();
+                let u = pick(&mut self.rng);
                 let marked = self.rng.chance(50);
                 let tag = if marked {
                     vec!["r".to_string(), u, "write".into()]
@@ -481,12 +482,7 @@ impl Sim {
                 tags.push(Tag::parse(tag).unwrap());
             }
             if self.rng.chance(50) {
-                let u = self
-                    .rng
-                    .pick(urls)
-                    .as_str()
-                    .trim_end_matches('/')
-                    .to_string();
+                let u = pick(&mut self.rng);
                 tags.push(Tag::parse(["r", u.as_str(), "read"]).unwrap());
             }
             let t = self.ts();
@@ -1071,6 +1067,12 @@ impl Sim {
                 for f in &filters {
                     let limit = f.limit.unwrap_or(usize::MAX).min(cap);
                     page.extend(self.matching(&relay, f).into_iter().take(limit));
+                }
+                if self.relays[&relay].behaviour.caps_whole_req {
+                    let mut ids = BTreeSet::new();
+                    page.retain(|e| ids.insert(e.id));
+                    page.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.id.cmp(&b.id)));
+                    page.truncate(cap);
                 }
                 // Out-of-order arrival within the page.
                 if page.len() > 1 && self.rng.chance(30) {

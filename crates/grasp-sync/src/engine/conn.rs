@@ -1,7 +1,7 @@
 //! Per-relay runtime state that is not part of the three indexes: health, learnt limits
 //! and capabilities, and the subscriptions open on the current websocket.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
 use nostr::{Event, EventId, Filter, SubscriptionId, Timestamp};
 
@@ -27,6 +27,8 @@ pub(super) enum HistoricKind {
     Req {
         buffer: Vec<Event>,
         page: PageResume,
+        /// The ids of `buffer` (and of what came past the cap): a repeat is ignored.
+        ids: HashSet<EventId>,
     },
     /// REQ by ids after negentropy.
     Fetch(FetchState),
@@ -58,6 +60,9 @@ pub(super) struct HistoricSub {
     pub deadline: WallTime,
     /// Events received on this page, to cut a flooding relay off at the page size.
     pub received: usize,
+    /// Events past that cap were dropped: the page says nothing about where a grouped
+    /// REQ's filters end.
+    pub overflowed: bool,
     /// Rate-limit refusals in a row (carried over from the queued part; a page that
     /// arrives starts the count again).
     pub attempts: u32,
@@ -75,6 +80,7 @@ pub(super) struct EndedPart {
     pub batch: BatchId,
     pub filter: Filter,
     pub also: Vec<Filter>,
+    pub overflowed: bool,
     pub attempts: u32,
     pub restarts: u32,
     pub origin: Option<Box<Filter>>,
@@ -87,6 +93,7 @@ impl HistoricSub {
             batch: self.batch,
             filter: self.filter,
             also: self.also,
+            overflowed: self.overflowed,
             attempts: self.attempts,
             restarts: self.restarts,
             origin: self.origin,
@@ -130,6 +137,22 @@ pub(super) struct QueuedPart {
     pub resume: Option<Box<PageResume>>,
     /// See [`HistoricSub::origin`].
     pub origin: Option<Box<Filter>>,
+}
+
+impl QueuedPart {
+    /// A REQ part for `filter` alone, from its first page.
+    pub fn first_page(batch: BatchId, filter: Filter, attempts: u32, restarts: u32) -> Self {
+        Self {
+            batch,
+            filter,
+            also: Vec::new(),
+            kind: PartKind::Req,
+            attempts,
+            restarts,
+            resume: None,
+            origin: None,
+        }
+    }
 }
 
 /// Where a paginated REQ part stands between two pages — the next page waiting its turn,

@@ -90,6 +90,7 @@ impl SyncEngine {
                         kind: historic_kind,
                         deadline,
                         received: 0,
+                        overflowed: false,
                         attempts: part.attempts,
                         restarts: part.restarts,
                         origin: part.origin,
@@ -153,25 +154,35 @@ impl SyncEngine {
             return;
         }
         h.received += 1;
+        // The same event twice on one subscription is a relay's (or the wire's) echo:
+        // ignored, neither kept twice nor counted against the page.
         let kept = match &mut h.kind {
             HistoricKind::Negentropy => false,
-            HistoricKind::Req { buffer, page } => {
+            HistoricKind::Req { buffer, page, ids } => {
+                if !ids.insert(event.id) {
+                    return;
+                }
                 // `limit` holds per filter.
-                let within = h.received <= page.limit * (1 + h.also.len());
+                let within = ids.len() <= page.limit * (1 + h.also.len());
                 if within {
                     buffer.push(*event);
                 }
                 within
             }
             HistoricKind::Fetch(f) => {
-                let wanted = f.got.insert(event.id) && f.asked.contains(&event.id);
+                if f.got.contains(&event.id) {
+                    return;
+                }
+                let wanted = f.asked.contains(&event.id);
                 if wanted {
+                    f.got.insert(event.id);
                     f.buffer.push(*event);
                 }
                 wanted
             }
         };
         if !kept {
+            h.overflowed = true;
             self.metrics.dropped_flood += 1;
             self.strike(relay, now);
         }
@@ -212,7 +223,7 @@ impl SyncEngine {
                 self.requeue_as_req(relay, part.batch, part.filter, part.attempts);
                 self.finish_part(relay, part.batch, sub, None, now);
             }
-            HistoricKind::Req { buffer, page } => {
+            HistoricKind::Req { buffer, page, .. } => {
                 self.on_req_page(relay, sub, part, buffer, page, now)
             }
             HistoricKind::Fetch(f) => self.on_fetch_answer(relay, sub, part, f, now),
@@ -300,7 +311,7 @@ impl SyncEngine {
         let again = refused && h.attempts < MAX_PART_ATTEMPTS;
         let (kind, buffer, resume) = match h.kind {
             HistoricKind::Negentropy => (PartKind::Negentropy, Vec::new(), None),
-            HistoricKind::Req { buffer, page } => (PartKind::Req, buffer, Some(Box::new(page))),
+            HistoricKind::Req { buffer, page, .. } => (PartKind::Req, buffer, Some(Box::new(page))),
             HistoricKind::Fetch(f) => (PartKind::Fetch { retried: false }, f.buffer, None),
         };
         self.ingest_sorted(relay, buffer, h.batch, now);
@@ -358,16 +369,8 @@ impl SyncEngine {
         }
         if let Some(conn) = self.conns.get_mut(relay) {
             for filter in std::iter::once(filter).chain(also).rev() {
-                conn.queue.push_front(QueuedPart {
-                    batch,
-                    filter,
-                    also: Vec::new(),
-                    kind: PartKind::Req,
-                    attempts,
-                    restarts,
-                    resume: None,
-                    origin: None,
-                });
+                conn.queue
+                    .push_front(QueuedPart::first_page(batch, filter, attempts, restarts));
             }
         }
         self.finish_part(relay, batch, sub, None, now);
@@ -385,7 +388,37 @@ impl SyncEngine {
                 conn.needs_rebuild = true;
             }
             RelaySignal::NegentropyUnsupported => self.abandon_negentropy(relay, now),
+            RelaySignal::TooManyFilters => self.split_unanswered_groups(relay, now),
             _ => {}
+        }
+    }
+
+    /// "Too many filters" as a NOTICE names no subscription: the grouped REQs that have
+    /// brought nothing yet were most likely refused. They are closed and split, and the
+    /// filters per REQ halved (as for a CLOSED saying so).
+    fn split_unanswered_groups(&mut self, relay: &RelayUrl, now: WallTime) {
+        let Some(conn) = self.conns.get_mut(relay) else {
+            return;
+        };
+        let refused: Vec<SubscriptionId> = conn
+            .historic
+            .iter()
+            .filter(|(_, h)| !h.also.is_empty() && h.received == 0)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for sub in refused {
+            let Some(conn) = self.conns.get_mut(relay) else {
+                return;
+            };
+            let Some(h) = conn.historic.remove(&sub) else {
+                continue;
+            };
+            conn.learn_max_filters(1 + h.also.len());
+            self.commands.push_back(Command::Unsubscribe {
+                relay: relay.clone(),
+                id: sub.clone(),
+            });
+            self.split_group(relay, &sub, h, now);
         }
     }
 

@@ -40,16 +40,8 @@ impl SyncEngine {
     ) {
         self.metrics.negentropy_fallbacks += 1;
         if let Some(conn) = self.conns.get_mut(relay) {
-            conn.queue.push_front(QueuedPart {
-                batch,
-                filter,
-                also: Vec::new(),
-                kind: PartKind::Req,
-                attempts,
-                restarts: 0,
-                resume: None,
-                origin: None,
-            });
+            conn.queue
+                .push_front(QueuedPart::first_page(batch, filter, attempts, 0));
         }
     }
 

@@ -58,6 +58,7 @@ impl SyncEngine {
             HistoricKind::Req {
                 buffer: Vec::new(),
                 page,
+                ids: Default::default(),
             },
             now + self.config.subscription_timeout,
         )
@@ -98,13 +99,14 @@ impl SyncEngine {
 
     /// EOSE of a grouped first page (several filters on one REQ, sent only to a relay
     /// that says its `limit` cap). `limit` holds per filter (NIP-01, and every relay we
-    /// know), but a relay capping the whole REQ would look the same on a small page, so
-    /// what is proven decides: fewer events than one filter's `limit` in all means
-    /// nothing was cut either way; more means the cap is per filter, and each filter's
-    /// own page (its newest `limit` matches) says whether it goes on, alone, from its
-    /// next page; exactly `limit` proves nothing, and each filter is asked again on its
-    /// own. Without a known cap (limits changed since) only a page shorter than any cap
-    /// a relay sets proves the end.
+    /// know), but a relay capping the whole REQ — at our `limit` or at its own cap —
+    /// would end the page at exactly that many events, and one dropped as a flood cuts
+    /// it anywhere. So only what is proven counts: such a page proves nothing, and each
+    /// filter is asked again alone from its first page; fewer events than `limit` in
+    /// all end every filter; more (and no REQ-wide cut) means the cap is per filter, and
+    /// each filter's own page — its newest `limit` matches — goes through its planner,
+    /// continuing alone. Without a known cap (limits changed since) only a page shorter
+    /// than any cap a relay sets proves the end.
     fn on_grouped_page(
         &mut self,
         relay: &RelayUrl,
@@ -114,15 +116,16 @@ impl SyncEngine {
         page: PageResume,
         now: WallTime,
     ) {
-        let mut ids = BTreeSet::new();
-        let events: Vec<Event> = buffer.into_iter().filter(|e| ids.insert(e.id)).collect();
+        let events = buffer; // one of each: repeats were ignored on arrival
+        let overflowed = part.overflowed;
         let filters: Vec<Filter> = std::iter::once(part.filter).chain(part.also).collect();
-        let cap_known = self.limits(relay).max_limit.is_some();
+        let cap = self.limits(relay).max_limit;
         let n = events.len();
+        let maybe_cut = overflowed || n == page.limit || cap == Some(n);
         let mut failed: Vec<Filter> = Vec::new();
-        if n < page.limit && (cap_known || n < MIN_PLAUSIBLE_CAP) {
-            // Complete.
-        } else if cap_known && n > page.limit {
+        if !maybe_cut && n < page.limit && (cap.is_some() || n < MIN_PLAUSIBLE_CAP) {
+            // Complete, every filter.
+        } else if !maybe_cut && cap.is_some() && n > page.limit {
             let opts = MatchEventOptions::new();
             for filter in &filters {
                 // The filter's own page is its newest `limit` matches; older ones came
@@ -149,16 +152,8 @@ impl SyncEngine {
             }
         } else if let Some(conn) = self.conns.get_mut(relay) {
             for filter in filters.iter().rev() {
-                conn.queue.push_front(QueuedPart {
-                    batch: part.batch,
-                    filter: filter.clone(),
-                    also: Vec::new(),
-                    kind: PartKind::Req,
-                    attempts: 0,
-                    restarts: part.restarts,
-                    resume: None,
-                    origin: None,
-                });
+                let alone = QueuedPart::first_page(part.batch, filter.clone(), 0, part.restarts);
+                conn.queue.push_front(alone);
             }
         }
         self.ingest_sorted(relay, events, part.batch, now);
