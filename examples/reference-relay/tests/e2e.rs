@@ -1035,9 +1035,9 @@ fn write_relays(author: &Keys, write: &str) -> Event {
         .unwrap()
 }
 
-/// GRASP-03 Sync+: B (`--sync-plus`) keeps a repo listed on A and B. An issue's author
-/// writes to O, a relay the announcement does not list, as their NIP-65 list on A
-/// says; a comment published only to O reaches B, and O's state events and other
+/// GRASP-03 Sync+: B (`--sync-plus`) keeps a repo listed on A and B. Someone who
+/// commented on its issue writes to O, a relay the announcement does not list, as their
+/// NIP-65 list on A says; a comment published only to O reaches B, and O's state events and other
 /// announcements do not (an outbox relay carries the conversation only). Without the
 /// flag nothing asks O, so the reply never arrives (the engine rules check that off
 /// means off: `grasp03_off_by_default_`).
@@ -1069,16 +1069,20 @@ async fn grasp03_a_comment_only_on_a_participants_write_relay_reaches_the_repo()
     let _held = publish(&b.url(), &ann).await;
     wait_served(&b, &[ann.id], "B keeps the repository").await;
 
-    // The participant's list is on A (the repo's relay); their issue too.
+    // The maintainer's issue on A; a participant comments on it there (B syncs both),
+    // and their list, also on A, names O as where they write.
+    let issue = repo.issue("a bug");
+    publish_ok(&a_url, &issue).await;
     let participant = Keys::generate();
     publish_ok(&a_url, &write_relays(&participant, &o_url)).await;
-    let mut issue = repo.issue("reported by a participant");
-    issue = EventBuilder::new(issue.kind, issue.content.clone())
-        .tags(issue.tags.iter().cloned())
-        .sign_with_keys(&participant)
-        .unwrap();
-    publish_ok(&a_url, &issue).await;
-    wait_served(&b, &[issue.id], "B syncs the issue from A").await;
+    let theirs = comment(&issue, &participant, "seen it too");
+    publish_ok(&a_url, &theirs).await;
+    wait_served(
+        &b,
+        &[issue.id, theirs.id],
+        "B syncs the issue and the comment from A",
+    )
+    .await;
 
     // Only O has the reply, a new state and a stranger's announcement.
     let reply = comment(&issue, &Keys::generate(), "answered where I write");

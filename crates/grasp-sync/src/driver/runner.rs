@@ -349,7 +349,6 @@ async fn ingest_in_order(
 ) {
     while let Some((relay, event)) = rx.recv().await {
         let event_id = event.id;
-        let feeds = event.kind == nip34::KIND_REPO_ANNOUNCEMENT || nip34::is_root_kind(event.kind);
         let call = std::panic::AssertUnwindSafe(ingestion.ingest((*event).clone(), &relay));
         let outcome = match call.catch_unwind().await {
             Ok(Ok(outcome)) => outcome,
@@ -362,14 +361,18 @@ async fn ingest_in_order(
                 IngestOutcome::Failed
             }
         };
+        // Accepted before the verdict: when the verdict completes a batch, what it
+        // brought already waits to be applied, so the relay is not reported done before
+        // it is. Every kind: the engine keeps what it needs (Sync+ learns participants
+        // from comments too).
+        if outcome == IngestOutcome::Accepted {
+            let _ = tx.send(Side::Input(Input::Accepted { event }));
+        }
         let _ = tx.send(Side::Input(Input::IngestOutcome {
             relay,
             event_id,
             outcome,
         }));
-        if outcome == IngestOutcome::Accepted && feeds {
-            let _ = tx.send(Side::Input(Input::Accepted { event }));
-        }
     }
 }
 
