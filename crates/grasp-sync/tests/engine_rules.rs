@@ -2821,3 +2821,53 @@ fn grasp03_a_relay_repeating_a_list_past_the_cap_is_struck() {
     // One author asked about: four copies are read, the other six are strikes.
     assert_eq!(h.engine.metrics().dropped_unsolicited, before + 6);
 }
+
+#[test]
+fn grasp03_a_relay_no_announcement_lists_any_more_keeps_only_the_conversation() {
+    let mut h = Harness::new(sync_plus(SyncPlusConfig::default()));
+    let k = keys(1);
+    h.accept(&announcement(&k, "repo", &[US, A, C], T0 - 100));
+    h.advance(Duration::from_secs(5));
+    let repo = coord(&k, "repo");
+    h.connect_and_settle(C);
+    h.connect_and_settle(A);
+    let root = issue(&keys(2), &repo, T0 - 50, "bug");
+    let cmds = accept_root(&mut h, &root);
+    settle_but_lookups(&mut h, C, &cmds);
+    let on_a = lookups(&cmds, A).into_iter().next().expect("lookup on A").0;
+    settle_but_lookups(&mut h, A, &cmds);
+    // The participant writes to C, which the announcement lists too.
+    let mut cmds = h.answer(A, &on_a, &[relay_list(&keys(2), &[C], &[], T0 - 10)]);
+    cmds.extend(h.advance(Duration::from_secs(5)));
+    h.settle(C, &cmds);
+    let layer1_live = |h: &Harness| {
+        h.engine
+            .live_subscriptions(&url(C))
+            .iter()
+            .flat_map(|(_, fs)| fs.iter())
+            .any(|f| kind_of(f) == "L1")
+    };
+    assert!(layer1_live(&h));
+    // A newer announcement drops C: C stays, for the participant, without layer 1.
+    let mut cmds = h.accept(&announcement(&k, "repo", &[US, A], T0 - 5));
+    cmds.extend(h.advance(Duration::from_secs(10)));
+    h.settle(C, &cmds);
+    assert_eq!(
+        h.engine.repo_index().get(&repo).unwrap().outbox_relays,
+        BTreeSet::from([url(C)])
+    );
+    assert!(h.status(C).is_connected());
+    assert!(
+        !layer1_live(&h),
+        "{:?}",
+        h.engine.live_subscriptions(&url(C))
+    );
+    let live_c: Vec<Filter> = h
+        .engine
+        .live_subscriptions(&url(C))
+        .into_iter()
+        .flat_map(|(_, fs)| fs)
+        .collect();
+    assert!(!kinds_of(&live_c).contains("state"), "{live_c:?}");
+    assert!(kinds_of(&live_c).contains("#e"), "{live_c:?}");
+}

@@ -176,15 +176,24 @@ impl SyncEngine {
     }
 
     /// A connected relay without layer 1 that now carries it (an outbox relay a new
-    /// announcement lists): layer 1 opens, in full.
+    /// announcement lists): layer 1 opens, in full. One with layer 1 that carries only
+    /// conversations now (no announcement lists it any more) closes it.
     pub(super) fn open_layer1_if_now_carried(&mut self, relay: &RelayUrl, now: WallTime) {
         let connected = self
             .relays
             .get(relay)
             .is_some_and(|s| s.status.is_connected());
-        let open = self.conns.get(relay).is_none_or(|c| c.layer1);
-        if connected && !open {
+        let carried = self.carries_layer1(relay);
+        let Some(conn) = self.conns.get_mut(relay) else {
+            return;
+        };
+        if connected && carried && !conn.layer1 {
             self.open_layer1(relay, None, now, true);
+        } else if conn.layer1 && !carried {
+            // No announcement lists it any more, only participants write there: its
+            // live layer 1 closes at the rebuild (which keeps the conversations).
+            conn.layer1 = false;
+            conn.needs_rebuild = true;
         }
     }
 
