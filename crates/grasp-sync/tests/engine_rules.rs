@@ -2137,12 +2137,19 @@ fn status_on(keys: &Keys, root: &EventId, created_at: u64, content: &str) -> Eve
     )
 }
 
-/// The relay is capped; the root's history is one REQ of three filters.
-fn grouped_root_history(cap: usize) -> (Harness, Keys, Event, SubscriptionId) {
-    let (mut h, k, repo) = with_repo(capped(cap), &[A]);
+/// A repo on A (synced, REQ only) whose host then accepts an issue: the harness, the
+/// keys, the issue and what accepting it produced (its history's REQs).
+fn root_history(cfg: SyncConfig) -> (Harness, Keys, Event, Vec<Command>) {
+    let (mut h, k, repo) = with_repo(cfg, &[A]);
     h.connect_and_settle(A);
     let root = issue(&k, &repo, T0 - 10_000, "bug");
     let cmds = accept_root(&mut h, &root);
+    (h, k, root, cmds)
+}
+
+/// The relay is capped; the root's history is one REQ of three filters.
+fn grouped_root_history(cap: usize) -> (Harness, Keys, Event, SubscriptionId) {
+    let (h, k, root, cmds) = root_history(capped(cap));
     let reqs = historic_reqs(&cmds, A);
     assert_eq!(reqs.len(), 1, "one REQ: {reqs:?}");
     let (id, filters) = reqs.into_iter().next().unwrap();
@@ -2268,10 +2275,7 @@ fn r22g_a_grouped_page_cut_by_the_flood_cap_or_at_the_relays_cap_proves_nothing(
     let mut cfg = config();
     cfg.default_limits.page_limit = 3;
     cfg.default_limits.max_limit = Some(5);
-    let (mut h, k, repo) = with_repo(cfg, &[A]);
-    h.connect_and_settle(A);
-    let root = issue(&k, &repo, T0 - 10_000, "bug");
-    let cmds = accept_root(&mut h, &root);
+    let (mut h, k, root, cmds) = root_history(cfg);
     let id = historic_ids(&cmds, A)[0].clone();
     let page: Vec<Event> = (1..=5)
         .map(|i| status_on(&k, &root.id, T0 - 100 * i, &format!("status {i}")))
@@ -2329,10 +2333,7 @@ fn r22i_a_failed_grouped_req_has_every_item_it_named_asked_again() {
 fn r22j_an_event_repeated_on_a_page_does_not_count_against_it() {
     let mut cfg = capped(3);
     cfg.default_limits.max_filters_per_req = 1;
-    let (mut h, k, repo) = with_repo(cfg, &[A]);
-    h.connect_and_settle(A);
-    let root = issue(&k, &repo, T0 - 10_000, "bug");
-    let cmds = accept_root(&mut h, &root);
+    let (mut h, k, root, cmds) = root_history(cfg);
     let (id, _) = historic(&cmds, A)
         .into_iter()
         .find(|(_, f)| kind_of(f) == "#e")
