@@ -162,6 +162,8 @@ struct Scene {
     b_url: String,
     keys: Keys,
     events: Vec<Event>,
+    /// The tip of `main` in the git daemon's repository.
+    main_tip: String,
 }
 
 impl Scene {
@@ -172,7 +174,7 @@ impl Scene {
         let root = tempfile::tempdir().unwrap();
         let a = NostrRsRelay::start(root.path())?;
         let serve = tmp(root.path(), "serve");
-        source_repo(&serve);
+        let (main_tip, _) = source_repo(&serve);
         let daemon = GitDaemon::start(&serve);
         let b_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let b_url = format!("ws://{b_addr}");
@@ -197,6 +199,7 @@ impl Scene {
             b_url,
             keys,
             events,
+            main_tip,
         })
     }
 }
@@ -284,6 +287,76 @@ async fn interop_nostr_rs_relay_300_events_on_one_timestamp() {
         "interop: nostr-rs-relay tie events={} synced_s={:.1}",
         scene.events.len(),
         took.as_secs_f64()
+    );
+    b.shutdown().await.unwrap();
+}
+
+/// GRASP-03 Sync+ against relays nobody here wrote: B (`--sync-plus`) keeps a repo
+/// whose announcement lists nostr-rs-relay A and B. Someone comments on an issue on A;
+/// their NIP-65 list, also on A, names a second nostr-rs-relay O as where they write. A
+/// reply published only to O reaches B; the repo's state published only to O does not
+/// (an outbox relay carries the conversation, not the state).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grasp03_interop_nostr_rs_relay_as_a_participants_outbox() {
+    let Some(scene) = Scene::new(1, 0).await else {
+        return;
+    };
+    let Some(o) = NostrRsRelay::start(&tmp(scene.root.path(), "o")) else {
+        return;
+    };
+    let mut config = RelayConfig::for_tests(tmp(scene.root.path(), "b"));
+    config.bind = scene.b_addr;
+    config.sync_plus = true;
+    let b = start(config).await.expect("B starts");
+    let _ = publish_all(&scene.b_url, &scene.events[..1]).await; // held, then accepted
+    wait_holds(&scene.b_url, &scene.keys, &scene.events, "history").await;
+
+    let issue = scene.events[1].id;
+    let participant = Keys::generate();
+    let list = nostr::EventBuilder::new(nostr::Kind::RelayList, "")
+        .tags([nostr::Tag::parse(["r", o.url.as_str(), "write"]).unwrap()])
+        .sign_with_keys(&participant)
+        .unwrap();
+    let theirs = comment(&participant, &issue, "seen it too", Timestamp::now());
+    publish_all(&scene.a.url, &[list, theirs.clone()])
+        .await
+        .expect("A takes the list and the comment");
+    wait_holds(
+        &scene.b_url,
+        &participant,
+        &[theirs],
+        "the participant's comment",
+    )
+    .await;
+
+    let replier = Keys::generate();
+    let reply = comment(
+        &replier,
+        &issue,
+        "answered where they write",
+        Timestamp::now(),
+    );
+    // A state B would take (its `main` is in the git daemon) if anything asked for it.
+    let state = nostr::EventBuilder::new(nostr::Kind::Custom(30618), "")
+        .tags([
+            nostr::Tag::identifier("interop"),
+            nostr::Tag::parse(["refs/heads/main", scene.main_tip.as_str()]).unwrap(),
+            nostr::Tag::parse(["HEAD", "ref: refs/heads/main"]).unwrap(),
+        ])
+        .sign_with_keys(&scene.keys)
+        .unwrap();
+    publish_all(&o.url, &[reply.clone(), state.clone()])
+        .await
+        .expect("O takes them");
+    let took = wait_holds(&scene.b_url, &replier, &[reply], "the reply only O has").await;
+    println!(
+        "interop: nostr-rs-relay sync_plus reply_s={:.1}",
+        took.as_secs_f64()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !b.serves(&state.id).await && !b.is_held(&state.id),
+        "no state from an outbox relay (neither stored nor held)"
     );
     b.shutdown().await.unwrap();
 }
