@@ -300,6 +300,7 @@ mod tests {
                     beyond_req: Default::default(),
                     asked_by_req: Vec::new(),
                     fetch_asked: Default::default(),
+                    fetch_shared: false,
                     layer1: false,
                     full_history: true,
                     started_at: WallTime::ZERO,

@@ -2326,6 +2326,76 @@ fn r22i_a_failed_grouped_req_has_every_item_it_named_asked_again() {
     assert_eq!(h.status(A), ConnectionStatus::Connected);
 }
 
+/// A reply tags a root of one negentropy session (`#e`) and a root of another (`#E`):
+/// the second session leaves it to the first one's fetch. When the relay will not give
+/// it by id and the REQ for the first session's filter fails, the whole batch is asked
+/// again, so the second session's roots are not confirmed on the strength of a fetch
+/// that never came.
+#[test]
+fn r22k_a_failure_after_a_shared_fetch_asks_the_whole_batch_again() {
+    let mut cfg = config();
+    cfg.default_limits.chunk_size = 1; // four roots per session
+    let (mut h, k, repo) = with_repo(cfg, &[A]);
+    let mut todo = h.connect(A);
+    while !todo.is_empty() {
+        let negs = negentropy(&todo, A);
+        todo = negs
+            .iter()
+            .flat_map(|(id, _)| h.neg_result(A, id, &[]))
+            .collect();
+    }
+    for i in 0..5 {
+        h.accept(&issue(&k, &repo, T0 - 1_000 + i, &format!("root {i}")));
+    }
+    let cmds = h.advance(Duration::from_secs(5));
+    let sessions = negentropy(&cmds, A);
+    let values = |f: &Filter, c: char| tag_values(f, c).unwrap_or_default();
+    // A root in an `#e` session and one in an `#E` session that does not hold it.
+    let (e_roots, big_e_roots) = sessions
+        .iter()
+        .flat_map(|(_, e)| sessions.iter().map(move |(_, big)| (e, big)))
+        .map(|(e, big)| (values(e, 'e'), values(big, 'E')))
+        .find(|(e, big)| !e.is_empty() && !big.is_empty() && e.is_disjoint(big))
+        .expect("two sessions over different roots");
+    let root_a = e_roots.iter().next().unwrap().clone();
+    let root_b = big_e_roots.iter().next().unwrap().clone();
+    let answer = event(
+        &keys(2),
+        1111,
+        vec![tag(&["e", &root_a]), tag(&["E", &root_b])],
+        T0 - 100,
+        "across two sessions",
+    );
+    let mut fetches = Vec::new();
+    for (session, f) in &sessions {
+        let opts = nostr::filter::MatchEventOptions::new();
+        let need: Vec<EventId> = if f.match_event(&answer, opts) {
+            vec![answer.id]
+        } else {
+            vec![]
+        };
+        fetches.extend(historic(&h.neg_result(A, session, &need), A));
+    }
+    assert_eq!(fetches.len(), 1, "fetched once: {fetches:?}");
+    let cmds = h.answer(A, &fetches[0].0, &[]);
+    let cmds = h.answer(A, &historic(&cmds, A)[0].0, &[]);
+    let by_req = historic(&cmds, A);
+    assert_eq!(by_req.len(), 1, "{by_req:?}");
+    h.closed(A, &by_req[0].0, "error: shutting down");
+    assert_eq!(h.status(A), ConnectionStatus::ConnectedHistoricSyncFailures);
+    let cmds = h.advance(Duration::from_secs(40));
+    let asked: BTreeSet<String> = negentropy(&cmds, A)
+        .into_iter()
+        .chain(historic(&cmds, A))
+        .flat_map(|(_, f)| [values(&f, 'e'), values(&f, 'E')])
+        .flatten()
+        .collect();
+    assert!(
+        asked.contains(&root_a) && asked.contains(&root_b),
+        "both sessions' roots asked again: {asked:?}"
+    );
+}
+
 /// A relay (or the wire) repeating an event on a page: the repeat is ignored, not
 /// counted against the page, so it cannot push the page's last event out and make a
 /// full page look short (which, under a known cap, would end the history there).

@@ -360,6 +360,7 @@ impl SyncEngine {
             beyond_req: Default::default(),
             asked_by_req: Vec::new(),
             fetch_asked: Default::default(),
+            fetch_shared: false,
             layer1: cover.is_empty(),
             full_history: since.is_none(),
             started_at: now,

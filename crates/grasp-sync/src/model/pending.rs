@@ -96,6 +96,10 @@ pub struct PendingBatch {
     /// several of the batch's filters (`#e` and `#E`) is needed by several sessions and
     /// asked once. Safe within one batch only: if that fetch fails, so does the batch.
     pub fetch_asked: BTreeSet<nostr::EventId>,
+    /// Some session left an id it needed to another session's fetch: a part of this
+    /// batch that fails (or ends beyond what REQ can deliver) then names all of it, since
+    /// the id it stood for may belong to items the failed part does not name.
+    pub fetch_shared: bool,
     /// The connection-level batch (announcements and GRASP lists), which has no items.
     pub layer1: bool,
     /// False for a `since`-limited batch (quick reconnect, live gap): its success says

@@ -79,7 +79,9 @@ impl SyncEngine {
         need.sort();
         need.dedup();
         if let Some(batch) = self.batch_mut(relay, h.batch) {
+            let before = need.len();
             need.retain(|id| batch.fetch_asked.insert(*id));
+            batch.fetch_shared |= need.len() < before;
         }
         let Some(conn) = self.conns.get_mut(relay) else {
             return;

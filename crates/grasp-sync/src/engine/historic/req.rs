@@ -197,9 +197,12 @@ impl SyncEngine {
         };
         if beyond_req {
             if let Some(b) = self.batch_mut(relay, batch) {
-                if let Some(named) = named_in_batch(b, filter) {
-                    b.beyond_req.merge(&named);
-                }
+                let named = named_in_batch(b, filter).unwrap_or_else(|| {
+                    let mut all = b.items.clone();
+                    all.merge(&b.also_covers);
+                    all
+                });
+                b.beyond_req.merge(&named);
             }
         }
         let failed = match outcome.incomplete {
