@@ -1408,28 +1408,11 @@ impl Sim {
                     }
                     for c in coords {
                         let listed = &held[c].1;
-                        let lists = self
-                            .relays
-                            .iter()
-                            .filter(|(u, _)| listed.contains(&url_of(u)));
-                        for (_, relay) in lists {
-                            for list in relay
-                                .events
-                                .values()
-                                .filter(|e| e.kind == Kind::RelayList && e.pubkey == *author)
-                            {
-                                for t in list.tags.iter() {
-                                    let write = match t.as_slice() {
-                                        [n, u] if n == "r" => Some(u),
-                                        [n, u, m, ..] if n == "r" && m == "write" => Some(u),
-                                        _ => None,
-                                    };
-                                    if let Some(u) = write.filter(|u| !listed.contains(*u)) {
-                                        next.entry(c.clone()).or_default().insert(u.clone());
-                                    }
-                                }
-                            }
-                        }
+                        let outbox = self
+                            .write_relays(author, listed)
+                            .into_iter()
+                            .filter(|u| !listed.contains(u));
+                        next.entry(c.clone()).or_default().extend(outbox);
                     }
                 }
                 if next == outbox {
@@ -1473,6 +1456,25 @@ impl Sim {
             }
         }
         out
+    }
+
+    /// The write relays (`r` unmarked or `write`) in `author`'s NIP-65 lists found on
+    /// the relays `on` (URLs without a trailing slash) — what a lookup there would learn.
+    fn write_relays(&self, author: &nostr::PublicKey, on: &BTreeSet<String>) -> BTreeSet<String> {
+        let lists = self
+            .relays
+            .iter()
+            .filter(|(u, _)| on.contains(u.as_str().trim_end_matches('/')))
+            .flat_map(|(_, r)| r.events.values())
+            .filter(|e| e.kind == Kind::RelayList && e.pubkey == *author);
+        lists
+            .flat_map(|list| list.tags.iter())
+            .filter_map(|t| match t.as_slice() {
+                [n, u] if n == "r" => Some(u.clone()),
+                [n, u, m, ..] if n == "r" && m == "write" => Some(u.clone()),
+                _ => None,
+            })
+            .collect()
     }
 
     fn check(&self) -> Result<(), String> {

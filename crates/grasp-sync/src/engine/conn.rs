@@ -333,6 +333,21 @@ impl Conn {
         self.lookup_retry_at = None;
     }
 
+    /// Queues each of `filters` alone, from its first page, ahead of what is queued (in
+    /// their order).
+    pub fn queue_alone(
+        &mut self,
+        batch: BatchId,
+        filters: Vec<Filter>,
+        attempts: u32,
+        restarts: u32,
+    ) {
+        for filter in filters.into_iter().rev() {
+            self.queue
+                .push_front(QueuedPart::first_page(batch, filter, attempts, restarts));
+        }
+    }
+
     /// Whether any part of `batch` is still open or queued.
     pub fn batch_busy(&self, batch: BatchId) -> bool {
         self.historic.values().any(|h| h.batch == batch)

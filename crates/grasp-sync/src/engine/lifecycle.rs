@@ -328,15 +328,9 @@ impl SyncEngine {
         } else {
             limits.max_filters_per_req.max(1)
         };
-        let mut filters = filters.into_iter().peekable();
+        let mut filters = filters.into_iter();
         while let Some(filter) = filters.next() {
-            let mut also = Vec::new();
-            while also.len() + 1 < per_req {
-                match filters.next() {
-                    Some(f) => also.push(f),
-                    None => break,
-                }
-            }
+            let also: Vec<Filter> = filters.by_ref().take(per_req - 1).collect();
             conn.queue.push_back(QueuedPart {
                 batch: id,
                 filter,

@@ -107,6 +107,30 @@ impl SyncPlus {
         self.participants.get(repo).into_iter().flatten()
     }
 
+    /// Remembers that `author` took part in `repo` (within the per-repo bound) and queues
+    /// them to be asked about on the repo's `listed` relays. `false` when already known or
+    /// over the bound.
+    fn note_participant(
+        &mut self,
+        repo: &RepoRef,
+        author: PublicKey,
+        listed: &BTreeSet<RelayUrl>,
+    ) -> bool {
+        let known = self.participants.entry(repo.clone()).or_default();
+        if known.contains(&author) || known.len() >= self.bounds.max_authors_per_repo {
+            return false;
+        }
+        known.insert(author);
+        self.repos_of
+            .entry(author)
+            .or_default()
+            .insert(repo.clone());
+        for relay in listed {
+            self.wanted.entry(relay.clone()).or_default().insert(author);
+        }
+        true
+    }
+
     /// Whether `relay` has participants waiting to be asked about.
     pub(super) fn has_wanted(&self, relay: &RelayUrl) -> bool {
         self.wanted.contains_key(relay)
@@ -171,16 +195,10 @@ impl SyncEngine {
         let Some(sp) = &mut self.sync_plus else {
             return;
         };
-        let known = sp.participants.entry(repo.clone()).or_default();
-        if known.contains(&author) || known.len() >= sp.bounds.max_authors_per_repo {
+        if !sp.note_participant(repo, author, &listed) {
             return;
         }
-        known.insert(author);
-        sp.repos_of.entry(author).or_default().insert(repo.clone());
         let has_lists = sp.lists.contains_key(&author);
-        for relay in &listed {
-            sp.wanted.entry(relay.clone()).or_default().insert(author);
-        }
         for relay in &listed {
             self.wake(relay);
         }
@@ -314,13 +332,8 @@ impl SyncEngine {
         for id in roots {
             sp.roots.entry(id).or_default().push(repo.clone());
         }
-        let known = sp.participants.entry(repo.clone()).or_default();
-        for author in participants.iter().take(sp.bounds.max_authors_per_repo) {
-            known.insert(*author);
-            sp.repos_of.entry(*author).or_default().insert(repo.clone());
-            for relay in &listed {
-                sp.wanted.entry(relay.clone()).or_default().insert(*author);
-            }
+        for author in participants {
+            sp.note_participant(repo, *author, &listed);
         }
     }
 

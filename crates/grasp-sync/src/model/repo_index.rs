@@ -162,15 +162,13 @@ impl RepoSyncIndex {
         })
     }
 
-    /// The relays a Full repo's participants write to (GRASP-03), minus the relays its
-    /// announcement lists (those carry it in full already). No-op for other repos.
+    /// The relays a Full repo's participants write to (GRASP-03). A relay its
+    /// announcement lists carries it at the repo's own level whatever this says (see
+    /// `targets::carriers`). No-op for other repos.
     pub fn set_outbox_relays(&mut self, repo: &RepoRef, relays: BTreeSet<RelayUrl>) -> RepoChange {
         self.change(repo, |needs| {
             if let Some(n) = needs.as_mut().filter(|n| n.sync_level == SyncLevel::Full) {
-                n.outbox_relays = relays
-                    .into_iter()
-                    .filter(|r| !n.relays.contains(r))
-                    .collect();
+                n.outbox_relays = relays;
             }
         })
     }

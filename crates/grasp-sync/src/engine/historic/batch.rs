@@ -9,7 +9,6 @@ use super::super::SyncEngine;
 use crate::filters::items_named_by;
 use crate::model::{BatchId, PendingBatch, RelayUrl, SyncItems, WallTime};
 
-/// What `filter` names of `batch`'s items and of what it also covers.
 /// What of `batch` a part for `filter` stands for: the items it names, or `None` (the
 /// whole batch) for a filter that names none, or once the batch's sessions shared
 /// their fetches (see [`PendingBatch::fetch_shared`]).

@@ -278,9 +278,6 @@ impl SyncEngine {
                 self.finish_part(relay, h.batch, sub, None, now);
             }
             HistoricKind::Req { .. } if signal == RelaySignal::TooManyFilters => {
-                // A grouped REQ over the relay's unsaid limit: each filter is asked on
-                // its own (and later groups are smaller).
-                conn.learn_max_filters(1 + h.also.len());
                 self.split_group(relay, sub, h, now);
             }
             HistoricKind::Req { .. } | HistoricKind::Fetch(_) => {
@@ -341,9 +338,9 @@ impl SyncEngine {
         }
     }
 
-    /// A grouped REQ the relay refused for its number of filters: what it brought is
-    /// handed over and each filter queued alone, from its first page. A lone filter
-    /// refused so fails its batch.
+    /// A grouped REQ the relay refused for its number of filters: later groups are
+    /// halved, what it brought is handed over and each filter queued alone, from its
+    /// first page. A lone filter refused so fails its batch.
     fn split_group(
         &mut self,
         relay: &RelayUrl,
@@ -354,6 +351,9 @@ impl SyncEngine {
         if h.also.is_empty() {
             self.end_part(relay, sub, h, false, "refused as too many filters", now);
             return;
+        }
+        if let Some(conn) = self.conns.get_mut(relay) {
+            conn.learn_max_filters(1 + h.also.len());
         }
         let HistoricSub {
             batch,
@@ -368,10 +368,8 @@ impl SyncEngine {
             self.ingest_sorted(relay, buffer, batch, now);
         }
         if let Some(conn) = self.conns.get_mut(relay) {
-            for filter in std::iter::once(filter).chain(also).rev() {
-                conn.queue
-                    .push_front(QueuedPart::first_page(batch, filter, attempts, restarts));
-            }
+            let filters = std::iter::once(filter).chain(also).collect();
+            conn.queue_alone(batch, filters, attempts, restarts);
         }
         self.finish_part(relay, batch, sub, None, now);
     }
@@ -413,7 +411,6 @@ impl SyncEngine {
             let Some(h) = conn.historic.remove(&sub) else {
                 continue;
             };
-            conn.learn_max_filters(1 + h.also.len());
             self.commands.push_back(Command::Unsubscribe {
                 relay: relay.clone(),
                 id: sub.clone(),

@@ -112,16 +112,15 @@ impl SyncEngine {
         relay: &RelayUrl,
         sub: &SubscriptionId,
         part: EndedPart,
-        buffer: Vec<Event>,
+        events: Vec<Event>,
         page: PageResume,
         now: WallTime,
     ) {
-        let events = buffer; // one of each: repeats were ignored on arrival
-        let overflowed = part.overflowed;
-        let filters: Vec<Filter> = std::iter::once(part.filter).chain(part.also).collect();
+        // One of each: repeats were ignored on arrival.
         let cap = self.limits(relay).max_limit;
         let n = events.len();
-        let maybe_cut = overflowed || n == page.limit || cap == Some(n);
+        let maybe_cut = part.overflowed || n == page.limit || cap == Some(n);
+        let filters: Vec<Filter> = std::iter::once(part.filter).chain(part.also).collect();
         let mut failed: Vec<Filter> = Vec::new();
         if !maybe_cut && n < page.limit && (cap.is_some() || n < MIN_PLAUSIBLE_CAP) {
             // Complete, every filter.
@@ -151,10 +150,7 @@ impl SyncEngine {
                 }
             }
         } else if let Some(conn) = self.conns.get_mut(relay) {
-            for filter in filters.iter().rev() {
-                let alone = QueuedPart::first_page(part.batch, filter.clone(), 0, part.restarts);
-                conn.queue.push_front(alone);
-            }
+            conn.queue_alone(part.batch, filters, 0, part.restarts);
         }
         self.ingest_sorted(relay, events, part.batch, now);
         match failed.split_first() {
