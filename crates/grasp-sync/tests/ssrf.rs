@@ -18,8 +18,10 @@ use grasp_sync::ports::{EventStore, PortError, RelayUrlPolicy};
 use grasp_sync::{Command, Input, RelayUrl, UrlPolicy};
 use nostr::util::BoxedFuture;
 use nostr::{Event, EventId, Filter, Timestamp};
-use nostr_relay_builder::{LocalRelay, RelayBuilder};
+use nostr_relay_builder::RelayBuilder;
 use tokio::sync::mpsc;
+
+mod support;
 
 const STEP: Duration = Duration::from_secs(10);
 
@@ -240,13 +242,8 @@ impl RelayUrlPolicy for OnlyLoopbackOne {
 #[tokio::test]
 async fn ssrf_rebinding_name_only_reaches_the_checked_address() {
     grasp_sync::install_default_crypto_provider();
-    let relay = LocalRelay::new(RelayBuilder::default().addr("127.0.0.1".parse().unwrap()));
-    relay.run().await.unwrap();
-    let port = relay
-        .url()
-        .await
-        .to_string()
-        .trim_end_matches('/')
+    let (relay, relay_url) = support::listen(RelayBuilder::default(), 0).await;
+    let port = relay_url
         .rsplit(':')
         .next()
         .unwrap()
@@ -301,5 +298,5 @@ async fn ssrf_rebinding_name_only_reaches_the_checked_address() {
     assert_eq!(resolver.lookups.load(Ordering::SeqCst), 6);
     assert_untouched(&inside);
     exec.shutdown().await;
-    relay.shutdown();
+    drop(relay);
 }

@@ -215,28 +215,31 @@ async fn wait_served(relay: &RunningRelay, ids: &[EventId], what: &str) {
     .await;
 }
 
+/// A nostr-relay-builder relay on a free port. It picks a random port, checks that it
+/// is free, releases it and binds it again, a race other tests' sockets lose now and
+/// then: a lost race is tried again on another port, a bounded number of times.
 async fn plain_relay() -> (LocalRelay, String) {
     let db = MemoryDatabase::with_opts(MemoryDatabaseOptions {
         events: true,
         max_events: None,
     });
-    let relay = LocalRelay::new(
-        RelayBuilder::default()
-            .addr("127.0.0.1".parse().unwrap())
-            .database(db)
-            .rate_limit(RateLimit {
-                max_reqs: 10_000,
-                notes_per_minute: 100_000,
-            }),
-    );
-    relay.run().await.unwrap();
-    let url = relay
-        .url()
-        .await
-        .to_string()
-        .trim_end_matches('/')
-        .to_owned();
-    (relay, url)
+    let builder = RelayBuilder::default().database(db).rate_limit(RateLimit {
+        max_reqs: 10_000,
+        notes_per_minute: 100_000,
+    });
+    for _ in 0..20 {
+        let relay = LocalRelay::new(builder.clone());
+        match relay.run().await {
+            Ok(()) => {
+                let url = relay.url().await.to_string();
+                return (relay, url.trim_end_matches('/').to_owned());
+            }
+            Err(nostr_relay_builder::Error::IO(e)) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            }
+            Err(e) => panic!("plain relay runs: {e}"),
+        }
+    }
+    panic!("no free port for the plain relay in 20 tries")
 }
 
 // ---------------------------------------------------------------- tests

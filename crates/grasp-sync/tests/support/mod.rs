@@ -66,15 +66,50 @@ fn relay_builder() -> RelayBuilder {
 /// An in-process NIP-77 relay. Dropping it stops accepting new connections (open
 /// connections may linger: use [`ChildRelay`] to simulate a crash).
 pub struct TestRelay {
-    relay: LocalRelay,
+    relay: Listening,
     /// Its URL, e.g. `ws://127.0.0.1:40123`.
     pub url: String,
 }
 
-impl Drop for TestRelay {
+/// A running `LocalRelay`; dropping it stops accepting new connections.
+pub struct Listening(LocalRelay);
+
+impl Drop for Listening {
     fn drop(&mut self) {
-        self.relay.shutdown();
+        self.0.shutdown();
     }
+}
+
+/// Runs `builder`'s relay on 127.0.0.1:`port`, or on a free port when `port` is 0, and
+/// returns it with its `ws://` URL. For a free port the relay picks a random one, checks
+/// that it is free, releases it and binds it again: a race other tests' sockets lose now
+/// and then (CI saw "Address already in use"), so a lost race is tried again on another
+/// port, a bounded number of times.
+pub async fn listen(builder: RelayBuilder, port: u16) -> (Listening, String) {
+    let mut attempts = 0;
+    let relay = loop {
+        let relay = if port == 0 {
+            LocalRelay::new(builder.clone())
+        } else {
+            LocalRelay::new(builder.clone().port(port))
+        };
+        match relay.run().await {
+            Ok(()) => break relay,
+            Err(nostr_relay_builder::Error::IO(e))
+                if port == 0 && e.kind() == std::io::ErrorKind::AddrInUse && attempts < 20 =>
+            {
+                attempts += 1;
+            }
+            Err(e) => panic!("local relay runs: {e}"),
+        }
+    };
+    let url = relay
+        .url()
+        .await
+        .to_string()
+        .trim_end_matches('/')
+        .to_owned();
+    (Listening(relay), url)
 }
 
 /// Starts nostr-relay-builder's relay on a free port with an in-memory database that
@@ -93,14 +128,7 @@ fn memory_store() -> MemoryDatabase {
 
 /// Runs nostr-relay-builder's relay on `db`, on a free port.
 async fn serve(db: impl nostr_database::IntoNostrDatabase) -> TestRelay {
-    let relay = LocalRelay::new(relay_builder().database(db));
-    relay.run().await.expect("local relay runs");
-    let url = relay
-        .url()
-        .await
-        .to_string()
-        .trim_end_matches('/')
-        .to_owned();
+    let (relay, url) = listen(relay_builder().database(db), 0).await;
     TestRelay { relay, url }
 }
 
@@ -437,14 +465,8 @@ pub fn child_relay_main() {
     rt.block_on(async move {
         std::fs::create_dir_all(&dir).expect("data dir");
         let db = nostr_lmdb::NostrLMDB::open(&dir).expect("lmdb");
-        let mut builder = relay_builder().database(db);
-        if port != 0 {
-            builder = builder.port(port);
-        }
-        let relay = LocalRelay::new(builder);
-        relay.run().await.expect("child relay runs");
-        let url = relay.url().await.to_string();
-        println!("{CHILD_READY} {}", url.trim_end_matches('/'));
+        let (_relay, url) = listen(relay_builder().database(db), port).await;
+        println!("{CHILD_READY} {url}");
         std::future::pending::<()>().await;
     });
 }
