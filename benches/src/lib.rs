@@ -227,18 +227,17 @@ pub fn connected_with_confirmed(
         let keep = |k: usize| k % 100 < percent;
         state.confirmed = SyncItems {
             repos: target
-                .repos
-                .iter()
+                .repos()
                 .enumerate()
                 .filter(|(k, _)| keep(*k))
-                .map(|(_, (r, l))| (r.clone(), *l))
+                .map(|(_, (r, l))| (r.clone(), l))
                 .collect(),
             root_events: target
-                .root_events
-                .keys()
+                .root_events()
+                .into_iter()
                 .enumerate()
                 .filter(|(k, _)| keep(*k))
-                .map(|(_, id)| *id)
+                .map(|(_, id)| id)
                 .collect(),
         };
     }

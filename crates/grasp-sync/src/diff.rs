@@ -50,40 +50,15 @@ pub fn compute_actions(
     confirmed: &RelaySyncIndex,
 ) -> Actions {
     let mut actions = Actions::default();
-    let connected = |relay: &RelayUrl| {
-        confirmed
-            .get(relay)
-            .is_some_and(|s| s.status.is_connected())
-    };
-
-    for (relay, target) in targets.iter() {
-        if !connected(relay) {
-            continue;
-        }
-        let held = held_items(relay, pending, confirmed);
-        let add = missing(target, &held);
-        if !add.is_empty() {
-            actions.add.push(AddFilters {
-                relay: relay.clone(),
-                items: add,
-            });
-        }
-    }
-
-    let held_relays: BTreeSet<&RelayUrl> = confirmed
-        .iter()
-        .map(|(r, _)| r)
+    let relays: BTreeSet<&RelayUrl> = targets
+        .relays()
+        .chain(confirmed.iter().map(|(r, _)| r))
         .chain(pending.relays())
         .collect();
-    for relay in held_relays {
-        let held = held_items(relay, pending, confirmed);
-        let stale = unwanted(&held, targets.get(relay));
-        if !stale.is_empty() {
-            actions.remove.push(RemoveItems {
-                relay: relay.clone(),
-                items: stale,
-            });
-        }
+    for relay in relays {
+        let (add, remove) = compute_actions_for_relay(relay, targets, pending, confirmed);
+        actions.add.extend(add);
+        actions.remove.extend(remove);
     }
     actions
 }
@@ -98,17 +73,22 @@ pub fn compute_actions_for_relay(
 ) -> (Option<AddFilters>, Option<RemoveItems>) {
     let held = held_items(relay, pending, confirmed);
     let target = targets.get(relay);
-    let add = match target {
-        Some(t)
-            if confirmed
-                .get(relay)
-                .is_some_and(|s| s.status.is_connected()) =>
-        {
-            Some(missing(t, &held)).filter(|i| !i.is_empty())
+    let connected = confirmed
+        .get(relay)
+        .is_some_and(|s| s.status.is_connected());
+    // The relay's root events are gathered and sorted once, and only if either side
+    // needs them (the most expensive step of a relay's diff).
+    let roots = match target {
+        Some(t) if connected || held.sets.iter().any(|s| !s.root_events.is_empty()) => {
+            t.root_events()
         }
+        _ => Vec::new(),
+    };
+    let add = match target {
+        Some(t) if connected => Some(missing(t, &roots, &held)).filter(|i| !i.is_empty()),
         _ => None,
     };
-    let stale = unwanted(&held, target);
+    let stale = unwanted(&held, target, &roots);
     (
         add.map(|items| AddFilters {
             relay: relay.clone(),
@@ -169,7 +149,11 @@ fn sorted_minus<T, U>(
     out
 }
 
-type RepoItem<'a> = (&'a RepoRef, &'a SyncLevel);
+type RepoItem<'a> = (&'a RepoRef, SyncLevel);
+
+fn repo_items(items: &SyncItems) -> impl Iterator<Item = RepoItem<'_>> {
+    items.repos.iter().map(|(repo, level)| (repo, *level))
+}
 
 fn repos_minus<'a>(
     a: impl Iterator<Item = RepoItem<'a>>,
@@ -185,39 +169,45 @@ fn ids_minus<'a>(
     sorted_minus(a, b, |x, y| x.cmp(y), |_, _| true)
 }
 
-fn missing(target: &RelayTarget, held: &Held<'_>) -> SyncItems {
-    let mut repos: Vec<RepoItem<'_>> = target.repos.iter().collect();
-    let mut ids: Vec<&EventId> = target.root_events.keys().collect();
+/// The target's items (`roots`: its root events, sorted) that nothing in `held` holds.
+fn missing(target: &RelayTarget, roots: &[EventId], held: &Held<'_>) -> SyncItems {
+    let mut repos: Vec<RepoItem<'_>> = target.repos().collect();
+    let mut ids = roots.to_vec();
     for set in &held.sets {
-        repos = repos_minus(repos.into_iter(), set.repos.iter());
-        ids = ids_minus(ids.into_iter(), set.root_events.iter());
+        repos = repos_minus(repos.into_iter(), repo_items(set));
+        let mut held_ids = set.root_events.iter().peekable();
+        ids.retain(|id| {
+            while held_ids.next_if(|h| *h < id).is_some() {}
+            held_ids.peek() != Some(&id)
+        });
     }
     // Sorted input: the trees are bulk-built.
     SyncItems {
-        repos: repos.into_iter().map(|(r, l)| (r.clone(), *l)).collect(),
-        root_events: ids.into_iter().copied().collect(),
+        repos: repos.into_iter().map(|(r, l)| (r.clone(), l)).collect(),
+        root_events: ids.into_iter().collect(),
     }
 }
 
-fn unwanted(held: &Held<'_>, target: Option<&RelayTarget>) -> SyncItems {
+/// The held items the target (`roots`: its root events, sorted) no longer wants.
+fn unwanted(held: &Held<'_>, target: Option<&RelayTarget>, roots: &[EventId]) -> SyncItems {
     let mut out = SyncItems::default();
     for set in &held.sets {
         let (repos, ids) = match target {
             Some(t) => (
-                repos_minus(set.repos.iter(), t.repos.iter()),
-                ids_minus(set.root_events.iter(), t.root_events.keys()),
+                repos_minus(repo_items(set), t.repos()),
+                ids_minus(set.root_events.iter(), roots.iter()),
             ),
-            None => (set.repos.iter().collect(), set.root_events.iter().collect()),
+            None => (repo_items(set).collect(), set.root_events.iter().collect()),
         };
         if held.sets.len() == 1 {
-            out.repos = repos.into_iter().map(|(r, l)| (r.clone(), *l)).collect();
+            out.repos = repos.into_iter().map(|(r, l)| (r.clone(), l)).collect();
             out.root_events = ids.into_iter().copied().collect();
         } else {
             for (repo, level) in repos {
                 // A repo held at two levels, both unwanted, is reported at the higher
                 // one (as the merged sorted set of (repo, level) would).
-                let entry = out.repos.entry(repo.clone()).or_insert(*level);
-                *entry = entry.join(*level);
+                let entry = out.repos.entry(repo.clone()).or_insert(level);
+                *entry = entry.join(level);
             }
             out.root_events.extend(ids.into_iter().copied());
         }
@@ -348,6 +338,14 @@ mod tests {
 
             // Deterministic.
             prop_assert_eq!(&actions, &compute_actions(&targets, &pending, &confirmed));
+            // A relay's root events, from the index itself (not through RelayTarget).
+            let targeted_root = |r: &RelayUrl, e: &EventId| {
+                index.iter().any(|(_, needs)| {
+                    needs.sync_level == SyncLevel::Full
+                        && needs.relays.contains(r)
+                        && needs.root_events.contains(e)
+                })
+            };
 
             for add in &actions.add {
                 prop_assert!(confirmed.get(&add.relay).unwrap().status.is_connected());
@@ -362,11 +360,11 @@ mod tests {
             for (r, target) in targets.iter() {
                 if !confirmed.get(r).is_some_and(|s| s.status.is_connected()) { continue; }
                 let add = actions.add.iter().find(|a| &a.relay == r);
-                for (rp, l) in &target.repos {
-                    let emitted = add.is_some_and(|a| a.items.repos.get(rp) == Some(l));
-                    prop_assert!(emitted || holds(&pending, &confirmed, r, Some((rp, *l)), None));
+                for (rp, l) in target.repos() {
+                    let emitted = add.is_some_and(|a| a.items.repos.get(rp) == Some(&l));
+                    prop_assert!(emitted || holds(&pending, &confirmed, r, Some((rp, l)), None));
                 }
-                for e in target.root_events.keys() {
+                for e in &target.root_events() {
                     let emitted = add.is_some_and(|a| a.items.root_events.contains(e));
                     prop_assert!(emitted || holds(&pending, &confirmed, r, None, Some(e)));
                 }
@@ -375,16 +373,16 @@ mod tests {
             for rm in &actions.remove {
                 let t = targets.get(&rm.relay);
                 for (rp, l) in &rm.items.repos {
-                    prop_assert!(t.and_then(|t| t.repos.get(rp)) != Some(l));
+                    prop_assert!(t.and_then(|t| t.level(rp)) != Some(*l));
                 }
                 for e in &rm.items.root_events {
-                    prop_assert!(!t.is_some_and(|t| t.root_events.contains_key(e)));
+                    prop_assert!(!targeted_root(&rm.relay, e));
                 }
             }
             for (r, s) in confirmed.iter() {
                 let rm = actions.remove.iter().find(|x| &x.relay == r);
                 for e in &s.confirmed.root_events {
-                    let targeted = targets.get(r).is_some_and(|t| t.root_events.contains_key(e));
+                    let targeted = targeted_root(r, e);
                     prop_assert!(targeted || rm.is_some_and(|x| x.items.root_events.contains(e)));
                 }
             }

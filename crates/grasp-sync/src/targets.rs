@@ -1,61 +1,78 @@
 //! `derive_relay_targets`: inverts the repo index (repo → relays) into what each relay
-//! should carry (relay → repos at their level, root events of Full repos), in full and
-//! incrementally. The incremental form is what keeps reacting to one new repo cheap at
-//! 100k repos: it touches only the relays that repo lists.
+//! should carry (relay → repos at their level), in full and incrementally. The
+//! incremental form is what keeps reacting to one new repo cheap at 100k repos: it
+//! touches only the relays that repo lists.
+//!
+//! A relay's root events are not copied here: each carried repo points at its needs as
+//! the index holds them (shared, immutable), and [`RelayTarget::root_events`] gathers
+//! them when the relay is diffed. A copy per relay was 40 % of the core's memory at 100k
+//! repos and most of the time of a rebuild.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use nostr::EventId;
 
-use crate::model::{
-    RelayUrl, RepoChange, RepoRef, RepoSyncIndex, RepoSyncNeeds, SyncItems, SyncLevel,
-};
+use crate::model::{RelayUrl, RepoChange, RepoRef, RepoSyncIndex, RepoSyncNeeds, SyncLevel};
 
 /// What one relay should carry.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RelayTarget {
-    /// Repos listing this relay, at their level.
-    pub repos: BTreeMap<RepoRef, SyncLevel>,
-    /// Root events of the Full repos listing this relay, with how many of those repos
-    /// reference each (a root event may tag two repos; removing one must keep it).
-    pub root_events: BTreeMap<EventId, u32>,
+    repos: BTreeMap<RepoRef, Carried>,
+}
+
+/// One repo on one relay: the relay's level for it, and the repo's needs (for its root
+/// events).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Carried {
+    level: SyncLevel,
+    needs: Arc<RepoSyncNeeds>,
 }
 
 impl RelayTarget {
     /// True when the relay should carry nothing.
     pub fn is_empty(&self) -> bool {
-        self.repos.is_empty() && self.root_events.is_empty()
+        self.repos.is_empty()
     }
 
-    /// As plain items (drops the reference counts).
-    pub fn to_items(&self) -> SyncItems {
-        SyncItems {
-            repos: self.repos.clone(),
-            root_events: self.root_events.keys().copied().collect(),
-        }
+    /// Repos carried by this relay, in order, at the relay's level for each.
+    pub fn repos(&self) -> impl Iterator<Item = (&RepoRef, SyncLevel)> {
+        self.repos.iter().map(|(repo, c)| (repo, c.level))
     }
 
-    fn add_repo(&mut self, repo: &RepoRef, level: SyncLevel, needs: &RepoSyncNeeds) {
-        self.repos.insert(repo.clone(), level);
-        if needs.sync_level == SyncLevel::Full {
-            for id in &needs.root_events {
-                *self.root_events.entry(*id).or_insert(0) += 1;
-            }
-        }
+    /// Whether some announcement lists this relay: it carries a repo at more than the
+    /// conversation a participant's outbox relay carries (GRASP-03).
+    pub fn is_listed(&self) -> bool {
+        self.repos
+            .values()
+            .any(|c| c.level != SyncLevel::Conversation)
     }
 
-    fn remove_repo(&mut self, repo: &RepoRef, needs: &RepoSyncNeeds) {
-        self.repos.remove(repo);
-        if needs.sync_level == SyncLevel::Full {
-            for id in &needs.root_events {
-                if let Some(count) = self.root_events.get_mut(id) {
-                    *count -= 1;
-                    if *count == 0 {
-                        self.root_events.remove(id);
-                    }
-                }
-            }
-        }
+    /// The relay's level for `repo`, if it carries it.
+    pub fn level(&self, repo: &RepoRef) -> Option<SyncLevel> {
+        self.repos.get(repo).map(|c| c.level)
+    }
+
+    /// The root events this relay should carry, sorted, each once: those of its repos
+    /// that are Full (a StateOnly repo waits for git data and its threads would be
+    /// refused). Copied out (32 bytes each): the sort then runs on one contiguous buffer.
+    pub fn root_events(&self) -> Vec<EventId> {
+        let mut ids: Vec<EventId> = self
+            .repos
+            .values()
+            .filter(|c| c.needs.sync_level == SyncLevel::Full)
+            .flat_map(|c| c.needs.root_events.iter().copied())
+            .collect();
+        // By the first 8 bytes, then the rest on a tie: the same order as the ids', at
+        // the cost of a word comparison instead of a 32-byte one.
+        let head = |id: &EventId| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&id.as_bytes()[..8]);
+            u64::from_be_bytes(b)
+        };
+        ids.sort_unstable_by(|a, b| head(a).cmp(&head(b)).then_with(|| a.cmp(b)));
+        ids.dedup();
+        ids
     }
 }
 
@@ -92,7 +109,7 @@ impl RelayTargets {
     }
 
     /// Applies one repo's change: removes its old contribution, adds its new one. Costs
-    /// O(relays of that repo × root events of that repo × log n), not a rebuild.
+    /// O(relays of that repo × log n), not a rebuild.
     pub fn apply(&mut self, change: &RepoChange) {
         if change.is_noop() {
             return;
@@ -100,7 +117,7 @@ impl RelayTargets {
         if let Some(before) = &change.before {
             for (relay, _) in carriers(before) {
                 if let Some(target) = self.relays.get_mut(relay) {
-                    target.remove_repo(&change.repo, before);
+                    target.repos.remove(&change.repo);
                     if target.is_empty() {
                         self.relays.remove(relay);
                     }
@@ -109,10 +126,15 @@ impl RelayTargets {
         }
         if let Some(after) = &change.after {
             for (relay, level) in carriers(after) {
+                let carried = Carried {
+                    level,
+                    needs: Arc::clone(after),
+                };
                 self.relays
                     .entry(relay.clone())
                     .or_default()
-                    .add_repo(&change.repo, level, after);
+                    .repos
+                    .insert(change.repo.clone(), carried);
             }
         }
     }
@@ -133,58 +155,37 @@ fn carriers(needs: &RepoSyncNeeds) -> impl Iterator<Item = (&RelayUrl, SyncLevel
         .chain(outbox)
 }
 
-/// Inverts the repo index into per-relay targets. Root events are only targeted for
-/// Full repos: a StateOnly repo waits for git data and its threads would be refused.
+/// Inverts the repo index into per-relay targets.
 ///
 /// Built from sorted runs rather than one insert at a time, which is what makes the
 /// 100k-repo rebuild fast.
 pub fn derive_relay_targets(index: &RepoSyncIndex) -> RelayTargets {
     // One hash lookup per (repo, relay) to a dense slot; the slots are sorted by relay
     // once at the end (a tree lookup per pair compared URLs ~11 times each).
-    struct Slot<'a> {
-        relay: &'a RelayUrl,
-        repos: Vec<(RepoRef, SyncLevel)>,
-        roots: Vec<EventId>,
-    }
     let mut slot_of: HashMap<&RelayUrl, usize> = HashMap::new();
-    let mut slots: Vec<Slot<'_>> = Vec::new();
-    for (repo, needs) in index.iter() {
-        let full = needs.sync_level == SyncLevel::Full;
+    let mut slots: Vec<(&RelayUrl, Vec<(RepoRef, Carried)>)> = Vec::new();
+    for (repo, needs) in index.iter_shared() {
         for (relay, level) in carriers(needs) {
             let i = *slot_of.entry(relay).or_insert_with(|| {
-                slots.push(Slot {
-                    relay,
-                    repos: Vec::new(),
-                    roots: Vec::new(),
-                });
+                slots.push((relay, Vec::new()));
                 slots.len() - 1
             });
-            let slot = &mut slots[i];
             // The index iterates repos in order, so each relay's run stays sorted.
-            slot.repos.push((repo.clone(), level));
-            if full {
-                slot.roots.extend(needs.root_events.iter().copied());
-            }
+            let carried = Carried {
+                level,
+                needs: Arc::clone(needs),
+            };
+            slots[i].1.push((repo.clone(), carried));
         }
     }
-    slots.sort_unstable_by(|a, b| a.relay.cmp(b.relay));
+    slots.sort_unstable_by(|a, b| a.0.cmp(b.0));
     let relays = slots
         .into_iter()
-        .map(|slot| {
-            let mut ids = slot.roots;
-            ids.sort_unstable();
-            let mut counted: Vec<(EventId, u32)> = Vec::with_capacity(ids.len());
-            for id in ids {
-                match counted.last_mut() {
-                    Some((last, n)) if *last == id => *n += 1,
-                    _ => counted.push((id, 1)),
-                }
-            }
+        .map(|(relay, repos)| {
             let target = RelayTarget {
-                repos: slot.repos.into_iter().collect(),
-                root_events: counted.into_iter().collect(),
+                repos: repos.into_iter().collect(),
             };
-            (slot.relay.clone(), target)
+            (relay.clone(), target)
         })
         .collect();
     RelayTargets { relays }
@@ -219,10 +220,7 @@ pub(crate) mod tests {
         let targets = derive_relay_targets(&index);
         let t = targets.get(&relay(1)).unwrap();
         assert_eq!(t.repos.len(), 2);
-        assert_eq!(
-            t.root_events.keys().copied().collect::<Vec<_>>(),
-            vec![id(2)]
-        );
+        assert_eq!(t.root_events(), vec![id(2)]);
     }
 
     #[test]
@@ -234,11 +232,7 @@ pub(crate) mod tests {
             targets.apply(&index.add_root_event(&repo(r), id(9)));
         }
         targets.apply(&index.remove(&repo(1)));
-        assert!(targets
-            .get(&relay(1))
-            .unwrap()
-            .root_events
-            .contains_key(&id(9)));
+        assert_eq!(targets.get(&relay(1)).unwrap().root_events(), vec![id(9)]);
         targets.apply(&index.remove(&repo(2)));
         assert!(targets.is_empty());
     }
@@ -300,11 +294,11 @@ pub(crate) mod tests {
                 }
             }
             for (_, target) in derive_relay_targets(&index).iter() {
-                let full_roots: BTreeSet<EventId> = target.repos.iter()
-                    .filter(|(_, l)| **l == SyncLevel::Full)
+                let full_roots: BTreeSet<EventId> = target.repos()
+                    .filter(|(_, l)| *l == SyncLevel::Full)
                     .flat_map(|(r, _)| index.get(r).unwrap().root_events.iter().copied())
                     .collect();
-                prop_assert_eq!(target.root_events.keys().copied().collect::<BTreeSet<_>>(), full_roots);
+                prop_assert_eq!(target.root_events().into_iter().collect::<BTreeSet<_>>(), full_roots);
             }
         }
     }

@@ -2778,8 +2778,8 @@ fn grasp03_the_url_policy_and_the_announcement_come_first() {
     let needs = h.engine.repo_index().get(&repo).expect("repo");
     assert!(needs.outbox_relays.is_empty());
     assert_eq!(
-        h.engine.targets().get(&url(C)).expect("C").repos.get(&repo),
-        Some(&SyncLevel::Full)
+        h.engine.targets().get(&url(C)).expect("C").level(&repo),
+        Some(SyncLevel::Full)
     );
 }
 

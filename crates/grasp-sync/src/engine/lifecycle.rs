@@ -13,9 +13,7 @@ use crate::diff::compute_actions_for_relay;
 use crate::filters::{build_sync_level_aware_filters, layer1_filters, live, split_into_reqs};
 use crate::health::RelayHealth;
 use crate::model::NegentropySupport;
-use crate::model::{
-    BatchId, ConnectionStatus, PendingBatch, RelayUrl, SyncItems, SyncLevel, WallTime,
-};
+use crate::model::{BatchId, ConnectionStatus, PendingBatch, RelayUrl, SyncItems, WallTime};
 
 impl SyncEngine {
     /// Registers a relay once; the websocket comes and goes, the registration stays.
@@ -168,11 +166,7 @@ impl SyncEngine {
     fn carries_layer1(&self, relay: &RelayUrl) -> bool {
         self.sync_plus.is_none()
             || self.config.bootstrap_relays.contains(relay)
-            || self.targets.get(relay).is_none_or(|t| {
-                t.repos
-                    .values()
-                    .any(|level| *level != SyncLevel::Conversation)
-            })
+            || self.targets.get(relay).is_none_or(|t| t.is_listed())
     }
 
     /// A connected relay without layer 1 that now carries it (an outbox relay a new
@@ -450,7 +444,7 @@ impl SyncEngine {
         let target = self.targets.get(relay);
         let strip = |held: &mut SyncItems| {
             held.repos.retain(|repo, level| {
-                let wanted = target.and_then(|t| t.repos.get(repo)) == Some(level);
+                let wanted = target.and_then(|t| t.level(repo)) == Some(*level);
                 wanted || !items.repos.contains_key(repo)
             });
             held.root_events

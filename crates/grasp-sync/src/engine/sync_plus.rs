@@ -415,9 +415,8 @@ impl SyncEngine {
             return;
         };
         let authors: BTreeSet<PublicKey> = target
-            .repos
-            .iter()
-            .filter(|(_, level)| **level == SyncLevel::Full)
+            .repos()
+            .filter(|(_, level)| *level == SyncLevel::Full)
             .flat_map(|(repo, _)| sp.participants.get(repo).into_iter().flatten())
             .copied()
             .collect();
@@ -443,10 +442,7 @@ impl SyncEngine {
         if !connected || conn.lookup.is_some() || held_back || !conn.health.can_subscribe(now) {
             return;
         }
-        let listed = self
-            .targets
-            .get(relay)
-            .is_some_and(|t| t.repos.values().any(|l| *l != SyncLevel::Conversation));
+        let listed = self.targets.get(relay).is_some_and(|t| t.is_listed());
         if !listed {
             // No announcement lists it any more: nobody is asked about there.
             sp.wanted.remove(relay);

@@ -3,6 +3,7 @@
 //! other two indexes only record what is in flight and what is confirmed.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use nostr::EventId;
 
@@ -66,15 +67,17 @@ pub struct RepoSyncNeeds {
 }
 
 /// A repo's needs before and after one change: what the incremental target derivation
-/// consumes. `None` means "not in the index".
+/// consumes. `None` means "not in the index". The needs are shared, not copied: the
+/// relay targets keep the `after` of the last change they applied, which is how a
+/// relay's root events are read without a lookup per repo.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RepoChange {
     /// The repo that changed.
     pub repo: RepoRef,
     /// Its needs before the change.
-    pub before: Option<RepoSyncNeeds>,
+    pub before: Option<Arc<RepoSyncNeeds>>,
     /// Its needs after the change.
-    pub after: Option<RepoSyncNeeds>,
+    pub after: Option<Arc<RepoSyncNeeds>>,
 }
 
 impl RepoChange {
@@ -84,10 +87,12 @@ impl RepoChange {
     }
 }
 
-/// Repo ref → needs. Plain data: the engine owns it, nobody locks it.
+/// Repo ref → needs. Plain data: the engine owns it, nobody locks it. Each needs value
+/// is immutable once in the index (a change replaces it), so it can be shared with the
+/// relay targets.
 #[derive(Debug, Clone, Default)]
 pub struct RepoSyncIndex {
-    repos: BTreeMap<RepoRef, RepoSyncNeeds>,
+    repos: BTreeMap<RepoRef, Arc<RepoSyncNeeds>>,
 }
 
 impl RepoSyncIndex {
@@ -98,11 +103,16 @@ impl RepoSyncIndex {
 
     /// Needs of one repo.
     pub fn get(&self, repo: &RepoRef) -> Option<&RepoSyncNeeds> {
-        self.repos.get(repo)
+        self.repos.get(repo).map(|needs| &**needs)
     }
 
     /// All repos in order.
     pub fn iter(&self) -> impl Iterator<Item = (&RepoRef, &RepoSyncNeeds)> {
+        self.repos.iter().map(|(repo, needs)| (repo, &**needs))
+    }
+
+    /// All repos in order, with their needs as shared.
+    pub(crate) fn iter_shared(&self) -> impl Iterator<Item = (&RepoRef, &Arc<RepoSyncNeeds>)> {
         self.repos.iter()
     }
 
@@ -181,10 +191,15 @@ impl RepoSyncIndex {
 
     fn change(&mut self, repo: &RepoRef, f: impl FnOnce(&mut Option<RepoSyncNeeds>)) -> RepoChange {
         let before = self.repos.remove(repo);
-        let mut after = before.clone();
+        let mut after = before.as_deref().cloned();
         f(&mut after);
+        let after = match after {
+            // Unchanged: the same shared value stays.
+            Some(needs) if before.as_deref() == Some(&needs) => before.clone(),
+            other => other.map(Arc::new),
+        };
         if let Some(needs) = &after {
-            self.repos.insert(repo.clone(), needs.clone());
+            self.repos.insert(repo.clone(), Arc::clone(needs));
         }
         RepoChange {
             repo: repo.clone(),
