@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo run --release -p grasp-sync-benches --bin e2e -- [--events N] [--relays K]
-//!     [--copies C] [--plain-every P] [--timeout SECS]
+//!     [--copies C] [--plain-every P] [--timeout SECS] [--default-timers]
 //! ```
 //!
 //! - Relays: nostr-relay-builder `LocalRelay` (in-memory database, NIP-77, rate limits
@@ -70,6 +70,9 @@ struct Args {
     copies: usize,
     plain_every: usize,
     timeout: Duration,
+    /// The library's default batch window and check interval (seconds), not the fast
+    /// timers: what an operator who changes nothing gets.
+    default_timers: bool,
 }
 
 fn parse_args() -> Args {
@@ -79,6 +82,7 @@ fn parse_args() -> Args {
         copies: 2,
         plain_every: 3,
         timeout: Duration::from_secs(600),
+        default_timers: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -93,10 +97,12 @@ fn parse_args() -> Args {
             "--copies" => args.copies = num("--copies"),
             "--plain-every" => args.plain_every = num("--plain-every"),
             "--timeout" => args.timeout = Duration::from_secs(num("--timeout") as u64),
+            "--default-timers" => args.default_timers = true,
             "-h" | "--help" => {
                 println!(
                     "e2e [--events N (10000)] [--relays K (6)] [--copies C (2)] \
-                     [--plain-every P (3; 0 = all NIP-77)] [--timeout SECS (600)]"
+                     [--plain-every P (3; 0 = all NIP-77)] [--timeout SECS (600)] \
+                     [--default-timers (the library's, not the fast ones)]"
                 );
                 std::process::exit(0);
             }
@@ -861,9 +867,10 @@ async fn run(
     }
     let total = world.events.len();
 
-    let mut config = SyncConfig::default()
-        .with_fast_timers()
-        .with_own_relay(RelayUrl::parse(OWN).expect("own url"));
+    let mut config = SyncConfig::default().with_own_relay(RelayUrl::parse(OWN).expect("own url"));
+    if !args.default_timers {
+        config = config.with_fast_timers();
+    }
     // The test relays cap `limit` at RELAY_MAX_LIMIT but publish no NIP-11 document.
     config.default_limits.page_limit = RELAY_MAX_LIMIT;
     config.default_limits.max_limit = Some(RELAY_MAX_LIMIT);

@@ -1444,20 +1444,27 @@ fn r09_consolidation_rebuilds_live_filters_without_resync() {
 fn r10_syncing_until_accepted_events_are_applied_and_their_batch_done() {
     let (mut h, k, repo) = with_repo(config(), &[A]);
     let connect_cmds = h.connect(A);
-    // An accepted root event waits in the batch window while the history finishes.
+    // An accepted root event waits in the batch window while the history runs.
     let root = issue(&k, &repo, T0 - 1000, "bug");
     h.accept(&root);
-    h.settle(A, &connect_cmds);
-    assert!(h.engine.pending_index().batches(&url(A)).is_empty());
     assert_eq!(
         h.status(A),
         ConnectionStatus::Syncing,
         "an unprocessed accepted event could still add work"
     );
-    let cmds = h.advance(Duration::from_secs(5));
-    assert_eq!(historic(&cmds, A).len(), 3, "the root's batch");
-    assert_eq!(h.status(A), ConnectionStatus::Syncing);
-    h.settle(A, &cmds);
+    // The connect's history ends: the waiting event is applied then, not when the
+    // window closes, and the root's history is asked at once (no time passes here).
+    let cmds = h.settle(A, &connect_cmds);
+    let asked: BTreeSet<Filter> = historic(&cmds, A).into_iter().map(|(_, f)| f).collect();
+    for f in root_filters(&root.id) {
+        assert!(
+            asked
+                .iter()
+                .any(|a| tag_values(a, f_letter(&f)) == tag_values(&f, f_letter(&f))),
+            "the root's history is asked when the batch before it ends: {f:?}"
+        );
+    }
+    assert!(h.engine.pending_index().batches(&url(A)).is_empty());
     assert_eq!(h.status(A), ConnectionStatus::Connected);
     assert!(
         h.engine
@@ -1466,6 +1473,36 @@ fn r10_syncing_until_accepted_events_are_applied_and_their_batch_done() {
             .unwrap()
             .historic_sync_completed
     );
+}
+
+#[test]
+fn r10b_waiting_events_are_applied_once_no_batch_is_in_flight_anywhere() {
+    let (mut h, k, repo) = with_repo(config(), &[A, B]);
+    let a_cmds = h.connect(A);
+    let b_cmds = h.connect(B);
+    let root = issue(&k, &repo, T0 - 1000, "bug");
+    h.accept(&root);
+    let asks_root = |cmds: &[Command], relay: &str| {
+        historic(cmds, relay)
+            .iter()
+            .any(|(_, f)| tag_values(f, 'e').is_some_and(|v| v.contains(&root.id.to_hex())))
+    };
+    // A's history ends while B's still runs: the round is not over, so the root waits
+    // (its threads are asked in one batch per relay, not one per finished relay).
+    let after_a = h.settle(A, &a_cmds);
+    assert!(!asks_root(&after_a, A) && !asks_root(&after_a, B));
+    // B's ends too: applied at once, no window waited for.
+    let after_b = h.settle(B, &b_cmds);
+    assert!(asks_root(&after_b, A), "A asked for the root's threads");
+    assert!(asks_root(&after_b, B), "B asked for the root's threads");
+}
+
+/// The one tag letter a single-tag filter of [`root_filters`] has.
+fn f_letter(f: &Filter) -> char {
+    ['e', 'E', 'q']
+        .into_iter()
+        .find(|c| tag_values(f, *c).is_some())
+        .expect("a root filter")
 }
 
 // ---------------------------------------------------------------------------------------

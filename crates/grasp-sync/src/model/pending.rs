@@ -153,6 +153,11 @@ impl PendingSyncIndex {
             .map(|(r, _)| r)
     }
 
+    /// Whether no batch is in flight on any relay.
+    pub fn is_empty(&self) -> bool {
+        self.relays().next().is_none()
+    }
+
     /// Whether any batch is in flight for `relay`.
     pub fn has_pending(&self, relay: &RelayUrl) -> bool {
         !self.batches(relay).is_empty()

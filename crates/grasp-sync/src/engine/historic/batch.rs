@@ -141,6 +141,14 @@ impl SyncEngine {
             self.metrics.batches_completed += 1;
         }
         self.dirty = true;
+        // Every event the batch brought has its verdict, so the accepted ones among them
+        // wait in the buffer. Once no batch is in flight on any relay, that round's ids
+        // are all known: they are applied now rather than at the end of the batch
+        // window, and the next layer (the threads of the root events found) starts at
+        // once, in batches as large as the window would have made them.
+        if !self.accepted.is_empty() && self.pending.is_empty() {
+            self.flush_accepted(now);
+        }
         self.check_completion(relay, now);
     }
 }
