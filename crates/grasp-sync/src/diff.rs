@@ -342,7 +342,7 @@ mod tests {
             let targeted_root = |r: &RelayUrl, e: &EventId| {
                 index.iter().any(|(_, needs)| {
                     needs.sync_level == SyncLevel::Full
-                        && needs.relays.contains(r)
+                        && (needs.relays.contains(r) || needs.outbox_relays.contains(r))
                         && needs.root_events.contains(e)
                 })
             };

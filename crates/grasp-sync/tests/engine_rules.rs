@@ -1497,6 +1497,23 @@ fn r10b_waiting_events_are_applied_once_no_batch_is_in_flight_anywhere() {
     assert!(asks_root(&after_b, B), "B asked for the root's threads");
 }
 
+#[test]
+fn r10c_a_round_also_ends_when_its_last_batch_goes_with_its_relay() {
+    let (mut h, k, repo) = with_repo(config(), &[A, B]);
+    let a_cmds = h.connect(A);
+    h.connect(B);
+    let root = issue(&k, &repo, T0 - 1000, "bug");
+    h.accept(&root);
+    h.settle(A, &a_cmds);
+    // B drops with its batch still in flight: nothing is left in flight, so the
+    // waiting root is applied at once, not when the window closes.
+    let cmds = h.feed(Input::RelayDisconnected { relay: url(B) });
+    let asks_root = historic(&cmds, A)
+        .iter()
+        .any(|(_, f)| tag_values(f, 'e').is_some_and(|v| v.contains(&root.id.to_hex())));
+    assert!(asks_root, "A asked for the root's threads when B dropped");
+}
+
 /// The one tag letter a single-tag filter of [`root_filters`] has.
 fn f_letter(f: &Filter) -> char {
     ['e', 'E', 'q']

@@ -1,6 +1,8 @@
 //! The self-subscriber and the purgatory timer: the two ways the repo index learns what
-//! we want. Accepted events are batched for `batch_window` and applied together; the
-//! purgatory snapshot keeps StateOnly entries in step with what waits for git data.
+//! we want. Accepted events are buffered and applied together: when the sync round that
+//! brought them ends (no historic batch left in flight), or `batch_window` after the
+//! first at the latest; the purgatory snapshot keeps StateOnly entries in step with
+//! what waits for git data.
 //! Both update targets incrementally and diff only the relays they touched.
 
 use std::collections::BTreeSet;
@@ -27,6 +29,18 @@ impl SyncEngine {
         self.accepted.push(event);
         if self.flush_at.is_none() {
             self.flush_at = Some(now + self.config.batch_window);
+        }
+    }
+
+    /// A sync round ends when the last historic batch in flight leaves (done, cancelled,
+    /// or dropped with its relay): every event it brought has its verdict, so the ids
+    /// of the next layer (the threads of the root events found) are all known. They are
+    /// applied now rather than at the end of the batch window, in one batch as large as
+    /// the window would have made. Events accepted while nothing is in flight (a
+    /// restart's held announcements, live events) wait for the window.
+    pub(super) fn end_round_if_over(&mut self, now: WallTime) {
+        if self.pending.take_left() && self.pending.is_empty() && !self.accepted.is_empty() {
+            self.flush_accepted(now);
         }
     }
 

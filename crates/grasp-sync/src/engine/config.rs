@@ -21,7 +21,8 @@ pub struct SyncConfig {
     /// Relays always connected for layer 1 (announcements, GRASP lists), never dropped
     /// for having nothing to sync.
     pub bootstrap_relays: BTreeSet<RelayUrl>,
-    /// Self-subscriber batch window: accepted events are applied together this often.
+    /// Self-subscriber batch window: the longest accepted events wait to be applied
+    /// together (a sync round that ends sooner applies them at once).
     pub batch_window: Duration,
     /// How often the purgatory announcements are read (StateOnly repos).
     pub purgatory_interval: Duration,

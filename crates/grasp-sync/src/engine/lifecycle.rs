@@ -492,7 +492,7 @@ impl SyncEngine {
                 });
             }
         }
-        self.pending.batches_mut(relay).retain(|b| b.id != batch);
+        self.pending.remove(relay, batch);
     }
 
     pub(super) fn on_connect_failed(&mut self, relay: &RelayUrl, now: WallTime) {

@@ -54,7 +54,7 @@ pub struct SyncEngine {
     /// (one probe whatever the number of relays); the few walks over all relays sort
     /// the keys first, so the engine stays deterministic.
     conns: HashMap<RelayUrl, Conn>,
-    /// Accepted events waiting for the self-subscriber batch window.
+    /// Accepted events waiting to be applied (end of the round or of the batch window).
     accepted: Vec<Event>,
     flush_at: Option<WallTime>,
     purgatory_due: WallTime,
@@ -261,6 +261,7 @@ impl SyncEngine {
                 self.on_messages_lost(&relay, since.min(now), now)
             }
         }
+        self.end_round_if_over(now);
         let woken = std::mem::take(&mut self.woken);
         self.pump(woken.iter(), now);
     }
@@ -287,6 +288,7 @@ impl SyncEngine {
             self.persisted_at = now;
             self.commands.push_back(Command::PersistState);
         }
+        self.end_round_if_over(now);
         self.woken.clear();
         let watched = self.timers.watched();
         self.pump(watched.iter(), now);

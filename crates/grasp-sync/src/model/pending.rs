@@ -113,6 +113,9 @@ pub struct PendingBatch {
 #[derive(Debug, Clone, Default)]
 pub struct PendingSyncIndex {
     relays: BTreeMap<RelayUrl, Vec<PendingBatch>>,
+    /// A batch left (done, cancelled or cleared) since [`PendingSyncIndex::take_left`]
+    /// was last asked: the moment a sync round may have ended.
+    left: bool,
 }
 
 impl PendingSyncIndex {
@@ -142,7 +145,22 @@ impl PendingSyncIndex {
 
     /// Drops every batch of a relay (fresh start, reconnect, consolidation).
     pub fn clear(&mut self, relay: &RelayUrl) -> Vec<PendingBatch> {
-        self.relays.remove(relay).unwrap_or_default()
+        let gone = self.relays.remove(relay).unwrap_or_default();
+        self.left |= !gone.is_empty();
+        gone
+    }
+
+    /// Takes one batch of a relay out (done or cancelled).
+    pub fn remove(&mut self, relay: &RelayUrl, batch: BatchId) -> Option<PendingBatch> {
+        let batches = self.relays.get_mut(relay)?;
+        let pos = batches.iter().position(|b| b.id == batch)?;
+        self.left = true;
+        Some(batches.remove(pos))
+    }
+
+    /// Whether a batch left since the last call (and forgets it).
+    pub fn take_left(&mut self) -> bool {
+        std::mem::take(&mut self.left)
     }
 
     /// Relays with at least one batch.

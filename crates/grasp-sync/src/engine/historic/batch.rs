@@ -81,14 +81,17 @@ impl SyncEngine {
         if self.conns.get(relay).is_some_and(|c| c.batch_busy(batch)) {
             return;
         }
-        let batches = self.pending.batches_mut(relay);
-        let Some(pos) = batches.iter().position(|b| b.id == batch) else {
-            return;
-        };
-        if batches[pos].awaiting > 0 {
+        let waiting = self
+            .pending
+            .batches(relay)
+            .iter()
+            .any(|b| b.id == batch && b.awaiting > 0);
+        if waiting {
             return;
         }
-        let done = batches.remove(pos);
+        let Some(done) = self.pending.remove(relay, batch) else {
+            return;
+        };
         let state = self.relays.entry(relay);
         if done.layer1 {
             // A `since` catch-up says nothing about older announcements.
@@ -141,14 +144,6 @@ impl SyncEngine {
             self.metrics.batches_completed += 1;
         }
         self.dirty = true;
-        // Every event the batch brought has its verdict, so the accepted ones among them
-        // wait in the buffer. Once no batch is in flight on any relay, that round's ids
-        // are all known: they are applied now rather than at the end of the batch
-        // window, and the next layer (the threads of the root events found) starts at
-        // once, in batches as large as the window would have made them.
-        if !self.accepted.is_empty() && self.pending.is_empty() {
-            self.flush_accepted(now);
-        }
         self.check_completion(relay, now);
     }
 }
