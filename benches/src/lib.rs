@@ -64,6 +64,9 @@ pub struct WorldSpec {
     pub repos: usize,
     /// Percentage of repos held StateOnly (purgatory); 0 = all Full.
     pub state_only_percent: usize,
+    /// Percentage of repos that also list relay 0, a hub (GRASP networks are skewed:
+    /// a few servers are listed by most repos); 0 = none.
+    pub hub_percent: usize,
     /// Seed.
     pub seed: u64,
 }
@@ -74,6 +77,7 @@ impl WorldSpec {
         Self {
             repos,
             state_only_percent: 0,
+            hub_percent: 0,
             seed: SEED,
         }
     }
@@ -113,6 +117,7 @@ pub struct Generator {
     rng: Rng,
     relays: Vec<RelayUrl>,
     state_only_percent: usize,
+    hub_percent: usize,
     next: usize,
 }
 
@@ -123,6 +128,7 @@ impl Generator {
             rng: Rng::new(spec.seed),
             relays: relay_universe(),
             state_only_percent: spec.state_only_percent,
+            hub_percent: spec.hub_percent,
             next: 0,
         }
     }
@@ -147,6 +153,10 @@ impl Generator {
         let mut relays = BTreeSet::new();
         while relays.len() < n {
             relays.insert(self.relays[self.rng.below(self.relays.len())].clone());
+        }
+        // Drawn only for a hub world, so the other worlds stay as they were.
+        if self.hub_percent > 0 && self.rng.below(100) < self.hub_percent {
+            relays.insert(self.relays[0].clone());
         }
         let roots = (0..ROOTS_PER_REPO)
             .map(|_| EventId::from_byte_array(self.rng.bytes32()))

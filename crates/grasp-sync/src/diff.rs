@@ -76,11 +76,12 @@ pub fn compute_actions_for_relay(
     let connected = confirmed
         .get(relay)
         .is_some_and(|s| s.status.is_connected());
-    // The relay's root events are gathered and sorted once, and only if either side
-    // needs them (the most expensive step of a relay's diff).
+    // The relay's root events are read once, and only if either side needs them (the
+    // most expensive step of a relay's diff).
+    let mut gathered = Vec::new();
     let roots = match target {
         Some(t) if connected || held.sets.iter().any(|s| !s.root_events.is_empty()) => {
-            t.root_events()
+            t.root_refs(&mut gathered)
         }
         _ => Vec::new(),
     };
@@ -170,32 +171,28 @@ fn ids_minus<'a>(
 }
 
 /// The target's items (`roots`: its root events, sorted) that nothing in `held` holds.
-fn missing(target: &RelayTarget, roots: &[EventId], held: &Held<'_>) -> SyncItems {
+fn missing(target: &RelayTarget, roots: &[&EventId], held: &Held<'_>) -> SyncItems {
     let mut repos: Vec<RepoItem<'_>> = target.repos().collect();
     let mut ids = roots.to_vec();
     for set in &held.sets {
         repos = repos_minus(repos.into_iter(), repo_items(set));
-        let mut held_ids = set.root_events.iter().peekable();
-        ids.retain(|id| {
-            while held_ids.next_if(|h| *h < id).is_some() {}
-            held_ids.peek() != Some(&id)
-        });
+        ids = ids_minus(ids.into_iter(), set.root_events.iter());
     }
     // Sorted input: the trees are bulk-built.
     SyncItems {
         repos: repos.into_iter().map(|(r, l)| (r.clone(), l)).collect(),
-        root_events: ids.into_iter().collect(),
+        root_events: ids.into_iter().copied().collect(),
     }
 }
 
 /// The held items the target (`roots`: its root events, sorted) no longer wants.
-fn unwanted(held: &Held<'_>, target: Option<&RelayTarget>, roots: &[EventId]) -> SyncItems {
+fn unwanted(held: &Held<'_>, target: Option<&RelayTarget>, roots: &[&EventId]) -> SyncItems {
     let mut out = SyncItems::default();
     for set in &held.sets {
         let (repos, ids) = match target {
             Some(t) => (
                 repos_minus(repo_items(set), t.repos()),
-                ids_minus(set.root_events.iter(), roots.iter()),
+                ids_minus(set.root_events.iter(), roots.iter().copied()),
             ),
             None => (repo_items(set).collect(), set.root_events.iter().collect()),
         };

@@ -15,10 +15,24 @@ use nostr::EventId;
 
 use crate::model::{RelayUrl, RepoChange, RepoRef, RepoSyncIndex, RepoSyncNeeds, SyncLevel};
 
+/// From this many repos on, a relay also keeps its root events counted (event id → how
+/// many of its Full repos name it), kept up to date by each change. A hub listed by most
+/// repos is diffed after nearly every change, and gathering and sorting its ~1 M ids each
+/// time took 3× the walk of a kept tree (`hub_world` example). Smaller relays gather on
+/// demand and keep nothing: most relays are small, and a copy for every relay was 40 %
+/// of the core's memory. (Small in unit tests, so their random histories cross it.)
+#[cfg(not(test))]
+const COUNTED_FROM: usize = 1_000;
+#[cfg(test)]
+const COUNTED_FROM: usize = 3;
+
 /// What one relay should carry.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RelayTarget {
     repos: BTreeMap<RepoRef, Carried>,
+    /// Root events with how many Full repos here name each; only from
+    /// [`COUNTED_FROM`] repos on.
+    counted: Option<BTreeMap<EventId, u32>>,
 }
 
 /// One repo on one relay: the relay's level for it, and the repo's needs (for its root
@@ -57,6 +71,25 @@ impl RelayTarget {
     /// that are Full (a StateOnly repo waits for git data and its threads would be
     /// refused). Copied out (32 bytes each): the sort then runs on one contiguous buffer.
     pub fn root_events(&self) -> Vec<EventId> {
+        let mut buf = Vec::new();
+        self.root_refs(&mut buf).into_iter().copied().collect()
+    }
+
+    /// [`RelayTarget::root_events`], borrowed: from the counts where kept, else
+    /// gathered into `buf`.
+    pub(crate) fn root_refs<'a>(&'a self, buf: &'a mut Vec<EventId>) -> Vec<&'a EventId> {
+        match &self.counted {
+            Some(counted) => counted.keys().collect(),
+            None => {
+                *buf = self.gather_roots();
+                buf.dedup();
+                buf.iter().collect()
+            }
+        }
+    }
+
+    /// Every Full repo's root events, sorted, with repeats.
+    fn gather_roots(&self) -> Vec<EventId> {
         let mut ids: Vec<EventId> = self
             .repos
             .values()
@@ -71,8 +104,62 @@ impl RelayTarget {
             u64::from_be_bytes(b)
         };
         ids.sort_unstable_by(|a, b| head(a).cmp(&head(b)).then_with(|| a.cmp(b)));
-        ids.dedup();
         ids
+    }
+
+    /// Carries `repo` (replacing what it carried of it).
+    fn insert(&mut self, repo: &RepoRef, carried: Carried) {
+        if let Some(counted) = &mut self.counted {
+            count(counted, &carried.needs, true);
+        }
+        let old = self.repos.insert(repo.clone(), carried);
+        if let (Some(counted), Some(old)) = (&mut self.counted, old) {
+            count(counted, &old.needs, false);
+        }
+        self.count_if_big();
+    }
+
+    /// Stops carrying `repo`.
+    fn remove(&mut self, repo: &RepoRef) {
+        let old = self.repos.remove(repo);
+        if let (Some(counted), Some(old)) = (&mut self.counted, old) {
+            count(counted, &old.needs, false);
+        }
+        self.count_if_big();
+    }
+
+    /// Keeps the counts exactly while the relay carries [`COUNTED_FROM`] repos or more.
+    fn count_if_big(&mut self) {
+        let big = self.repos.len() >= COUNTED_FROM;
+        if big && self.counted.is_none() {
+            let mut counted: Vec<(EventId, u32)> = Vec::new();
+            for id in self.gather_roots() {
+                match counted.last_mut() {
+                    Some((last, n)) if *last == id => *n += 1,
+                    _ => counted.push((id, 1)),
+                }
+            }
+            self.counted = Some(counted.into_iter().collect());
+        } else if !big {
+            self.counted = None;
+        }
+    }
+}
+
+/// Adds (or takes back) one carried repo's root events to a relay's counts.
+fn count(counted: &mut BTreeMap<EventId, u32>, needs: &RepoSyncNeeds, add: bool) {
+    if needs.sync_level != SyncLevel::Full {
+        return;
+    }
+    for id in &needs.root_events {
+        if add {
+            *counted.entry(*id).or_insert(0) += 1;
+        } else if let Some(n) = counted.get_mut(id) {
+            *n -= 1;
+            if *n == 0 {
+                counted.remove(id);
+            }
+        }
     }
 }
 
@@ -117,7 +204,7 @@ impl RelayTargets {
         if let Some(before) = &change.before {
             for (relay, _) in carriers(before) {
                 if let Some(target) = self.relays.get_mut(relay) {
-                    target.repos.remove(&change.repo);
+                    target.remove(&change.repo);
                     if target.is_empty() {
                         self.relays.remove(relay);
                     }
@@ -133,8 +220,7 @@ impl RelayTargets {
                 self.relays
                     .entry(relay.clone())
                     .or_default()
-                    .repos
-                    .insert(change.repo.clone(), carried);
+                    .insert(&change.repo, carried);
             }
         }
     }
@@ -182,9 +268,11 @@ pub fn derive_relay_targets(index: &RepoSyncIndex) -> RelayTargets {
     let relays = slots
         .into_iter()
         .map(|(relay, repos)| {
-            let target = RelayTarget {
+            let mut target = RelayTarget {
                 repos: repos.into_iter().collect(),
+                counted: None,
             };
+            target.count_if_big();
             (relay.clone(), target)
         })
         .collect();
