@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use grasp_sync::diff::compute_actions_for_relay;
 use grasp_sync::model::PendingSyncIndex;
 use grasp_sync::targets::derive_relay_targets;
-use grasp_sync_benches::{all_connected, forget_repo, react_to_new_repo, World, WorldSpec};
+use grasp_sync_benches::{all_connected, time_new_repos, World, WorldSpec};
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -39,24 +39,14 @@ fn main() {
     );
     let mut index = world.index;
     let mut gen = world.generator;
-    let one_repo = median(
-        (0..101)
-            .map(|_| {
-                let spec = gen.repo();
-                let t = Instant::now();
-                std::hint::black_box(react_to_new_repo(
-                    &mut index,
-                    &mut targets,
-                    &pending,
-                    &connected,
-                    &spec,
-                ));
-                let d = t.elapsed();
-                forget_repo(&mut index, &mut targets, &spec);
-                d
-            })
-            .collect(),
-    );
+    let one_repo = median(time_new_repos(
+        &mut index,
+        &mut gen,
+        &mut targets,
+        &pending,
+        &connected,
+        101,
+    ));
     println!(
         "summary: repos={repos} hub_percent=80 hub_diff_ms={:.1} one_repo_us={:.1}",
         hub_diff.as_secs_f64() * 1e3,

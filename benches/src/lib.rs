@@ -291,6 +291,28 @@ pub fn forget_repo(index: &mut RepoSyncIndex, targets: &mut RelayTargets, spec: 
     targets.apply(&index.remove(&spec.repo));
 }
 
+/// Times reacting to `n` new repos, one at a time ([`react_to_new_repo`]); each is
+/// forgotten again outside the timing, so every one meets the same world.
+pub fn time_new_repos(
+    index: &mut RepoSyncIndex,
+    generator: &mut Generator,
+    targets: &mut RelayTargets,
+    pending: &PendingSyncIndex,
+    confirmed: &RelaySyncIndex,
+    n: usize,
+) -> Vec<std::time::Duration> {
+    (0..n)
+        .map(|_| {
+            let spec = generator.repo();
+            let t = std::time::Instant::now();
+            std::hint::black_box(react_to_new_repo(index, targets, pending, confirmed, &spec));
+            let d = t.elapsed();
+            forget_repo(index, targets, &spec);
+            d
+        })
+        .collect()
+}
+
 /// The engine scenario: one connected relay with live subscriptions open, and events to
 /// feed it on those subscriptions.
 pub mod engine_world {

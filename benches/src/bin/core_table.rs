@@ -18,8 +18,7 @@ use grasp_sync::filters::{build_sync_level_aware_filters, RelayLimits};
 use grasp_sync::model::PendingSyncIndex;
 use grasp_sync::targets::derive_relay_targets;
 use grasp_sync_benches::{
-    all_connected, connected_with_confirmed, engine_world, forget_repo, react_to_new_repo, World,
-    WorldSpec,
+    all_connected, connected_with_confirmed, engine_world, time_new_repos, World, WorldSpec,
 };
 
 /// Counts live and peak heap bytes.
@@ -157,24 +156,14 @@ fn row(repos: usize) -> Row {
     let mut index = world.index;
     let mut gen = world.generator;
     let mut targets = targets;
-    let one_repo = median(
-        (0..201)
-            .map(|_| {
-                let spec = gen.repo();
-                let t = Instant::now();
-                black_box(react_to_new_repo(
-                    &mut index,
-                    &mut targets,
-                    &pending,
-                    &connected,
-                    &spec,
-                ));
-                let d = t.elapsed();
-                forget_repo(&mut index, &mut targets, &spec);
-                d
-            })
-            .collect(),
-    );
+    let one_repo = median(time_new_repos(
+        &mut index,
+        &mut gen,
+        &mut targets,
+        &pending,
+        &connected,
+        201,
+    ));
     Row {
         repos,
         derive,
