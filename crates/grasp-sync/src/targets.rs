@@ -3,10 +3,10 @@
 //! incremental form is what keeps reacting to one new repo cheap at 100k repos: it
 //! touches only the relays that repo lists.
 //!
-//! A relay's root events are not copied here: each carried repo points at its needs as
-//! the index holds them (shared, immutable), and [`RelayTarget::root_events`] gathers
-//! them when the relay is diffed. A copy per relay was 40 % of the core's memory at 100k
-//! repos and most of the time of a rebuild.
+//! A relay's root events are not copied here (but for hubs, see [`COUNTED_FROM`]): each
+//! carried repo points at its needs as the index holds them (shared, immutable), and
+//! [`RelayTarget::root_events`] gathers them when the relay is diffed. A copy per relay
+//! was 40 % of the core's memory at 100k repos and most of the time of a rebuild.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -69,7 +69,7 @@ impl RelayTarget {
 
     /// The root events this relay should carry, sorted, each once: those of its repos
     /// that are Full (a StateOnly repo waits for git data and its threads would be
-    /// refused). Copied out (32 bytes each): the sort then runs on one contiguous buffer.
+    /// refused).
     pub fn root_events(&self) -> Vec<EventId> {
         let mut buf = Vec::new();
         self.root_refs(&mut buf).into_iter().copied().collect()
@@ -88,7 +88,8 @@ impl RelayTarget {
         }
     }
 
-    /// Every Full repo's root events, sorted, with repeats.
+    /// Every Full repo's root events, sorted, with repeats. Copied out (32 bytes each):
+    /// the sort runs on one contiguous buffer instead of chasing pointers.
     fn gather_roots(&self) -> Vec<EventId> {
         let mut ids: Vec<EventId> = self
             .repos
