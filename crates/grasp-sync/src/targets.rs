@@ -3,10 +3,11 @@
 //! incremental form is what keeps reacting to one new repo cheap at 100k repos: it
 //! touches only the relays that repo lists.
 //!
-//! A relay's root events are not copied here (but for hubs, see [`COUNTED_FROM`]): each
-//! carried repo points at its needs as the index holds them (shared, immutable), and
-//! [`RelayTarget::root_events`] gathers them when the relay is diffed. A copy per relay
-//! was 40 % of the core's memory at 100k repos and most of the time of a rebuild.
+//! A relay's root events are not copied here (hubs keep them counted, see
+//! `COUNTED_FROM`): each carried repo points at its needs as the index holds them
+//! (shared, immutable), and [`RelayTarget::root_events`] gathers them when the relay is
+//! diffed. A copy per relay was 40 % of the core's memory at 100k repos and most of the
+//! time of a rebuild.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
