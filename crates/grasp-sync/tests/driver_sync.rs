@@ -227,6 +227,32 @@ async fn announcement_backfills_from_nip77_and_plain_relay_then_live_event_arriv
     handle.shutdown().await.expect("clean shutdown");
 }
 
+/// A host that already holds an announcement when the driver starts (a restart without
+/// a sync state, or a first start on existing data): the driver feeds it and applies it
+/// at once. The batch window here is a minute: waiting it would time the test out.
+#[tokio::test]
+async fn stored_announcements_sync_at_start_without_waiting_the_batch_window() {
+    let a = support::start_relay().await;
+    let repo = Repo::new("held");
+    let events = fixtures(&repo, 30);
+    support::publish(&a.url, &events).await;
+
+    let host = Host::new();
+    host.store.insert(repo.announcement(&[&a.url, OWN]));
+    let mut config = config();
+    config.batch_window = Duration::from_secs(60);
+    let handle = host.start(config, None).await;
+    let started = Instant::now();
+    host.wait_for_events(
+        &handle,
+        "back-fill of the held repo",
+        &events.iter().collect::<Vec<_>>(),
+    )
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(60));
+    handle.shutdown().await.expect("clean shutdown");
+}
+
 /// Scenario 3: the relay crashes and comes back on the same port with the same data
 /// within the quick-reconnect window; events posted after the restart arrive and the
 /// engine counts a quick reconnect, not a second fresh start.

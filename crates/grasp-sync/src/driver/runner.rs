@@ -246,6 +246,8 @@ pub async fn start(
             );
         }
     }
+    // The host's stored events are all in: applied now, not a batch window from now.
+    engine.apply_accepted_now(now);
     let resolver = options
         .resolver
         .clone()

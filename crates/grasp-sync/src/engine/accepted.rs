@@ -36,8 +36,8 @@ impl SyncEngine {
     /// or dropped with its relay): every event it brought has its verdict, so the ids
     /// of the next layer (the threads of the root events found) are all known. They are
     /// applied now rather than at the end of the batch window, in one batch as large as
-    /// the window would have made. Events accepted while nothing is in flight (a
-    /// restart's held announcements, live events) wait for the window.
+    /// the window would have made. Events accepted while nothing is in flight (live
+    /// events) wait for the window.
     pub(super) fn end_round_if_over(&mut self, now: WallTime) {
         if self.pending.take_left() && self.pending.is_empty() && !self.accepted.is_empty() {
             self.flush_accepted(now);

@@ -266,6 +266,17 @@ impl SyncEngine {
         self.pump(woken.iter(), now);
     }
 
+    /// Applies the accepted events fed so far at once, without waiting for the batch
+    /// window. For a host that knows a burst is complete — the events it already held,
+    /// fed at start: waiting the window gains no batching and delays every first sync.
+    pub fn apply_accepted_now(&mut self, now: WallTime) {
+        if !self.accepted.is_empty() {
+            self.flush_accepted(now);
+            let woken = std::mem::take(&mut self.woken);
+            self.pump(woken.iter(), now);
+        }
+    }
+
     /// Lets time pass: fires every timer due at or before `now`.
     pub fn handle_timeout(&mut self, now: WallTime) {
         if self.flush_at.is_some_and(|t| t <= now) {
