@@ -203,8 +203,16 @@ impl RelayTargets {
         if change.is_noop() {
             return;
         }
+        // A relay that carries the repo before and after only has its entry replaced
+        // (`insert`): taking it out first would drop and rebuild a hub's counts when it
+        // sits at the threshold, and count its roots twice over.
+        let still: Vec<&RelayUrl> = change
+            .after
+            .iter()
+            .flat_map(|after| carriers(after).map(|(relay, _)| relay))
+            .collect();
         if let Some(before) = &change.before {
-            for (relay, _) in carriers(before) {
+            for (relay, _) in carriers(before).filter(|(r, _)| !still.contains(r)) {
                 if let Some(target) = self.relays.get_mut(relay) {
                     target.remove(&change.repo);
                     if target.is_empty() {

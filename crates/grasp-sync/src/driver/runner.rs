@@ -246,8 +246,10 @@ pub async fn start(
             );
         }
     }
-    // The host's stored events are all in: applied now, not a batch window from now.
-    engine.apply_accepted_now(now);
+    // The host's stored events are all in: applied now, not a batch window from now
+    // (at the time it is now: loading them may have taken a while, and connection
+    // deadlines start here).
+    engine.apply_accepted_now(ports.clock.now());
     let resolver = options
         .resolver
         .clone()

@@ -89,6 +89,9 @@ impl SyncEngine {
         for relay in self.timers.watched() {
             self.check_completion(&relay, now);
         }
+        // A batch that left before or during this flush ended nothing that waits: the
+        // next event accepted while nothing is in flight waits for the window.
+        self.pending.take_left();
     }
 
     fn add_root(&mut self, repo: &RepoRef, id: nostr::EventId, touched: &mut BTreeSet<RelayUrl>) {

@@ -102,7 +102,10 @@ pub enum Input {
     },
     /// What the host did with an event handed over by [`Command::Ingest`]. A batch
     /// counts as synced only once every event it brought has an outcome, so the host
-    /// must answer each hand-over exactly once, after the outcome is durable.
+    /// must answer each hand-over exactly once, after the outcome is durable. Feed an
+    /// accepted event's [`Input::Accepted`] before its outcome (the driver does): the
+    /// outcome that completes a sync round applies the round's accepted events at once,
+    /// and one that comes later waits for the batch window.
     IngestOutcome {
         /// The relay the event came from.
         relay: RelayUrl,
