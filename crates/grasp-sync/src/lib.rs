@@ -25,8 +25,8 @@
 //! - [`ports`]: the traits the host implements, and in-memory versions.
 //! - `driver` (feature `tokio`): runs the engine on tokio and nostr-relay-pool.
 //! - [`git`]: hunting git data for held events; `GixFetcher` (feature `git`).
-//! - [`model`], [`targets`], [`diff`], [`filters`], [`pagination`], [`health`],
-//!   [`classify`], [`nip34`], [`url_policy`]: the data model and the algorithms the
+//! - [`model`], [`targets`], [`diff`], [`filters`], [`matching`], [`pagination`],
+//!   [`health`], [`classify`], [`nip34`], [`url_policy`]: the data model and the algorithms the
 //!   engine is built from, one concern each.
 //!
 //! The source repository's `docs/` folder has the architecture, the GRASP-02 sync
@@ -61,6 +61,7 @@ pub mod engine;
 pub mod filters;
 pub mod git;
 pub mod health;
+pub mod matching;
 pub mod model;
 pub mod nip34;
 pub mod pagination;

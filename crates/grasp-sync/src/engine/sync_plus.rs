@@ -490,9 +490,7 @@ impl SyncEngine {
         };
         lookup.received += 1;
         let within = lookup.received <= LISTS_PER_AUTHOR * lookup.authors.len();
-        let asked = lookup
-            .filter
-            .match_event(event, nostr::filter::MatchEventOptions::new());
+        let asked = crate::matching::matches(&lookup.filter, event);
         if !within || !asked || event.verify().is_err() {
             self.metrics.dropped_unsolicited += 1;
             self.strike(relay, now);

@@ -1,13 +1,13 @@
 //! In-memory port implementations: for tests, the simulation and simple hosts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use nostr::filter::MatchEventOptions;
-use nostr::{Event, EventId, Filter, Timestamp};
+use nostr::{Event, EventId, Filter, SingleLetterTag, Timestamp};
 
 use super::{EventStore, Ingestion, PortError, PurgatoryView, SyncStateStore};
+use crate::matching::matches;
 use crate::model::{IngestOutcome, RelayUrl, SyncStateSnapshot};
 
 /// Events in a map, plus the ids refused: both the [`EventStore`] and the [`Ingestion`]
@@ -23,6 +23,79 @@ struct MemoryInner {
     events: BTreeMap<EventId, Event>,
     /// Refused events, kept whole so they match the filters of the have-set.
     rejected: BTreeMap<EventId, Event>,
+    /// Stored and refused events by the single-letter tag values they carry. Every
+    /// filter of a sync beyond layer 1 names tag values (repo refs, root-event ids,
+    /// identifiers): a negentropy session reads the events carrying one of them, not
+    /// every event held (a scan per session made a large sync quadratic).
+    by_tag: HashMap<SingleLetterTag, HashMap<String, Vec<EventId>>>,
+}
+
+impl MemoryInner {
+    fn index(&mut self, event: &Event) {
+        for tag in event.tags.iter() {
+            if let (Some(letter), Some(value)) = (tag.single_letter_tag(), tag.content()) {
+                self.by_tag
+                    .entry(letter)
+                    .or_default()
+                    .entry(value.to_owned())
+                    .or_default()
+                    .push(event.id);
+            }
+        }
+    }
+
+    fn store(&mut self, event: Event) -> bool {
+        if self.events.contains_key(&event.id) {
+            return false;
+        }
+        self.index(&event);
+        self.events.insert(event.id, event);
+        true
+    }
+
+    /// The events (stored, and refused too with `with_rejected`) matching `filter`,
+    /// read through the ids or a tag index when the filter names them.
+    fn matching(&self, filter: &Filter, with_rejected: bool) -> Vec<&Event> {
+        let lookup = |id: &EventId| {
+            self.events
+                .get(id)
+                .or_else(|| with_rejected.then(|| self.rejected.get(id)).flatten())
+        };
+        // An empty `ids` set matches every id (as in nostr): not a lookup.
+        let ids = filter.ids.as_ref().filter(|ids| !ids.is_empty());
+        let mut candidates: Vec<EventId> = if let Some(ids) = ids {
+            ids.iter().copied().collect()
+        } else if let Some((letter, values)) = filter.generic_tags.iter().next() {
+            let Some(index) = self.by_tag.get(letter) else {
+                return Vec::new();
+            };
+            values
+                .iter()
+                .filter_map(|v| index.get(v.as_str()))
+                .flatten()
+                .copied()
+                .collect()
+        } else {
+            let rejected = self
+                .rejected
+                .values()
+                .filter(|e| with_rejected && !self.events.contains_key(&e.id));
+            return self
+                .events
+                .values()
+                .chain(rejected)
+                .filter(|e| matches(filter, e))
+                .collect();
+        };
+        // An event can carry several of the values, or be both refused and stored.
+        candidates.sort_unstable();
+        candidates.dedup();
+        candidates
+            .iter()
+            .filter_map(lookup)
+            .filter(|e| matches(filter, e))
+            .collect()
+    }
 }
 
 impl MemoryEventStore {
@@ -40,13 +113,17 @@ impl MemoryEventStore {
 
     /// Stores an event directly (as if a user had published it).
     pub fn insert(&self, event: Event) -> bool {
-        self.lock().events.insert(event.id, event).is_none()
+        self.lock().store(event)
     }
 
     /// Records an event as refused: it joins the negentropy have-set so sync does not
     /// download it again, and ingesting it again answers `Rejected`.
     pub fn reject(&self, event: Event) {
-        self.lock().rejected.insert(event.id, event);
+        let mut inner = self.lock();
+        if !inner.rejected.contains_key(&event.id) {
+            inner.index(&event);
+            inner.rejected.insert(event.id, event);
+        }
     }
 
     /// Number of events stored.
@@ -76,13 +153,11 @@ impl EventStore for MemoryEventStore {
         &self,
         filter: &Filter,
     ) -> Result<Vec<(EventId, Timestamp)>, PortError> {
+        // The whole have-set: `limit` plays no part (`matches` ignores it).
         let inner = self.lock();
-        let filter = filter.clone().remove_limit();
         Ok(inner
-            .events
-            .values()
-            .chain(inner.rejected.values())
-            .filter(|e| filter.match_event(e, MatchEventOptions::new()))
+            .matching(filter, true)
+            .into_iter()
             .map(|e| (e.id, e.created_at))
             .collect())
     }
@@ -90,9 +165,8 @@ impl EventStore for MemoryEventStore {
     async fn stored_events(&self, filter: &Filter) -> Result<Vec<Event>, PortError> {
         let inner = self.lock();
         Ok(inner
-            .events
-            .values()
-            .filter(|e| filter.match_event(e, MatchEventOptions::new()))
+            .matching(filter, false)
+            .into_iter()
             .cloned()
             .collect())
     }
@@ -105,11 +179,11 @@ impl Ingestion for MemoryEventStore {
         if inner.rejected.contains_key(&event.id) {
             return Ok(IngestOutcome::Rejected);
         }
-        if inner.events.contains_key(&event.id) {
-            return Ok(IngestOutcome::Duplicate);
+        if inner.store(event) {
+            Ok(IngestOutcome::Accepted)
+        } else {
+            Ok(IngestOutcome::Duplicate)
         }
-        inner.events.insert(event.id, event);
-        Ok(IngestOutcome::Accepted)
     }
 }
 
@@ -201,5 +275,87 @@ impl super::RelayUrlPolicy for AllowAllRelays {
 
     fn check_address(&self, _host: &str, _addr: std::net::IpAddr) -> Result<(), String> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nostr::filter::MatchEventOptions;
+    use nostr::{Alphabet, EventBuilder, Keys, Kind, Tag, TagKind};
+    use proptest::prelude::*;
+
+    fn letter(i: u8) -> SingleLetterTag {
+        [
+            SingleLetterTag::lowercase(Alphabet::E),
+            SingleLetterTag::uppercase(Alphabet::E),
+            SingleLetterTag::lowercase(Alphabet::A),
+        ][usize::from(i % 3)]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// The indexed read answers what a scan of everything held with nostr's own
+        /// matching answers, for stored and refused events alike.
+        #[test]
+        fn indexed_reads_answer_as_a_scan(
+            events in proptest::collection::vec(
+                (1u16..3, proptest::collection::vec((0u8..3, 0u8..5), 0..4), 0u8..4), 0..12),
+            filter_tags in proptest::collection::vec(
+                (0u8..3, proptest::collection::btree_set(0u8..5, 0..3)), 0..2),
+            kind in proptest::option::of(1u16..3),
+            ids in proptest::option::of(proptest::collection::vec(0usize..12, 0..3)),
+        ) {
+            let keys = Keys::generate();
+            let store = MemoryEventStore::new();
+            let mut all = Vec::new();
+            for (i, (k, tags, fate)) in events.into_iter().enumerate() {
+                let tags = tags
+                    .into_iter()
+                    .map(|(l, v)| Tag::custom(TagKind::SingleLetter(letter(l)), [format!("v{v}")]));
+                let e = EventBuilder::new(Kind::Custom(k), format!("{i}"))
+                    .tags(tags)
+                    .sign_with_keys(&keys)
+                    .expect("sign");
+                match fate {
+                    0 => { store.insert(e.clone()); }
+                    1 => store.reject(e.clone()),
+                    2 => { store.insert(e.clone()); store.reject(e.clone()); }
+                    _ => {}
+                }
+                all.push(e);
+            }
+            let mut f = Filter::new();
+            if let Some(k) = kind {
+                f = f.kind(Kind::Custom(k));
+            }
+            if let Some(ids) = ids {
+                f.ids = Some(ids.iter().filter_map(|i| all.get(*i)).map(|e| e.id).collect());
+            }
+            for (l, values) in filter_tags {
+                f.generic_tags
+                    .insert(letter(l), values.into_iter().map(|v| format!("v{v}")).collect());
+            }
+            let inner = store.lock();
+            let scan = |with_rejected: bool| -> Vec<EventId> {
+                let mut ids: Vec<EventId> = inner
+                    .events
+                    .values()
+                    .chain(inner.rejected.values().filter(|_| with_rejected))
+                    .filter(|e| f.match_event(e, MatchEventOptions::new()))
+                    .map(|e| e.id)
+                    .collect();
+                ids.sort_unstable();
+                ids.dedup();
+                ids
+            };
+            for with_rejected in [true, false] {
+                let mut got: Vec<EventId> =
+                    inner.matching(&f, with_rejected).iter().map(|e| e.id).collect();
+                got.sort_unstable();
+                prop_assert_eq!(got, scan(with_rejected));
+            }
+        }
     }
 }

@@ -9,13 +9,13 @@ mod fetch;
 mod negentropy;
 mod req;
 
-use nostr::filter::MatchEventOptions;
 use nostr::{Event, Filter, SubscriptionId};
 
 use super::conn::{HistoricKind, HistoricSub, PartKind, QueuedPart};
 use super::sync_plus::LookupEnd;
 use super::{Command, NegentropyFailure, SyncEngine};
 use crate::classify::{classify_closed, classify_notice, RelaySignal};
+use crate::matching::matches;
 use crate::model::NegentropySupport;
 use crate::model::{BatchId, RelayUrl, WallTime};
 use crate::nip34::Nip34Kind;
@@ -130,12 +130,11 @@ impl SyncEngine {
             self.on_lookup_event(relay, &event, now);
             return;
         }
-        let opts = MatchEventOptions::new();
         if let Some(live) = conn.live.get(sub) {
             // Live filters carry `limit: 0`, which says nothing about matching:
-            // `match_event` ignores `limit`, so the filters are matched as they are
+            // `matches` ignores `limit`, so the filters are matched as they are
             // (no clone per event).
-            if live.filters.iter().any(|f| f.match_event(&event, opts)) {
+            if live.filters.iter().any(|f| matches(f, &event)) {
                 self.ingest(relay, event, None, now);
             } else {
                 self.metrics.dropped_unsolicited += 1;
@@ -148,7 +147,7 @@ impl SyncEngine {
             self.strike(relay, now);
             return;
         };
-        if !h.filters().any(|f| f.match_event(&event, opts)) {
+        if !h.filters().any(|f| matches(f, &event)) {
             self.metrics.dropped_unsolicited += 1;
             self.strike(relay, now);
             return;

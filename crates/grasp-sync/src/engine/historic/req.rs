@@ -4,13 +4,13 @@
 
 use std::collections::BTreeSet;
 
-use nostr::filter::MatchEventOptions;
 use nostr::{Event, EventId, Filter, SubscriptionId};
 
 use super::super::conn::{EndedPart, HistoricKind, PageResume, PartKind, QueuedPart};
 use super::super::{Command, SubscriptionMode, SyncEngine};
 use super::batch::named_in_batch;
 use crate::filters::{with_page, RelayLimits};
+use crate::matching::matches;
 use crate::model::{BatchId, RelayUrl, WallTime};
 use crate::pagination::{IncompleteReason, PageDecision, PaginationConfig, Paginator};
 
@@ -125,14 +125,13 @@ impl SyncEngine {
         if !maybe_cut && n < page.limit && (cap.is_some() || n < MIN_PLAUSIBLE_CAP) {
             // Complete, every filter.
         } else if !maybe_cut && cap.is_some() && n > page.limit {
-            let opts = MatchEventOptions::new();
             for filter in &filters {
                 // The filter's own page is its newest `limit` matches; older ones came
                 // for another filter and say nothing about where its history stops
                 // (taking them would skip what lies between).
                 let mut mine: Vec<&Event> = events
                     .iter()
-                    .filter(|e| filter.match_event(e, opts))
+                    .filter(|e| matches(filter, e))
                     .collect();
                 mine.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.id.cmp(&b.id)));
                 mine.truncate(page.limit);
