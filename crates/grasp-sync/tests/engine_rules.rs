@@ -1363,6 +1363,42 @@ fn r09c_live_subscriptions_closed_together_cost_one_rebuild() {
     );
 }
 
+/// Consolidation is amortised: a rebuild re-sends every live filter, so a relay whose
+/// live filters are many is not rebuilt for each small batch, only once as many new
+/// filters have been opened as the last rebuild left. Everything stays live.
+#[test]
+fn r09d_consolidation_waits_until_live_filters_doubled() {
+    let mut cfg = config();
+    cfg.default_limits.max_live_filters = 10;
+    cfg.default_limits.chunk_size = 4;
+    let (mut h, k, repo) = with_repo(cfg, &[A]);
+    h.connect_and_settle(A);
+    let mut roots = Vec::new();
+    for i in 0..24u64 {
+        let root = issue(&k, &repo, T0 - 1000 + i, &format!("issue {i}"));
+        roots.push(root.id);
+        let cmds = accept_root(&mut h, &root);
+        h.settle(A, &cmds);
+    }
+    let rebuilds = h.engine.metrics().consolidations;
+    // Each root opens one triple; a rebuild packs four roots per triple. Rebuilding
+    // whenever fewer filters would do (the rule before) took one rebuild per root past
+    // the threshold: 18 here.
+    assert!(
+        (1..=5).contains(&rebuilds),
+        "{rebuilds} consolidations for 24 roots"
+    );
+    let e_values: BTreeSet<String> = h
+        .engine
+        .live_subscriptions(&url(A))
+        .into_iter()
+        .flat_map(|(_, f)| f)
+        .filter_map(|f| tag_values(&f, 'e'))
+        .flatten()
+        .collect();
+    assert_eq!(e_values, roots.iter().map(|r| r.to_hex()).collect());
+}
+
 #[test]
 fn r09_consolidation_rebuilds_live_filters_without_resync() {
     let mut cfg = config();

@@ -207,6 +207,9 @@ pub(super) struct Conn {
     pub deferred: bool,
     /// Live subscriptions must be rebuilt when subscribing is allowed again.
     pub needs_rebuild: bool,
+    /// Live filters the last rebuild opened (0 before any): consolidation waits until
+    /// twice as many are open, so its cost (re-sending them all) is amortised.
+    pub live_after_rebuild: usize,
     /// Why the last connect attempt failed, or why we dropped the relay, for status.
     pub last_error: Option<String>,
     /// Protocol-breaking messages on this connection (see `SyncEngine::strike`).
@@ -250,6 +253,7 @@ impl Conn {
             catchup_from: None,
             deferred: false,
             needs_rebuild: false,
+            live_after_rebuild: 0,
             last_error: None,
             misbehaviour: 0,
             events_received: 0,

@@ -360,12 +360,26 @@ impl SyncEngine {
     /// reopen from confirmed ∪ pending items in as few filters as possible. Unlike the
     /// anchor, in-flight batches are kept (their items are covered by the rebuild), so a
     /// consolidation never repeats historic work.
+    ///
+    /// A rebuild re-sends every live filter, so it also waits until twice as many are
+    /// open as the last one left: a relay carrying a thousand live filters is not sent
+    /// them all again for each small batch (at 100k repos that was most of the filters
+    /// the engine sent), and each filter opened pays for at most one re-send. Not where
+    /// the relay says how many subscriptions it allows: then the threshold is its budget.
     pub(super) fn consolidate_if_fragmented(&mut self, relay: &RelayUrl, now: WallTime) {
         let Some(conn) = self.conns.get(relay) else {
             return;
         };
         let open = conn.live_filter_count();
-        if open <= conn.limits.max_live_filters {
+        let limits = &conn.limits;
+        let threshold = if limits.max_subscriptions.is_some() {
+            limits.max_live_filters
+        } else {
+            limits
+                .max_live_filters
+                .max(conn.live_after_rebuild.saturating_mul(2))
+        };
+        if open <= threshold {
             return;
         }
         let minimal =
@@ -422,6 +436,9 @@ impl SyncEngine {
             &limits,
             None,
         )));
+        if let Some(conn) = self.conns.get_mut(relay) {
+            conn.live_after_rebuild = filters.len();
+        }
         self.open_live(relay, filters, now);
         if let Some(gap) = gap {
             // A live subscription was closed under us: what was published while it was
