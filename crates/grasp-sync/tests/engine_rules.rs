@@ -1364,30 +1364,39 @@ fn r09c_live_subscriptions_closed_together_cost_one_rebuild() {
 }
 
 /// Consolidation is amortised: a rebuild re-sends every live filter, so a relay whose
-/// live filters are many is not rebuilt for each small batch, only once as many new
-/// filters have been opened as the last rebuild left. Everything stays live.
+/// live filters are many is not rebuilt for each small batch, only once the filters
+/// have doubled or the subscriptions grown by the live budget's (7 here) since the last
+/// rebuild. The subscriptions stay bounded and everything stays live.
 #[test]
-fn r09d_consolidation_waits_until_live_filters_doubled() {
+fn r09d_consolidation_is_amortised_and_subscriptions_stay_bounded() {
     let mut cfg = config();
-    cfg.default_limits.max_live_filters = 10;
     cfg.default_limits.chunk_size = 4;
     let (mut h, k, repo) = with_repo(cfg, &[A]);
     h.connect_and_settle(A);
     let mut roots = Vec::new();
-    for i in 0..24u64 {
+    let mut most_subscriptions = 0;
+    for i in 0..100u64 {
         let root = issue(&k, &repo, T0 - 1000 + i, &format!("issue {i}"));
         roots.push(root.id);
         let cmds = accept_root(&mut h, &root);
         h.settle(A, &cmds);
+        if h.live_filter_count(A) > 70 {
+            let open = h.engine.live_subscriptions(&url(A)).len();
+            most_subscriptions = most_subscriptions.max(open);
+        }
     }
     let rebuilds = h.engine.metrics().consolidations;
-    // Each root opens one triple; a rebuild packs four roots per triple. Rebuilding
-    // whenever fewer filters would do (the rule before) took one rebuild per root past
-    // the threshold: 18 here.
+    // Each root opens one triple in a REQ of its own; a rebuild packs four roots per
+    // triple and ten filters per REQ. Rebuilding whenever fewer filters would do (the
+    // rule before) took 24 rebuilds here (9 now).
     assert!(
-        (1..=5).contains(&rebuilds),
-        "{rebuilds} consolidations for 24 roots"
+        (1..=15).contains(&rebuilds),
+        "{rebuilds} consolidations for 100 roots"
     );
+    // Past the 70-filter threshold: ~80 filters at the end fit in 8 REQs, and the rule
+    // lets at most 7 more open before a rebuild. (Under it, as with the rule before,
+    // each batch's filters may sit in a REQ of their own.)
+    assert!(most_subscriptions <= 16, "{most_subscriptions} live subscriptions");
     let e_values: BTreeSet<String> = h
         .engine
         .live_subscriptions(&url(A))

@@ -36,7 +36,6 @@ use grasp_sync::nip34::{self, parse_announcement, Nip34Kind};
 use grasp_sync::{
     BareRepoLocator, CloneUrl, IngestOutcome, Oid, RelayUrl, RepoRef, UrlPolicy, WallTime,
 };
-use nostr::filter::MatchEventOptions;
 use nostr::{Event, EventId, Filter, Timestamp};
 use nostr_database::{DatabaseEventStatus, NostrDatabase};
 use nostr_relay_builder::LocalRelay;
@@ -266,12 +265,11 @@ impl Host {
     /// negentropy have-set).
     pub fn held_and_rejected_items(&self, filter: &Filter) -> Vec<(EventId, Timestamp)> {
         let st = self.state();
-        let opts = MatchEventOptions::new();
         st.held
             .values()
             .map(|h| &h.event)
             .chain(st.rejected.values())
-            .filter(|e| filter.match_event(e, opts))
+            .filter(|e| grasp_sync::matching::matches(filter, e))
             .map(|e| (e.id, e.created_at))
             .collect()
     }

@@ -165,6 +165,13 @@ pub(super) struct PageResume {
     pub limit: usize,
 }
 
+/// Live filters and subscriptions open after a rebuild.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct LiveBaseline {
+    pub filters: usize,
+    pub subscriptions: usize,
+}
+
 /// Runtime state of one relay.
 #[derive(Debug)]
 pub(super) struct Conn {
@@ -207,9 +214,9 @@ pub(super) struct Conn {
     pub deferred: bool,
     /// Live subscriptions must be rebuilt when subscribing is allowed again.
     pub needs_rebuild: bool,
-    /// Live filters the last rebuild opened (0 before any): consolidation waits until
-    /// twice as many are open, so its cost (re-sending them all) is amortised.
-    pub live_after_rebuild: usize,
+    /// What the last rebuild (or this connection's start) left open: consolidation
+    /// measures fragmentation against it.
+    pub live_baseline: LiveBaseline,
     /// Why the last connect attempt failed, or why we dropped the relay, for status.
     pub last_error: Option<String>,
     /// Protocol-breaking messages on this connection (see `SyncEngine::strike`).
@@ -253,7 +260,7 @@ impl Conn {
             catchup_from: None,
             deferred: false,
             needs_rebuild: false,
-            live_after_rebuild: 0,
+            live_baseline: LiveBaseline::default(),
             last_error: None,
             misbehaviour: 0,
             events_received: 0,
@@ -294,6 +301,36 @@ impl Conn {
         self.live.values().map(|s| s.filters.len()).sum()
     }
 
+    /// What is open now, as the baseline of the next consolidation.
+    pub fn note_live_baseline(&mut self) {
+        self.live_baseline = LiveBaseline {
+            filters: self.live_filter_count(),
+            subscriptions: self.live.len(),
+        };
+    }
+
+    /// Live subscriptions are fragmented enough to rebuild (when fewer would do): more
+    /// filters than the threshold, and — unless the relay states `max_subscriptions`,
+    /// whose budget the threshold then is — twice the filters of the baseline or half
+    /// again its subscriptions plus the live budget's. A rebuild re-sends every live
+    /// filter; waiting for that much growth amortises it (at 100k repos a relay carries
+    /// ~730 live filters, re-sent after every small batch before), while the count of
+    /// subscriptions, which relays cap, stays within a bounded factor of the minimum.
+    pub fn live_fragmented(&self) -> bool {
+        let open = self.live_filter_count();
+        let limits = &self.limits;
+        if open <= limits.max_live_filters {
+            return false;
+        }
+        if limits.max_subscriptions.is_some() {
+            return true;
+        }
+        let base = self.live_baseline;
+        let budget_subs = (limits.max_live_filters / limits.max_filters_per_req.max(1)).max(1);
+        open > 2 * base.filters
+            || self.live.len() > base.subscriptions + budget_subs.max(base.subscriptions / 2)
+    }
+
     /// Whether some history failed or live coverage was given up.
     pub fn has_failures(&self) -> bool {
         !self.failed_items.is_empty()
@@ -328,6 +365,7 @@ impl Conn {
     /// Forgets everything tied to the websocket.
     pub fn reset_wire(&mut self) {
         self.live.clear();
+        self.live_baseline = LiveBaseline::default();
         self.historic.clear();
         self.queue.clear();
         self.connect_deadline = None;

@@ -77,6 +77,9 @@ impl SyncEngine {
             Some(since) if !fresh => self.quick_reconnect(relay, since, now),
             _ => self.fresh_start(relay, now),
         }
+        if let Some(conn) = self.conns.get_mut(relay) {
+            conn.note_live_baseline();
+        }
     }
 
     /// Never connected, away too long, or the daily timer: forget what was confirmed and
@@ -356,32 +359,18 @@ impl SyncEngine {
         self.finish_batch_if_done(relay, id, now);
     }
 
-    /// More live filters than the threshold while fewer would do: close them all and
-    /// reopen from confirmed ∪ pending items in as few filters as possible. Unlike the
-    /// anchor, in-flight batches are kept (their items are covered by the rebuild), so a
-    /// consolidation never repeats historic work.
-    ///
-    /// A rebuild re-sends every live filter, so it also waits until twice as many are
-    /// open as the last one left: a relay carrying a thousand live filters is not sent
-    /// them all again for each small batch (at 100k repos that was most of the filters
-    /// the engine sent), and each filter opened pays for at most one re-send. Not where
-    /// the relay says how many subscriptions it allows: then the threshold is its budget.
+    /// Live filters fragmented (see `Conn::live_fragmented`) while fewer would do:
+    /// close them all and reopen from confirmed ∪ pending items in as few filters as
+    /// possible. Unlike the anchor, in-flight batches are kept (their items are covered
+    /// by the rebuild), so a consolidation never repeats historic work.
     pub(super) fn consolidate_if_fragmented(&mut self, relay: &RelayUrl, now: WallTime) {
         let Some(conn) = self.conns.get(relay) else {
             return;
         };
-        let open = conn.live_filter_count();
-        let limits = &conn.limits;
-        let threshold = if limits.max_subscriptions.is_some() {
-            limits.max_live_filters
-        } else {
-            limits
-                .max_live_filters
-                .max(conn.live_after_rebuild.saturating_mul(2))
-        };
-        if open <= threshold {
+        if !conn.live_fragmented() {
             return;
         }
+        let open = conn.live_filter_count();
         let minimal =
             1 + build_sync_level_aware_filters(&self.held_items(relay), &conn.limits, None).len();
         if open > minimal {
@@ -436,10 +425,10 @@ impl SyncEngine {
             &limits,
             None,
         )));
-        if let Some(conn) = self.conns.get_mut(relay) {
-            conn.live_after_rebuild = filters.len();
-        }
         self.open_live(relay, filters, now);
+        if let Some(conn) = self.conns.get_mut(relay) {
+            conn.note_live_baseline();
+        }
         if let Some(gap) = gap {
             // A live subscription was closed under us: what was published while it was
             // down comes by history, as on a quick reconnect.
