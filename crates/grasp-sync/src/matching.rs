@@ -62,12 +62,18 @@ mod tests {
         ]
     }
 
-    fn event(keys: &Keys, kind: u16, at: u64, tags: Vec<(SingleLetterTag, String)>) -> Event {
+    fn event(
+        keys: &Keys,
+        kind: u16,
+        at: u64,
+        tags: Vec<(SingleLetterTag, String)>,
+        subject: bool,
+    ) -> Event {
         let tags = tags
             .into_iter()
             .map(|(l, v)| Tag::custom(TagKind::SingleLetter(l), [v]))
             // A tag that is not single-letter: never matched.
-            .chain([Tag::custom(TagKind::custom("subject"), ["v1"])]);
+            .chain(subject.then(|| Tag::custom(TagKind::custom("subject"), ["v1"])));
         EventBuilder::new(Kind::Custom(kind), "Some content")
             .tags(tags)
             .custom_created_at(Timestamp::from_secs(at))
@@ -89,13 +95,17 @@ mod tests {
             wanted in proptest::collection::vec(
                 (letter(), proptest::collection::btree_set(value(), 0..8)), 0..3),
             search in proptest::option::of(prop_oneof![Just("some"), Just("other"), Just("")]),
-            same_author in any::<bool>(),
-            by_id in any::<bool>(),
+            subject in any::<bool>(),
+            author in 0u8..3,
+            id in 0u8..3,
         ) {
             let keys = Keys::parse(
                 "0000000000000000000000000000000000000000000000000000000000000001",
             ).expect("key");
-            let e = event(&keys, kind, at, tags);
+            let other = Keys::parse(
+                "0000000000000000000000000000000000000000000000000000000000000002",
+            ).expect("key");
+            let e = event(&keys, kind, at, tags, subject);
             let mut f = Filter::new();
             if let Some(kinds) = kinds {
                 f.kinds = Some(kinds.into_iter().map(Kind::from).collect());
@@ -103,10 +113,16 @@ mod tests {
             f.since = since.map(Timestamp::from_secs);
             f.until = until.map(Timestamp::from_secs);
             f.search = search.map(str::to_owned);
-            if same_author {
-                f = f.author(keys.public_key());
-            } else if by_id {
-                f = f.id(e.id);
+            // 0: no condition, 1: the event's, 2: another one.
+            match author {
+                1 => f = f.author(keys.public_key()),
+                2 => f = f.author(other.public_key()),
+                _ => {}
+            }
+            match id {
+                1 => f = f.id(e.id),
+                2 => f = f.id(nostr::EventId::all_zeros()),
+                _ => {}
             }
             for (l, values) in wanted {
                 f.generic_tags.insert(l, values.into_iter().collect());
@@ -118,7 +134,13 @@ mod tests {
     #[test]
     fn a_filter_with_an_empty_tag_set_matches_nothing_tagged_so() {
         let keys = Keys::generate();
-        let e = event(&keys, 1, 1, vec![(SingleLetterTag::lowercase(Alphabet::E), "v1".into())]);
+        let e = event(
+            &keys,
+            1,
+            1,
+            vec![(SingleLetterTag::lowercase(Alphabet::E), "v1".into())],
+            false,
+        );
         let mut f = Filter::new();
         f.generic_tags
             .insert(SingleLetterTag::lowercase(Alphabet::E), Default::default());

@@ -303,7 +303,7 @@ mod tests {
             events in proptest::collection::vec(
                 (1u16..3, proptest::collection::vec((0u8..3, 0u8..5), 0..4), 0u8..4), 0..12),
             filter_tags in proptest::collection::vec(
-                (0u8..3, proptest::collection::btree_set(0u8..5, 0..3)), 0..2),
+                (0u8..3, proptest::collection::btree_set(0u8..5, 0..3)), 0..3),
             kind in proptest::option::of(1u16..3),
             ids in proptest::option::of(proptest::collection::vec(0usize..12, 0..3)),
         ) {
