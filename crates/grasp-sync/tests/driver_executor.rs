@@ -504,6 +504,57 @@ async fn same_event_from_two_relays_is_reported_twice() {
     h.exec.shutdown().await;
 }
 
+/// A copy of `event` as a hostile relay could send it: `edit` changes its JSON, the
+/// id stays (nostr parses without checking it).
+fn tampered(event: &Event, edit: impl FnOnce(&mut serde_json::Value)) -> Event {
+    let mut json = serde_json::to_value(event).expect("json");
+    edit(&mut json);
+    serde_json::from_value(json).expect("still parses")
+}
+
+/// nostr-relay-pool caches its signature check by event id alone: once one relay
+/// delivered an event, a copy with the same id from another relay — other content, or
+/// another signature — passed it unchecked (and the engine trusts the driver's check).
+/// The executor checks such copies itself: they are dropped and counted.
+#[tokio::test]
+async fn copies_of_a_verified_id_with_other_content_or_signature_are_dropped() {
+    let a = support::start_relay().await;
+    let repo = Repo::new("forgery");
+    let genuine = repo.issue("genuine", 3);
+    support::publish(&a.url, std::slice::from_ref(&genuine)).await;
+    let other = repo.issue("other", 2);
+    let forged_content = tampered(&genuine, |j| j["content"] = "pay attacker".into());
+    let forged_sig = tampered(&genuine, |j| j["sig"] = other.sig.to_string().into());
+    assert_eq!(forged_content.id, genuine.id);
+    assert!(forged_content.verify().is_err() && forged_sig.verify().is_err());
+    let b = support::start_plain_relay(support::NegOpenAnswer::UnknownCmdNotice).await;
+    b.insert(forged_content);
+    let c = support::start_plain_relay(support::NegOpenAnswer::UnknownCmdNotice).await;
+    c.insert(forged_sig);
+    let (ra, rb, rc) = (url(&a.url), url(&b.url), url(&c.url));
+    let by_id = Filter::new().id(genuine.id);
+
+    let mut h = Harness::new(vec![]);
+    h.connect(&ra).await;
+    let from_a = h
+        .fetch(&ra, "a", by_id.clone(), SubscriptionMode::Historic)
+        .await;
+    assert_eq!(from_a, vec![genuine.clone()], "the genuine event passes");
+    for relay in [&rb, &rc] {
+        h.connect(relay).await;
+        let got = h
+            .fetch(relay, "x", by_id.clone(), SubscriptionMode::Historic)
+            .await;
+        assert!(got.is_empty(), "a tampered copy got through: {got:?}");
+    }
+    assert_eq!(h.exec.forged_events(), 2);
+    // The genuine event from another relay still passes (its exact copy is known).
+    let from_a_again = h.fetch(&ra, "a2", by_id, SubscriptionMode::Historic).await;
+    assert_eq!(from_a_again, vec![genuine]);
+    assert_eq!(h.exec.forged_events(), 2);
+    h.exec.shutdown().await;
+}
+
 #[tokio::test]
 async fn disconnect_command_and_refusals() {
     let relay = support::start_relay().await;

@@ -17,6 +17,8 @@
 //!   (`RelayNotification::Message`), which carries every EVENT from every relay. The
 //!   pool's "seen" de-duplication only affects `RelayNotification::Event`, which we
 //!   ignore, so two relays delivering one event produce two [`Input::Event`]s.
+//! - Every event's id and signature are checked here again (`verify.rs`): the pool's
+//!   own check trusts any copy of an id it checked once.
 //! - Commands that need a live socket (`Subscribe`, `Unsubscribe`, `Negentropy`) are
 //!   refused when the relay is not connected instead of being queued by the pool and
 //!   sent, stale, on the next connection.
@@ -36,6 +38,7 @@ use tokio::task::{AbortHandle, JoinSet};
 use tracing::Instrument;
 
 use super::dial::{Dialer, PinnedTransport};
+use super::verify::SignatureCheck;
 use crate::classify::{classify_notice, RelaySignal};
 use crate::engine::{Command, Input, NegentropyFailure};
 use crate::model::RelayUrl;
@@ -129,6 +132,7 @@ pub struct PoolExecutor {
     /// Connect attempts and negentropy sessions; reaped on every `execute`.
     jobs: JoinSet<()>,
     lagged: Arc<AtomicU64>,
+    checks: Arc<SignatureCheck>,
 }
 
 /// One relay as the executor holds it: the pool's handle and its reader task.
@@ -168,6 +172,7 @@ impl PoolExecutor {
             readers: JoinSet::new(),
             jobs: JoinSet::new(),
             lagged: Arc::new(AtomicU64::new(0)),
+            checks: Arc::default(),
         };
         (executor, rx)
     }
@@ -190,6 +195,12 @@ impl PoolExecutor {
     /// engine's own timeouts recover lost EOSEs. Exported as a metric by the host.
     pub fn lagged_messages(&self) -> u64 {
         self.lagged.load(Ordering::Relaxed)
+    }
+
+    /// Events dropped because their id is not the hash of their content or their
+    /// signature does not sign it (a tampered copy; see `verify.rs`).
+    pub fn forged_events(&self) -> u64 {
+        self.checks.refused()
     }
 
     /// The underlying pool, for read-only inspection (stats, status). Do not subscribe
@@ -398,6 +409,7 @@ impl PoolExecutor {
                 notifications,
                 self.inputs.clone(),
                 Arc::clone(&self.lagged),
+                Arc::clone(&self.checks),
             )
             .instrument(span),
         );
@@ -467,6 +479,7 @@ async fn read_relay(
     mut notifications: broadcast::Receiver<RelayNotification>,
     tx: mpsc::Sender<Input>,
     lagged: Arc<AtomicU64>,
+    checks: Arc<SignatureCheck>,
 ) {
     let mut connected = false;
     // When the last message got through (what a lag lost came after it).
@@ -475,7 +488,13 @@ async fn read_relay(
         let input = match notifications.recv().await {
             Ok(RelayNotification::Message { message }) => {
                 last_ok = SystemClock.now();
-                message_to_input(&url, message)
+                match &message {
+                    RelayMessage::Event { event, .. } if !checks.genuine(event) => {
+                        tracing::warn!(relay = %url, id = %event.id, "dropped a tampered event (id or signature does not match)");
+                        None
+                    }
+                    _ => message_to_input(&url, message),
+                }
             }
             Ok(RelayNotification::RelayStatus { status }) => {
                 status_change(&url, &mut connected, status)

@@ -42,6 +42,7 @@ pub mod hunt;
 pub mod metrics;
 pub mod nip11;
 mod runner;
+mod verify;
 
 pub use dial::{DialError, Dialer, PinnedTransport, Resolver, SystemResolver};
 pub use executor::{ExecuteError, ExecutorConfig, PoolExecutor};

@@ -132,6 +132,9 @@ pub struct DriverStatus {
     pub repos: usize,
     /// Relay messages lost to a lagging notification channel.
     pub lagged_messages: u64,
+    /// Events dropped as tampered: id or signature not matching (see
+    /// [`PoolExecutor::forged_events`](crate::driver::PoolExecutor::forged_events)).
+    pub forged_events: u64,
 }
 
 enum Control {
@@ -600,6 +603,7 @@ impl Driver {
             metrics: self.engine.metrics().clone(),
             repos: self.engine.repo_index().len(),
             lagged_messages: self.exec.lagged_messages(),
+            forged_events: self.exec.forged_events(),
         }
     }
 }
