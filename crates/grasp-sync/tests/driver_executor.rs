@@ -531,7 +531,9 @@ async fn copies_of_a_verified_id_with_other_content_or_signature_are_dropped() {
     b.insert(forged_content);
     let c = support::start_plain_relay(support::NegOpenAnswer::UnknownCmdNotice).await;
     c.insert(forged_sig);
-    let (ra, rb, rc) = (url(&a.url), url(&b.url), url(&c.url));
+    let d = support::start_plain_relay(support::NegOpenAnswer::UnknownCmdNotice).await;
+    d.insert(genuine.clone());
+    let (ra, rb, rc, rd) = (url(&a.url), url(&b.url), url(&c.url), url(&d.url));
     let by_id = Filter::new().id(genuine.id);
 
     let mut h = Harness::new(vec![]);
@@ -546,12 +548,58 @@ async fn copies_of_a_verified_id_with_other_content_or_signature_are_dropped() {
             .fetch(relay, "x", by_id.clone(), SubscriptionMode::Historic)
             .await;
         assert!(got.is_empty(), "a tampered copy got through: {got:?}");
+        // The engine hears of it (before the EOSE that followed): a strike.
+        assert!(
+            h.seen
+                .iter()
+                .any(|i| matches!(i, Input::TamperedEvent { relay: r } if r == relay)),
+            "{:#?}",
+            h.seen
+        );
     }
     assert_eq!(h.exec.forged_events(), 2);
-    // The genuine event from another relay still passes (its exact copy is known).
-    let from_a_again = h.fetch(&ra, "a2", by_id, SubscriptionMode::Historic).await;
-    assert_eq!(from_a_again, vec![genuine]);
+    // The genuine event from yet another relay still passes (its exact id and
+    // signature were checked before: only the id is hashed again).
+    h.connect(&rd).await;
+    let from_d = h.fetch(&rd, "d", by_id, SubscriptionMode::Historic).await;
+    assert_eq!(from_d, vec![genuine]);
     assert_eq!(h.exec.forged_events(), 2);
+    h.exec.shutdown().await;
+}
+
+/// A repo's state event lists every ref as a tag; a big repo has thousands. The pool
+/// drops events with more than 2,000 tags by default (silently); the executor lifts
+/// that limit (the websocket message limit still bounds an event).
+#[tokio::test]
+async fn a_state_event_with_thousands_of_refs_gets_through() {
+    let repo = Repo::new("big");
+    let refs: Vec<nostr::Tag> = (0..2_500)
+        .map(|i| {
+            nostr::Tag::custom(
+                nostr::TagKind::custom(format!("refs/tags/v{i}")),
+                ["0".repeat(40)],
+            )
+        })
+        .collect();
+    let state = nostr::EventBuilder::new(Kind::Custom(30618), "")
+        .tags([nostr::Tag::identifier("big")])
+        .tags(refs)
+        .sign_with_keys(&repo.keys)
+        .expect("sign");
+    let relay = support::start_plain_relay(support::NegOpenAnswer::UnknownCmdNotice).await;
+    relay.insert(state.clone());
+    let r = url(&relay.url);
+    let mut h = Harness::new(vec![]);
+    h.connect(&r).await;
+    let got = h
+        .fetch(
+            &r,
+            "s",
+            Filter::new().id(state.id),
+            SubscriptionMode::Historic,
+        )
+        .await;
+    assert_eq!(got.len(), 1, "the state event came through");
     h.exec.shutdown().await;
 }
 

@@ -1396,7 +1396,10 @@ fn r09d_consolidation_is_amortised_and_subscriptions_stay_bounded() {
     // Past the 70-filter threshold: ~80 filters at the end fit in 8 REQs, and the rule
     // lets at most 7 more open before a rebuild. (Under it, as with the rule before,
     // each batch's filters may sit in a REQ of their own.)
-    assert!(most_subscriptions <= 16, "{most_subscriptions} live subscriptions");
+    assert!(
+        most_subscriptions <= 16,
+        "{most_subscriptions} live subscriptions"
+    );
     let e_values: BTreeSet<String> = h
         .engine
         .live_subscriptions(&url(A))
@@ -2210,6 +2213,25 @@ fn r21_a_relay_flooding_unsolicited_events_or_notices_is_dropped_and_backed_off(
     // It is dialled again only after a backoff.
     let cmds = h.advance(Duration::from_secs(1));
     assert!(!connects(&cmds).contains(&url(A)), "backed off");
+}
+
+/// Tampered events the driver dropped (id or signature not matching) are strikes too:
+/// counted as malformed, and a relay sending a thousand is dropped and backed off.
+#[test]
+fn r21b_tampered_events_are_strikes() {
+    let (mut h, _k, _repo) = with_repo(config(), &[A, B]);
+    h.connect_and_settle(A);
+    h.connect_and_settle(B);
+    let before = h.engine.metrics().dropped_malformed;
+    for i in 0..999u64 {
+        let cmds = h.feed(Input::TamperedEvent { relay: url(A) });
+        assert!(disconnects(&cmds).is_empty(), "dropped after {i}");
+    }
+    assert_eq!(h.engine.metrics().dropped_malformed, before + 999);
+    let cmds = h.feed(Input::TamperedEvent { relay: url(A) });
+    assert_eq!(disconnects(&cmds), BTreeSet::from([url(A)]));
+    assert_eq!(h.engine.metrics().relays_misbehaving, 1);
+    assert!(h.status(B).is_connected());
 }
 
 // ---------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use nostr::{ClientMessage, RelayMessage};
 use nostr_relay_pool::relay::{
-    Error as RelayError, RelayNotification, RelayOptions, RelayStatus, SyncOptions,
+    Error as RelayError, RelayLimits, RelayNotification, RelayOptions, RelayStatus, SyncOptions,
 };
 use nostr_relay_pool::{Relay, RelayPool};
 use tokio::sync::{broadcast, mpsc};
@@ -197,14 +197,17 @@ impl PoolExecutor {
         self.lagged.load(Ordering::Relaxed)
     }
 
-    /// Events dropped because their id is not the hash of their content or their
-    /// signature does not sign it (a tampered copy; see `verify.rs`).
+    /// Events this executor dropped because their id is not the hash of their content
+    /// or their signature does not sign it (a tampered copy of an id the pool checked
+    /// before; see `verify.rs`). A bad first copy of an id is dropped by the pool's own
+    /// check before ours and is not counted here.
     pub fn forged_events(&self) -> u64 {
         self.checks.refused()
     }
 
     /// The underlying pool, for read-only inspection (stats, status). Do not subscribe
-    /// or connect through it: that would bypass the engine.
+    /// or connect through it: that would bypass the engine. Nor read events from its
+    /// notifications: they have not been through this executor's check.
     pub fn pool(&self) -> &RelayPool {
         &self.pool
     }
@@ -386,7 +389,14 @@ impl PoolExecutor {
             return Ok(entry.relay.clone());
         }
         let nostr_url = nostr_url(url)?;
+        // No limit on an event's tags: the pool's default (2,000) silently dropped
+        // state events (30618) of repos with more refs. An event stays bounded by the
+        // websocket message limit (`max_message_bytes`).
+        let mut limits = RelayLimits::default();
+        limits.events.max_num_tags = None;
+        limits.events.max_num_tags_per_kind.clear();
         let opts = RelayOptions::new()
+            .limits(limits)
             .reconnect(false)
             .verify_subscriptions(false)
             .notification_channel_size(self.config.relay_notification_channel_size);
@@ -490,8 +500,10 @@ async fn read_relay(
                 last_ok = SystemClock.now();
                 match &message {
                     RelayMessage::Event { event, .. } if !checks.genuine(event) => {
-                        tracing::warn!(relay = %url, id = %event.id, "dropped a tampered event (id or signature does not match)");
-                        None
+                        // Counted and struck by the engine; a relay sending many is
+                        // dropped for misbehaving, which is logged.
+                        tracing::debug!(relay = %url, id = %event.id, "dropped a tampered event (id or signature does not match)");
+                        Some(Input::TamperedEvent { relay: url.clone() })
                     }
                     _ => message_to_input(&url, message),
                 }

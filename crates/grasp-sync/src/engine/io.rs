@@ -100,6 +100,13 @@ pub enum Input {
         /// When the last message from it got through: what was lost came after.
         since: crate::model::WallTime,
     },
+    /// An event from `relay` failed the driver's own check (its id is not the hash of
+    /// its content, or its signature does not sign it) and was dropped: a strike
+    /// against the relay, as any other hostile message.
+    TamperedEvent {
+        /// Which relay.
+        relay: RelayUrl,
+    },
     /// What the host did with an event handed over by [`Command::Ingest`]. A batch
     /// counts as synced only once every event it brought has an outcome, so the host
     /// must answer each hand-over exactly once, after the outcome is durable. Feed an
@@ -145,6 +152,7 @@ impl Input {
             | Input::NegentropyFailed { relay, .. }
             | Input::RelayMessagesLost { relay, .. } => Some(relay),
             Input::Event { .. }
+            | Input::TamperedEvent { .. }
             | Input::Accepted { .. }
             | Input::PurgatoryAnnouncements { .. }
             | Input::IngestOutcome { .. } => None,

@@ -260,6 +260,10 @@ impl SyncEngine {
             Input::RelayMessagesLost { relay, since } => {
                 self.on_messages_lost(&relay, since.min(now), now)
             }
+            Input::TamperedEvent { relay } => {
+                self.metrics.dropped_malformed += 1;
+                self.strike(&relay, now);
+            }
         }
         self.end_round_if_over(now);
         let woken = std::mem::take(&mut self.woken);

@@ -164,11 +164,7 @@ impl EventStore for MemoryEventStore {
 
     async fn stored_events(&self, filter: &Filter) -> Result<Vec<Event>, PortError> {
         let inner = self.lock();
-        Ok(inner
-            .matching(filter, false)
-            .into_iter()
-            .cloned()
-            .collect())
+        Ok(inner.matching(filter, false).into_iter().cloned().collect())
     }
 }
 

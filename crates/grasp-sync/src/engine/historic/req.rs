@@ -129,10 +129,7 @@ impl SyncEngine {
                 // The filter's own page is its newest `limit` matches; older ones came
                 // for another filter and say nothing about where its history stops
                 // (taking them would skip what lies between).
-                let mut mine: Vec<&Event> = events
-                    .iter()
-                    .filter(|e| matches(filter, e))
-                    .collect();
+                let mut mine: Vec<&Event> = events.iter().filter(|e| matches(filter, e)).collect();
                 mine.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.id.cmp(&b.id)));
                 mine.truncate(page.limit);
                 let mine: Vec<_> = mine.iter().map(|e| (e.id, e.created_at)).collect();
