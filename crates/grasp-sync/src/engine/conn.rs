@@ -310,9 +310,10 @@ impl Conn {
     }
 
     /// Live subscriptions are fragmented enough to rebuild (when fewer would do): more
-    /// filters than the threshold, and — unless the relay states `max_subscriptions`,
-    /// whose budget the threshold then is — twice the filters of the baseline or half
-    /// again its subscriptions plus the live budget's. A rebuild re-sends every live
+    /// filters than the threshold and, unless the relay states `max_subscriptions`
+    /// (whose budget the threshold then is), either more than twice the baseline's
+    /// filters or more subscriptions than the baseline's plus the larger of the live
+    /// budget's (70 / 10 = 7) and half the baseline's. A rebuild re-sends every live
     /// filter; waiting for that much growth amortises it (at 100k repos a relay carries
     /// ~730 live filters, re-sent after every small batch before), while the count of
     /// subscriptions, which relays cap, stays within a bounded factor of the minimum.
