@@ -4,7 +4,7 @@
 //! de-duplicated, and chunks respect the limits a relay advertises in NIP-11.
 
 use std::collections::btree_map::Entry;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use nostr::{Alphabet, EventId, Filter, SingleLetterTag, Timestamp};
 
@@ -129,6 +129,16 @@ impl RelayLimits {
             self.max_message_length = Some(self.max_message_length.map_or(len, |old| old.min(len)));
         }
         self.normalised()
+    }
+
+    /// Filters per historic REQ: the relay's filters-per-REQ where it says its `limit`
+    /// cap, else one. Only with the cap known does a grouped page tell where each
+    /// filter's history ends (see `engine/historic/req.rs`).
+    pub fn historic_filters_per_req(&self) -> usize {
+        match self.max_limit {
+            Some(_) => self.max_filters_per_req.max(1),
+            None => 1,
+        }
     }
 
     /// The limits for a negentropy session's filter: [`NEGENTROPY_CHUNK_FACTOR`] times
@@ -280,28 +290,130 @@ pub fn ids_filters<'a>(
 /// when the relay limits message size, at most `max_message_length` bytes each (a single
 /// filter longer than that still gets its own REQ: it cannot be split here).
 pub fn split_into_reqs(filters: Vec<Filter>, limits: &RelayLimits) -> Vec<Vec<Filter>> {
-    let per_req = limits.max_filters_per_req.max(1);
-    let budget = limits
-        .max_message_length
-        .map(|l| l.saturating_sub(REQ_ENVELOPE));
+    let units = filters.into_iter().map(|f| vec![f]).collect();
+    pack(units, limits.max_filters_per_req, limits)
+}
+
+/// Groups a batch's historic filters into REQs of at most `per_req` filters, within the
+/// relay's message length as [`split_into_reqs`] does, keeping together the filters
+/// that ask the same values under different tags (a chunk's `#e`, `#E` and `#q`)
+/// wherever they fit in one REQ: a relay sends an event matching several filters of one
+/// REQ once, and a comment carries both `e` and `E`. Packed greedily, a REQ could end in
+/// the middle of such a family and that chunk's comments would come twice. A family
+/// takes the place of its first filter, whatever order its filters came in.
+pub fn group_historic(
+    filters: Vec<Filter>,
+    per_req: usize,
+    limits: &RelayLimits,
+) -> Vec<Vec<Filter>> {
+    let per_req = per_req.max(1);
+    let budget = req_budget(limits);
+    // Each filter's family: the first earlier filter it differs from only in its tag
+    // (looked up by the ends and size of its values, then compared in full).
+    let family_of: Vec<usize> = {
+        let mut first_with = HashMap::new();
+        filters
+            .iter()
+            .enumerate()
+            .map(|(i, f)| match only_tag(f) {
+                Some((_, values)) => {
+                    let key = (values.first(), values.last(), values.len());
+                    let first = *first_with.entry(key).or_insert(i);
+                    if same_values(&filters[first], f) {
+                        first
+                    } else {
+                        i
+                    }
+                }
+                None => i,
+            })
+            .collect()
+    };
+    let mut families: Vec<Vec<Filter>> = Vec::new();
+    let mut slot: HashMap<usize, usize> = HashMap::new();
+    for (f, family) in filters.into_iter().zip(family_of) {
+        let at = *slot.entry(family).or_insert_with(|| {
+            families.push(Vec::new());
+            families.len() - 1
+        });
+        families[at].push(f);
+    }
+    // A family that cannot go in one REQ goes filter by filter.
+    let units = families
+        .into_iter()
+        .flat_map(|family| {
+            let bytes: usize = family.iter().map(|f| filter_bytes(f, budget)).sum();
+            if family.len() <= per_req && budget.is_none_or(|b| bytes <= b) {
+                vec![family]
+            } else {
+                family.into_iter().map(|f| vec![f]).collect()
+            }
+        })
+        .collect();
+    pack(units, per_req, limits)
+}
+
+/// A filter's one tag condition, if it has exactly one.
+fn only_tag(f: &Filter) -> Option<(SingleLetterTag, &BTreeSet<String>)> {
+    let mut tags = f.generic_tags.iter();
+    match (tags.next(), tags.next()) {
+        (Some((tag, values)), None) => Some((*tag, values)),
+        _ => None,
+    }
+}
+
+/// Whether two filters differ only in the letter of their one tag condition (or not at
+/// all: the same filter twice is asked once per REQ too).
+fn same_values(a: &Filter, b: &Filter) -> bool {
+    match (only_tag(a), only_tag(b)) {
+        (Some((_, va)), Some((_, vb))) => {
+            va == vb
+                && a.ids == b.ids
+                && a.authors == b.authors
+                && a.kinds == b.kinds
+                && a.search == b.search
+                && (a.since, a.until, a.limit) == (b.since, b.until, b.limit)
+        }
+        _ => false,
+    }
+}
+
+/// Greedy, order-preserving REQs of whole `units`: at most `per_req` filters and (when
+/// the relay says) `max_message_length` bytes each; a unit that does not fit in what is
+/// left starts the next REQ.
+fn pack(units: Vec<Vec<Filter>>, per_req: usize, limits: &RelayLimits) -> Vec<Vec<Filter>> {
+    let per_req = per_req.max(1);
+    let budget = req_budget(limits);
     let mut reqs: Vec<Vec<Filter>> = Vec::new();
     let mut current: Vec<Filter> = Vec::new();
     let mut current_bytes = 0usize;
-    for f in filters {
-        let bytes = budget.map_or(0, |_| serialized_len(&f) + 1);
-        let too_many = current.len() >= per_req;
+    for unit in units {
+        let bytes: usize = unit.iter().map(|f| filter_bytes(f, budget)).sum();
+        let too_many = current.len() + unit.len() > per_req;
         let too_long = budget.is_some_and(|b| current_bytes + bytes > b);
         if !current.is_empty() && (too_many || too_long) {
             reqs.push(std::mem::take(&mut current));
             current_bytes = 0;
         }
         current_bytes += bytes;
-        current.push(f);
+        current.extend(unit);
     }
     if !current.is_empty() {
         reqs.push(current);
     }
     reqs
+}
+
+/// Bytes the filters of one REQ may take, if the relay limits message length.
+fn req_budget(limits: &RelayLimits) -> Option<usize> {
+    limits
+        .max_message_length
+        .map(|l| l.saturating_sub(REQ_ENVELOPE))
+}
+
+/// A filter's serialized length and its comma, counted only under a budget.
+fn filter_bytes(f: &Filter, budget: Option<usize>) -> usize {
+    budget.map_or(0, |_| serialized_len(f) + 1)
 }
 
 /// Bytes of `["REQ","<64-char sub id>",` and the closing `]`.
@@ -460,6 +572,8 @@ fn json_string_len(s: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
+
     use crate::model::SyncLevel;
     use proptest::prelude::*;
 
@@ -685,6 +799,19 @@ mod tests {
         assert_eq!(reqs.iter().map(Vec::len).sum::<usize>(), 25);
     }
 
+    #[test]
+    fn grouped_historic_reqs_keep_a_chunks_three_filters_together() {
+        let limits = RelayLimits {
+            chunk_size: 2,
+            ..RelayLimits::default()
+        };
+        let ids: Vec<EventId> = (0..8).map(eid).collect();
+        let fs = root_event_tag_filters(&ids, &limits, None);
+        let sizes = |reqs: &[Vec<Filter>]| reqs.iter().map(Vec::len).collect::<Vec<_>>();
+        assert_eq!(sizes(&split_into_reqs(fs.clone(), &limits)), [10, 2]);
+        assert_eq!(sizes(&group_historic(fs, 10, &limits)), [9, 3]);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
 
@@ -719,6 +846,60 @@ mod tests {
             prop_assert_eq!(all, want);
             for req in split_into_reqs(fs, &limits) {
                 prop_assert!(!req.is_empty() && req.len() <= limits.max_filters_per_req);
+            }
+        }
+
+        /// Grouped historic REQs keep every filter once, hold at most `per_req`
+        /// filters and fit the relay's message length (a filter too long alone aside),
+        /// and never part the filters of one chunk (same values, other tags) where
+        /// they fit in one REQ — in whatever order the filters came.
+        #[test]
+        fn grouped_reqs_fit_and_keep_families_whole(
+            roots in 0u8..40,
+            idents in proptest::collection::vec("[a-z0-9]{1,40}", 0..20),
+            chunk in 1usize..12,
+            per_req in 1usize..12,
+            max_len in proptest::option::of(400usize..6000),
+            reverse in any::<bool>(),
+        ) {
+            let limits = RelayLimits { chunk_size: chunk, max_message_length: max_len, ..RelayLimits::default() }
+                .normalised();
+            let items = SyncItems {
+                repos: idents.iter().map(|i| (repo(i), SyncLevel::Full)).collect(),
+                root_events: (0..roots).map(eid).collect(),
+            };
+            let mut fs = build_sync_level_aware_filters(&items, &limits, None);
+            if reverse {
+                fs.reverse();
+            }
+            let reqs = group_historic(fs.clone(), per_req, &limits);
+            let json = |f: &Filter| serde_json::to_string(f).unwrap();
+            let mut asked: Vec<String> = reqs.iter().flatten().map(json).collect();
+            let mut given: Vec<String> = fs.iter().map(json).collect();
+            asked.sort();
+            given.sort();
+            prop_assert_eq!(asked, given);
+            let budget = max_len.map(|m| m - REQ_ENVELOPE);
+            for req in &reqs {
+                prop_assert!(!req.is_empty() && req.len() <= per_req);
+                let bytes: usize = req.iter().map(|f| json(f).len() + 1).sum();
+                prop_assert!(req.len() == 1 || budget.is_none_or(|b| bytes <= b));
+            }
+            // Families from the filters themselves: one tag, the same values.
+            let mut families: BTreeMap<Vec<String>, Vec<String>> = BTreeMap::new();
+            for f in &fs {
+                let values: Vec<String> = f.generic_tags.values().flatten().cloned().collect();
+                families.entry(values).or_default().push(json(f));
+            }
+            for members in families.values().filter(|m| m.len() > 1) {
+                let bytes: usize = members.iter().map(|j| j.len() + 1).sum();
+                if members.len() <= per_req && budget.is_none_or(|b| bytes <= b) {
+                    let holding = reqs
+                        .iter()
+                        .filter(|req| req.iter().any(|f| members.contains(&json(f))))
+                        .count();
+                    prop_assert_eq!(holding, 1, "family parted: {:?}", members);
+                }
             }
         }
     }

@@ -2447,6 +2447,125 @@ fn r22i_a_failed_grouped_req_has_every_item_it_named_asked_again() {
     assert_eq!(h.status(A), ConnectionStatus::Connected);
 }
 
+/// Filters of `reqs` asking the same values under different tags that went on different
+/// REQs (a chunk's `#e`, `#E` and `#q` split: its comments come twice).
+fn split_families(reqs: &[(SubscriptionId, Vec<Filter>)]) -> Vec<String> {
+    let values = |f: &Filter| {
+        let mut f = f.clone();
+        f.limit = None;
+        f.until = None;
+        (f.generic_tags.len() == 1).then(|| f.generic_tags.into_values().next().unwrap())
+    };
+    let mut req_of = std::collections::BTreeMap::new();
+    let mut split = Vec::new();
+    for (i, (_, fs)) in reqs.iter().enumerate() {
+        for f in fs {
+            if let Some(v) = values(f) {
+                if *req_of.entry(v).or_insert(i) != i {
+                    split.push(kind_of(f));
+                }
+            }
+        }
+    }
+    split
+}
+
+/// Every historic REQ `cmds` and what answering each with nothing leads to.
+fn all_historic_reqs(h: &mut Harness, cmds: &[Command]) -> Vec<(SubscriptionId, Vec<Filter>)> {
+    let mut all = cmds.to_vec();
+    all.extend(h.settle(A, cmds));
+    historic_reqs(&all, A)
+}
+
+#[test]
+fn r22l_a_chunks_tag_filters_are_never_split_across_grouped_reqs() {
+    // Two roots per chunk: four roots' `#e`/`#E`/`#q` are six filters, and ten to a
+    // REQ in order would put the second chunk's `#q` on a REQ of its own.
+    let mut cfg = capped(50);
+    cfg.default_limits.chunk_size = 2;
+    let (mut h, k, repo) = with_repo(cfg, &[A]);
+    h.connect_and_settle(A);
+    let mut cmds = Vec::new();
+    for i in 0..8 {
+        cmds.extend(h.accept(&issue(&k, &repo, T0 - 1_000 - i, &format!("bug {i}"))));
+    }
+    cmds.extend(h.advance(Duration::from_secs(5)));
+    let reqs = all_historic_reqs(&mut h, &cmds);
+    let filters: usize = reqs.iter().map(|(_, fs)| fs.len()).sum();
+    assert_eq!(filters, 12, "four chunks of three filters: {reqs:?}");
+    assert!(reqs.iter().all(|(_, fs)| fs.len() <= 10));
+    assert_eq!(split_families(&reqs), Vec::<String>::new(), "{reqs:?}");
+    assert_eq!(reqs.len(), 2);
+    assert_eq!(h.status(A), ConnectionStatus::Connected);
+}
+
+#[test]
+fn r22m_grouped_reqs_stay_within_the_relays_message_length() {
+    // 40 roots: each tag filter holds ~2.7 KB of ids, a family of three more than a
+    // 4,000-byte message takes.
+    let mut cfg = capped(50);
+    cfg.default_limits.max_message_length = Some(4_000);
+    let (mut h, k, repo) = with_repo(cfg, &[A]);
+    h.connect_and_settle(A);
+    let mut cmds = Vec::new();
+    for i in 0..40 {
+        cmds.extend(h.accept(&issue(&k, &repo, T0 - 1_000 - i, &format!("bug {i}"))));
+    }
+    cmds.extend(h.advance(Duration::from_secs(5)));
+    let reqs = all_historic_reqs(&mut h, &cmds);
+    assert_eq!(reqs.iter().map(|(_, fs)| fs.len()).sum::<usize>(), 3);
+    for (id, filters) in &reqs {
+        let len = {
+            use nostr::JsonUtil;
+            nostr::ClientMessage::req(id.clone(), filters.clone())
+                .as_json()
+                .len()
+        };
+        assert!(len <= 4_000, "a REQ of {len} bytes: {filters:?}");
+    }
+    assert_eq!(h.status(A), ConnectionStatus::Connected);
+}
+
+#[test]
+fn r05f_a_capped_relay_refusing_nip77_gets_each_batchs_sessions_as_grouped_reqs() {
+    let (mut h, k, repo) = with_repo(capped(500), &[A]);
+    for i in 0..3 {
+        h.accept(&issue(&k, &repo, T0 - 1_000 - i, &format!("bug {i}")));
+    }
+    h.advance(Duration::from_secs(5));
+    let cmds = h.connect(A);
+    let negs = negentropy(&cmds, A);
+    assert!(negs.len() >= 2, "{negs:?}");
+    let cmds = h.notice(A, "ERROR: bad msg: unknown cmd");
+    assert_eq!(
+        h.engine.metrics().negentropy_fallbacks,
+        negs.len() as u64,
+        "the open sessions fall back"
+    );
+    let reqs = all_historic_reqs(&mut h, &cmds);
+    // Layer 1, then the repo's batch: state, `#a`/`#A`/`#q`, `#e`/`#E`/`#q` in one REQ
+    // (one by one they were eight REQs and every comment came twice).
+    let mut shapes: Vec<(usize, BTreeSet<String>)> = reqs
+        .iter()
+        .map(|(_, fs)| (fs.len(), kinds_of(fs)))
+        .collect();
+    shapes.sort();
+    assert_eq!(
+        shapes,
+        vec![
+            (1, BTreeSet::from(["L1".to_string()])),
+            (
+                7,
+                BTreeSet::from(["state", "#a", "#A", "#q", "#e", "#E"].map(String::from))
+            ),
+        ],
+        "{reqs:?}"
+    );
+    assert_eq!(split_families(&reqs), Vec::<String>::new());
+    assert!(negentropy(&cmds, A).is_empty());
+    assert_eq!(h.status(A), ConnectionStatus::Connected);
+}
+
 /// A reply tags a root of one negentropy session (`#e`) and a root of another (`#E`):
 /// the second session leaves it to the first one's fetch. When the relay will not give
 /// it by id and the REQ for the first session's filter fails, the whole batch is asked

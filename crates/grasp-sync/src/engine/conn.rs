@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
 use nostr::{Event, EventId, Filter, SubscriptionId, Timestamp};
 
-use crate::filters::RelayLimits;
+use crate::filters::{group_historic, RelayLimits};
 use crate::health::RelayHealth;
 use crate::model::{BatchId, NegentropySupport, SyncItems, WallTime};
 use crate::pagination::Paginator;
@@ -374,6 +374,69 @@ impl Conn {
         self.layer1 = false;
         self.lookup_failures = 0;
         self.lookup_retry_at = None;
+    }
+
+    /// Queues `filters` of `batch` as REQ parts from their first page, behind what is
+    /// queued, grouped as the relay allows (see [`group_historic`]).
+    pub fn queue_grouped(
+        &mut self,
+        batch: BatchId,
+        filters: Vec<Filter>,
+        attempts: u32,
+        restarts: u32,
+    ) {
+        let per_req = self.limits.historic_filters_per_req();
+        for req in group_historic(filters, per_req, &self.limits) {
+            let mut req = req.into_iter();
+            let Some(filter) = req.next() else {
+                continue;
+            };
+            self.queue.push_back(QueuedPart {
+                also: req.collect(),
+                ..QueuedPart::first_page(batch, filter, attempts, restarts)
+            });
+        }
+    }
+
+    /// The queued negentropy sessions of a relay that refused NIP-77, as the REQs they
+    /// become: each batch's sessions grouped as [`Conn::queue_grouped`] does, where the
+    /// first of them stood. One by one, a chunk's `#e`, `#E` and `#q` went on REQs of
+    /// their own and the relay sent each comment once per filter it matched.
+    pub fn sessions_to_reqs(&mut self) {
+        // What stays as it is, and where each batch's sessions go (its first one's
+        // place): per batch its sessions' filters and the most refusals and restarts
+        // any of them had.
+        let mut order: Vec<Result<QueuedPart, usize>> = Vec::new();
+        let mut sessions: Vec<(BatchId, Vec<Filter>, u32, u32)> = Vec::new();
+        for part in std::mem::take(&mut self.queue) {
+            if part.kind != PartKind::Negentropy {
+                order.push(Ok(part));
+                continue;
+            }
+            let at = match sessions.iter().position(|(b, ..)| *b == part.batch) {
+                Some(at) => at,
+                None => {
+                    sessions.push((part.batch, Vec::new(), 0, 0));
+                    order.push(Err(sessions.len() - 1));
+                    sessions.len() - 1
+                }
+            };
+            let (_, filters, attempts, restarts) = &mut sessions[at];
+            filters.push(part.filter);
+            *attempts = (*attempts).max(part.attempts);
+            *restarts = (*restarts).max(part.restarts);
+        }
+        let mut sessions: Vec<_> = sessions.into_iter().map(Some).collect();
+        for slot in order {
+            match slot {
+                Ok(part) => self.queue.push_back(part),
+                Err(at) => {
+                    if let Some((batch, filters, attempts, restarts)) = sessions[at].take() {
+                        self.queue_grouped(batch, filters, attempts, restarts);
+                    }
+                }
+            }
+        }
     }
 
     /// Queues each of `filters` alone, from its first page, ahead of what is queued (in

@@ -311,33 +311,19 @@ impl SyncEngine {
         } else {
             build_sync_level_aware_filters(cover, &limits, since)
         };
-        let kind = if use_negentropy {
-            PartKind::Negentropy
-        } else {
-            PartKind::Req
-        };
         // A negentropy session takes one filter. REQs take the relay's filters-per-REQ,
         // so an event matching several of them (a comment's `#e` and `#E`) comes once —
         // where the relay says its `limit` cap: only then does a grouped page tell each
         // filter's end (see `historic/req.rs`).
-        let per_req = if use_negentropy || limits.max_limit.is_none() {
-            1
+        if use_negentropy {
+            for filter in filters {
+                conn.queue.push_back(QueuedPart {
+                    kind: PartKind::Negentropy,
+                    ..QueuedPart::first_page(id, filter, 0, 0)
+                });
+            }
         } else {
-            limits.max_filters_per_req.max(1)
-        };
-        let mut filters = filters.into_iter();
-        while let Some(filter) = filters.next() {
-            let also: Vec<Filter> = filters.by_ref().take(per_req - 1).collect();
-            conn.queue.push_back(QueuedPart {
-                batch: id,
-                filter,
-                also,
-                kind,
-                attempts: 0,
-                restarts: 0,
-                resume: None,
-                origin: None,
-            });
+            conn.queue_grouped(id, filters, 0, 0);
         }
         let mut also_covers = cover.clone();
         also_covers.subtract(&items);

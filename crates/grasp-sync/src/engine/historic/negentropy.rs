@@ -108,15 +108,16 @@ impl SyncEngine {
         reason: &NegentropyFailure,
         now: WallTime,
     ) {
-        let Some((conn, h)) = self.take_session(relay, session) else {
-            return;
-        };
         if matches!(
             reason,
             NegentropyFailure::Unsupported | NegentropyFailure::Timeout
         ) {
-            conn.refuse_negentropy(now);
+            self.fall_back_to_req(relay, vec![session.clone()], now);
+            return;
         }
+        let Some((_, h)) = self.take_session(relay, session) else {
+            return;
+        };
         self.requeue_as_req(relay, h.batch, h.filter, h.attempts);
         self.finish_part(relay, h.batch, session, None, now);
     }
@@ -124,23 +125,44 @@ impl SyncEngine {
     /// Every negentropy session on `relay` falls back to REQ+EOSE (the relay said it does
     /// not speak NIP-77, or went silent).
     pub(super) fn abandon_negentropy(&mut self, relay: &RelayUrl, now: WallTime) {
-        let Some(conn) = self.conns.get_mut(relay) else {
+        let Some(conn) = self.conns.get(relay) else {
             return;
         };
-        conn.refuse_negentropy(now);
-        for part in conn.queue.iter_mut() {
-            if part.kind == PartKind::Negentropy {
-                part.kind = PartKind::Req;
-            }
-        }
-        let sessions: Vec<SubscriptionId> = conn
+        let sessions = conn
             .historic
             .iter()
             .filter(|(_, h)| matches!(h.kind, HistoricKind::Negentropy))
             .map(|(id, _)| id.clone())
             .collect();
+        self.fall_back_to_req(relay, sessions, now);
+    }
+
+    /// The relay does not speak NIP-77: `sessions` (open on it) and every session still
+    /// queued run as REQs instead, ahead of other work and grouped per batch as its REQs
+    /// are.
+    fn fall_back_to_req(&mut self, relay: &RelayUrl, sessions: Vec<SubscriptionId>, now: WallTime) {
+        let mut ended = Vec::new();
+        let mut open = Vec::new();
         for session in sessions {
-            self.on_negentropy_failed(relay, &session, &NegentropyFailure::Unsupported, now);
+            if let Some((_, h)) = self.take_session(relay, &session) {
+                self.metrics.negentropy_fallbacks += 1;
+                open.push(QueuedPart {
+                    kind: PartKind::Negentropy,
+                    ..QueuedPart::first_page(h.batch, h.filter, h.attempts, h.restarts)
+                });
+                ended.push((session, h.batch));
+            }
+        }
+        let Some(conn) = self.conns.get_mut(relay) else {
+            return;
+        };
+        conn.refuse_negentropy(now);
+        for part in open.into_iter().rev() {
+            conn.queue.push_front(part);
+        }
+        conn.sessions_to_reqs();
+        for (session, batch) in ended {
+            self.finish_part(relay, batch, &session, None, now);
         }
     }
 }
