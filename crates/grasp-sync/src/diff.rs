@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use nostr::EventId;
 
 use crate::model::{PendingSyncIndex, RelaySyncIndex, RelayUrl, RepoRef, SyncItems, SyncLevel};
-use crate::targets::{RelayTarget, RelayTargets};
+use crate::targets::{cmp_ids, RelayTarget, RelayTargets};
 
 /// New items to subscribe on one relay.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,7 +167,7 @@ fn ids_minus<'a>(
     a: impl Iterator<Item = &'a EventId>,
     b: impl Iterator<Item = &'a EventId>,
 ) -> Vec<&'a EventId> {
-    sorted_minus(a, b, |x, y| x.cmp(y), |_, _| true)
+    sorted_minus(a, b, |x, y| cmp_ids(x, y), |_, _| true)
 }
 
 /// The target's items (`roots`: its root events, sorted) that nothing in `held` holds.
