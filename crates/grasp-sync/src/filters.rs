@@ -203,7 +203,7 @@ pub fn state_filters<'a>(
             let f = with_tag(
                 Filter::new().kind(KIND_REPO_STATE),
                 SingleLetterTag::lowercase(Alphabet::D),
-                to_set(&chunk),
+                to_set(chunk),
             );
             with_since(f, since)
         })
@@ -233,7 +233,7 @@ pub fn root_event_tag_filters<'a>(
     ids.sort_unstable();
     ids.dedup();
     let hex: Vec<String> = ids.into_iter().map(|id| hex32(id.as_bytes())).collect();
-    tag_triples(hex.iter().map(String::as_str), limits, since, Alphabet::E)
+    tag_triples(hex, limits, since, Alphabet::E)
 }
 
 /// Everything a relay must carry for `items`: state filters for StateOnly and Full
@@ -469,8 +469,8 @@ pub fn items_named_by(filter: &Filter, items: &SyncItems) -> Option<SyncItems> {
 }
 
 /// Per chunk of `values`, three filters: lowercase `letter`, uppercase `letter`, `#q`.
-fn tag_triples<'a>(
-    values: impl IntoIterator<Item = &'a str>,
+fn tag_triples<S: AsRef<str> + Into<String>>(
+    values: impl IntoIterator<Item = S>,
     limits: &RelayLimits,
     since: Option<Timestamp>,
     letter: Alphabet,
@@ -478,7 +478,7 @@ fn tag_triples<'a>(
     let mut out = Vec::new();
     for chunk in chunk_values(values, limits.chunk_size, limits.value_budget()) {
         // The value set is built once and cloned for the two other filters.
-        let values = to_set(&chunk);
+        let values = to_set(chunk);
         for tag in [
             SingleLetterTag::lowercase(letter),
             SingleLetterTag::uppercase(letter),
@@ -496,18 +496,18 @@ fn tag_triples<'a>(
 
 /// Greedy, order-preserving chunks of at most `max_count` values and (when set) at most
 /// `max_bytes` of serialized JSON. A value too long for `max_bytes` gets a chunk alone.
-fn chunk_values<'a>(
-    values: impl IntoIterator<Item = &'a str>,
+fn chunk_values<S: AsRef<str>>(
+    values: impl IntoIterator<Item = S>,
     max_count: usize,
     max_bytes: Option<usize>,
-) -> Vec<Vec<&'a str>> {
+) -> Vec<Vec<S>> {
     let max_count = max_count.max(1);
     let mut chunks = Vec::new();
-    let mut current: Vec<&str> = Vec::new();
+    let mut current: Vec<S> = Vec::new();
     let mut bytes = 0usize;
     for v in values {
         let cost = if max_bytes.is_some() {
-            json_string_len(v) + 1
+            json_string_len(v.as_ref()) + 1
         } else {
             0
         };
@@ -525,10 +525,11 @@ fn chunk_values<'a>(
     chunks
 }
 
-/// A chunk of values (sorted and de-duplicated by the caller) as a filter's value set.
-fn to_set(chunk: &[&str]) -> BTreeSet<String> {
+/// A chunk of values (sorted and de-duplicated by the caller) as a filter's value set;
+/// owned values (the hex of event ids) move in, borrowed ones are copied.
+fn to_set<S: Into<String>>(chunk: Vec<S>) -> BTreeSet<String> {
     // Sorted input: bulk-built.
-    chunk.iter().map(|v| (*v).to_owned()).collect()
+    chunk.into_iter().map(Into::into).collect()
 }
 
 /// `f` with `tag` = `values` (what `Filter::custom_tags` does, without re-collecting
