@@ -136,7 +136,7 @@ impl RelayLimits {
     /// filter's history ends (see `engine/historic/req.rs`).
     pub fn historic_filters_per_req(&self) -> usize {
         match self.max_limit {
-            Some(_) => self.max_filters_per_req.max(1),
+            Some(_) => self.max_filters_per_req,
             None => 1,
         }
     }
@@ -290,8 +290,15 @@ pub fn ids_filters<'a>(
 /// when the relay limits message size, at most `max_message_length` bytes each (a single
 /// filter longer than that still gets its own REQ: it cannot be split here).
 pub fn split_into_reqs(filters: Vec<Filter>, limits: &RelayLimits) -> Vec<Vec<Filter>> {
-    let units = filters.into_iter().map(|f| vec![f]).collect();
-    pack(units, limits.max_filters_per_req, limits)
+    let budget = req_budget(limits);
+    let units = filters
+        .into_iter()
+        .map(|f| {
+            let bytes = filter_bytes(&f, budget);
+            vec![(f, bytes)]
+        })
+        .collect();
+    pack_sized(units, limits.max_filters_per_req, budget)
 }
 
 /// Groups a batch's historic filters into REQs of at most `per_req` filters, within the
@@ -306,51 +313,77 @@ pub fn group_historic(
     per_req: usize,
     limits: &RelayLimits,
 ) -> Vec<Vec<Filter>> {
-    let per_req = per_req.max(1);
     let budget = req_budget(limits);
-    // Each filter's family: the first earlier filter it differs from only in its tag
-    // (looked up by the ends and size of its values, then compared in full).
-    let family_of: Vec<usize> = {
-        let mut first_with = HashMap::new();
-        filters
-            .iter()
-            .enumerate()
-            .map(|(i, f)| match only_tag(f) {
-                Some((_, values)) => {
-                    let key = (values.first(), values.last(), values.len());
-                    let first = *first_with.entry(key).or_insert(i);
-                    if same_values(&filters[first], f) {
-                        first
-                    } else {
-                        i
-                    }
-                }
-                None => i,
-            })
-            .collect()
-    };
-    let mut families: Vec<Vec<Filter>> = Vec::new();
-    let mut slot: HashMap<usize, usize> = HashMap::new();
-    for (f, family) in filters.into_iter().zip(family_of) {
-        let at = *slot.entry(family).or_insert_with(|| {
-            families.push(Vec::new());
-            families.len() - 1
+    // Each filter's family: the first earlier filter it differs from only in its tag.
+    // Candidates are looked up by the ends and size of their values, then compared in
+    // full; every family with that key is a candidate (a `#d` chunk may share a key
+    // with a chunk of coordinates and not be its sibling).
+    let mut family_of: Vec<usize> = Vec::with_capacity(filters.len());
+    let mut heads: HashMap<_, Vec<usize>> = HashMap::new();
+    for (i, f) in filters.iter().enumerate() {
+        let family = only_tag(f).and_then(|(_, values)| {
+            let key = (values.first(), values.last(), values.len());
+            let candidates = heads.entry(key).or_default();
+            let found = candidates
+                .iter()
+                .copied()
+                .find(|&head| same_values(&filters[head], f));
+            if found.is_none() {
+                candidates.push(i);
+            }
+            found
         });
-        families[at].push(f);
+        family_of.push(family.unwrap_or(i));
+    }
+    // Families in the order of their first filter (a filter's family index is never
+    // after it), each with its members' sizes.
+    let mut families: Vec<Vec<(Filter, usize)>> = Vec::new();
+    let mut slot: Vec<Option<usize>> = vec![None; filters.len()];
+    for (i, (f, family)) in filters.into_iter().zip(family_of).enumerate() {
+        let bytes = filter_bytes(&f, budget);
+        let at = match slot[family] {
+            Some(at) => at,
+            None => {
+                families.push(Vec::new());
+                families.len() - 1
+            }
+        };
+        slot[i] = Some(at);
+        families[at].push((f, bytes));
     }
     // A family that cannot go in one REQ goes filter by filter.
     let units = families
         .into_iter()
         .flat_map(|family| {
-            let bytes: usize = family.iter().map(|f| filter_bytes(f, budget)).sum();
+            let bytes: usize = family.iter().map(|(_, b)| b).sum();
             if family.len() <= per_req && budget.is_none_or(|b| bytes <= b) {
                 vec![family]
             } else {
-                family.into_iter().map(|f| vec![f]).collect()
+                family.into_iter().map(|m| vec![m]).collect()
             }
         })
         .collect();
-    pack(units, per_req, limits)
+    pack_sized(units, per_req, budget)
+}
+
+/// `filter` cut into filters of at most `limits.chunk_size` values (and the relay's
+/// message budget for them), as the builders chunk: a negentropy session's filter
+/// (four REQ chunks wide) becomes the REQ filters it stands for. A filter without
+/// exactly one tag condition is returned as it is.
+pub fn rechunk(filter: Filter, limits: &RelayLimits) -> Vec<Filter> {
+    let Some((tag, values)) = only_tag(&filter) else {
+        return vec![filter];
+    };
+    if values.len() <= limits.chunk_size {
+        return vec![filter];
+    }
+    let chunks = chunk_values(values.iter(), limits.chunk_size, limits.value_budget());
+    let mut rest = filter.clone();
+    rest.generic_tags.clear();
+    chunks
+        .into_iter()
+        .map(|chunk| with_tag(rest.clone(), tag, chunk.into_iter().cloned().collect()))
+        .collect()
 }
 
 /// A filter's one tag condition, if it has exactly one.
@@ -378,17 +411,20 @@ fn same_values(a: &Filter, b: &Filter) -> bool {
     }
 }
 
-/// Greedy, order-preserving REQs of whole `units`: at most `per_req` filters and (when
-/// the relay says) `max_message_length` bytes each; a unit that does not fit in what is
-/// left starts the next REQ.
-fn pack(units: Vec<Vec<Filter>>, per_req: usize, limits: &RelayLimits) -> Vec<Vec<Filter>> {
+/// Greedy, order-preserving REQs of whole `units` (filters with their
+/// [`filter_bytes`]): at most `per_req` filters and (under a `budget`) that many bytes
+/// each; a unit that does not fit in what is left starts the next REQ.
+fn pack_sized(
+    units: Vec<Vec<(Filter, usize)>>,
+    per_req: usize,
+    budget: Option<usize>,
+) -> Vec<Vec<Filter>> {
     let per_req = per_req.max(1);
-    let budget = req_budget(limits);
     let mut reqs: Vec<Vec<Filter>> = Vec::new();
     let mut current: Vec<Filter> = Vec::new();
     let mut current_bytes = 0usize;
     for unit in units {
-        let bytes: usize = unit.iter().map(|f| filter_bytes(f, budget)).sum();
+        let bytes: usize = unit.iter().map(|(_, b)| b).sum();
         let too_many = current.len() + unit.len() > per_req;
         let too_long = budget.is_some_and(|b| current_bytes + bytes > b);
         if !current.is_empty() && (too_many || too_long) {
@@ -396,7 +432,7 @@ fn pack(units: Vec<Vec<Filter>>, per_req: usize, limits: &RelayLimits) -> Vec<Ve
             current_bytes = 0;
         }
         current_bytes += bytes;
-        current.extend(unit);
+        current.extend(unit.into_iter().map(|(f, _)| f));
     }
     if !current.is_empty() {
         reqs.push(current);
@@ -411,10 +447,15 @@ fn req_budget(limits: &RelayLimits) -> Option<usize> {
         .map(|l| l.saturating_sub(REQ_ENVELOPE))
 }
 
-/// A filter's serialized length and its comma, counted only under a budget.
+/// A filter's serialized length, its comma and room for the `limit` and `until` a
+/// historic page adds to it, counted only under a budget.
 fn filter_bytes(f: &Filter, budget: Option<usize>) -> usize {
-    budget.map_or(0, |_| serialized_len(f) + 1)
+    budget.map_or(0, |_| serialized_len(f) + 1 + PAGE_FIELDS)
 }
+
+/// `,"limit":` and `,"until":` with twenty digits each (a `u64`): what
+/// [`with_page`] may add to a filter after it was packed.
+const PAGE_FIELDS: usize = 2 * (9 + 20);
 
 /// Bytes of `["REQ","<64-char sub id>",` and the closing `]`.
 const REQ_ENVELOPE: usize = 80;
@@ -573,6 +614,7 @@ fn json_string_len(s: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nostr::{ClientMessage, JsonUtil, SubscriptionId};
     use std::collections::BTreeMap;
 
     use crate::model::SyncLevel;
@@ -813,6 +855,59 @@ mod tests {
         assert_eq!(sizes(&group_historic(fs, 10, &limits)), [9, 3]);
     }
 
+    /// A `#d` chunk whose identifiers equal a chunk of event ids (identifiers come from
+    /// the network) is no sibling of that chunk's `#e`/`#E`/`#q`, which still keep
+    /// together. Keyed on the first filter seen only, the three each went alone and
+    /// three to a REQ parted them.
+    #[test]
+    fn a_lookalike_filter_does_not_part_a_family() {
+        let limits = RelayLimits {
+            chunk_size: 2,
+            ..RelayLimits::default()
+        };
+        let ids = [eid(1), eid(2)];
+        let hex: Vec<String> = ids.iter().map(EventId::to_hex).collect();
+        let state = Filter::new()
+            .kind(KIND_REPO_STATE)
+            .custom_tags(SingleLetterTag::lowercase(Alphabet::D), hex.clone());
+        let mut fs = vec![state.clone()];
+        fs.extend(root_event_tag_filters(&ids, &limits, None));
+        let reqs = group_historic(fs, 3, &limits);
+        assert_eq!(reqs.len(), 2, "{reqs:?}");
+        assert_eq!(reqs[0], vec![state]);
+        assert_eq!(reqs[1].len(), 3);
+    }
+
+    /// A negentropy session's filter cut back into REQ chunks: every value once, in
+    /// chunks of the chunk size, the rest of the filter kept.
+    #[test]
+    fn rechunk_cuts_a_sessions_filter_into_req_chunks() {
+        let limits = RelayLimits::default();
+        let ids: Vec<EventId> = (0..250u8).map(eid).collect();
+        let wide = root_event_tag_filters(&ids, &limits.for_negentropy(), None);
+        assert_eq!(wide.len(), 3);
+        let e = wide[0].clone().since(Timestamp::from(7));
+        let parts = rechunk(e.clone(), &limits);
+        let sizes: Vec<usize> = parts
+            .iter()
+            .map(|f| f.generic_tags.values().map(BTreeSet::len).sum())
+            .collect();
+        assert_eq!(sizes, [100, 100, 50]);
+        let mut values = BTreeSet::new();
+        for p in &parts {
+            assert_eq!(p.since, Some(Timestamp::from(7)));
+            let (tag, v) = only_tag(p).unwrap();
+            assert_eq!(Some(tag), only_tag(&e).map(|(t, _)| t));
+            values.extend(v.iter().cloned());
+        }
+        assert_eq!(Some(&values), only_tag(&e).map(|(_, v)| v));
+        assert_eq!(rechunk(parts[2].clone(), &limits), vec![parts[2].clone()]);
+        assert_eq!(
+            rechunk(Filter::new().kind(nostr::Kind::from(1)), &limits).len(),
+            1
+        );
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
 
@@ -883,8 +978,14 @@ mod tests {
             let budget = max_len.map(|m| m - REQ_ENVELOPE);
             for req in &reqs {
                 prop_assert!(!req.is_empty() && req.len() <= per_req);
-                let bytes: usize = req.iter().map(|f| json(f).len() + 1).sum();
-                prop_assert!(req.len() == 1 || budget.is_none_or(|b| bytes <= b));
+                // Measured as sent: a REQ with a 64-character id, each filter paged
+                // with the widest `until` and `limit`.
+                let paged: Vec<Filter> = req
+                    .iter()
+                    .map(|f| with_page(f.clone(), Some(Timestamp::from(u64::MAX)), usize::MAX))
+                    .collect();
+                let sent = ClientMessage::req(SubscriptionId::new("x".repeat(64)), paged).as_json();
+                prop_assert!(req.len() == 1 || max_len.is_none_or(|m| sent.len() <= m));
             }
             // Families from the filters themselves: one tag, the same values.
             let mut families: BTreeMap<Vec<String>, Vec<String>> = BTreeMap::new();
@@ -893,7 +994,7 @@ mod tests {
                 families.entry(values).or_default().push(json(f));
             }
             for members in families.values().filter(|m| m.len() > 1) {
-                let bytes: usize = members.iter().map(|j| j.len() + 1).sum();
+                let bytes: usize = members.iter().map(|j| j.len() + 1 + PAGE_FIELDS).sum();
                 if members.len() <= per_req && budget.is_none_or(|b| bytes <= b) {
                     let holding = reqs
                         .iter()

@@ -2479,8 +2479,8 @@ fn all_historic_reqs(h: &mut Harness, cmds: &[Command]) -> Vec<(SubscriptionId, 
 
 #[test]
 fn r22l_a_chunks_tag_filters_are_never_split_across_grouped_reqs() {
-    // Two roots per chunk: four roots' `#e`/`#E`/`#q` are six filters, and ten to a
-    // REQ in order would put the second chunk's `#q` on a REQ of its own.
+    // Two roots per chunk: eight roots' `#e`/`#E`/`#q` are twelve filters, and ten to
+    // a REQ in order would put the fourth chunk's `#E` and `#q` on a REQ of their own.
     let mut cfg = capped(50);
     cfg.default_limits.chunk_size = 2;
     let (mut h, k, repo) = with_repo(cfg, &[A]);
@@ -2564,6 +2564,126 @@ fn r05f_a_capped_relay_refusing_nip77_gets_each_batchs_sessions_as_grouped_reqs(
     assert_eq!(split_families(&reqs), Vec::<String>::new());
     assert!(negentropy(&cmds, A).is_empty());
     assert_eq!(h.status(A), ConnectionStatus::Connected);
+}
+
+/// The executor reports "not supported" per session: the first such report ends every
+/// open session, so a chunk's `#e`/`#E`/`#q` still go out as one REQ (one by one, each
+/// became a REQ of its own and the relay sent each comment once per filter).
+#[test]
+fn r05i_one_sessions_unsupported_groups_every_open_session() {
+    let (mut h, k, repo) = with_repo(capped(500), &[A]);
+    let mut todo = h.connect(A);
+    while !todo.is_empty() {
+        todo = negentropy(&todo, A)
+            .iter()
+            .flat_map(|(id, _)| h.neg_result(A, id, &[]))
+            .collect();
+    }
+    for i in 0..3 {
+        h.accept(&issue(&k, &repo, T0 - 1_000 - i, &format!("bug {i}")));
+    }
+    let cmds = h.advance(Duration::from_secs(5));
+    let negs = negentropy(&cmds, A);
+    assert_eq!(negs.len(), 3, "#e, #E, #q: {negs:?}");
+    let cmds = h.feed(Input::NegentropyFailed {
+        relay: url(A),
+        session: negs[0].0.clone(),
+        reason: NegentropyFailure::Unsupported,
+    });
+    let reqs = all_historic_reqs(&mut h, &cmds);
+    assert_eq!(reqs.len(), 1, "{reqs:?}");
+    assert_eq!(
+        kinds_of(&reqs[0].1),
+        BTreeSet::from(["#e", "#E", "#q"].map(String::from))
+    );
+    assert_eq!(h.engine.metrics().negentropy_fallbacks, 3);
+}
+
+/// A relay that states its `limit` cap but not its message size: its refused sessions
+/// (four REQ chunks wide) become REQ filters of one chunk each, grouped ten to a REQ.
+/// As they were, ten 400-id filters made REQs of ~270 KB, past what relays accept.
+#[test]
+fn r05g_refused_sessions_become_req_sized_filters() {
+    let (mut h, k, repo) = with_repo(capped(500), &[A]);
+    let mut roots = BTreeSet::new();
+    for i in 0..250 {
+        let root = issue(&k, &repo, T0 - 1_000 - i, &format!("bug {i}"));
+        roots.insert(root.id.to_hex());
+        h.accept(&root);
+    }
+    h.advance(Duration::from_secs(5));
+    let cmds = h.connect(A);
+    let negs = negentropy(&cmds, A);
+    assert!(
+        negs.iter()
+            .any(|(_, f)| tag_values(f, 'e').is_some_and(|v| v.len() == 250)),
+        "one session holds every root: {negs:?}"
+    );
+    let cmds = h.notice(A, "ERROR: bad msg: unknown cmd");
+    let reqs = all_historic_reqs(&mut h, &cmds);
+    let chunk = grasp_sync::filters::RelayLimits::default().chunk_size;
+    for (_, fs) in &reqs {
+        assert!(fs.len() <= 10);
+        for f in fs {
+            let n: usize = f.generic_tags.values().map(BTreeSet::len).sum();
+            assert!(n <= chunk, "{n} values in one filter");
+        }
+    }
+    for letter in ['e', 'E', 'q'] {
+        let asked: BTreeSet<String> = reqs
+            .iter()
+            .flat_map(|(_, fs)| fs)
+            .filter_map(|f| tag_values(f, letter))
+            .flatten()
+            .filter(|v| v.len() == 64)
+            .collect();
+        assert_eq!(asked, roots, "every root asked by #{letter}");
+    }
+    assert_eq!(split_families(&reqs), Vec::<String>::new());
+    assert_eq!(h.status(A), ConnectionStatus::Connected);
+}
+
+/// The failure of a session that already ended (answered, or timed out by the engine
+/// first) says nothing about the relay: it keeps NIP-77 for the next batch. It used to
+/// mark the relay as refusing NIP-77 and turn its queued sessions into REQs.
+#[test]
+fn r05h_a_late_failure_of_an_ended_session_leaves_nip77_on() {
+    let mut cfg = config();
+    cfg.max_concurrent_historic = 2; // the fresh start's other sessions wait in the queue
+    let (mut h, k, repo) = with_repo(cfg, &[A]);
+    let cmds = h.connect(A);
+    let negs = negentropy(&cmds, A);
+    assert_eq!(negs.len(), 2, "{negs:?}");
+    let (first, _) = &negs[0];
+    let mut todo = h.neg_result(A, first, &[]);
+    for reason in [NegentropyFailure::Timeout, NegentropyFailure::Unsupported] {
+        todo.extend(h.feed(Input::NegentropyFailed {
+            relay: url(A),
+            session: first.clone(),
+            reason,
+        }));
+    }
+    todo.extend(h.neg_result(A, &negs[1].0, &[]));
+    // The rest of the fresh start, then a root found later: NIP-77 all the way.
+    let mut later = Some(issue(&k, &repo, T0 - 500, "later"));
+    let mut sessions = 2;
+    for _ in 0..20 {
+        assert!(historic(&todo, A).is_empty(), "a REQ: {todo:?}");
+        let negs = negentropy(&todo, A);
+        sessions += negs.len();
+        todo = negs
+            .iter()
+            .flat_map(|(id, _)| h.neg_result(A, id, &[]))
+            .collect();
+        if todo.is_empty() {
+            match later.take() {
+                Some(root) => todo = accept_root(&mut h, &root),
+                None => break,
+            }
+        }
+    }
+    assert!(sessions > 5, "{sessions} sessions");
+    assert_eq!(h.engine.metrics().negentropy_fallbacks, 0);
 }
 
 /// A reply tags a root of one negentropy session (`#e`) and a root of another (`#E`):

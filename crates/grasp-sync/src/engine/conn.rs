@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
 use nostr::{Event, EventId, Filter, SubscriptionId, Timestamp};
 
-use crate::filters::{group_historic, RelayLimits};
+use crate::filters::{group_historic, rechunk, RelayLimits};
 use crate::health::RelayHealth;
 use crate::model::{BatchId, NegentropySupport, SyncItems, WallTime};
 use crate::pagination::Paginator;
@@ -422,7 +422,9 @@ impl Conn {
                 }
             };
             let (_, filters, attempts, restarts) = &mut sessions[at];
-            filters.push(part.filter);
+            // A session's filter is four REQ chunks wide: as one REQ filter, ten of
+            // them would pass the message size a relay allows without saying so.
+            filters.extend(rechunk(part.filter, &self.limits));
             *attempts = (*attempts).max(part.attempts);
             *restarts = (*restarts).max(part.restarts);
         }

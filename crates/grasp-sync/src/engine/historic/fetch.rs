@@ -95,7 +95,7 @@ impl SyncEngine {
                 first
             });
             if first {
-                self.requeue_as_req(relay, part.batch, *origin, 0);
+                self.requeue_as_req(relay, part.batch, *origin, 0, part.restarts);
             }
             self.finish_part(relay, part.batch, sub, None, now);
         } else {

@@ -219,7 +219,7 @@ impl SyncEngine {
         match kind {
             HistoricKind::Negentropy => {
                 // EOSE is not part of NIP-77; a relay sending it is confused. Fall back.
-                self.requeue_as_req(relay, part.batch, part.filter, part.attempts);
+                self.requeue_as_req(relay, part.batch, part.filter, part.attempts, part.restarts);
                 self.finish_part(relay, part.batch, sub, None, now);
             }
             HistoricKind::Req { buffer, page, .. } => {
@@ -267,15 +267,20 @@ impl SyncEngine {
             }
             return;
         }
+        if matches!(
+            conn.historic.get(sub).map(|h| &h.kind),
+            Some(HistoricKind::Negentropy)
+        ) {
+            // A relay closing a NEG-OPEN does not speak NIP-77 for us: this session and
+            // those queued become grouped REQs.
+            self.fall_back_to_req(relay, vec![sub.clone()], now);
+            return;
+        }
         let Some(h) = conn.historic.remove(sub) else {
             return;
         };
         match h.kind {
-            HistoricKind::Negentropy => {
-                conn.refuse_negentropy(now);
-                self.requeue_as_req(relay, h.batch, h.filter, h.attempts);
-                self.finish_part(relay, h.batch, sub, None, now);
-            }
+            HistoricKind::Negentropy => {} // handled above
             HistoricKind::Req { .. } if signal == RelaySignal::TooManyFilters => {
                 self.split_group(relay, sub, h, now);
             }

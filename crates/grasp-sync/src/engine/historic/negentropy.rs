@@ -31,34 +31,44 @@ impl SyncEngine {
         )
     }
 
+    /// `filter` of `batch` (an ended session's) runs again as a REQ, first in the queue.
     pub(super) fn requeue_as_req(
         &mut self,
         relay: &RelayUrl,
         batch: BatchId,
         filter: Filter,
         attempts: u32,
+        restarts: u32,
     ) {
         self.metrics.negentropy_fallbacks += 1;
         if let Some(conn) = self.conns.get_mut(relay) {
             conn.queue
-                .push_front(QueuedPart::first_page(batch, filter, attempts, 0));
+                .push_front(QueuedPart::first_page(batch, filter, attempts, restarts));
         }
     }
 
+    /// Whether `session` is an open negentropy session of `relay` (not a late or
+    /// confused answer: an unknown id, or a subscription of another kind).
+    fn is_open_session(&self, relay: &RelayUrl, session: &SubscriptionId) -> bool {
+        self.conns.get(relay).is_some_and(|conn| {
+            matches!(
+                conn.historic.get(session).map(|h| &h.kind),
+                Some(HistoricKind::Negentropy)
+            )
+        })
+    }
+
     /// Takes the open negentropy session `session` of `relay` (nothing for an unknown
-    /// id or a subscription of another kind: a late or confused answer).
+    /// id or a subscription of another kind).
     fn take_session(
         &mut self,
         relay: &RelayUrl,
         session: &SubscriptionId,
     ) -> Option<(&mut Conn, HistoricSub)> {
-        let conn = self.conns.get_mut(relay)?;
-        if !matches!(
-            conn.historic.get(session).map(|h| &h.kind),
-            Some(HistoricKind::Negentropy)
-        ) {
+        if !self.is_open_session(relay, session) {
             return None;
         }
+        let conn = self.conns.get_mut(relay)?;
         let h = conn.historic.remove(session)?;
         Some((conn, h))
     }
@@ -108,18 +118,28 @@ impl SyncEngine {
         reason: &NegentropyFailure,
         now: WallTime,
     ) {
-        if matches!(
-            reason,
-            NegentropyFailure::Unsupported | NegentropyFailure::Timeout
-        ) {
-            self.fall_back_to_req(relay, vec![session.clone()], now);
+        // A failure of a session already ended (its timeout came first, or it was
+        // requeued when messages were lost) says nothing more about the relay.
+        if !self.is_open_session(relay, session) {
             return;
         }
-        let Some((_, h)) = self.take_session(relay, session) else {
-            return;
-        };
-        self.requeue_as_req(relay, h.batch, h.filter, h.attempts);
-        self.finish_part(relay, h.batch, session, None, now);
+        match reason {
+            // The relay does not speak NIP-77: its other open sessions would fail the
+            // same way, one by one, and each one's REQ alone would part its chunk.
+            NegentropyFailure::Unsupported => self.abandon_negentropy(relay, now),
+            // Silence: this session goes to REQ and NIP-77 rests on the relay, but the
+            // sessions still answering go on.
+            NegentropyFailure::Timeout => {
+                self.fall_back_to_req(relay, vec![session.clone()], now);
+            }
+            _ => {
+                let Some((_, h)) = self.take_session(relay, session) else {
+                    return;
+                };
+                self.requeue_as_req(relay, h.batch, h.filter, h.attempts, h.restarts);
+                self.finish_part(relay, h.batch, session, None, now);
+            }
+        }
     }
 
     /// Every negentropy session on `relay` falls back to REQ+EOSE (the relay said it does
@@ -138,9 +158,14 @@ impl SyncEngine {
     }
 
     /// The relay does not speak NIP-77: `sessions` (open on it) and every session still
-    /// queued run as REQs instead, ahead of other work and grouped per batch as its REQs
-    /// are.
-    fn fall_back_to_req(&mut self, relay: &RelayUrl, sessions: Vec<SubscriptionId>, now: WallTime) {
+    /// queued run as REQs instead, grouped per batch as its REQs are; the batches of
+    /// `sessions` go first in the queue, queued sessions stay where they stood.
+    pub(super) fn fall_back_to_req(
+        &mut self,
+        relay: &RelayUrl,
+        sessions: Vec<SubscriptionId>,
+        now: WallTime,
+    ) {
         let mut ended = Vec::new();
         let mut open = Vec::new();
         for session in sessions {
