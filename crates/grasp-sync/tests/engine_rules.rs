@@ -298,6 +298,18 @@ impl Harness {
         all
     }
 
+    /// Answers every negentropy session in `cmds`, and those they lead to, with
+    /// "nothing to fetch": a relay that speaks NIP-77 and holds nothing new.
+    fn reconcile(&mut self, relay: &str, cmds: Vec<Command>) {
+        let mut todo = cmds;
+        while !todo.is_empty() {
+            todo = negentropy(&todo, relay)
+                .iter()
+                .flat_map(|(id, _)| self.neg_result(relay, id, &[]))
+                .collect();
+        }
+    }
+
     /// Connects `relay` and answers its whole historic sync with "nothing".
     fn connect_and_settle(&mut self, relay: &str) -> Vec<Command> {
         let cmds = self.connect(relay);
@@ -2572,13 +2584,8 @@ fn r05f_a_capped_relay_refusing_nip77_gets_each_batchs_sessions_as_grouped_reqs(
 #[test]
 fn r05i_one_sessions_unsupported_groups_every_open_session() {
     let (mut h, k, repo) = with_repo(capped(500), &[A]);
-    let mut todo = h.connect(A);
-    while !todo.is_empty() {
-        todo = negentropy(&todo, A)
-            .iter()
-            .flat_map(|(id, _)| h.neg_result(A, id, &[]))
-            .collect();
-    }
+    let cmds = h.connect(A);
+    h.reconcile(A, cmds);
     for i in 0..3 {
         h.accept(&issue(&k, &repo, T0 - 1_000 - i, &format!("bug {i}")));
     }
@@ -2696,14 +2703,8 @@ fn r22k_a_failure_after_a_shared_fetch_asks_the_whole_batch_again() {
     let mut cfg = config();
     cfg.default_limits.chunk_size = 1; // four roots per session
     let (mut h, k, repo) = with_repo(cfg, &[A]);
-    let mut todo = h.connect(A);
-    while !todo.is_empty() {
-        let negs = negentropy(&todo, A);
-        todo = negs
-            .iter()
-            .flat_map(|(id, _)| h.neg_result(A, id, &[]))
-            .collect();
-    }
+    let cmds = h.connect(A);
+    h.reconcile(A, cmds);
     for i in 0..5 {
         h.accept(&issue(&k, &repo, T0 - 1_000 + i, &format!("root {i}")));
     }
@@ -2787,14 +2788,8 @@ fn r22j_an_event_repeated_on_a_page_does_not_count_against_it() {
 #[test]
 fn r22e_an_id_several_sessions_of_a_batch_need_is_fetched_once() {
     let (mut h, k, repo) = with_repo(config(), &[A]);
-    let mut todo = h.connect(A);
-    while !todo.is_empty() {
-        let negs = negentropy(&todo, A);
-        todo = negs
-            .iter()
-            .flat_map(|(id, _)| h.neg_result(A, id, &[]))
-            .collect();
-    }
+    let cmds = h.connect(A);
+    h.reconcile(A, cmds);
     let root = issue(&k, &repo, T0 - 1000, "bug");
     let cmds = accept_root(&mut h, &root);
     let answer = reply(&keys(2), &root.id, T0 - 500, "me too");
