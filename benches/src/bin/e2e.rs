@@ -939,7 +939,18 @@ async fn run(
         .iter()
         .map(|r| ProxyStats::get(&r.stats.down))
         .collect();
-    let status = handle.status().await.expect("driver running");
+    // The store is complete before the engine has counted every outcome the driver
+    // reports back: wait (briefly, outside the wall time) until its count caught up, so
+    // the summary's `accepted` is the engine's whole count.
+    let mut status = handle.status().await.expect("driver running");
+    let counted = Instant::now();
+    while converged
+        && (status.metrics.events_accepted as usize) < missing.len()
+        && counted.elapsed() < Duration::from_secs(2)
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        status = handle.status().await.expect("driver running");
+    }
     handle.shutdown().await.expect("clean shutdown");
     // Let the relays notice the closed connections before measuring the floor, and
     // report whether anything still burns CPU while idle (it would skew the floor).
