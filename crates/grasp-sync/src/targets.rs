@@ -146,16 +146,22 @@ impl RelayTarget {
     }
 }
 
-/// The ids' own order, by their first 8 bytes as one word and the rest only on a tie:
-/// a word comparison instead of a call comparing 32 bytes, where diffs and sorts spend
-/// their time.
+/// The ids' own order, compared 8 bytes at a time as big-endian words: word
+/// comparisons instead of a call comparing 32 bytes, where diffs and sorts spend their
+/// time (a diff with most items confirmed compares millions of equal ids).
 pub(crate) fn cmp_ids(a: &EventId, b: &EventId) -> std::cmp::Ordering {
-    let head = |id: &EventId| {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&id.as_bytes()[..8]);
-        u64::from_be_bytes(b)
+    let word = |id: &EventId, at: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&id.as_bytes()[at..at + 8]);
+        u64::from_be_bytes(w)
     };
-    head(a).cmp(&head(b)).then_with(|| a.cmp(b))
+    for at in [0, 8, 16, 24] {
+        match word(a, at).cmp(&word(b, at)) {
+            std::cmp::Ordering::Equal => {}
+            other => return other,
+        }
+    }
+    std::cmp::Ordering::Equal
 }
 
 /// Sorts event ids: by their first byte into 256 buckets, then each bucket on its own.
@@ -426,6 +432,20 @@ pub(crate) mod tests {
             want.sort_unstable();
             sort_ids(&mut ids);
             prop_assert_eq!(ids, want);
+        }
+
+        /// `cmp_ids` is the ids' own order, whatever length their common head has.
+        #[test]
+        fn cmp_ids_is_the_ids_order(
+            a in any::<[u8; 32]>(),
+            b in any::<[u8; 32]>(),
+            shared in 0usize..=32,
+        ) {
+            let mut b = b;
+            b[..shared].copy_from_slice(&a[..shared]);
+            let (x, y) = (EventId::from_byte_array(a), EventId::from_byte_array(b));
+            prop_assert_eq!(cmp_ids(&x, &y), x.cmp(&y));
+            prop_assert_eq!(cmp_ids(&y, &x), y.cmp(&x));
         }
     }
 

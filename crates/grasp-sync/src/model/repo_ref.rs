@@ -121,9 +121,22 @@ impl RepoRef {
     }
 }
 
+impl RepoRef {
+    /// The text comparison behind a tie of prefixes; clones of one ref (the index, the
+    /// targets and the confirmed items all hold clones) are equal without reading it.
+    fn cmp_text(&self, other: &Self) -> std::cmp::Ordering {
+        if Arc::ptr_eq(&self.text, &other.text) {
+            std::cmp::Ordering::Equal
+        } else {
+            self.text.cmp(&other.text)
+        }
+    }
+}
+
 impl PartialEq for RepoRef {
     fn eq(&self, other: &Self) -> bool {
-        self.prefix == other.prefix && self.text == other.text
+        self.prefix == other.prefix
+            && (Arc::ptr_eq(&self.text, &other.text) || self.text == other.text)
     }
 }
 
@@ -133,7 +146,7 @@ impl Ord for RepoRef {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         self.prefix
             .cmp(&other.prefix)
-            .then_with(|| self.text.cmp(&other.text))
+            .then_with(|| self.cmp_text(other))
     }
 }
 
@@ -244,6 +257,10 @@ mod tests {
             let (r, q) = (RepoRef::parse(&s).unwrap(), RepoRef::parse(&t).unwrap());
             proptest::prop_assert_eq!(r.cmp(&q), s.cmp(&t));
             proptest::prop_assert_eq!(r == q, s == t);
+            // A clone (the same text, shared) against a ref parsed on its own.
+            proptest::prop_assert_eq!(r.clone().cmp(&q), s.cmp(&t));
+            proptest::prop_assert_eq!(r.cmp(&r.clone()), std::cmp::Ordering::Equal);
+            proptest::prop_assert!(r == r.clone());
         }
     }
 
