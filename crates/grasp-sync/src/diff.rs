@@ -85,11 +85,21 @@ pub fn compute_actions_for_relay(
         }
         _ => Vec::new(),
     };
-    let add = match target {
-        Some(t) if connected => Some(missing(t, &roots, &held)).filter(|i| !i.is_empty()),
-        _ => None,
+    let (add, stale) = match (target, held.sets.as_slice()) {
+        // The common case — one held set, the confirmed items — in one pass.
+        (Some(t), [set]) => {
+            let (add, stale) = both_sides(t, &roots, set);
+            (Some(add).filter(|_| connected), stale)
+        }
+        _ => {
+            let add = match target {
+                Some(t) if connected => Some(missing(t, &roots, &held)),
+                _ => None,
+            };
+            (add, unwanted(&held, target, &roots))
+        }
     };
-    let stale = unwanted(&held, target, &roots);
+    let add = add.filter(|i| !i.is_empty());
     (
         add.map(|items| AddFilters {
             relay: relay.clone(),
@@ -168,6 +178,64 @@ fn ids_minus<'a>(
     b: impl Iterator<Item = &'a EventId>,
 ) -> Vec<&'a EventId> {
     sorted_minus(a, b, |x, y| cmp_ids(x, y), |_, _| true)
+}
+
+/// Both sides of one merge pass over `sorted_a` and `sorted_b`: the items of `a` without
+/// a counterpart in `b`, and those of `b` without one in `a`. Keys are unique on each
+/// side; `same` says whether two items with equal keys match (else both sides keep
+/// theirs: a repo held at another level).
+fn sorted_sides<T, U>(
+    a: impl Iterator<Item = T>,
+    b: impl Iterator<Item = U>,
+    cmp: impl Fn(&T, &U) -> Ordering,
+    same: impl Fn(&T, &U) -> bool,
+) -> (Vec<T>, Vec<U>) {
+    let (mut a, mut b) = (a.peekable(), b.peekable());
+    let (mut only_a, mut only_b) = (Vec::new(), Vec::new());
+    loop {
+        let order = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) => cmp(x, y),
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (None, None) => break,
+        };
+        match order {
+            Ordering::Less => only_a.extend(a.next()),
+            Ordering::Greater => only_b.extend(b.next()),
+            Ordering::Equal => {
+                if let (Some(x), Some(y)) = (a.next(), b.next()) {
+                    if !same(&x, &y) {
+                        only_a.push(x);
+                        only_b.push(y);
+                    }
+                }
+            }
+        }
+    }
+    (only_a, only_b)
+}
+
+/// [`missing`] and [`unwanted`] against a single held set, in one pass each for repos
+/// and root events.
+fn both_sides(target: &RelayTarget, roots: &[&EventId], set: &SyncItems) -> (SyncItems, SyncItems) {
+    let (add_repos, stale_repos) = sorted_sides(
+        target.repos(),
+        repo_items(set),
+        |x, y| x.0.cmp(y.0),
+        |x, y| x.1 == y.1,
+    );
+    let (add_ids, stale_ids) = sorted_sides(
+        roots.iter().copied(),
+        set.root_events.iter(),
+        |x, y| cmp_ids(x, y),
+        |_, _| true,
+    );
+    // Sorted input: the trees are bulk-built.
+    let items = |repos: Vec<RepoItem<'_>>, ids: Vec<&EventId>| SyncItems {
+        repos: repos.into_iter().map(|(r, l)| (r.clone(), l)).collect(),
+        root_events: ids.into_iter().copied().collect(),
+    };
+    (items(add_repos, add_ids), items(stale_repos, stale_ids))
 }
 
 /// The target's items (`roots`: its root events, sorted) that nothing in `held` holds.
@@ -381,6 +449,22 @@ mod tests {
                 for e in &s.confirmed.root_events {
                     let targeted = targeted_root(r, e);
                     prop_assert!(targeted || rm.is_some_and(|x| x.items.root_events.contains(e)));
+                }
+                let level = |rp: &RepoRef| targets.get(r).and_then(|t| t.level(rp));
+                for (rp, l) in &s.confirmed.repos {
+                    prop_assert!(level(rp) == Some(*l) || rm.is_some_and(|x| x.items.repos.contains_key(rp)));
+                }
+            }
+            // One pass over a single held set says what the two passes say.
+            for (r, t) in targets.iter() {
+                let held = held_items(r, &pending, &confirmed);
+                if let [set] = held.sets.as_slice() {
+                    let mut buf = Vec::new();
+                    let roots = t.root_refs(&mut buf);
+                    prop_assert_eq!(
+                        both_sides(t, &roots, set),
+                        (missing(t, &roots, &held), unwanted(&held, Some(t), &roots))
+                    );
                 }
             }
             // The per-relay form agrees with the global one.
