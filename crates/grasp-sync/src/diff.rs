@@ -86,10 +86,11 @@ pub fn compute_actions_for_relay(
         _ => Vec::new(),
     };
     let (add, stale) = match (target, held.sets.as_slice()) {
-        // The common case — one held set, the confirmed items — in one pass.
-        (Some(t), [set]) => {
+        // The common case — a connected relay with one held set, its confirmed items —
+        // in one pass.
+        (Some(t), [set]) if connected => {
             let (add, stale) = both_sides(t, &roots, set);
-            (Some(add).filter(|_| connected), stale)
+            (Some(add), stale)
         }
         _ => {
             let add = match target {

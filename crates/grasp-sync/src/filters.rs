@@ -371,18 +371,15 @@ pub fn group_historic(
 /// (four REQ chunks wide) becomes the REQ filters it stands for. A filter without
 /// exactly one tag condition is returned as it is.
 pub fn rechunk(filter: Filter, limits: &RelayLimits) -> Vec<Filter> {
-    let Some((tag, values)) = only_tag(&filter) else {
-        return vec![filter];
+    let tag = match only_tag(&filter) {
+        Some((tag, values)) if values.len() > limits.chunk_size => tag,
+        _ => return vec![filter],
     };
-    if values.len() <= limits.chunk_size {
-        return vec![filter];
-    }
-    let chunks = chunk_values(values.iter(), limits.chunk_size, limits.value_budget());
-    let mut rest = filter.clone();
-    rest.generic_tags.clear();
-    chunks
+    let mut rest = filter;
+    let values = rest.generic_tags.remove(&tag).unwrap_or_default();
+    chunk_values(values, limits.chunk_size, limits.value_budget())
         .into_iter()
-        .map(|chunk| with_tag(rest.clone(), tag, chunk.into_iter().cloned().collect()))
+        .map(|chunk| with_tag(rest.clone(), tag, to_set(chunk)))
         .collect()
 }
 

@@ -2583,15 +2583,7 @@ fn r05f_a_capped_relay_refusing_nip77_gets_each_batchs_sessions_as_grouped_reqs(
 /// became a REQ of its own and the relay sent each comment once per filter).
 #[test]
 fn r05i_one_sessions_unsupported_groups_every_open_session() {
-    let (mut h, k, repo) = with_repo(capped(500), &[A]);
-    let cmds = h.connect(A);
-    h.reconcile(A, cmds);
-    for i in 0..3 {
-        h.accept(&issue(&k, &repo, T0 - 1_000 - i, &format!("bug {i}")));
-    }
-    let cmds = h.advance(Duration::from_secs(5));
-    let negs = negentropy(&cmds, A);
-    assert_eq!(negs.len(), 3, "#e, #E, #q: {negs:?}");
+    let (mut h, negs) = three_root_sessions();
     let cmds = h.feed(Input::NegentropyFailed {
         relay: url(A),
         session: negs[0].0.clone(),
@@ -2604,6 +2596,67 @@ fn r05i_one_sessions_unsupported_groups_every_open_session() {
         BTreeSet::from(["#e", "#E", "#q"].map(String::from))
     );
     assert_eq!(h.engine.metrics().negentropy_fallbacks, 3);
+}
+
+/// A capped relay, reconciled, then three roots: one batch of three sessions (`#e`,
+/// `#E`, `#q`) open on it.
+fn three_root_sessions() -> (Harness, Vec<(SubscriptionId, Filter)>) {
+    let (mut h, k, repo) = with_repo(capped(500), &[A]);
+    let cmds = h.connect(A);
+    h.reconcile(A, cmds);
+    for i in 0..3 {
+        h.accept(&issue(&k, &repo, T0 - 1_000 - i, &format!("bug {i}")));
+    }
+    let cmds = h.advance(Duration::from_secs(5));
+    let negs = negentropy(&cmds, A);
+    assert_eq!(negs.len(), 3, "#e, #E, #q: {negs:?}");
+    (h, negs)
+}
+
+/// A CLOSED for one NEG-OPEN (not a limit) ends every open session as grouped REQs,
+/// as "not supported" does; one session at a time, a chunk's family was parted.
+#[test]
+fn r05j_a_closed_negentropy_session_groups_every_open_session() {
+    let (mut h, negs) = three_root_sessions();
+    let cmds = h.closed(A, &negs[0].0, "error: unknown command");
+    let reqs = all_historic_reqs(&mut h, &cmds);
+    assert_eq!(reqs.len(), 1, "{reqs:?}");
+    assert_eq!(
+        kinds_of(&reqs[0].1),
+        BTreeSet::from(["#e", "#E", "#q"].map(String::from))
+    );
+    assert_eq!(h.engine.metrics().negentropy_fallbacks, 3);
+}
+
+/// A NEG-OPEN closed by a rate limit says nothing about NIP-77: the session is asked
+/// again as a session once the cooldown is over, and no REQ replaces it.
+#[test]
+fn r05k_a_rate_limited_negentropy_session_stays_negentropy() {
+    let (mut h, negs) = three_root_sessions();
+    let mut cmds = h.closed(A, &negs[0].0, "rate-limited: slow down");
+    for _ in 0..12 {
+        cmds.extend(h.advance(Duration::from_secs(10)));
+    }
+    assert!(historic(&cmds, A).is_empty(), "{cmds:?}");
+    let again: Vec<Filter> = negentropy(&cmds, A).into_iter().map(|(_, f)| f).collect();
+    assert_eq!(again, vec![negs[0].1.clone()]);
+    assert_eq!(h.engine.metrics().negentropy_fallbacks, 0);
+}
+
+/// Sessions that nobody answers expire together and fall back together: the chunk's
+/// `#e`/`#E`/`#q` go out as one REQ, not one each.
+#[test]
+fn r05l_sessions_expiring_together_fall_back_as_grouped_reqs() {
+    let (mut h, _negs) = three_root_sessions();
+    let total = config().negentropy_total_timeout;
+    let mut cmds = h.advance(total);
+    cmds.extend(h.advance(grasp_sync::engine::NEGENTROPY_ANSWER_GRACE + Duration::from_secs(3)));
+    let reqs = all_historic_reqs(&mut h, &cmds);
+    assert_eq!(reqs.len(), 1, "{reqs:?}");
+    assert_eq!(
+        kinds_of(&reqs[0].1),
+        BTreeSet::from(["#e", "#E", "#q"].map(String::from))
+    );
 }
 
 /// A relay that states its `limit` cap but not its message size: its refused sessions

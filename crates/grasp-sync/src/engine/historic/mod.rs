@@ -13,7 +13,7 @@ use nostr::{Event, Filter, SubscriptionId};
 
 use super::conn::{HistoricKind, HistoricSub, PartKind, QueuedPart};
 use super::sync_plus::LookupEnd;
-use super::{Command, NegentropyFailure, SyncEngine};
+use super::{Command, SyncEngine};
 use crate::classify::{classify_closed, classify_notice, RelaySignal};
 use crate::matching::matches;
 use crate::model::NegentropySupport;
@@ -267,30 +267,28 @@ impl SyncEngine {
             }
             return;
         }
-        if matches!(
+        let refused = matches!(
+            signal,
+            RelaySignal::RateLimited | RelaySignal::TooManySubscriptions
+        );
+        let negentropy = matches!(
             conn.historic.get(sub).map(|h| &h.kind),
             Some(HistoricKind::Negentropy)
-        ) {
-            // A relay closing a NEG-OPEN does not speak NIP-77 for us: this session and
-            // those queued become grouped REQs.
-            self.fall_back_to_req(relay, vec![sub.clone()], now);
+        );
+        if negentropy && !refused {
+            // A relay closing a NEG-OPEN for another reason than a limit does not speak
+            // NIP-77 for us: every open and queued session becomes grouped REQs.
+            self.abandon_negentropy(relay, now);
             return;
         }
         let Some(h) = conn.historic.remove(sub) else {
             return;
         };
-        match h.kind {
-            HistoricKind::Negentropy => {} // handled above
-            HistoricKind::Req { .. } if signal == RelaySignal::TooManyFilters => {
-                self.split_group(relay, sub, h, now);
-            }
-            HistoricKind::Req { .. } | HistoricKind::Fetch(_) => {
-                let refused = matches!(
-                    signal,
-                    RelaySignal::RateLimited | RelaySignal::TooManySubscriptions
-                );
-                self.end_part(relay, sub, h, refused, "closed before EOSE", now);
-            }
+        if signal == RelaySignal::TooManyFilters && matches!(h.kind, HistoricKind::Req { .. }) {
+            self.split_group(relay, sub, h, now);
+        } else {
+            // A session refused by a limit is asked again as a session.
+            self.end_part(relay, sub, h, refused, "closed before EOSE", now);
         }
     }
 
@@ -493,34 +491,39 @@ impl SyncEngine {
             .filter(|(_, h)| h.deadline <= now)
             .map(|(id, _)| id.clone())
             .collect();
-        for sub in expired {
+        // No CLOSE for a negentropy session: it is no REQ subscription, and the
+        // executor ends it itself (idle or total timeout) — this is only the backstop
+        // for an answer that never came. Sessions expiring together fall back together,
+        // so a chunk's `#e`/`#E`/`#q` still share a REQ.
+        let (sessions, reqs): (Vec<_>, Vec<_>) = expired.into_iter().partition(|sub| {
+            conn.historic
+                .get(sub)
+                .is_some_and(|h| matches!(h.kind, HistoricKind::Negentropy))
+        });
+        if !sessions.is_empty() {
+            self.fall_back_to_req(relay, sessions, now);
+        }
+        for sub in reqs {
             let Some(conn) = self.conns.get_mut(relay) else {
                 return;
             };
             let Some(h) = conn.historic.get(&sub) else {
                 continue;
             };
-            if matches!(h.kind, HistoricKind::Negentropy) {
-                // No CLOSE: a negentropy session is no REQ subscription, and the executor
-                // ends it itself (idle or total timeout) — this is only the backstop
-                // for an answer that never came.
-                self.on_negentropy_failed(relay, &sub, &NegentropyFailure::Timeout, now);
-            } else {
-                // A rate-limit NOTICE names no subscription: a REQ that brought nothing
-                // and was open when one came was most likely the one refused. It
-                // resumes at its page after the cooldown, like a REQ refused by CLOSED;
-                // REQs the relay did accept are never closed early for it.
-                let opened = h.deadline - self.config.subscription_timeout;
-                let refused = h.received == 0 && conn.health.rate_limited_since(opened);
-                let Some(h) = conn.historic.remove(&sub) else {
-                    continue;
-                };
-                self.commands.push_back(Command::Unsubscribe {
-                    relay: relay.clone(),
-                    id: sub.clone(),
-                });
-                self.end_part(relay, &sub, h, refused, "no EOSE in time", now);
-            }
+            // A rate-limit NOTICE names no subscription: a REQ that brought nothing and
+            // was open when one came was most likely the one refused. It resumes at its
+            // page after the cooldown, like a REQ refused by CLOSED; REQs the relay did
+            // accept are never closed early for it.
+            let opened = h.deadline - self.config.subscription_timeout;
+            let refused = h.received == 0 && conn.health.rate_limited_since(opened);
+            let Some(h) = conn.historic.remove(&sub) else {
+                continue;
+            };
+            self.commands.push_back(Command::Unsubscribe {
+                relay: relay.clone(),
+                id: sub.clone(),
+            });
+            self.end_part(relay, &sub, h, refused, "no EOSE in time", now);
         }
     }
 }

@@ -132,7 +132,7 @@ impl SyncEngine {
             NegentropyFailure::Timeout => {
                 self.fall_back_to_req(relay, vec![session.clone()], now);
             }
-            _ => {
+            NegentropyFailure::Error(_) => {
                 let Some((_, h)) = self.take_session(relay, session) else {
                     return;
                 };
