@@ -2703,6 +2703,43 @@ fn r05g_refused_sessions_become_req_sized_filters() {
     assert_eq!(h.status(A), ConnectionStatus::Connected);
 }
 
+/// A session that failed with NEG-ERR is asked by REQ in REQ-sized filters too (it went
+/// as one 250-id filter).
+#[test]
+fn r05m_a_failed_session_is_asked_in_req_sized_filters() {
+    let (mut h, k, repo) = with_repo(capped(500), &[A]);
+    let cmds = h.connect(A);
+    h.reconcile(A, cmds);
+    for i in 0..250 {
+        h.accept(&issue(&k, &repo, T0 - 1_000 - i, &format!("bug {i}")));
+    }
+    let cmds = h.advance(Duration::from_secs(5));
+    let negs = negentropy(&cmds, A);
+    let (e, _) = negs
+        .iter()
+        .find(|(_, f)| tag_values(f, 'e').is_some_and(|v| v.len() == 250))
+        .expect("one session holds every root");
+    let cmds = h.feed(Input::NegentropyFailed {
+        relay: url(A),
+        session: e.clone(),
+        reason: NegentropyFailure::Error("blocked: too big".into()),
+    });
+    let reqs = historic_reqs(&cmds, A);
+    assert!(!reqs.is_empty(), "{cmds:?}");
+    let asked: usize = reqs
+        .iter()
+        .flat_map(|(_, fs)| fs)
+        .filter_map(|f| tag_values(f, 'e'))
+        .map(|v| v.len())
+        .sum();
+    assert_eq!(asked, 250);
+    for (_, fs) in &reqs {
+        for f in fs {
+            assert!(tag_values(f, 'e').is_none_or(|v| v.len() <= 100), "{f:?}");
+        }
+    }
+}
+
 /// The failure of a session that already ended (answered, or timed out by the engine
 /// first) says nothing about the relay: it keeps NIP-77 for the next batch. It used to
 /// mark the relay as refusing NIP-77 and turn its queued sessions into REQs.
@@ -2793,9 +2830,16 @@ fn r22k_a_failure_after_a_shared_fetch_asks_the_whole_batch_again() {
     assert_eq!(fetches.len(), 1, "fetched once: {fetches:?}");
     let cmds = h.answer(A, &fetches[0].0, &[]);
     let cmds = h.answer(A, &historic(&cmds, A)[0].0, &[]);
+    // The session's filter by REQ, in REQ-sized chunks (one root each here); the relay
+    // refuses them all.
     let by_req = historic(&cmds, A);
-    assert_eq!(by_req.len(), 1, "{by_req:?}");
-    h.closed(A, &by_req[0].0, "error: shutting down");
+    assert!(!by_req.is_empty(), "{cmds:?}");
+    assert!(by_req
+        .iter()
+        .all(|(_, f)| values(f, 'e').len() + values(f, 'E').len() + values(f, 'q').len() == 1));
+    for (id, _) in &by_req {
+        h.closed(A, id, "error: shutting down");
+    }
     assert_eq!(h.status(A), ConnectionStatus::ConnectedHistoricSyncFailures);
     let cmds = h.advance(Duration::from_secs(40));
     let asked: BTreeSet<String> = negentropy(&cmds, A)

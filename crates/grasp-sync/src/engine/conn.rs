@@ -398,6 +398,24 @@ impl Conn {
         }
     }
 
+    /// Negentropy session filters of `batch` as REQ parts ahead of everything queued: cut
+    /// back into REQ chunks ([`rechunk`]) and grouped as [`Conn::queue_grouped`] does.
+    pub fn queue_grouped_front(
+        &mut self,
+        batch: BatchId,
+        sessions: Vec<Filter>,
+        attempts: u32,
+        restarts: u32,
+    ) {
+        let queued = std::mem::take(&mut self.queue);
+        let filters = sessions
+            .into_iter()
+            .flat_map(|f| rechunk(f, &self.limits))
+            .collect();
+        self.queue_grouped(batch, filters, attempts, restarts);
+        self.queue.extend(queued);
+    }
+
     /// The queued negentropy sessions of a relay that refused NIP-77, as the REQs they
     /// become: each batch's sessions grouped as [`Conn::queue_grouped`] does, where the
     /// first of them stood. One by one, a chunk's `#e`, `#E` and `#q` went on REQs of

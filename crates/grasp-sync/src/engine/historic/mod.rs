@@ -59,12 +59,16 @@ impl SyncEngine {
             let Some(mut part) = conn.queue.pop_front() else {
                 return;
             };
-            let kind = match part.kind {
-                PartKind::Negentropy if conn.negentropy == NegentropySupport::Unsupported => {
-                    PartKind::Req
-                }
-                k => k,
-            };
+            if part.kind == PartKind::Negentropy
+                && conn.negentropy == NegentropySupport::Unsupported
+            {
+                // Queued after the relay refused NIP-77 (put back when messages were
+                // lost): it and any other queued session go as grouped REQs.
+                conn.queue.push_front(part);
+                conn.sessions_to_reqs();
+                continue;
+            }
+            let kind = part.kind;
             let id = self.next_subscription_id();
             let Some(conn) = self.conns.get_mut(relay) else {
                 return;

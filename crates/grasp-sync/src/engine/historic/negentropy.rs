@@ -31,7 +31,8 @@ impl SyncEngine {
         )
     }
 
-    /// `filter` of `batch` (an ended session's) runs again as a REQ, first in the queue.
+    /// `filter` of `batch` (an ended session's) runs again as REQs, first in the queue:
+    /// cut back into REQ chunks and grouped as a batch's REQs are.
     pub(super) fn requeue_as_req(
         &mut self,
         relay: &RelayUrl,
@@ -42,8 +43,7 @@ impl SyncEngine {
     ) {
         self.metrics.negentropy_fallbacks += 1;
         if let Some(conn) = self.conns.get_mut(relay) {
-            conn.queue
-                .push_front(QueuedPart::first_page(batch, filter, attempts, restarts));
+            conn.queue_grouped_front(batch, vec![filter], attempts, restarts);
         }
     }
 
