@@ -2598,17 +2598,23 @@ fn r05i_one_sessions_unsupported_groups_every_open_session() {
     assert_eq!(h.engine.metrics().negentropy_fallbacks, 3);
 }
 
-/// A capped relay, reconciled, then three roots: one batch of three sessions (`#e`,
-/// `#E`, `#q`) open on it.
-fn three_root_sessions() -> (Harness, Vec<(SubscriptionId, Filter)>) {
+/// A capped relay, reconciled, then `roots` new roots: the negentropy sessions of
+/// their batch, open on it.
+fn root_sessions(roots: u64) -> (Harness, Vec<(SubscriptionId, Filter)>) {
     let (mut h, k, repo) = with_repo(capped(500), &[A]);
     let cmds = h.connect(A);
     h.reconcile(A, cmds);
-    for i in 0..3 {
+    for i in 0..roots {
         h.accept(&issue(&k, &repo, T0 - 1_000 - i, &format!("bug {i}")));
     }
     let cmds = h.advance(Duration::from_secs(5));
     let negs = negentropy(&cmds, A);
+    (h, negs)
+}
+
+/// Three roots: one batch of three sessions (`#e`, `#E`, `#q`).
+fn three_root_sessions() -> (Harness, Vec<(SubscriptionId, Filter)>) {
+    let (h, negs) = root_sessions(3);
     assert_eq!(negs.len(), 3, "#e, #E, #q: {negs:?}");
     (h, negs)
 }
@@ -2707,14 +2713,7 @@ fn r05g_refused_sessions_become_req_sized_filters() {
 /// as one 250-id filter).
 #[test]
 fn r05m_a_failed_session_is_asked_in_req_sized_filters() {
-    let (mut h, k, repo) = with_repo(capped(500), &[A]);
-    let cmds = h.connect(A);
-    h.reconcile(A, cmds);
-    for i in 0..250 {
-        h.accept(&issue(&k, &repo, T0 - 1_000 - i, &format!("bug {i}")));
-    }
-    let cmds = h.advance(Duration::from_secs(5));
-    let negs = negentropy(&cmds, A);
+    let (mut h, negs) = root_sessions(250);
     let (e, _) = negs
         .iter()
         .find(|(_, f)| tag_values(f, 'e').is_some_and(|v| v.len() == 250))
