@@ -6,6 +6,8 @@
 //! StateOnly). Everything comes from a seeded SplitMix64: same seed, same world, no OS
 //! randomness.
 
+pub mod front;
+
 use std::collections::BTreeSet;
 
 use grasp_sync::diff::{compute_actions, compute_actions_for_relay, Actions};

@@ -43,6 +43,7 @@ use grasp_sync::ports::{
     AllowAllRelays, MemoryEventStore, MemorySyncStateStore, PortError, PurgatoryView,
 };
 use grasp_sync::{RelayUrl, SyncConfig};
+use grasp_sync_benches::front::{start_front, FrontMode, FrontObserver};
 use grasp_sync_benches::Rng;
 use nostr::{
     ClientMessage, Event, EventBuilder, EventId, Filter, JsonUtil, Keys, Kind, PublicKey,
@@ -79,6 +80,10 @@ struct Args {
     default_timers: bool,
     /// The NIP-77 relays on nostr-database's in-memory store (unindexed) instead of LMDB.
     memory_relays: bool,
+    /// Every relay behind a websocket front (`grasp_sync_benches::front`) instead of the
+    /// TCP proxy: `deflate` compresses as strfry does, `plain` is the same front without
+    /// it (for A/B). Bytes are then the front's compressed TCP bytes.
+    front: Option<FrontMode>,
 }
 
 fn parse_args() -> Args {
@@ -90,6 +95,7 @@ fn parse_args() -> Args {
         timeout: Duration::from_secs(600),
         default_timers: false,
         memory_relays: false,
+        front: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -106,12 +112,21 @@ fn parse_args() -> Args {
             "--timeout" => args.timeout = Duration::from_secs(num("--timeout") as u64),
             "--default-timers" => args.default_timers = true,
             "--memory-relays" => args.memory_relays = true,
+            "--front" => {
+                args.front = Some(match it.next().as_deref() {
+                    Some("deflate") => FrontMode::Deflate,
+                    Some("plain") => FrontMode::Plain,
+                    _ => panic!("--front needs deflate or plain"),
+                })
+            }
             "-h" | "--help" => {
                 println!(
                     "e2e [--events N (10000)] [--relays K (6)] [--copies C (2)] \
                      [--plain-every P (3; 0 = all NIP-77)] [--timeout SECS (600)] \
                      [--default-timers (the library's, not the fast ones)] \
-                     [--memory-relays (NIP-77 relays on the unindexed in-memory store)]"
+                     [--memory-relays (NIP-77 relays on the unindexed in-memory store)] \
+                     [--front deflate|plain (a websocket front instead of the TCP proxy; \
+                     deflate compresses as strfry does)]"
                 );
                 std::process::exit(0);
             }
@@ -134,6 +149,8 @@ struct ProxyStats {
     /// Bytes client → relay.
     up: AtomicU64,
     connections: AtomicU64,
+    /// Of those, connections that agreed permessage-deflate (`--front deflate`).
+    deflate_connections: AtomicU64,
     reqs: AtomicU64,
     req_filters: AtomicU64,
     max_filters_per_req: AtomicU64,
@@ -162,6 +179,7 @@ impl ProxyStats {
             &self.down,
             &self.up,
             &self.connections,
+            &self.deflate_connections,
             &self.reqs,
             &self.req_filters,
             &self.max_filters_per_req,
@@ -240,6 +258,29 @@ impl ProxyStats {
             }
             _ => {}
         }
+    }
+}
+
+/// The websocket front (`--front`) reports what the TCP proxy would have seen.
+impl FrontObserver for ProxyStats {
+    fn connected(&self, deflate: bool) {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        if deflate {
+            self.deflate_connections.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn wire(&self, down: u64, up: u64) {
+        self.down.fetch_add(down, Ordering::Relaxed);
+        self.up.fetch_add(up, Ordering::Relaxed);
+    }
+
+    fn client_message(&self, text: &[u8]) {
+        ProxyStats::client_message(self, text);
+    }
+
+    fn relay_message(&self, text: &[u8]) {
+        ProxyStats::relay_message(self, text);
     }
 }
 
@@ -994,7 +1035,10 @@ async fn run(
             kib(missing_raw_per_relay[i]),
             kib(down_per[i]),
             down_per[i] as f64 / missing_raw_per_relay[i].max(1) as f64,
-            ProxyStats::get(&s.connections),
+            match ProxyStats::get(&s.deflate_connections) {
+                0 => ProxyStats::get(&s.connections).to_string(),
+                d => format!("{} ({d} deflate)", ProxyStats::get(&s.connections)),
+            },
             ProxyStats::get(&s.reqs),
             ProxyStats::get(&s.req_filters),
             ProxyStats::get(&s.max_filters_per_req),
@@ -1092,7 +1136,12 @@ async fn bench(args: Args) {
                 addr,
             )
         };
-        let url = start_proxy(addr, Arc::clone(&stats)).await;
+        let url = match args.front {
+            None => start_proxy(addr, Arc::clone(&stats)).await,
+            Some(mode) => {
+                start_front(addr, mode, Arc::clone(&stats) as Arc<dyn FrontObserver>).await
+            }
+        };
         relays.push(BenchRelay {
             upstream,
             url,

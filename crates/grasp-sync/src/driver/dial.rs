@@ -17,19 +17,20 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use async_wsocket::futures_util::{Sink, SinkExt, StreamExt};
+use async_wsocket::futures_util::{Sink, SinkExt, Stream, StreamExt};
+use async_wsocket::message::CloseFrame;
 use async_wsocket::{ConnectionMode, Message};
 use nostr::util::BoxedFuture;
 use nostr::Url;
 use nostr_relay_pool::transport::error::TransportError;
 use nostr_relay_pool::transport::websocket::{WebSocketSink, WebSocketStream, WebSocketTransport};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_rustls::rustls;
 
 use crate::ports::RelayUrlPolicy;
 
@@ -154,21 +155,42 @@ impl Dialer {
     }
 }
 
-/// nostr-relay-pool's websocket transport through a [`Dialer`].
+/// nostr-relay-pool's websocket transport through a [`Dialer`], offering
+/// permessage-deflate (RFC 7692).
+///
+/// A relay that compresses (strfry does; most relays built on tungstenite do not)
+/// sends events and negentropy's hex id lists at a fraction of their size. The relay's
+/// side keeps its compression context (that is where the bytes are); our side, which
+/// sends little, compresses each message on its own with state borrowed from a small
+/// shared pool, so an idle connection holds only its inflater.
 #[derive(Debug, Clone)]
 pub struct PinnedTransport {
     dialer: Dialer,
     max_message_bytes: usize,
 }
 
+/// Messages we send shorter than this go uncompressed (a CLOSE, a small REQ).
+const COMPRESS_FROM_BYTES: usize = 256;
+
 impl PinnedTransport {
-    /// Dials through `dialer`; messages larger than `max_message_bytes` end the
-    /// connection.
+    /// Dials through `dialer`; messages larger than `max_message_bytes` (decompressed)
+    /// end the connection.
     pub fn new(dialer: Dialer, max_message_bytes: usize) -> Self {
         Self {
             dialer,
             max_message_bytes,
         }
+    }
+
+    fn options(&self) -> yawc::Options {
+        static POOL: OnceLock<yawc::DeflatePool> = OnceLock::new();
+        let pool = POOL.get_or_init(|| yawc::DeflatePool::new(4)).clone();
+        yawc::Options::default()
+            .with_limits(self.max_message_bytes, self.max_message_bytes)
+            .with_low_latency_compression()
+            .client_no_context_takeover()
+            .with_deflate_pool(pool)
+            .with_compression_threshold(COMPRESS_FROM_BYTES)
     }
 
     async fn open(
@@ -178,24 +200,67 @@ impl PinnedTransport {
         let host = url.host_str().ok_or("relay URL has no host")?;
         let port = url.port_or_known_default().ok_or("relay URL has no port")?;
         let tcp = self.dialer.dial(host, port).await?;
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(self.max_message_bytes))
-            .max_frame_size(Some(self.max_message_bytes));
         // The handshake (TLS server name, Host header) uses the URL's name, over the
         // connection to the checked address.
-        let (ws, _) =
-            tokio_tungstenite::client_async_tls_with_config(url.as_str(), tcp, Some(config), None)
-                .await?;
-        let (tx, rx) = ws.split();
-        let sink: WebSocketSink = Box::new(ConvertingSink(tx));
-        let stream: WebSocketStream = Box::pin(rx.filter_map(|m| {
-            std::future::ready(match m {
-                Ok(m) => from_tungstenite(m).map(Ok),
-                Err(e) => Some(Err(TransportError::backend(e))),
-            })
-        }));
-        Ok((sink, stream))
+        match url.scheme() {
+            "wss" => {
+                let tls = tls_to(host, tcp).await?;
+                Ok(split(
+                    yawc::WebSocket::handshake(url.clone(), tls, self.options()).await?,
+                ))
+            }
+            "ws" => Ok(split(
+                yawc::WebSocket::handshake(url.clone(), tcp, self.options()).await?,
+            )),
+            other => Err(format!("not a websocket URL scheme: {other}").into()),
+        }
     }
+}
+
+/// A TLS connection to `host` (checked against the webpki roots) over `tcp`, a
+/// connection already made to a checked address.
+pub(crate) async fn tls_to(
+    host: &str,
+    tcp: TcpStream,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, rustls::Error> {
+    static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, rustls::Error>> = OnceLock::new();
+    let config = CONFIG
+        .get_or_init(|| {
+            let roots = rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            };
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            Ok(Arc::new(
+                rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()?
+                    .with_root_certificates(roots)
+                    .with_no_client_auth(),
+            ))
+        })
+        .clone()?;
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let name = rustls::pki_types::ServerName::try_from(bare.to_owned())
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| rustls::Error::General(e.to_string()))
+}
+
+/// One connection as the pool's sink and stream.
+fn split<S>(ws: yawc::WebSocket<S>) -> (WebSocketSink, WebSocketStream)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (tx, rx) = Frames { ws, ended: false }.split();
+    let sink: WebSocketSink = Box::new(ConvertingSink(tx));
+    let stream: WebSocketStream = Box::pin(rx.filter_map(|f| {
+        std::future::ready(match f {
+            Ok(f) => from_frame(f).transpose(),
+            Err(e) => Some(Err(TransportError::backend(e))),
+        })
+    }));
+    (sink, stream)
 }
 
 /// An error from the transport, as the pool reports it.
@@ -232,25 +297,98 @@ impl WebSocketTransport for PinnedTransport {
     }
 }
 
-/// tungstenite's message as the pool's; raw frames are not passed on.
-fn from_tungstenite(m: WsMessage) -> Option<Message> {
-    Some(match m {
-        WsMessage::Text(t) => Message::Text(t.to_string()),
-        WsMessage::Binary(b) => Message::Binary(b.to_vec()),
-        WsMessage::Ping(p) => Message::Ping(p.to_vec()),
-        WsMessage::Pong(p) => Message::Pong(p.to_vec()),
-        WsMessage::Close(f) => Message::Close(f.map(Into::into)),
-        WsMessage::Frame(_) => return None,
+/// yawc's connection with its errors kept: yawc's own `Stream` ends silently on an
+/// error, and the pool should log why a relay went away. Ends after the first error
+/// (the connection is unusable then).
+struct Frames<S> {
+    ws: yawc::WebSocket<S>,
+    ended: bool,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Stream for Frames<S> {
+    type Item = Result<yawc::Frame, yawc::WebSocketError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        match self.ws.poll_next_frame(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
+            Poll::Ready(Err(yawc::WebSocketError::ConnectionClosed)) => {
+                self.ended = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Err(e)) => {
+                self.ended = true;
+                Poll::Ready(Some(Err(e)))
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Sink<yawc::Frame> for Frames<S> {
+    type Error = yawc::WebSocketError;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.ws.poll_ready_unpin(cx)
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, item: yawc::Frame) -> Result<(), Self::Error> {
+        self.ws.start_send_unpin(item)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.ws.poll_flush_unpin(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.ws.poll_close_unpin(cx)
+    }
+}
+
+/// A frame as the pool's message (yawc hands over whole messages, decompressed; a
+/// continuation never reaches here). Text that is not UTF-8 is an error, as the
+/// protocol says.
+fn from_frame(frame: yawc::Frame) -> Result<Option<Message>, TransportError> {
+    if frame.opcode() == yawc::OpCode::Close {
+        let close = frame.close_code().map(|code| CloseFrame {
+            code: code.into(),
+            reason: frame.close_reason().ok().flatten().unwrap_or("").to_owned(),
+        });
+        return Ok(Some(Message::Close(close)));
+    }
+    let (opcode, _, payload) = frame.into_parts();
+    Ok(match opcode {
+        yawc::OpCode::Text => Some(Message::Text(String::from_utf8(payload.to_vec()).map_err(
+            |_| TransportError::backend(TransportFailure("text message is not UTF-8".into())),
+        )?)),
+        yawc::OpCode::Binary => Some(Message::Binary(payload.to_vec())),
+        yawc::OpCode::Ping => Some(Message::Ping(payload.to_vec())),
+        yawc::OpCode::Pong => Some(Message::Pong(payload.to_vec())),
+        yawc::OpCode::Close | yawc::OpCode::Continuation => None,
     })
 }
 
-/// The pool's messages into tungstenite's sink (a plain struct: the pool warns that
+/// The pool's message as a frame.
+fn to_frame(m: Message) -> yawc::Frame {
+    match m {
+        Message::Text(t) => yawc::Frame::text(t),
+        Message::Binary(b) => yawc::Frame::binary(b),
+        Message::Ping(p) => yawc::Frame::ping(p),
+        Message::Pong(p) => yawc::Frame::pong(p),
+        Message::Close(None) => yawc::Frame::close(yawc::close::CloseCode::Normal, b""),
+        Message::Close(Some(f)) => yawc::Frame::close(f.code.into(), f.reason.as_bytes()),
+    }
+}
+
+/// The pool's messages into the connection's sink (a plain struct: the pool warns that
 /// `sink_map_err` may panic).
 struct ConvertingSink<S>(S);
 
 impl<S> Sink<Message> for ConvertingSink<S>
 where
-    S: Sink<WsMessage, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
+    S: Sink<yawc::Frame, Error = yawc::WebSocketError> + Unpin,
 {
     type Error = TransportError;
 
@@ -260,7 +398,7 @@ where
 
     fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
         self.0
-            .start_send_unpin(WsMessage::from(item))
+            .start_send_unpin(to_frame(item))
             .map_err(TransportError::backend)
     }
 

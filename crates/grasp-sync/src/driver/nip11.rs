@@ -7,17 +7,15 @@
 //! driver carries a minimal HTTP/1.1 client on a tokio `TcpStream`, dialled through the
 //! same pinned-address check as the websockets: `Connection: close`, `Content-Length` or
 //! chunked bodies, no redirects, a size cap. `wss://` relays are fetched over
-//! `https://` with tokio-rustls — the same rustls the pool's websocket stack already
-//! compiles — with the *ring* provider chosen explicitly (never the process default, so
-//! no clash with a binary that also links aws-lc-rs) and the webpki root store.
+//! `https://` with the websockets' own TLS set-up (`dial::tls_to`: tokio-rustls with the
+//! *ring* provider chosen explicitly — never the process default, so no clash with a
+//! binary that also links aws-lc-rs — and the webpki root store).
 //!
 //! Any failure is an error value; the caller then uses default limits.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio_rustls::rustls;
 
 use super::dial::{DialError, Dialer};
 use crate::model::RelayUrl;
@@ -99,11 +97,7 @@ async fn fetch(relay: &RelayUrl, dialer: &Dialer) -> Result<serde_json::Value, N
     let bare_host = host.trim_start_matches('[').trim_end_matches(']');
     let tcp = dialer.dial(bare_host, port).await?;
     let raw = if url.scheme() == "https" {
-        let tls = tls_connector()?;
-        let name = rustls::pki_types::ServerName::try_from(bare_host.to_owned())
-            .map_err(|e| Nip11Error::Tls(e.to_string()))?;
-        let stream = tls
-            .connect(name, tcp)
+        let stream = super::dial::tls_to(bare_host, tcp)
             .await
             .map_err(|e| Nip11Error::Tls(e.to_string()))?;
         exchange(stream, request.as_bytes()).await?
@@ -112,21 +106,6 @@ async fn fetch(relay: &RelayUrl, dialer: &Dialer) -> Result<serde_json::Value, N
     };
     let body = parse_response(&raw)?;
     Ok(serde_json::from_slice(&body)?)
-}
-
-/// A TLS connector with ring and the webpki roots, built per call (cheap next to a
-/// handshake, and NIP-11 is fetched once per relay).
-fn tls_connector() -> Result<tokio_rustls::TlsConnector, Nip11Error> {
-    let roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Nip11Error::Tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
 /// Writes the request, reads until the server closes (or the cap).
@@ -264,8 +243,8 @@ mod tests {
 
     fn test_dialer() -> Dialer {
         Dialer::new(
-            Arc::new(crate::ports::AllowAllRelays),
-            Arc::new(crate::driver::dial::SystemResolver),
+            std::sync::Arc::new(crate::ports::AllowAllRelays),
+            std::sync::Arc::new(crate::driver::dial::SystemResolver),
         )
     }
 
