@@ -18,7 +18,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use async_wsocket::futures_util::{Sink, SinkExt, Stream, StreamExt};
@@ -32,6 +32,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls;
 
+use crate::model::{RelayUrlError, MAX_RELAY_URL_BYTES};
 use crate::ports::RelayUrlPolicy;
 
 /// Largest websocket message accepted from a remote relay (a NIP-34 event with its
@@ -158,23 +159,20 @@ impl Dialer {
 /// nostr-relay-pool's websocket transport through a [`Dialer`], offering
 /// permessage-deflate (RFC 7692).
 ///
-/// A relay that compresses (strfry does; most relays built on tungstenite do not)
-/// sends events and negentropy's hex id lists at a fraction of their size. The relay's
-/// side keeps its compression context (that is where the bytes are); our side, which
-/// sends little, compresses each message on its own with state borrowed from a small
-/// shared pool, so an idle connection holds only its inflater.
+/// A relay that compresses (strfry does; relays built on tungstenite do not) sends
+/// events and negentropy's hex id lists at a fraction of their size. We offer it so the
+/// relay compresses what it sends; what we send goes uncompressed, as RFC 7692 allows
+/// message by message: our messages are few, and a compressor is ~300 KiB of state per
+/// connection, where an inflater is ~40 KiB (built on the first compressed message).
 #[derive(Debug, Clone)]
 pub struct PinnedTransport {
     dialer: Dialer,
     max_message_bytes: usize,
 }
 
-/// Messages we send shorter than this go uncompressed (a CLOSE, a small REQ).
-const COMPRESS_FROM_BYTES: usize = 256;
-
 impl PinnedTransport {
-    /// Dials through `dialer`; messages larger than `max_message_bytes` (decompressed)
-    /// end the connection.
+    /// Dials through `dialer`; a message of `max_message_bytes` or more (counted
+    /// decompressed) ends the connection.
     pub fn new(dialer: Dialer, max_message_bytes: usize) -> Self {
         Self {
             dialer,
@@ -183,36 +181,42 @@ impl PinnedTransport {
     }
 
     fn options(&self) -> yawc::Options {
-        static POOL: OnceLock<yawc::DeflatePool> = OnceLock::new();
-        let pool = POOL.get_or_init(|| yawc::DeflatePool::new(4)).clone();
         yawc::Options::default()
             .with_limits(self.max_message_bytes, self.max_message_bytes)
             .with_low_latency_compression()
-            .client_no_context_takeover()
-            .with_deflate_pool(pool)
-            .with_compression_threshold(COMPRESS_FROM_BYTES)
+            // Nothing we send reaches the threshold: we never compress.
+            .with_compression_threshold(usize::MAX)
     }
 
     async fn open(
         &self,
         url: &Url,
     ) -> Result<(WebSocketSink, WebSocketStream), Box<dyn std::error::Error + Send + Sync>> {
+        // Checked before dialling: yawc panics on a request URI it cannot build (over
+        // 64 KiB), and `RelayUrl` is not the only way to get here.
+        if url.as_str().len() > MAX_RELAY_URL_BYTES {
+            return Err(RelayUrlError::TooLong(url.as_str().len()).into());
+        }
+        let secure = match url.scheme() {
+            "wss" => true,
+            "ws" => false,
+            other => return Err(format!("not a websocket URL scheme: {other}").into()),
+        };
         let host = url.host_str().ok_or("relay URL has no host")?;
         let port = url.port_or_known_default().ok_or("relay URL has no port")?;
         let tcp = self.dialer.dial(host, port).await?;
+        tcp.set_nodelay(true)?;
         // The handshake (TLS server name, Host header) uses the URL's name, over the
         // connection to the checked address.
-        match url.scheme() {
-            "wss" => {
-                let tls = tls_to(host, tcp).await?;
-                Ok(split(
-                    yawc::WebSocket::handshake(url.clone(), tls, self.options()).await?,
-                ))
-            }
-            "ws" => Ok(split(
+        if secure {
+            let tls = tls_to(host, tcp).await?;
+            Ok(split(
+                yawc::WebSocket::handshake(url.clone(), tls, self.options()).await?,
+            ))
+        } else {
+            Ok(split(
                 yawc::WebSocket::handshake(url.clone(), tcp, self.options()).await?,
-            )),
-            other => Err(format!("not a websocket URL scheme: {other}").into()),
+            ))
         }
     }
 }
@@ -314,7 +318,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for Frames<S> {
         }
         match self.ws.poll_next_frame(cx) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
+            Poll::Ready(Ok(frame)) => {
+                if frame.opcode() == yawc::OpCode::Ping {
+                    // yawc queued the pong; send it now, not with our next message.
+                    let _ = self.ws.poll_ready_unpin(cx);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
             Poll::Ready(Err(yawc::WebSocketError::ConnectionClosed)) => {
                 self.ended = true;
                 Poll::Ready(None)
@@ -343,6 +353,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<yawc::Frame> for Frames<S> {
     }
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // A close yawc queued after an error (1009 for a message over the cap) goes out
+        // first, so the relay learns why.
+        let _ = ready!(self.ws.poll_ready_unpin(cx));
         self.ws.poll_close_unpin(cx)
     }
 }
@@ -360,10 +373,12 @@ fn from_frame(frame: yawc::Frame) -> Result<Option<Message>, TransportError> {
     }
     let (opcode, _, payload) = frame.into_parts();
     Ok(match opcode {
-        yawc::OpCode::Text => Some(Message::Text(String::from_utf8(payload.to_vec()).map_err(
-            |_| TransportError::backend(TransportFailure("text message is not UTF-8".into())),
-        )?)),
-        yawc::OpCode::Binary => Some(Message::Binary(payload.to_vec())),
+        yawc::OpCode::Text => Some(Message::Text(
+            String::from_utf8(Vec::from(payload)).map_err(|_| {
+                TransportError::backend(TransportFailure("text message is not UTF-8".into()))
+            })?,
+        )),
+        yawc::OpCode::Binary => Some(Message::Binary(Vec::from(payload))),
         yawc::OpCode::Ping => Some(Message::Ping(payload.to_vec())),
         yawc::OpCode::Pong => Some(Message::Pong(payload.to_vec())),
         yawc::OpCode::Close | yawc::OpCode::Continuation => None,

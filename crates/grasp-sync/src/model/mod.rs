@@ -18,7 +18,7 @@ pub use items::SyncItems;
 pub use outcome::IngestOutcome;
 pub use pending::{BatchFailure, BatchId, PendingBatch, PendingItems, PendingSyncIndex};
 pub use relay_index::{ConnectionStatus, RelayState, RelaySyncIndex};
-pub use relay_url::{RelayUrl, RelayUrlError};
+pub use relay_url::{RelayUrl, RelayUrlError, MAX_RELAY_URL_BYTES};
 pub use repo_index::{RepoChange, RepoSyncIndex, RepoSyncNeeds, SyncLevel};
 pub use repo_ref::{RepoRef, RepoRefError};
 pub use snapshot::{

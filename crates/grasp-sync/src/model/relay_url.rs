@@ -24,7 +24,14 @@ pub enum RelayUrlError {
     /// Credentials or fragments have no meaning for a relay and would split identities.
     #[error("relay URL must not carry credentials or a fragment: {0:?}")]
     Extras(String),
+    /// Longer than [`MAX_RELAY_URL_BYTES`]: no relay needs it, and an HTTP request line
+    /// cannot carry much more (the websocket client refuses URIs over 64 KiB).
+    #[error("relay URL is {0} bytes long, over the {MAX_RELAY_URL_BYTES}-byte cap")]
+    TooLong(usize),
 }
+
+/// Longest relay URL accepted, in bytes.
+pub const MAX_RELAY_URL_BYTES: usize = 2_048;
 
 /// A normalised `ws://` or `wss://` URL: scheme and host lower-case, default port
 /// dropped, no trailing slash.
@@ -34,6 +41,9 @@ pub struct RelayUrl(Arc<str>);
 impl RelayUrl {
     /// Parses and normalises a relay URL.
     pub fn parse(s: &str) -> Result<Self, RelayUrlError> {
+        if s.len() > MAX_RELAY_URL_BYTES {
+            return Err(RelayUrlError::TooLong(s.len()));
+        }
         let url = Url::parse(s.trim()).map_err(|_| RelayUrlError::Unparsable(s.to_owned()))?;
         if !matches!(url.scheme(), "ws" | "wss") {
             return Err(RelayUrlError::Scheme(s.to_owned()));
@@ -162,6 +172,13 @@ mod tests {
             RelayUrl::parse("wss://x.com/#f"),
             Err(RelayUrlError::Extras(_))
         ));
+        let at_cap = format!("wss://x.com/{}", "a".repeat(MAX_RELAY_URL_BYTES - 12));
+        assert_eq!(at_cap.len(), MAX_RELAY_URL_BYTES);
+        assert!(RelayUrl::parse(&at_cap).is_ok());
+        assert_eq!(
+            RelayUrl::parse(&format!("{at_cap}a")),
+            Err(RelayUrlError::TooLong(MAX_RELAY_URL_BYTES + 1))
+        );
     }
 
     #[test]

@@ -1,8 +1,10 @@
-//! The driver's websocket transport against a relay that compresses (the deflating
-//! front of `src/front.rs` before a nostr-relay-builder relay) and against the same
-//! front not compressing: permessage-deflate is agreed only where offered, every event
-//! arrives whole either way, the wire carries fewer bytes when compressed, and a message
-//! that inflates past the cap ends the connection instead of being delivered.
+//! The driver's websocket transport (`driver::PinnedTransport`) through the pool's
+//! transport trait. Against a relay that compresses (the deflating front of
+//! `src/front.rs` before a nostr-relay-builder relay) and the same front not
+//! compressing: permessage-deflate is agreed only where offered, every event arrives
+//! whole either way, the wire carries fewer bytes when compressed, and a message that
+//! inflates past the cap ends the connection instead of being delivered. And a URL no
+//! handshake could carry is an error, not a panic.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -83,7 +85,13 @@ async fn fetch_all(url: &str, max_message_bytes: usize) -> Result<usize, String>
         .await
         .map_err(|e| e.to_string())?;
     let sub = SubscriptionId::new("all");
-    let req = ClientMessage::req(sub.clone(), vec![Filter::new().limit(10_000)]);
+    // Over a kilobyte (ids nobody has, beside the filter that matches everything): what
+    // we send goes out uncompressed and must still reach the relay whole.
+    let unknown = (0..20u8).map(|i| nostr::EventId::from_byte_array([i; 32]));
+    let req = ClientMessage::req(
+        sub.clone(),
+        vec![Filter::new().limit(10_000), Filter::new().ids(unknown)],
+    );
     tx.send(async_wsocket::Message::Text(req.as_json()))
         .await
         .map_err(|e| e.to_string())?;
@@ -104,7 +112,7 @@ async fn fetch_all(url: &str, max_message_bytes: usize) -> Result<usize, String>
         }
         Err(format!("stream ended after {events} events"))
     };
-    tokio::time::timeout(Duration::from_secs(20), read)
+    tokio::time::timeout(Duration::from_secs(10), read)
         .await
         .map_err(|_| "timed out".to_string())?
 }
@@ -154,4 +162,16 @@ async fn deflate_message_inflating_past_the_cap_ends_the_connection() {
     );
     // The same event within the cap arrives.
     assert_eq!(fetch_all(&url, 1 << 20).await, Ok(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transport_url_too_long_for_a_request_is_an_error_not_a_panic() {
+    grasp_sync::install_default_crypto_provider();
+    let (_relay, addr) = relay_with(1, 10).await;
+    let path = "a".repeat(70_000);
+    let outcome = fetch_all(&format!("ws://{addr}/{path}"), 1 << 20).await;
+    assert!(
+        outcome.as_ref().is_err_and(|e| e.contains("cap")),
+        "{outcome:?}"
+    );
 }
