@@ -3,8 +3,9 @@
 //! `src/front.rs` before a nostr-relay-builder relay) and the same front not
 //! compressing: permessage-deflate is agreed only where offered, every event arrives
 //! whole either way, the wire carries fewer bytes when compressed, and a message that
-//! inflates past the cap ends the connection instead of being delivered. And a URL no
-//! handshake could carry is an error, not a panic.
+//! inflates past the cap ends the connection instead of being delivered. A `wss://` URL
+//! goes through TLS to the URL's name, whose certificate is checked; a URL no handshake
+//! could carry is an error, not a panic.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -173,5 +174,60 @@ async fn transport_url_too_long_for_a_request_is_an_error_not_a_panic() {
     assert!(
         outcome.as_ref().is_err_and(|e| e.contains("cap")),
         "{outcome:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transport_wss_speaks_tls_to_the_name_and_checks_its_certificate() {
+    use tokio_rustls::rustls;
+    grasp_sync::install_default_crypto_provider();
+    // A TLS listener whose self-signed certificate no public root vouches for; it
+    // records the server name each client asks for.
+    let cert = rustls::pki_types::CertificateDer::from(
+        include_bytes!("fixtures/localhost.cert.der").to_vec(),
+    );
+    let key = rustls::pki_types::PrivateKeyDer::try_from(
+        include_bytes!("fixtures/localhost.key.der").to_vec(),
+    )
+    .expect("PKCS#8 key");
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .expect("certificate"),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let names = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&names);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor =
+                tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
+            if let Ok(start) = acceptor.await {
+                seen.lock()
+                    .expect("lock")
+                    .push(start.client_hello().server_name().map(str::to_owned));
+                let _ = start.into_stream(Arc::clone(&config)).await;
+            }
+        }
+    });
+
+    let outcome = fetch_all(&format!("wss://localhost:{port}"), 1 << 20).await;
+    assert!(
+        outcome
+            .as_ref()
+            .is_err_and(|e| e.to_ascii_lowercase().contains("certificate")),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        *names.lock().expect("lock"),
+        vec![Some("localhost".to_owned())]
     );
 }
