@@ -72,10 +72,18 @@ async fn relay_with(events: usize, content_len: usize) -> (LocalRelay, std::net:
 /// Opens the transport on `url`, asks for everything, returns the events read before
 /// EOSE, or the error that ended the stream.
 async fn fetch_all(url: &str, max_message_bytes: usize) -> Result<usize, String> {
-    let transport = PinnedTransport::new(
+    fetch_with(&transport(max_message_bytes), url).await
+}
+
+fn transport(max_message_bytes: usize) -> PinnedTransport {
+    PinnedTransport::new(
         Dialer::new(Arc::new(AllowAllRelays), Arc::new(SystemResolver)),
         max_message_bytes,
-    );
+    )
+}
+
+/// [`fetch_all`] through `transport`.
+async fn fetch_with(transport: &PinnedTransport, url: &str) -> Result<usize, String> {
     let url = nostr::Url::parse(url).expect("url");
     let (mut tx, mut rx) = transport
         .connect(
@@ -127,8 +135,9 @@ async fn deflate_agreed_where_offered_and_fewer_bytes_on_the_wire() {
     let deflate_url = start_front(addr, FrontMode::Deflate, compressed.clone()).await;
     let plain_url = start_front(addr, FrontMode::Plain, plain.clone()).await;
 
-    assert_eq!(fetch_all(&deflate_url, 1 << 20).await, Ok(300));
-    assert_eq!(fetch_all(&plain_url, 1 << 20).await, Ok(300));
+    let (to_deflate, to_plain) = (transport(1 << 20), transport(1 << 20));
+    assert_eq!(fetch_with(&to_deflate, &deflate_url).await, Ok(300));
+    assert_eq!(fetch_with(&to_plain, &plain_url).await, Ok(300));
 
     assert_eq!(*compressed.deflate.lock().expect("lock"), vec![true]);
     assert_eq!(*plain.deflate.lock().expect("lock"), vec![false]);
@@ -141,6 +150,26 @@ async fn deflate_agreed_where_offered_and_fewer_bytes_on_the_wire() {
         down_deflate * 2 < down_plain,
         "compressed {down_deflate} B is not under half of plain {down_plain} B"
     );
+    // The transport's own counts agree with the front's: the wire bytes it read (all the
+    // front wrote, or nearly: a last frame may still be in flight), and the messages
+    // inflated to more than twice that where compressed, to less without.
+    let wire = |t: &PinnedTransport| match t.wire_bytes().as_slice() {
+        [(_, bytes)] => *bytes,
+        other => panic!("one relay's counts expected: {other:?}"),
+    };
+    let (compressed_counts, plain_counts) = (wire(&to_deflate), wire(&to_plain));
+    println!("transport counts: deflate {compressed_counts:?}, plain {plain_counts:?}");
+    for (counts, front_down) in [
+        (compressed_counts, down_deflate),
+        (plain_counts, down_plain),
+    ] {
+        assert!(
+            counts.received <= front_down && counts.received * 100 >= front_down * 95,
+            "{counts:?} against {front_down} written by the front"
+        );
+    }
+    assert!(compressed_counts.received * 2 < compressed_counts.message_bytes_received);
+    assert!(plain_counts.received > plain_counts.message_bytes_received);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

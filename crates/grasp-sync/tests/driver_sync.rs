@@ -546,6 +546,36 @@ async fn metrics_appear_in_the_prometheus_text() {
         .and_then(|v| v.parse().ok())
         .expect("a REQ count");
     assert!(reqs > 0, "REQs counted: {text}");
+    // Bytes per relay, from the transport: this relay does not compress, so the wire
+    // carries at least what the messages weigh (plus frames, handshake and NIP-11's
+    // connection aside).
+    let bytes = |what: &str| -> u64 {
+        let series = format!(
+            "grasp_sync_relay_bytes_total{{relay=\"{}\",what=\"{what}\"}} ",
+            ra.as_str()
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series:?} in {text}"))
+    };
+    let (received, sent, messages) = (
+        bytes("wire_received"),
+        bytes("wire_sent"),
+        bytes("messages_received"),
+    );
+    assert!(
+        messages > 0 && received >= messages && sent > 0,
+        "wire received {received}, sent {sent}, messages {messages}"
+    );
+    let status = handle.status().await.expect("status");
+    let wire = status
+        .wire
+        .iter()
+        .find(|(r, _)| r == &ra)
+        .map(|(_, b)| *b)
+        .expect("the relay's bytes in the status");
+    assert!(wire.received >= received && wire.message_bytes_received >= messages);
 
     handle.shutdown().await.expect("clean shutdown");
 }

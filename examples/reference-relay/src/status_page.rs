@@ -116,11 +116,18 @@ fn relays(h: &mut String, s: &DriverStatus, now: WallTime) {
     let _ = write!(
         h,
         "<h2>Relays ({})</h2><table id=\"relays\"><tr><th>relay</th><th>status</th>\
-         <th>health</th><th>NIP-77</th><th>events received</th><th>repos confirmed</th>\
-         <th>batches in flight</th><th>last refusal or error</th><th>next retry</th></tr>",
+         <th>health</th><th>NIP-77</th><th>events received</th>\
+         <th>bytes received: wire (messages)</th><th>repos confirmed</th><th>batches in flight</th><th>last refusal or error</th><th>next retry</th></tr>",
         s.relays.len()
     );
     for r in &s.relays {
+        // The wire figure well below the messages' says the relay compresses.
+        let bytes = s
+            .wire
+            .iter()
+            .find(|(relay, _)| relay == &r.relay)
+            .map(|(_, b)| format!("{} ({})", size(b.received), size(b.message_bytes_received)))
+            .unwrap_or_default();
         let nip77 = match r.negentropy {
             NegentropySupport::Unknown => "not tried",
             NegentropySupport::Supported => "yes",
@@ -133,7 +140,7 @@ fn relays(h: &mut String, s: &DriverStatus, now: WallTime) {
         let _ = write!(
             h,
             "<tr class=\"{}\"><td>{}{}</td><td>{:?}</td><td>{:?}</td><td>{nip77}</td><td>{}</td>\
-             <td>{}</td><td>{}</td><td>{}</td><td>{retry}</td></tr>",
+             <td>{bytes}</td><td>{}</td><td>{}</td><td>{}</td><td>{retry}</td></tr>",
             if r.last_error.is_some() { "bad" } else { "" },
             esc(r.relay.as_str()),
             if r.is_bootstrap { " (bootstrap)" } else { "" },
@@ -148,7 +155,7 @@ fn relays(h: &mut String, s: &DriverStatus, now: WallTime) {
     if s.relays.is_empty() {
         none_row(
             h,
-            9,
+            10,
             "none yet: remote relays come from accepted announcements and bootstrap relays",
         );
     }
@@ -260,6 +267,15 @@ fn duration(secs: u64) -> String {
     }
 }
 
+/// `48_198` → `47.1 KiB`.
+fn size(bytes: u64) -> String {
+    match bytes {
+        0..=1023 => format!("{bytes} B"),
+        1024..=1_048_575 => format!("{:.1} KiB", bytes as f64 / 1024.0),
+        _ => format!("{:.1} MiB", bytes as f64 / 1_048_576.0),
+    }
+}
+
 /// Text into HTML text or a quoted attribute.
 fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -291,6 +307,13 @@ mod tests {
             esc("<script>alert('x')</script> & \"q\""),
             "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;q&quot;"
         );
+    }
+
+    #[test]
+    fn sizes_read_naturally() {
+        assert_eq!(size(512), "512 B");
+        assert_eq!(size(48_198), "47.1 KiB");
+        assert_eq!(size(5 * 1_048_576), "5.0 MiB");
     }
 
     #[test]

@@ -32,7 +32,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls;
 
-use crate::model::{RelayUrlError, MAX_RELAY_URL_BYTES};
+use super::wire::{Counted, WireBytes, WireCounts, WireTally};
+use crate::model::{RelayUrl, RelayUrlError, MAX_RELAY_URL_BYTES};
 use crate::ports::RelayUrlPolicy;
 
 /// Largest websocket message accepted from a remote relay (a NIP-34 event with its
@@ -164,10 +165,13 @@ impl Dialer {
 /// relay compresses what it sends; what we send goes uncompressed, as RFC 7692 allows
 /// message by message: our messages are few, and a compressor is ~300 KiB of state per
 /// connection, where an inflater is ~40 KiB (built on the first compressed message).
+///
+/// Clones share their byte counts ([`PinnedTransport::wire_bytes`]).
 #[derive(Debug, Clone)]
 pub struct PinnedTransport {
     dialer: Dialer,
     max_message_bytes: usize,
+    tally: WireTally,
 }
 
 impl PinnedTransport {
@@ -177,7 +181,14 @@ impl PinnedTransport {
         Self {
             dialer,
             max_message_bytes,
+            tally: WireTally::default(),
         }
+    }
+
+    /// Bytes on the wire per relay so far, over every connection this transport (or a
+    /// clone) made.
+    pub fn wire_bytes(&self) -> Vec<(RelayUrl, WireBytes)> {
+        self.tally.snapshot()
     }
 
     fn options(&self) -> yawc::Options {
@@ -206,27 +217,30 @@ impl PinnedTransport {
         let port = url.port_or_known_default().ok_or("relay URL has no port")?;
         let tcp = self.dialer.dial(host, port).await?;
         tcp.set_nodelay(true)?;
+        let counts = self.tally.counts(url.as_str());
+        let tcp = Counted {
+            inner: tcp,
+            counts: Arc::clone(&counts),
+        };
         // The handshake (TLS server name, Host header) uses the URL's name, over the
         // connection to the checked address.
         if secure {
             let tls = tls_to(host, tcp).await?;
-            Ok(split(
-                yawc::WebSocket::handshake(url.clone(), tls, self.options()).await?,
-            ))
+            let ws = yawc::WebSocket::handshake(url.clone(), tls, self.options()).await?;
+            Ok(split(ws, counts))
         } else {
-            Ok(split(
-                yawc::WebSocket::handshake(url.clone(), tcp, self.options()).await?,
-            ))
+            let ws = yawc::WebSocket::handshake(url.clone(), tcp, self.options()).await?;
+            Ok(split(ws, counts))
         }
     }
 }
 
 /// A TLS connection to `host` (checked against the webpki roots) over `tcp`, a
 /// connection already made to a checked address.
-pub(crate) async fn tls_to(
+pub(crate) async fn tls_to<S: AsyncRead + AsyncWrite + Unpin>(
     host: &str,
-    tcp: TcpStream,
-) -> Result<tokio_rustls::client::TlsStream<TcpStream>, rustls::Error> {
+    tcp: S,
+) -> Result<tokio_rustls::client::TlsStream<S>, rustls::Error> {
     static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, rustls::Error>> = OnceLock::new();
     let config = CONFIG
         .get_or_init(|| {
@@ -252,11 +266,16 @@ pub(crate) async fn tls_to(
 }
 
 /// One connection as the pool's sink and stream.
-fn split<S>(ws: yawc::WebSocket<S>) -> (WebSocketSink, WebSocketStream)
+fn split<S>(ws: yawc::WebSocket<S>, counts: Arc<WireCounts>) -> (WebSocketSink, WebSocketStream)
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let (tx, rx) = Frames { ws, ended: false }.split();
+    let (tx, rx) = Frames {
+        ws,
+        counts,
+        ended: false,
+    }
+    .split();
     let sink: WebSocketSink = Box::new(ConvertingSink(tx));
     let stream: WebSocketStream = Box::pin(rx.filter_map(|f| {
         std::future::ready(match f {
@@ -306,6 +325,8 @@ impl WebSocketTransport for PinnedTransport {
 /// (the connection is unusable then).
 struct Frames<S> {
     ws: yawc::WebSocket<S>,
+    /// Inflated message bytes are counted here.
+    counts: Arc<WireCounts>,
     ended: bool,
 }
 
@@ -319,6 +340,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for Frames<S> {
         match self.ws.poll_next_frame(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Ok(frame)) => {
+                if !frame.opcode().is_control() {
+                    self.counts.add_message(frame.payload().len());
+                }
                 if frame.opcode() == yawc::OpCode::Ping {
                     // yawc queued the pong; send it now, not with our next message.
                     let _ = self.ws.poll_ready_unpin(cx);

@@ -39,6 +39,7 @@ use tracing::Instrument;
 
 use super::dial::{Dialer, PinnedTransport};
 use super::verify::SignatureCheck;
+use super::wire::WireBytes;
 use crate::classify::{classify_notice, RelaySignal};
 use crate::engine::{Command, Input, NegentropyFailure};
 use crate::model::RelayUrl;
@@ -133,6 +134,8 @@ pub struct PoolExecutor {
     jobs: JoinSet<()>,
     lagged: Arc<AtomicU64>,
     checks: Arc<SignatureCheck>,
+    /// The pool's transport, kept for its byte counts.
+    transport: PinnedTransport,
 }
 
 /// One relay as the executor holds it: the pool's handle and its reader task.
@@ -164,7 +167,9 @@ impl PoolExecutor {
         let (tx, rx) = mpsc::channel(config.input_channel_capacity.max(1));
         let transport = PinnedTransport::new(dialer, config.max_message_bytes);
         let executor = Self {
-            pool: RelayPool::builder().websocket_transport(transport).build(),
+            pool: RelayPool::builder()
+                .websocket_transport(transport.clone())
+                .build(),
             relays: HashMap::new(),
             store,
             inputs: tx,
@@ -173,6 +178,7 @@ impl PoolExecutor {
             jobs: JoinSet::new(),
             lagged: Arc::new(AtomicU64::new(0)),
             checks: Arc::default(),
+            transport,
         };
         (executor, rx)
     }
@@ -203,6 +209,11 @@ impl PoolExecutor {
     /// check before ours and is not counted here.
     pub fn forged_events(&self) -> u64 {
         self.checks.refused()
+    }
+
+    /// Bytes on the wire per relay since the executor started (see [`WireBytes`]).
+    pub fn wire_bytes(&self) -> Vec<(RelayUrl, WireBytes)> {
+        self.transport.wire_bytes()
     }
 
     /// The underlying pool, for read-only inspection (stats, status). Do not subscribe

@@ -15,6 +15,7 @@ use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use super::wire::WireBytes;
 use crate::engine::{EngineMetrics, Input, RelayStatusSnapshot};
 use crate::health::HealthState;
 use crate::model::{RelayUrl, WallTime};
@@ -53,6 +54,21 @@ pub struct SyncMetrics {
     historic: Family<WhatLabel, Counter>,
     events: Family<WhatLabel, Counter>,
     relay_events_received: Family<RelayLabel, Counter>,
+    relay_bytes: Family<RelayBytesLabel, Counter>,
+}
+
+/// Label set for a relay's byte counters: the relay, and which count.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RelayBytesLabel {
+    relay: String,
+    what: &'static str,
+}
+
+/// The byte counts of a relay, by their `what` label.
+const BYTES_WHAT: [&str; 3] = ["wire_received", "wire_sent", "messages_received"];
+
+fn byte_counts(b: &WireBytes) -> [u64; 3] {
+    [b.received, b.sent, b.message_bytes_received]
 }
 
 /// Label set naming what a counter of a family counts.
@@ -144,6 +160,13 @@ impl SyncMetrics {
             m.relay_events_received.clone(),
         );
         registry.register(
+            name("relay_bytes"),
+            "Bytes per relay: wire_received and wire_sent on its TCP connections (compressed, \
+             TLS and handshakes included), messages_received as the messages weigh inflated \
+             (wire_received well below it: the relay compresses)",
+            m.relay_bytes.clone(),
+        );
+        registry.register(
             name("relay_notifications_lagged"),
             "Relay messages lost because the driver fell behind (lag, not disconnect)",
             m.notifications_lagged.clone(),
@@ -197,6 +220,28 @@ impl SyncMetrics {
         self.relay_status.remove(&label);
         self.relay_failures.remove(&label);
         self.relay_events_received.remove(&label);
+        for what in BYTES_WHAT {
+            self.relay_bytes.remove(&RelayBytesLabel {
+                relay: label.relay.clone(),
+                what,
+            });
+        }
+    }
+
+    /// Adds to `relay`'s byte counters what its counts grew by since `before`.
+    pub fn add_relay_bytes(&self, relay: &RelayUrl, now: &WireBytes, before: &WireBytes) {
+        for ((what, now), before) in BYTES_WHAT
+            .into_iter()
+            .zip(byte_counts(now))
+            .zip(byte_counts(before))
+        {
+            self.relay_bytes
+                .get_or_create(&RelayBytesLabel {
+                    relay: relay.as_str().to_owned(),
+                    what,
+                })
+                .inc_by(now.saturating_sub(before));
+        }
     }
 
     /// Adds newly accepted synced events.
@@ -300,6 +345,8 @@ pub(crate) struct MetricsReporter {
     refreshed_at: WallTime,
     /// Per relay: its events received, as last reported.
     relays: BTreeMap<RelayUrl, u64>,
+    /// Per relay: its byte counts, as last reported.
+    wire: BTreeMap<RelayUrl, WireBytes>,
     /// The engine's totals, as last reported.
     reported: EngineMetrics,
 }
@@ -310,6 +357,7 @@ impl MetricsReporter {
             metrics,
             refreshed_at: WallTime::ZERO,
             relays: BTreeMap::new(),
+            wire: BTreeMap::new(),
             reported: EngineMetrics::default(),
         }
     }
@@ -326,18 +374,19 @@ impl MetricsReporter {
         }
     }
 
-    /// Refreshes the gauges from `status` (called only when a second has passed).
+    /// Refreshes the gauges from `status` (the engine's relays, and the transport's
+    /// byte counts), called only when a second has passed.
     pub(crate) fn update(
         &mut self,
         now: WallTime,
-        status: impl FnOnce() -> Vec<RelayStatusSnapshot>,
+        status: impl FnOnce() -> (Vec<RelayStatusSnapshot>, Vec<(RelayUrl, WireBytes)>),
         engine: &EngineMetrics,
     ) {
         if now < self.refreshed_at + Duration::from_secs(1) {
             return;
         }
         self.refreshed_at = now;
-        let status = status();
+        let (status, wire) = status();
         let current: BTreeMap<RelayUrl, u64> = status
             .iter()
             .map(|s| (s.relay.clone(), s.events_received))
@@ -360,6 +409,14 @@ impl MetricsReporter {
             dead += usize::from(s.health == HealthState::Dead);
         }
         self.metrics.set_relay_totals(status.len(), connected, dead);
+        // Bytes of the relays tracked only, so the series follow the relays in use.
+        let mut reported_wire = BTreeMap::new();
+        for (relay, bytes) in wire.into_iter().filter(|(r, _)| current.contains_key(r)) {
+            let before = self.wire.get(&relay).copied().unwrap_or_default();
+            self.metrics.add_relay_bytes(&relay, &bytes, &before);
+            reported_wire.insert(relay, bytes);
+        }
+        self.wire = reported_wire;
         self.relays = current;
         self.metrics.add_engine_work(engine, &self.reported);
         self.reported = engine.clone();

@@ -43,6 +43,7 @@ pub mod metrics;
 pub mod nip11;
 mod runner;
 mod verify;
+mod wire;
 
 pub use dial::{DialError, Dialer, PinnedTransport, Resolver, SystemResolver};
 pub use executor::{ExecuteError, ExecutorConfig, PoolExecutor};
@@ -51,3 +52,4 @@ pub use hunt::{hunt_channel, spawn_hunt, HuntHandle, HuntOptions, HuntReceiver, 
 pub use metrics::SyncMetrics;
 pub use nip11::{fetch_nip11, Nip11Error};
 pub use runner::{start, DriverError, DriverOptions, DriverPorts, DriverStatus, SyncHandle};
+pub use wire::WireBytes;

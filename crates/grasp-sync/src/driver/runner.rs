@@ -18,6 +18,7 @@ use super::executor::{ExecutorConfig, PoolExecutor};
 #[cfg(feature = "metrics")]
 use super::metrics::{MetricsReporter, SyncMetrics};
 use super::nip11::fetch_nip11;
+use super::wire::WireBytes;
 use crate::engine::{
     Command, EngineMetrics, IngestOutcome, Input, RelayStatusSnapshot, RepoStatusSnapshot,
     SyncConfig, SyncEngine,
@@ -135,6 +136,10 @@ pub struct DriverStatus {
     /// Events dropped as tampered: id or signature not matching (see
     /// [`PoolExecutor::forged_events`](crate::driver::PoolExecutor::forged_events)).
     pub forged_events: u64,
+    /// Bytes on the wire per relay since the driver started, in relay order: what each
+    /// relay's sync costs, and (against the inflated message bytes) whether it
+    /// compresses.
+    pub wire: Vec<(RelayUrl, WireBytes)>,
 }
 
 enum Control {
@@ -395,7 +400,11 @@ impl Driver {
             #[cfg(feature = "metrics")]
             if let Some(reporter) = &mut self.reporter {
                 let now = self.ports.clock.now();
-                reporter.update(now, || self.engine.status(now), self.engine.metrics());
+                reporter.update(
+                    now,
+                    || (self.engine.status(now), self.exec.wire_bytes()),
+                    self.engine.metrics(),
+                );
             }
             let now = self.ports.clock.now();
             if inputs.is_empty() {
@@ -604,6 +613,7 @@ impl Driver {
             repos: self.engine.repo_index().len(),
             lagged_messages: self.exec.lagged_messages(),
             forged_events: self.exec.forged_events(),
+            wire: self.exec.wire_bytes(),
         }
     }
 }
