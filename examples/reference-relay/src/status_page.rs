@@ -124,9 +124,11 @@ fn relays(h: &mut String, s: &DriverStatus, now: WallTime) {
         // The wire figure well below the messages' says the relay compresses.
         let bytes = s
             .wire
-            .iter()
-            .find(|(relay, _)| relay == &r.relay)
-            .map(|(_, b)| format!("{} ({})", size(b.received), size(b.message_bytes_received)))
+            .binary_search_by(|(relay, _)| relay.cmp(&r.relay))
+            .map(|at| {
+                let b = &s.wire[at].1;
+                format!("{} ({})", size(b.received), size(b.message_bytes_received))
+            })
             .unwrap_or_default();
         let nip77 = match r.negentropy {
             NegentropySupport::Unknown => "not tried",
@@ -269,11 +271,17 @@ fn duration(secs: u64) -> String {
 
 /// `48_198` → `47.1 KiB`.
 fn size(bytes: u64) -> String {
-    match bytes {
-        0..=1023 => format!("{bytes} B"),
-        1024..=1_048_575 => format!("{:.1} KiB", bytes as f64 / 1024.0),
-        _ => format!("{:.1} MiB", bytes as f64 / 1_048_576.0),
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
     }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
 }
 
 /// Text into HTML text or a quoted attribute.
@@ -314,6 +322,7 @@ mod tests {
         assert_eq!(size(512), "512 B");
         assert_eq!(size(48_198), "47.1 KiB");
         assert_eq!(size(5 * 1_048_576), "5.0 MiB");
+        assert_eq!(size(3 << 30), "3.0 GiB");
     }
 
     #[test]

@@ -33,7 +33,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::rustls;
 
 use super::wire::{Counted, WireBytes, WireCounts, WireTally};
-use crate::model::{RelayUrl, RelayUrlError, MAX_RELAY_URL_BYTES};
+use crate::model::RelayUrl;
 use crate::ports::RelayUrlPolicy;
 
 /// Largest websocket message accepted from a remote relay (a NIP-34 event with its
@@ -194,6 +194,7 @@ impl PinnedTransport {
     fn options(&self) -> yawc::Options {
         yawc::Options::default()
             .with_limits(self.max_message_bytes, self.max_message_bytes)
+            // Offers permessage-deflate (the level would only matter if we compressed).
             .with_low_latency_compression()
             // Nothing we send reaches the threshold: we never compress.
             .with_compression_threshold(usize::MAX)
@@ -203,21 +204,16 @@ impl PinnedTransport {
         &self,
         url: &Url,
     ) -> Result<(WebSocketSink, WebSocketStream), Box<dyn std::error::Error + Send + Sync>> {
-        // Checked before dialling: yawc panics on a request URI it cannot build (over
-        // 64 KiB), and `RelayUrl` is not the only way to get here.
-        if url.as_str().len() > MAX_RELAY_URL_BYTES {
-            return Err(RelayUrlError::TooLong(url.as_str().len()).into());
-        }
-        let secure = match url.scheme() {
-            "wss" => true,
-            "ws" => false,
-            other => return Err(format!("not a websocket URL scheme: {other}").into()),
-        };
+        // Checked before dialling (`RelayUrl` is not the only way to get here): a
+        // websocket scheme, a host, and a length the handshake can carry — yawc panics
+        // on a request URI it cannot build (over 64 KiB).
+        let relay = RelayUrl::parse(url.as_str())?;
+        let secure = relay.is_secure();
         let host = url.host_str().ok_or("relay URL has no host")?;
         let port = url.port_or_known_default().ok_or("relay URL has no port")?;
         let tcp = self.dialer.dial(host, port).await?;
         tcp.set_nodelay(true)?;
-        let counts = self.tally.counts(url.as_str());
+        let counts = self.tally.counts(&relay);
         let tcp = Counted {
             inner: tcp,
             counts: Arc::clone(&counts),

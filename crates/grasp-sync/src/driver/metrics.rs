@@ -161,9 +161,10 @@ impl SyncMetrics {
         );
         registry.register(
             name("relay_bytes"),
-            "Bytes per relay: wire_received and wire_sent on its TCP connections (compressed, \
-             TLS and handshakes included), messages_received as the messages weigh inflated \
-             (wire_received well below it: the relay compresses)",
+            "Bytes per tracked relay since the driver started: wire_received and wire_sent, \
+             the TCP payload of its websocket connections (compressed, TLS and handshakes \
+             included, NIP-11 fetches not), and messages_received, what its messages weigh \
+             inflated (wire_received well below it: the relay compresses)",
             m.relay_bytes.clone(),
         );
         registry.register(
@@ -412,8 +413,11 @@ impl MetricsReporter {
         // Bytes of the relays tracked only, so the series follow the relays in use.
         let mut reported_wire = BTreeMap::new();
         for (relay, bytes) in wire.into_iter().filter(|(r, _)| current.contains_key(r)) {
-            let before = self.wire.get(&relay).copied().unwrap_or_default();
-            self.metrics.add_relay_bytes(&relay, &bytes, &before);
+            let before = self.wire.get(&relay).copied();
+            if before != Some(bytes) {
+                self.metrics
+                    .add_relay_bytes(&relay, &bytes, &before.unwrap_or_default());
+            }
             reported_wire.insert(relay, bytes);
         }
         self.wire = reported_wire;

@@ -1,6 +1,7 @@
-//! Bytes on the wire, per relay, as the transport (`dial.rs`) counts them: what crossed
-//! each relay's TCP connections (compressed, TLS and handshakes included) and what the
-//! messages received from it weigh once inflated. The two side by side say whether a
+//! Bytes on the wire, per relay, as the transport (`dial.rs`) counts them: the TCP
+//! payload of each relay's websocket connections (compressed, TLS and handshakes
+//! included; NIP-11 fetches and IP/TCP headers not) and what the messages received from
+//! it weigh once inflated. The two side by side say whether a
 //! relay compresses and what syncing with it costs, in the unit its operator pays in.
 //!
 //! Counts add up over every connection to a relay, reconnections included, for as long
@@ -59,13 +60,9 @@ pub(crate) struct WireTally {
 }
 
 impl WireTally {
-    /// The counts of the relay at `url` (created on its first connection). A URL that
-    /// is not a relay URL gets counts of its own that nobody reads.
-    pub(crate) fn counts(&self, url: &str) -> Arc<WireCounts> {
-        let Ok(relay) = RelayUrl::parse(url) else {
-            return Arc::default();
-        };
-        Arc::clone(self.lock().entry(relay).or_default())
+    /// The counts of `relay` (created on its first connection).
+    pub(crate) fn counts(&self, relay: &RelayUrl) -> Arc<WireCounts> {
+        Arc::clone(self.lock().entry(relay.clone()).or_default())
     }
 
     /// Every relay's counts now, in relay order.
@@ -117,6 +114,23 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
             self.counts.sent.fetch_add(n as u64, Ordering::Relaxed);
         }
         polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        // TLS writes its records vectored: passed on, not split into one write each.
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = polled {
+            self.counts.sent.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

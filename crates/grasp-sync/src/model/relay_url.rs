@@ -41,10 +41,13 @@ pub struct RelayUrl(Arc<str>);
 impl RelayUrl {
     /// Parses and normalises a relay URL.
     pub fn parse(s: &str) -> Result<Self, RelayUrlError> {
+        // Percent-encoding can only lengthen what is given, so a longer input is refused
+        // before it is parsed; the spelling kept is checked again below.
+        let s = s.trim();
         if s.len() > MAX_RELAY_URL_BYTES {
             return Err(RelayUrlError::TooLong(s.len()));
         }
-        let url = Url::parse(s.trim()).map_err(|_| RelayUrlError::Unparsable(s.to_owned()))?;
+        let url = Url::parse(s).map_err(|_| RelayUrlError::Unparsable(s.to_owned()))?;
         if !matches!(url.scheme(), "ws" | "wss") {
             return Err(RelayUrlError::Scheme(s.to_owned()));
         }
@@ -68,6 +71,11 @@ impl RelayUrl {
         if let Some(q) = url.query() {
             out.push('?');
             out.push_str(q);
+        }
+        // Checked on the spelling kept (`é` becomes `%C3%A9`): every URL accepted parses
+        // again to itself, so a saved state always loads.
+        if out.len() > MAX_RELAY_URL_BYTES {
+            return Err(RelayUrlError::TooLong(out.len()));
         }
         Ok(Self(Arc::from(out)))
     }
@@ -179,6 +187,14 @@ mod tests {
             RelayUrl::parse(&format!("{at_cap}a")),
             Err(RelayUrlError::TooLong(MAX_RELAY_URL_BYTES + 1))
         );
+        // Short as typed, three times longer percent-encoded: refused, so that what is
+        // kept always parses again.
+        let encoded = format!("wss://x.com/{}", "é".repeat(1_000));
+        assert!(encoded.len() <= MAX_RELAY_URL_BYTES);
+        assert!(matches!(
+            RelayUrl::parse(&encoded),
+            Err(RelayUrlError::TooLong(n)) if n > MAX_RELAY_URL_BYTES
+        ));
     }
 
     #[test]

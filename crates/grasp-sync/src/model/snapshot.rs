@@ -28,6 +28,7 @@ pub struct PersistedRepo {
     /// The repo.
     pub repo: RepoRef,
     /// Relays listed.
+    #[serde(deserialize_with = "saved::relay_urls")]
     pub relays: BTreeSet<RelayUrl>,
     /// Root events.
     pub root_events: BTreeSet<EventId>,
@@ -49,6 +50,7 @@ pub struct PersistedRelayList {
     /// When the list was published (a newer one replaces it).
     pub created_at: nostr::Timestamp,
     /// The relays it names that count.
+    #[serde(deserialize_with = "saved::relay_urls")]
     pub relays: Vec<RelayUrl>,
 }
 
@@ -73,10 +75,53 @@ pub struct SyncStateSnapshot {
     /// The repo index.
     pub repos: Vec<PersistedRepo>,
     /// The relay index.
+    #[serde(deserialize_with = "saved::relays")]
     pub relays: Vec<PersistedRelay>,
     /// Participants' relay lists (GRASP-03 Sync+; empty when off).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub relay_lists: Vec<PersistedRelayList>,
+}
+
+/// Loading what an earlier version saved: every relay URL is parsed again (a
+/// [`RelayUrl`] is only ever its checked spelling), and one that no longer parses — the
+/// rules tightened since, as when URLs got a length cap — is dropped with what only it
+/// names, instead of failing the whole state (a relay that cannot load its state does
+/// not start).
+mod saved {
+    use serde::{Deserialize, Deserializer};
+
+    use super::{NegentropySupport, PersistedRelay, RelayState, RelayUrl};
+
+    pub(super) fn relay_urls<'de, D, C>(d: D) -> Result<C, D::Error>
+    where
+        D: Deserializer<'de>,
+        C: FromIterator<RelayUrl>,
+    {
+        let raw = Vec::<String>::deserialize(d)?;
+        Ok(raw.iter().filter_map(|s| RelayUrl::parse(s).ok()).collect())
+    }
+
+    /// [`PersistedRelay`] with its URL as saved.
+    #[derive(Deserialize)]
+    struct Saved {
+        relay: String,
+        state: RelayState,
+        negentropy: NegentropySupport,
+    }
+
+    pub(super) fn relays<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PersistedRelay>, D::Error> {
+        let raw = Vec::<Saved>::deserialize(d)?;
+        Ok(raw
+            .into_iter()
+            .filter_map(|s| {
+                Some(PersistedRelay {
+                    relay: RelayUrl::parse(&s.relay).ok()?,
+                    state: s.state,
+                    negentropy: s.negentropy,
+                })
+            })
+            .collect())
+    }
 }
 
 impl SyncStateSnapshot {
@@ -84,4 +129,41 @@ impl SyncStateSnapshot {
     /// Version 2: per-relay `complete_until` cursors; a version-1 snapshot (cursor
     /// taken from the snapshot time) is ignored, which costs one fresh start.
     pub const VERSION: u32 = 2;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_saved_relay_url_that_no_longer_parses_is_dropped_not_the_state() {
+        let ok = RelayUrl::parse("wss://relay.example").unwrap();
+        let long = format!("wss://x.example/{}", "a".repeat(3_000));
+        let snapshot = SyncStateSnapshot {
+            version: SyncStateSnapshot::VERSION,
+            taken_at: WallTime(1),
+            repos: Vec::new(),
+            relays: vec![PersistedRelay {
+                relay: ok.clone(),
+                state: RelayState::default(),
+                negentropy: NegentropySupport::Supported,
+            }],
+            relay_lists: Vec::new(),
+        };
+        let mut json = serde_json::to_value(&snapshot).unwrap();
+        // As an earlier version, without the cap, could have saved them.
+        let mut long_relay = json["relays"][0].clone();
+        long_relay["relay"] = serde_json::Value::from(long.clone());
+        json["relays"].as_array_mut().unwrap().push(long_relay);
+        json["repos"] = serde_json::json!([{
+            "repo": format!("30617:{}:r", nostr::Keys::generate().public_key().to_hex()),
+            "relays": [ok.as_str(), long],
+            "root_events": [],
+            "sync_level": "Full",
+        }]);
+        let loaded: SyncStateSnapshot = serde_json::from_value(json).unwrap();
+        assert_eq!(loaded.relays, snapshot.relays);
+        assert_eq!(loaded.repos.len(), 1);
+        assert_eq!(loaded.repos[0].relays, BTreeSet::from([ok]));
+    }
 }
