@@ -398,6 +398,14 @@ impl Conn {
         }
     }
 
+    /// Whether `sub` is an open negentropy session here (not a REQ, a fetch, or an id
+    /// that already ended).
+    pub fn is_open_session(&self, sub: &SubscriptionId) -> bool {
+        self.historic
+            .get(sub)
+            .is_some_and(|h| matches!(h.kind, HistoricKind::Negentropy))
+    }
+
     /// Negentropy session filters of `batch` as REQ parts ahead of everything queued: cut
     /// back into REQ chunks ([`rechunk`]) and grouped as [`Conn::queue_grouped`] does.
     pub fn queue_grouped_front(

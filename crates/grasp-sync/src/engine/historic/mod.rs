@@ -275,11 +275,7 @@ impl SyncEngine {
             signal,
             RelaySignal::RateLimited | RelaySignal::TooManySubscriptions
         );
-        let negentropy = matches!(
-            conn.historic.get(sub).map(|h| &h.kind),
-            Some(HistoricKind::Negentropy)
-        );
-        if negentropy && !refused {
+        if conn.is_open_session(sub) && !refused {
             // A relay closing a NEG-OPEN for another reason than a limit does not speak
             // NIP-77 for us: every open and queued session becomes grouped REQs.
             self.abandon_negentropy(relay, now);
@@ -499,11 +495,9 @@ impl SyncEngine {
         // executor ends it itself (idle or total timeout) — this is only the backstop
         // for an answer that never came. Sessions expiring together fall back together,
         // so a chunk's `#e`/`#E`/`#q` still share a REQ.
-        let (sessions, reqs): (Vec<_>, Vec<_>) = expired.into_iter().partition(|sub| {
-            conn.historic
-                .get(sub)
-                .is_some_and(|h| matches!(h.kind, HistoricKind::Negentropy))
-        });
+        let (sessions, reqs): (Vec<_>, Vec<_>) = expired
+            .into_iter()
+            .partition(|sub| conn.is_open_session(sub));
         if !sessions.is_empty() {
             self.fall_back_to_req(relay, sessions, now);
         }

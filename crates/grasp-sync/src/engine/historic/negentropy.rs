@@ -50,12 +50,9 @@ impl SyncEngine {
     /// Whether `session` is an open negentropy session of `relay` (not a late or
     /// confused answer: an unknown id, or a subscription of another kind).
     fn is_open_session(&self, relay: &RelayUrl, session: &SubscriptionId) -> bool {
-        self.conns.get(relay).is_some_and(|conn| {
-            matches!(
-                conn.historic.get(session).map(|h| &h.kind),
-                Some(HistoricKind::Negentropy)
-            )
-        })
+        self.conns
+            .get(relay)
+            .is_some_and(|conn| conn.is_open_session(session))
     }
 
     /// Takes the open negentropy session `session` of `relay` (nothing for an unknown
