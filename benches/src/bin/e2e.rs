@@ -84,6 +84,9 @@ struct Args {
     /// TCP proxy: `deflate` compresses as strfry does, `plain` is the same front without
     /// it (for A/B). Bytes are then the front's compressed TCP bytes.
     front: Option<FrontMode>,
+    /// Each relay's notification channel in the pool (`ExecutorConfig::
+    /// relay_notification_channel_size`); `None`: the library's default.
+    relay_channel: Option<usize>,
 }
 
 fn parse_args() -> Args {
@@ -96,6 +99,7 @@ fn parse_args() -> Args {
         default_timers: false,
         memory_relays: false,
         front: None,
+        relay_channel: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -112,6 +116,7 @@ fn parse_args() -> Args {
             "--timeout" => args.timeout = Duration::from_secs(num("--timeout") as u64),
             "--default-timers" => args.default_timers = true,
             "--memory-relays" => args.memory_relays = true,
+            "--relay-channel" => args.relay_channel = Some(num("--relay-channel")),
             "--front" => {
                 args.front = Some(match it.next().as_deref() {
                     Some("deflate") => FrontMode::Deflate,
@@ -126,7 +131,8 @@ fn parse_args() -> Args {
                      [--default-timers (the library's, not the fast ones)] \
                      [--memory-relays (NIP-77 relays on the unindexed in-memory store)] \
                      [--front deflate|plain (a websocket front instead of the TCP proxy; \
-                     deflate compresses as strfry does)]"
+                     deflate compresses as strfry does)] \
+                     [--relay-channel N (each relay's notification channel in the pool)]"
                 );
                 std::process::exit(0);
             }
@@ -901,6 +907,8 @@ struct RunResult {
     neg_opens: u64,
     received: u64,
     accepted: u64,
+    /// Relay messages lost to a full notification channel (asked again).
+    lagged: u64,
 }
 
 async fn run(
@@ -957,9 +965,11 @@ async fn run(
         state,
         Arc::new(AllowAllRelays),
     );
-    let handle = start(config, ports, DriverOptions::new())
-        .await
-        .expect("driver starts");
+    let mut options = DriverOptions::new();
+    if let Some(n) = args.relay_channel {
+        options.executor.relay_notification_channel_size = n;
+    }
+    let handle = start(config, ports, options).await.expect("driver starts");
     // The host tells the driver about what it accepted: the announcements and (run 2)
     // the events it already held, so the engine knows their root events without a
     // persisted sync state.
@@ -1100,6 +1110,7 @@ async fn run(
         neg_opens: m.negentropy_sessions,
         received: m.events_received,
         accepted: m.events_accepted,
+        lagged: status.lagged_messages,
     }
 }
 
@@ -1271,7 +1282,7 @@ async fn bench(args: Args) {
     for r in [&cold, &warm] {
         let floor_2 = r.verify_single.as_secs_f64() / 2.0;
         println!(
-            "summary: run={} events={} wall_s={:.3} floor_s={:.3} wall_over_floor={:.2} bytes_ratio_all={:.2} bytes_ratio_nip77={:.2} reqs={} neg_opens={} received={} accepted={}",
+            "summary: run={} events={} wall_s={:.3} floor_s={:.3} wall_over_floor={:.2} bytes_ratio_all={:.2} bytes_ratio_nip77={:.2} reqs={} neg_opens={} received={} accepted={} lagged={}",
             r.name.split(':').next().unwrap_or("").replace(' ', "_"),
             r.missing,
             r.wall.as_secs_f64(),
@@ -1283,6 +1294,7 @@ async fn bench(args: Args) {
             r.neg_opens,
             r.received,
             r.accepted,
+            r.lagged,
         );
     }
     println!("\n### targets\n");

@@ -91,6 +91,8 @@ const NEGENTROPY_UNSUPPORTED: &[&str] = &[
     "unsupported message",
     // khatru without NIP-77 answers NEG-OPEN so.
     "failed to parse envelope",
+    // A relay on negentropy's first protocol version (a NEG-OPEN of four elements).
+    "negentropy query missing elements",
     "nip77 disabled",
     "nip-77 disabled",
     "nip77 not supported",
@@ -248,6 +250,11 @@ mod tests {
         // nostr-rs-relay
         assert_eq!(
             classify_notice("could not parse command"),
+            NegentropyUnsupported
+        );
+        // a relay on negentropy v0
+        assert_eq!(
+            classify_notice("ERROR: negentropy error: negentropy query missing elements"),
             NegentropyUnsupported
         );
         // khatru, and a CLOSED for the NEG-OPEN's id

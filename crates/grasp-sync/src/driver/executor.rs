@@ -29,18 +29,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nostr::{ClientMessage, RelayMessage};
-use nostr_relay_pool::relay::{
-    Error as RelayError, RelayLimits, RelayNotification, RelayOptions, RelayStatus, SyncOptions,
-};
+use nostr_relay_pool::relay::{RelayLimits, RelayNotification, RelayOptions, RelayStatus};
 use nostr_relay_pool::{Relay, RelayPool};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::Instrument;
 
 use super::dial::{Dialer, PinnedTransport};
+use super::negentropy::NegentropyJob;
 use super::verify::SignatureCheck;
 use super::wire::WireBytes;
-use crate::classify::{classify_notice, RelaySignal};
 use crate::engine::{Command, Input, NegentropyFailure};
 use crate::model::RelayUrl;
 use crate::ports::{Clock, EventStore, SystemClock};
@@ -294,6 +292,7 @@ impl PoolExecutor {
                     tx: self.inputs.clone(),
                     idle_timeout: self.config.negentropy_idle_timeout,
                     total_timeout: self.config.negentropy_total_timeout,
+                    lagged: Arc::clone(&self.lagged),
                 };
                 self.jobs.spawn(job.run().instrument(span));
                 Ok(())
@@ -570,137 +569,6 @@ fn status_change(url: &RelayUrl, connected: &mut bool, status: RelayStatus) -> O
             Some(Input::RelayDisconnected { relay: url.clone() })
         }
         _ => None,
-    }
-}
-
-/// One dry-run reconciliation, run in its own task.
-struct NegentropyJob {
-    relay: RelayUrl,
-    session: nostr::SubscriptionId,
-    filter: nostr::Filter,
-    handle: Relay,
-    store: Arc<dyn EventStore>,
-    tx: mpsc::Sender<Input>,
-    idle_timeout: Duration,
-    total_timeout: Duration,
-}
-
-impl NegentropyJob {
-    async fn run(self) {
-        let result = tokio::time::timeout(self.total_timeout, self.reconcile()).await;
-        let input = match result {
-            Ok(Ok(need)) => Input::NegentropyResult {
-                relay: self.relay,
-                session: self.session,
-                need,
-            },
-            Ok(Err(reason)) => Input::NegentropyFailed {
-                relay: self.relay,
-                session: self.session,
-                reason,
-            },
-            Err(_) => Input::NegentropyFailed {
-                relay: self.relay,
-                session: self.session,
-                reason: NegentropyFailure::Timeout,
-            },
-        };
-        let _ = self.tx.send(input).await;
-    }
-
-    async fn reconcile(&self) -> Result<Vec<nostr::EventId>, NegentropyFailure> {
-        let items = self
-            .store
-            .negentropy_items(&self.filter)
-            .await
-            .map_err(|e| NegentropyFailure::Error(e.to_string()))?;
-        // Watch NOTICEs ourselves too: the pool recognises only strfry's wording of
-        // "unsupported"; others (nostr-rs-relay: "could not parse command") would
-        // otherwise cost the whole initial timeout.
-        let notices = self.handle.notifications();
-        let progress = self.handle.notifications();
-        let opts = SyncOptions::new()
-            .initial_timeout(self.idle_timeout)
-            .dry_run();
-        let sync = self
-            .handle
-            .sync_with_items(self.filter.clone(), items, &opts);
-        tokio::select! {
-            res = sync => match res {
-                Ok(reconciliation) => {
-                    let mut need: Vec<nostr::EventId> = reconciliation.remote.into_iter().collect();
-                    need.sort();
-                    Ok(need)
-                }
-                Err(e) => Err(map_sync_error(e)),
-            },
-            () = wait_unsupported_notice(notices) => Err(NegentropyFailure::Unsupported),
-            () = wait_idle(progress, self.idle_timeout) => Err(NegentropyFailure::Timeout),
-        }
-    }
-}
-
-/// Resolves once the relay has sent no negentropy message (NEG-MSG, NEG-ERR) for
-/// `idle`: the reconciliation stalled. Progress is counted per relay, not per session
-/// (the pool does not tell which of its subscription ids is ours): a session stalled
-/// beside lively ones ends at the total timeout instead.
-async fn wait_idle(mut notifications: broadcast::Receiver<RelayNotification>, idle: Duration) {
-    loop {
-        match tokio::time::timeout(idle, next_negentropy_message(&mut notifications)).await {
-            Ok(true) => {}
-            // The relay is gone: the sync future reports that.
-            Ok(false) => std::future::pending::<()>().await,
-            Err(_) => return,
-        }
-    }
-}
-
-/// Waits for the relay's next negentropy message; `false` when the channel closed.
-async fn next_negentropy_message(
-    notifications: &mut broadcast::Receiver<RelayNotification>,
-) -> bool {
-    loop {
-        match notifications.recv().await {
-            Ok(RelayNotification::Message {
-                message: RelayMessage::NegMsg { .. } | RelayMessage::NegErr { .. },
-            }) => return true,
-            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-            Err(broadcast::error::RecvError::Closed) => return false,
-        }
-    }
-}
-
-/// Resolves when the relay says it does not understand NIP-77 — a NOTICE, or a CLOSED
-/// (for the session's id, which only the pool knows), whose text the classifier reads
-/// as "no negentropy". Never resolves otherwise (the sync future wins the race).
-async fn wait_unsupported_notice(mut notifications: broadcast::Receiver<RelayNotification>) {
-    loop {
-        match notifications.recv().await {
-            Ok(RelayNotification::Message {
-                message: RelayMessage::Notice(text) | RelayMessage::Closed { message: text, .. },
-            }) if classify_notice(&text) == RelaySignal::NegentropyUnsupported => return,
-            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-            Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
-        }
-    }
-}
-
-/// Maps the pool's sync errors to the engine's three failure kinds.
-fn map_sync_error(e: RelayError) -> NegentropyFailure {
-    match e {
-        RelayError::NegentropyNotSupported | RelayError::UnknownNegentropyError => {
-            NegentropyFailure::Unsupported
-        }
-        // The relay speaks an older negentropy version: as good as unsupported. The
-        // negentropy crate is not re-exported, so match on its debug name.
-        RelayError::Negentropy(ref n)
-            if format!("{n:?}").contains("UnsupportedProtocolVersion") =>
-        {
-            NegentropyFailure::Unsupported
-        }
-        RelayError::Timeout => NegentropyFailure::Timeout,
-        RelayError::RelayMessage(msg) => NegentropyFailure::Error(msg),
-        other => NegentropyFailure::Error(other.to_string()),
     }
 }
 

@@ -3,6 +3,9 @@
 //!
 //! - [`executor`]: [`PoolExecutor`] runs `Connect`, `Disconnect`, `Subscribe`,
 //!   `Unsubscribe` and `Negentropy` on nostr-relay-pool and reports [`crate::Input`]s.
+//! - `negentropy`: one dry-run NIP-77 reconciliation, run by the executor (not the
+//!   pool's, which reports part of the difference as all of it when its channel
+//!   overflows).
 //! - [`nip11`]: fetches a relay's NIP-11 document (for its limits).
 //! - [`dial`]: every relay connection resolved once, checked address by address with
 //!   the relay policy, and pinned to a checked address.
@@ -40,6 +43,7 @@ pub mod executor;
 pub mod hunt;
 #[cfg(feature = "metrics")]
 pub mod metrics;
+mod negentropy;
 pub mod nip11;
 mod runner;
 mod verify;
