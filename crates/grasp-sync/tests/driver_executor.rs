@@ -707,7 +707,9 @@ async fn disconnect_command_and_refusals() {
         })
         .await
         .expect_err("unknown relay");
-    assert!(matches!(err, ExecuteError::UnknownRelay(_)));
+    assert!(matches!(err, ExecuteError::NotConnected(_)));
+    // Disconnecting it is a no-op: it has no socket.
+    h.run(Command::Disconnect { relay: r.clone() }).await;
     assert!(matches!(
         h.exec.execute(Command::PersistState).await,
         Err(ExecuteError::NotAPoolCommand)
@@ -748,6 +750,67 @@ async fn disconnect_command_and_refusals() {
     // And the relay can be connected again after an engine-requested disconnect.
     h.connect(&r).await;
     h.exec.shutdown().await;
+}
+
+/// Every relay object holds its whole notification channel (the pool allocates it up
+/// front), so one whose connection ended — a failed attempt, a disconnect — is dropped
+/// from the pool; the next `Connect` makes a new one. Otherwise every relay ever
+/// dialled stayed, connected or not.
+#[tokio::test]
+async fn relay_objects_are_released_when_their_connection_ends() {
+    let mut h = Harness::new(vec![]);
+    let closed = support::closed_port_url().await;
+    let unreachable: Vec<RelayUrl> = (0..20).map(|i| url(&format!("{closed}/r{i}"))).collect();
+    for r in &unreachable {
+        h.run(Command::Connect { relay: r.clone() }).await;
+    }
+    for _ in &unreachable {
+        h.wait_for("RelayConnectFailed", |i| {
+            matches!(i, Input::RelayConnectFailed { .. })
+        })
+        .await;
+    }
+    wait_until_pool_holds(&mut h, 0).await;
+
+    let relay = support::start_relay().await;
+    let r = url(&relay.url);
+    h.connect(&r).await;
+    assert_eq!(h.exec.pool().relays().await.len(), 1);
+    h.run(Command::Disconnect { relay: r.clone() }).await;
+    let rr = r.clone();
+    h.wait_for(
+        "RelayDisconnected",
+        move |i| matches!(i, Input::RelayDisconnected { relay } if *relay == rr),
+    )
+    .await;
+    wait_until_pool_holds(&mut h, 0).await;
+    // Connected again on a new object, it works.
+    h.connect(&r).await;
+    h.barrier(&r, 0).await;
+    h.exec.shutdown().await;
+}
+
+/// Waits until the executor's pool holds `n` relay objects; the executor forgets
+/// ended ones when it next executes a command, so commands are sent meanwhile.
+async fn wait_until_pool_holds(h: &mut Harness, n: usize) {
+    let deadline = Instant::now() + STEP;
+    let nobody = url("ws://127.0.0.1:9/nobody");
+    loop {
+        // A no-op (no such relay), but the executor tidies up first.
+        h.run(Command::Disconnect {
+            relay: nobody.clone(),
+        })
+        .await;
+        let held = h.exec.pool().relays().await.len();
+        if held == n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pool still holds {held} relays, not {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[tokio::test]
