@@ -358,6 +358,10 @@ async fn durable_negentropy_answers_all_of_the_difference_or_fails_when_messages
         .await;
         h.barrier(&r, round).await;
     }
+    // 16 slots cannot hold the flood: had no session lost a message, this test would
+    // not have tested the loss.
+    assert!(failed > 0, "no flooded session lost a message");
+    assert!(h.exec.lagged_messages() > 0);
     // Without a flood the same small channel carries a whole session.
     let need = negentropy_answer(&mut h, &r, "neg-quiet", issues_filter(&repo)).await;
     assert_eq!(

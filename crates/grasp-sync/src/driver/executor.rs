@@ -89,9 +89,9 @@ impl Default for ExecutorConfig {
 }
 
 /// Why a command could not be carried out. None of these is fatal: the engine learns
-/// the relay's real state from the inputs (a `RelayDisconnected` is already on its way
-/// when a command fails with [`ExecuteError::NotConnected`]), so the loop logs and goes
-/// on.
+/// the relay's real state from the inputs (when a relay that was up fails a command
+/// with [`ExecuteError::NotConnected`], its `RelayDisconnected` is already on its way),
+/// so the loop logs and goes on.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ExecuteError {
@@ -199,8 +199,11 @@ impl PoolExecutor {
     }
 
     /// Relay messages lost because a per-relay channel overflowed (the loop or the
-    /// input channel fell behind). Lag is not a disconnect: the socket stays up and the
-    /// engine's own timeouts recover lost EOSEs. Exported as a metric by the host.
+    /// input channel fell behind), summed over the relay readers and the negentropy
+    /// sessions that fell behind: each reads the channel on its own, so one lost
+    /// message can count once for each. Lag is not a disconnect: the socket stays up,
+    /// a reader's loss is asked again and a session's loss fails the session.
+    /// Exported as a metric by the host.
     pub fn lagged_messages(&self) -> u64 {
         self.lagged.load(Ordering::Relaxed)
     }
@@ -584,7 +587,7 @@ async fn read_relay(
 
 /// Whether a relay object's connection (or its attempt) is over for good: it runs
 /// with `reconnect(false)` and is never connected again.
-fn is_ended(status: RelayStatus) -> bool {
+pub(super) fn is_ended(status: RelayStatus) -> bool {
     matches!(
         status,
         RelayStatus::Disconnected

@@ -11,8 +11,10 @@
 //! fails the session, and the engine asks its filter again by REQ.
 //!
 //! The session speaks under the engine's own session id, so a CLOSED the relay sends for
-//! it reaches the engine's CLOSED handler (a rate limit retries the session; other
-//! reasons mean no NIP-77 for us) as well as this job.
+//! it reaches the engine's CLOSED handler through the relay's reader (a rate limit
+//! retries the session; other reasons mean no NIP-77 for us). This job then ends
+//! without an answer of its own: two answers to one CLOSED would race, and the engine's
+//! reaction would depend on which came first.
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,11 +23,12 @@ use std::time::Duration;
 
 use negentropy::{Id, Negentropy, NegentropyStorageVector};
 use nostr::{ClientMessage, EventId, Filter, RelayMessage, SubscriptionId, Timestamp};
-use nostr_relay_pool::relay::{RelayNotification, RelayStatus};
+use nostr_relay_pool::relay::RelayNotification;
 use nostr_relay_pool::Relay;
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 
+use super::executor::is_ended;
 use crate::classify::{classify_notice, RelaySignal};
 use crate::engine::{Input, NegentropyFailure};
 use crate::model::RelayUrl;
@@ -53,48 +56,80 @@ pub(super) struct NegentropyJob {
     pub lagged: Arc<AtomicU64>,
 }
 
+/// How a session ended without a difference to report.
+enum Ended {
+    /// The relay closed the session: its reader reports that CLOSED to the engine.
+    ClosedByRelay,
+    /// It failed. `close` when the relay may still hold the session (we gave up on
+    /// it) and is sent NEG-CLOSE; not when the relay ended it or the connection is gone.
+    Failed {
+        reason: NegentropyFailure,
+        close: bool,
+    },
+}
+
+/// The relay ended the session, or the connection is gone: nothing to close.
+fn failed(reason: NegentropyFailure) -> Ended {
+    Ended::Failed {
+        reason,
+        close: false,
+    }
+}
+
+/// We give up on a session the relay may still be working on.
+fn given_up(reason: NegentropyFailure) -> Ended {
+    Ended::Failed {
+        reason,
+        close: true,
+    }
+}
+
 impl NegentropyJob {
-    /// Reconciles and sends the engine [`Input::NegentropyResult`] or
-    /// [`Input::NegentropyFailed`]: every session gets exactly one answer.
+    /// Reconciles and sends the engine one answer, [`Input::NegentropyResult`] or
+    /// [`Input::NegentropyFailed`] — except for a session the relay closed, which the
+    /// engine hears of as that CLOSED.
     pub(super) async fn run(self) {
-        let result = tokio::time::timeout(self.total_timeout, self.reconcile()).await;
-        if !matches!(result, Ok(Ok(_))) {
-            // Best effort: the relay may free the session's state early.
-            let _ = self.handle.send_msg(ClientMessage::NegClose {
-                subscription_id: Cow::Borrowed(&self.session),
-            });
-        }
+        let result = tokio::time::timeout(self.total_timeout, self.reconcile())
+            .await
+            .unwrap_or_else(|_| Err(given_up(NegentropyFailure::Timeout)));
         let input = match result {
-            Ok(Ok(need)) => Input::NegentropyResult {
+            Ok(need) => Input::NegentropyResult {
                 relay: self.relay,
                 session: self.session,
                 need,
             },
-            Ok(Err(reason)) => Input::NegentropyFailed {
-                relay: self.relay,
-                session: self.session,
-                reason,
-            },
-            Err(_) => Input::NegentropyFailed {
-                relay: self.relay,
-                session: self.session,
-                reason: NegentropyFailure::Timeout,
-            },
+            Err(Ended::ClosedByRelay) => return,
+            Err(Ended::Failed { reason, close }) => {
+                if close {
+                    // Best effort: the relay may free the session's state early.
+                    self.close();
+                }
+                Input::NegentropyFailed {
+                    relay: self.relay,
+                    session: self.session,
+                    reason,
+                }
+            }
         };
         let _ = self.tx.send(input).await;
     }
 
-    async fn reconcile(&self) -> Result<Vec<EventId>, NegentropyFailure> {
+    async fn reconcile(&self) -> Result<Vec<EventId>, Ended> {
         let items = self
             .store
             .negentropy_items(&self.filter)
             .await
-            .map_err(|e| NegentropyFailure::Error(e.to_string()))?;
-        let storage = storage_of(items)?;
-        let mut negentropy = Negentropy::borrowed(&storage, FRAME_SIZE_LIMIT).map_err(broken)?;
-        let initial = negentropy.initiate().map_err(broken)?;
-        // Listen before speaking: the relay may answer at once.
+            .map_err(|e| failed(NegentropyFailure::Error(e.to_string())))?;
+        let storage = storage_of(items).map_err(failed)?;
+        let mut negentropy =
+            Negentropy::borrowed(&storage, FRAME_SIZE_LIMIT).map_err(|e| failed(broken(e)))?;
+        let initial = negentropy.initiate().map_err(|e| failed(broken(e)))?;
+        // Listen before speaking: the relay may answer at once. A connection that ended
+        // before we listened will not say so again: look.
         let mut notifications = self.handle.notifications();
+        if is_ended(self.handle.status()) {
+            return Err(disconnected());
+        }
         self.send(ClientMessage::NegOpen {
             subscription_id: Cow::Borrowed(&self.session),
             filter: Cow::Borrowed(&self.filter),
@@ -108,30 +143,25 @@ impl NegentropyJob {
         // waiting behind lively ones is not stalled.
         let mut idle_until = Instant::now() + self.idle_timeout;
         loop {
-            let notification = match tokio::time::timeout_at(idle_until, notifications.recv()).await
-            {
-                Err(_) => return Err(NegentropyFailure::Timeout),
+            let next = tokio::time::timeout_at(idle_until, notifications.recv()).await;
+            let notification = match next {
+                Err(_) => return Err(given_up(NegentropyFailure::Timeout)),
                 Ok(Ok(notification)) => notification,
                 Ok(Err(broadcast::error::RecvError::Lagged(n))) => {
                     self.lagged.fetch_add(n, Ordering::Relaxed);
                     tracing::debug!(relay = %self.relay, session = %self.session, lost = n, "negentropy session lost relay messages; failing it");
-                    return Err(NegentropyFailure::Error(format!(
+                    return Err(given_up(NegentropyFailure::Error(format!(
                         "{n} relay messages lost during the session"
-                    )));
+                    ))));
                 }
-                Ok(Err(broadcast::error::RecvError::Closed)) => {
-                    return Err(NegentropyFailure::Error("relay gone".into()))
-                }
+                Ok(Err(broadcast::error::RecvError::Closed)) => return Err(disconnected()),
             };
             let message = match notification {
                 RelayNotification::Message { message } => message,
-                RelayNotification::RelayStatus {
-                    status:
-                        RelayStatus::Disconnected | RelayStatus::Terminated | RelayStatus::Banned,
-                } => return Err(NegentropyFailure::Error("relay disconnected".into())),
-                RelayNotification::Shutdown => {
-                    return Err(NegentropyFailure::Error("pool shut down".into()))
+                RelayNotification::RelayStatus { status } if is_ended(status) => {
+                    return Err(disconnected())
                 }
+                RelayNotification::Shutdown => return Err(disconnected()),
                 _ => continue,
             };
             match message {
@@ -144,11 +174,11 @@ impl NegentropyJob {
                         continue;
                     }
                     let query = hex::decode(message.as_ref()).map_err(|e| {
-                        NegentropyFailure::Error(format!("NEG-MSG is not hex: {e}"))
+                        given_up(NegentropyFailure::Error(format!("NEG-MSG is not hex: {e}")))
                     })?;
                     let next = negentropy
                         .reconcile_with_ids(&query, &mut have, &mut need)
-                        .map_err(broken)?;
+                        .map_err(|e| given_up(broken(e)))?;
                     match next {
                         Some(next) => self.send(ClientMessage::NegMsg {
                             subscription_id: Cow::Borrowed(&self.session),
@@ -163,26 +193,23 @@ impl NegentropyJob {
                 } => {
                     idle_until = Instant::now() + self.idle_timeout;
                     if *subscription_id == self.session {
-                        return Err(NegentropyFailure::Error(message.into_owned()));
+                        return Err(failed(NegentropyFailure::Error(message.into_owned())));
                     }
                 }
                 RelayMessage::Closed {
-                    subscription_id,
-                    message,
-                } if *subscription_id == self.session => return Err(refusal(&message)),
+                    subscription_id, ..
+                } if *subscription_id == self.session => return Err(Ended::ClosedByRelay),
                 // A relay without NIP-77 answers NEG-OPEN with a NOTICE naming no session.
                 RelayMessage::Notice(text)
                     if classify_notice(&text) == RelaySignal::NegentropyUnsupported =>
                 {
-                    return Err(NegentropyFailure::Unsupported)
+                    return Err(failed(NegentropyFailure::Unsupported))
                 }
                 _ => {}
             }
         }
         // Done: the relay may forget the session.
-        let _ = self.handle.send_msg(ClientMessage::NegClose {
-            subscription_id: Cow::Borrowed(&self.session),
-        });
+        self.close();
         let mut need: Vec<EventId> = need
             .into_iter()
             .map(|id| EventId::from_byte_array(id.to_bytes()))
@@ -192,11 +219,22 @@ impl NegentropyJob {
         Ok(need)
     }
 
-    fn send(&self, message: ClientMessage<'_>) -> Result<(), NegentropyFailure> {
+    fn send(&self, message: ClientMessage<'_>) -> Result<(), Ended> {
         self.handle
             .send_msg(message)
-            .map_err(|e| NegentropyFailure::Error(e.to_string()))
+            .map_err(|e| failed(NegentropyFailure::Error(e.to_string())))
     }
+
+    fn close(&self) {
+        let _ = self.handle.send_msg(ClientMessage::NegClose {
+            subscription_id: Cow::Borrowed(&self.session),
+        });
+    }
+}
+
+/// The connection ended under the session.
+fn disconnected() -> Ended {
+    failed(NegentropyFailure::Error("relay disconnected".into()))
 }
 
 /// What we hold for the filter, sealed for the protocol (sorted, duplicates dropped).
@@ -211,15 +249,6 @@ fn storage_of(
     }
     storage.seal().map_err(broken)?;
     Ok(storage)
-}
-
-/// A CLOSED for the session: "no NIP-77 here" when its text says so (khatru, and
-/// relays that close an unknown command), otherwise the relay's reason.
-fn refusal(message: &str) -> NegentropyFailure {
-    match classify_notice(message) {
-        RelaySignal::NegentropyUnsupported => NegentropyFailure::Unsupported,
-        _ => NegentropyFailure::Error(format!("closed: {message}")),
-    }
 }
 
 /// A protocol error; a relay on the old protocol version (v0) is as good as one without
