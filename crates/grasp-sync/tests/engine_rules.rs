@@ -2246,6 +2246,55 @@ fn r21b_tampered_events_are_strikes() {
     assert!(h.status(B).is_connected());
 }
 
+/// A relay sends what it had queued, or what was just published, until it reads our
+/// CLOSE: events on a subscription we closed a moment ago are dropped (the live
+/// subscriptions carry what is new) but are no strike. A busy relay would otherwise
+/// be dropped for misbehaving after a thousand of them over a long connection.
+#[test]
+fn r21c_events_a_relay_sent_before_reading_our_close_are_no_strike() {
+    let (mut h, k, repo) = with_repo(config(), &[A]);
+    h.connect_and_settle(A);
+    let root = issue(&k, &repo, T0 - 1000, "bug");
+    let cmds = accept_root(&mut h, &root);
+    let (sub, _) = historic(&cmds, A)
+        .into_iter()
+        .next()
+        .expect("a historic REQ");
+    let cmds = h.answer(A, &sub, &[]);
+    assert!(
+        cmds.iter()
+            .any(|c| matches!(c, Command::Unsubscribe { id, .. } if *id == sub)),
+        "closed after EOSE: {cmds:?}"
+    );
+    let before = h.engine.metrics().dropped_unknown_subscription;
+    for i in 0..1_500u64 {
+        let cmds = h.feed(Input::Event {
+            relay: url(A),
+            subscription: sub.clone(),
+            event: Box::new(reply(&k, &root.id, T0 + i, &format!("late {i}"))),
+        });
+        assert!(
+            disconnects(&cmds).is_empty(),
+            "dropped after {i} late events"
+        );
+    }
+    assert!(h.status(A).is_connected());
+    assert_eq!(
+        h.engine.metrics().dropped_unknown_subscription,
+        before + 1_500
+    );
+    assert_eq!(h.engine.metrics().relays_misbehaving, 0);
+    // A subscription never opened still counts against the relay.
+    for i in 0..1_000u64 {
+        h.feed(Input::Event {
+            relay: url(A),
+            subscription: SubscriptionId::new("never-opened"),
+            event: Box::new(reply(&k, &root.id, T0 + i, &format!("stray {i}"))),
+        });
+    }
+    assert_eq!(h.engine.metrics().relays_misbehaving, 1);
+}
+
 // ---------------------------------------------------------------------------------------
 // 22. Where a relay says its `limit` cap, a batch's filters share REQs: an event matching
 //     several (a comment's `#e` and `#E`) comes once; pagination stays per filter.

@@ -312,7 +312,14 @@ impl SyncEngine {
     /// The next command to carry out, in order.
     #[must_use]
     pub fn poll_command(&mut self) -> Option<Command> {
-        self.commands.pop_front()
+        let command = self.commands.pop_front()?;
+        // A CLOSE on its way: what the relay sends before it reads it is no strike.
+        if let Command::Unsubscribe { relay, id } = &command {
+            if let Some(conn) = self.conns.get_mut(relay) {
+                conn.note_closed(id.clone());
+            }
+        }
+        Some(command)
     }
 
     /// When the engine next wants `handle_timeout` called.

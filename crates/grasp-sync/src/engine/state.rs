@@ -24,7 +24,8 @@ pub struct EngineMetrics {
     pub events_failed: u64,
     /// Events not handed over because another relay already delivered them.
     pub events_deduplicated: u64,
-    /// Events dropped: on a subscription we do not have open.
+    /// Events dropped: on a subscription we do not have open (including those a relay
+    /// sent before it read our CLOSE, which count against it no more than that).
     pub dropped_unknown_subscription: u64,
     /// Events dropped: not matching the filter they were sent for.
     pub dropped_unsolicited: u64,

@@ -148,7 +148,11 @@ impl SyncEngine {
         }
         let Some(h) = conn.historic.get_mut(sub) else {
             self.metrics.dropped_unknown_subscription += 1;
-            self.strike(relay, now);
+            // Sent before the relay read our CLOSE: the live subscriptions carry what
+            // is new, and nothing is wrong with the relay.
+            if !conn.recently_closed.contains(sub) {
+                self.strike(relay, now);
+            }
             return;
         };
         if !h.filters().any(|f| matches(f, &event)) {
