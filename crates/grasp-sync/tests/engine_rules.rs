@@ -2247,11 +2247,13 @@ fn r21b_tampered_events_are_strikes() {
 }
 
 /// A relay sends what it had queued, or what was just published, until it reads our
-/// CLOSE: events on a subscription we closed a moment ago are dropped (the live
-/// subscriptions carry what is new) but are no strike. A busy relay would otherwise
-/// be dropped for misbehaving after a thousand of them over a long connection.
+/// CLOSE: events on a subscription we closed a moment ago are no strike (a busy relay
+/// would otherwise be dropped for misbehaving after a thousand of them over a long
+/// connection). Those the relay's live filters want are taken as live events — parts
+/// closed early because messages were lost keep what still arrives for them — and
+/// the others are dropped and counted.
 #[test]
-fn r21c_events_a_relay_sent_before_reading_our_close_are_no_strike() {
+fn r21c_events_a_relay_sent_before_reading_our_close_are_taken_or_dropped_not_struck() {
     let (mut h, k, repo) = with_repo(config(), &[A]);
     h.connect_and_settle(A);
     let root = issue(&k, &repo, T0 - 1000, "bug");
@@ -2266,22 +2268,34 @@ fn r21c_events_a_relay_sent_before_reading_our_close_are_no_strike() {
             .any(|c| matches!(c, Command::Unsubscribe { id, .. } if *id == sub)),
         "closed after EOSE: {cmds:?}"
     );
-    let before = h.engine.metrics().dropped_unknown_subscription;
+    let handed = h.engine.metrics().events_handed;
+    let dropped = h.engine.metrics().dropped_unknown_subscription;
+    let other = coord(&k, "unrelated");
     for i in 0..1_500u64 {
+        let wanted = reply(&k, &root.id, T0 + i, &format!("late {i}"));
         let cmds = h.feed(Input::Event {
             relay: url(A),
             subscription: sub.clone(),
-            event: Box::new(reply(&k, &root.id, T0 + i, &format!("late {i}"))),
+            event: Box::new(wanted.clone()),
         });
+        assert_eq!(ingested(&cmds), vec![wanted.id], "a late reply is taken");
+        let unwanted = issue(&k, &other, T0 + i, &format!("junk {i}"));
+        let cmds = h.feed(Input::Event {
+            relay: url(A),
+            subscription: sub.clone(),
+            event: Box::new(unwanted),
+        });
+        assert!(ingested(&cmds).is_empty());
         assert!(
             disconnects(&cmds).is_empty(),
             "dropped after {i} late events"
         );
     }
     assert!(h.status(A).is_connected());
+    assert_eq!(h.engine.metrics().events_handed, handed + 1_500);
     assert_eq!(
         h.engine.metrics().dropped_unknown_subscription,
-        before + 1_500
+        dropped + 1_500
     );
     assert_eq!(h.engine.metrics().relays_misbehaving, 0);
     // A subscription never opened still counts against the relay.

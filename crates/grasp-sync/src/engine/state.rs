@@ -25,7 +25,8 @@ pub struct EngineMetrics {
     /// Events not handed over because another relay already delivered them.
     pub events_deduplicated: u64,
     /// Events dropped: on a subscription we do not have open (including those a relay
-    /// sent before it read our CLOSE, which count against it no more than that).
+    /// sent before it read our CLOSE that no live filter wants, which count against it
+    /// no more than that).
     pub dropped_unknown_subscription: u64,
     /// Events dropped: not matching the filter they were sent for.
     pub dropped_unsolicited: u64,

@@ -147,11 +147,23 @@ impl SyncEngine {
             return;
         }
         let Some(h) = conn.historic.get_mut(sub) else {
-            self.metrics.dropped_unknown_subscription += 1;
-            // Sent before the relay read our CLOSE: the live subscriptions carry what
-            // is new, and nothing is wrong with the relay.
             if !conn.recently_closed.contains(sub) {
+                self.metrics.dropped_unknown_subscription += 1;
                 self.strike(relay, now);
+                return;
+            }
+            // Sent before the relay read our CLOSE, which is no misbehaviour. Parts are
+            // closed early when messages were lost: what still arrives for them is
+            // taken as a live event would be, if the relay's live filters want it,
+            // rather than asked for a second time.
+            let wanted = conn
+                .live
+                .values()
+                .any(|l| l.filters.iter().any(|f| matches(f, &event)));
+            if wanted {
+                self.ingest(relay, event, None, now);
+            } else {
+                self.metrics.dropped_unknown_subscription += 1;
             }
             return;
         };
