@@ -2247,13 +2247,13 @@ fn r21b_tampered_events_are_strikes() {
 }
 
 /// A relay sends what it had queued, or what was just published, until it reads our
-/// CLOSE: events on a subscription we closed a moment ago are no strike (a busy relay
-/// would otherwise be dropped for misbehaving after a thousand of them over a long
-/// connection). Those the relay's live filters want are taken as live events — parts
-/// closed early because messages were lost keep what still arrives for them — and
-/// the others are dropped and counted.
+/// CLOSE, and parts are closed early when messages were lost: events on a subscription
+/// we closed that the relay's live filters want are taken as live events, and are no
+/// strike (a busy relay would otherwise be dropped for misbehaving after a thousand of
+/// them over a long connection). Anything else on a closed subscription is a strike,
+/// so junk sent there is still capped.
 #[test]
-fn r21c_events_a_relay_sent_before_reading_our_close_are_taken_or_dropped_not_struck() {
+fn r21c_wanted_events_on_a_subscription_we_closed_are_taken_not_struck() {
     let (mut h, k, repo) = with_repo(config(), &[A]);
     h.connect_and_settle(A);
     let root = issue(&k, &repo, T0 - 1000, "bug");
@@ -2269,8 +2269,6 @@ fn r21c_events_a_relay_sent_before_reading_our_close_are_taken_or_dropped_not_st
         "closed after EOSE: {cmds:?}"
     );
     let handed = h.engine.metrics().events_handed;
-    let dropped = h.engine.metrics().dropped_unknown_subscription;
-    let other = coord(&k, "unrelated");
     for i in 0..1_500u64 {
         let wanted = reply(&k, &root.id, T0 + i, &format!("late {i}"));
         let cmds = h.feed(Input::Event {
@@ -2279,34 +2277,55 @@ fn r21c_events_a_relay_sent_before_reading_our_close_are_taken_or_dropped_not_st
             event: Box::new(wanted.clone()),
         });
         assert_eq!(ingested(&cmds), vec![wanted.id], "a late reply is taken");
-        let unwanted = issue(&k, &other, T0 + i, &format!("junk {i}"));
-        let cmds = h.feed(Input::Event {
-            relay: url(A),
-            subscription: sub.clone(),
-            event: Box::new(unwanted),
-        });
-        assert!(ingested(&cmds).is_empty());
         assert!(
             disconnects(&cmds).is_empty(),
             "dropped after {i} late events"
         );
     }
     assert!(h.status(A).is_connected());
-    assert_eq!(h.engine.metrics().events_handed, handed + 1_500);
+    let m = h.engine.metrics();
     assert_eq!(
-        h.engine.metrics().dropped_unknown_subscription,
-        dropped + 1_500
+        (m.events_handed, m.events_after_close),
+        (handed + 1_500, 1_500)
     );
-    assert_eq!(h.engine.metrics().relays_misbehaving, 0);
-    // A subscription never opened still counts against the relay.
+    assert_eq!(m.relays_misbehaving, 0);
+    // Junk on the closed subscription still counts against the relay.
+    let other = coord(&k, "unrelated");
+    let dropped = m.dropped_unknown_subscription;
     for i in 0..1_000u64 {
-        h.feed(Input::Event {
+        let cmds = h.feed(Input::Event {
             relay: url(A),
-            subscription: SubscriptionId::new("never-opened"),
-            event: Box::new(reply(&k, &root.id, T0 + i, &format!("stray {i}"))),
+            subscription: sub.clone(),
+            event: Box::new(issue(&k, &other, T0 + i, &format!("junk {i}"))),
         });
+        assert!(ingested(&cmds).is_empty());
     }
-    assert_eq!(h.engine.metrics().relays_misbehaving, 1);
+    let m = h.engine.metrics();
+    assert_eq!(m.dropped_unknown_subscription, dropped + 1_000);
+    assert_eq!(m.relays_misbehaving, 1, "dropped at the 1,000th strike");
+}
+
+/// A wanted event on a subscription id this engine never gave out is a strike: only
+/// ids we issued are let off.
+#[test]
+fn r21d_wanted_events_on_an_id_we_never_gave_out_are_struck() {
+    let (mut h, k, repo) = with_repo(config(), &[A]);
+    h.connect_and_settle(A);
+    let root = issue(&k, &repo, T0 - 1000, "bug");
+    accept_root(&mut h, &root);
+    for (i, id) in ["nope", "gs", "gs0", "gs99999999", "gsx"]
+        .iter()
+        .enumerate()
+    {
+        let cmds = h.feed(Input::Event {
+            relay: url(A),
+            subscription: SubscriptionId::new(*id),
+            event: Box::new(reply(&k, &root.id, T0 + i as u64, "stray")),
+        });
+        assert!(ingested(&cmds).is_empty(), "taken on {id}");
+    }
+    assert_eq!(h.engine.metrics().events_after_close, 0);
+    assert_eq!(h.engine.metrics().dropped_unknown_subscription, 5);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -150,8 +150,8 @@ impl SyncMetrics {
             name("events"),
             "Events by what became of them: received, accepted, purgatory, rejected, \
              duplicate, failed (asked again), deduplicated (another relay was first), \
-             dropped_unsolicited, dropped_flood, dropped_unknown_subscription, \
-             dropped_malformed",
+             after_close (taken on a subscription we had closed), dropped_unsolicited, \
+             dropped_flood, dropped_unknown_subscription, dropped_malformed",
             m.events.clone(),
         );
         registry.register(
@@ -280,6 +280,7 @@ impl SyncMetrics {
                 ("duplicate", m.events_duplicate),
                 ("failed", m.events_failed),
                 ("deduplicated", m.events_deduplicated),
+                ("after_close", m.events_after_close),
                 ("dropped_unsolicited", m.dropped_unsolicited),
                 ("dropped_flood", m.dropped_flood),
                 (

@@ -234,15 +234,7 @@ pub(super) struct Conn {
     /// Failed lookups on this connection, and when the next may open.
     pub lookup_failures: u32,
     pub lookup_retry_at: Option<WallTime>,
-    /// The last [`RECENTLY_CLOSED`] subscriptions we sent CLOSE for on this connection:
-    /// a relay sends what it had queued, or what was published, until it reads our
-    /// CLOSE, and such an event is no misbehaviour.
-    pub recently_closed: VecDeque<SubscriptionId>,
 }
-
-/// How many of a connection's CLOSEs are remembered: more than one round of historic
-/// parts and a consolidation close at once, so every CLOSE still crossing the wire is.
-pub(super) const RECENTLY_CLOSED: usize = 64;
 
 impl Conn {
     pub fn new(health: RelayHealth, limits: RelayLimits) -> Self {
@@ -277,16 +269,7 @@ impl Conn {
             lookup: None,
             lookup_failures: 0,
             lookup_retry_at: None,
-            recently_closed: VecDeque::new(),
         }
-    }
-
-    /// Remembers that we sent CLOSE for `sub` (see [`Conn::recently_closed`]).
-    pub fn note_closed(&mut self, sub: SubscriptionId) {
-        if self.recently_closed.len() == RECENTLY_CLOSED {
-            self.recently_closed.pop_front();
-        }
-        self.recently_closed.push_back(sub);
     }
 
     /// The relay refused NIP-77 or stayed silent: REQ+EOSE until it is offered again.
@@ -391,7 +374,6 @@ impl Conn {
         self.layer1 = false;
         self.lookup_failures = 0;
         self.lookup_retry_at = None;
-        self.recently_closed.clear();
     }
 
     /// Queues `filters` of `batch` as REQ parts from their first page, behind what is

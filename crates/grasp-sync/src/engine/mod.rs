@@ -43,6 +43,11 @@ use conn::Conn;
 use ingest::{Dedupe, InFlight};
 use timers::RelayTimers;
 
+/// What every subscription id the engine gives out starts with (then a number that
+/// only grows): an id is never given out twice, so one that is not open is one we
+/// closed, or one open on another relay.
+const SUBSCRIPTION_PREFIX: &str = "gs";
+
 /// The sync engine. One per host relay; many may live in one process.
 pub struct SyncEngine {
     config: SyncConfig,
@@ -312,14 +317,7 @@ impl SyncEngine {
     /// The next command to carry out, in order.
     #[must_use]
     pub fn poll_command(&mut self) -> Option<Command> {
-        let command = self.commands.pop_front()?;
-        // A CLOSE on its way: what the relay sends before it reads it is no strike.
-        if let Command::Unsubscribe { relay, id } = &command {
-            if let Some(conn) = self.conns.get_mut(relay) {
-                conn.note_closed(id.clone());
-            }
-        }
-        Some(command)
+        self.commands.pop_front()
     }
 
     /// When the engine next wants `handle_timeout` called.
@@ -550,7 +548,17 @@ impl SyncEngine {
 
     fn next_subscription_id(&mut self) -> SubscriptionId {
         self.next_id += 1;
-        SubscriptionId::new(format!("gs{}", self.next_id))
+        SubscriptionId::new(format!("{SUBSCRIPTION_PREFIX}{}", self.next_id))
+    }
+
+    /// Whether `sub` is an id this engine gave out: one it closed since, or one
+    /// open on another relay, if it is not open on the relay it came from. Ids are
+    /// never given out twice.
+    fn issued(&self, sub: &SubscriptionId) -> bool {
+        sub.as_str()
+            .strip_prefix(SUBSCRIPTION_PREFIX)
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|n| (1..=self.next_id).contains(&n))
     }
 
     fn may_dial(&self, relay: &RelayUrl) -> bool {

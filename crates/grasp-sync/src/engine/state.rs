@@ -24,9 +24,12 @@ pub struct EngineMetrics {
     pub events_failed: u64,
     /// Events not handed over because another relay already delivered them.
     pub events_deduplicated: u64,
-    /// Events dropped: on a subscription we do not have open (including those a relay
-    /// sent before it read our CLOSE that no live filter wants, which count against it
-    /// no more than that).
+    /// Events that arrived on a subscription we had closed (a relay sends until it
+    /// reads our CLOSE; parts are closed early when messages were lost) and were taken
+    /// because the relay's live filters want them.
+    pub events_after_close: u64,
+    /// Events dropped: on a subscription we do not have open, except those taken as
+    /// [`EngineMetrics::events_after_close`].
     pub dropped_unknown_subscription: u64,
     /// Events dropped: not matching the filter they were sent for.
     pub dropped_unsolicited: u64,

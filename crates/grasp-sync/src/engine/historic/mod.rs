@@ -147,23 +147,20 @@ impl SyncEngine {
             return;
         }
         let Some(h) = conn.historic.get_mut(sub) else {
-            if !conn.recently_closed.contains(sub) {
-                self.metrics.dropped_unknown_subscription += 1;
-                self.strike(relay, now);
-                return;
-            }
-            // Sent before the relay read our CLOSE, which is no misbehaviour. Parts are
-            // closed early when messages were lost: what still arrives for them is
-            // taken as a live event would be, if the relay's live filters want it,
-            // rather than asked for a second time.
+            // A relay sends until it reads our CLOSE, and parts are closed early when
+            // messages were lost: what arrives on a subscription we closed is taken
+            // as a live event would be, where the relay's live filters want it —
+            // rather than asked for again, and no misbehaviour. Anything else is.
             let wanted = conn
                 .live
                 .values()
                 .any(|l| l.filters.iter().any(|f| matches(f, &event)));
-            if wanted {
+            if wanted && self.issued(sub) {
+                self.metrics.events_after_close += 1;
                 self.ingest(relay, event, None, now);
             } else {
                 self.metrics.dropped_unknown_subscription += 1;
+                self.strike(relay, now);
             }
             return;
         };
