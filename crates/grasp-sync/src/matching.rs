@@ -6,7 +6,7 @@
 //! refs or root-event ids), so every received event cost hundreds of string lookups per
 //! filter of its subscription, and an in-memory store answering a negentropy session
 //! paid that for every event it held: at 100k events the e2e benchmark spent ~40 % of
-//! its CPU there. An event has a handful of tag values, so [`matches`] walks those and
+//! its CPU there. An event has a handful of tag values, so [`matches()`] walks those and
 //! looks each one up in the filter's set instead. Same answer (the property test below
 //! holds it to nostr's), a few lookups per event.
 

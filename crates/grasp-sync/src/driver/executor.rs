@@ -19,6 +19,10 @@
 //!   ignore, so two relays delivering one event produce two [`Input::Event`]s.
 //! - Every event's id and signature are checked here again (`verify.rs`): the pool's
 //!   own check trusts any copy of an id it checked once.
+//! - NIP-77 runs here too (`negentropy.rs`), not through the pool's reconciliation,
+//!   which reports part of the difference as all of it when its channel overflows.
+//! - A relay object serves one connection; once it ended, the object is dropped from
+//!   the pool at the next command (`reap`), with the channel the pool allocated for it.
 //! - Commands that need a live socket (`Subscribe`, `Unsubscribe`, `Negentropy`) are
 //!   refused when the relay is not connected instead of being queued by the pool and
 //!   sent, stale, on the next connection.
